@@ -1,0 +1,39 @@
+"""synfin: how each TCP connection opened and closed, and why.
+
+The public API::
+
+    import analyzer
+    for conn in analyzer.analyze("capture.pcap"):
+        print(conn.id, conn.labels["open"], conn.labels["close"])
+    df = analyzer.to_dataframe(analyzer.analyze("capture.pcap"))
+"""
+
+from analyzer.capture import CaptureError
+from analyzer.connection import Anomaly, Connection, Timeouts
+from analyzer.fsm import Event, State
+from analyzer.pipeline import Stats, analyze
+from analyzer.report import record
+
+__version__ = "0.1.0"
+
+
+def to_dataframe(conns, capture=None):  # type: ignore[no-untyped-def]
+    """A pandas DataFrame, one row per connection (needs the `pandas` extra)."""
+    from analyzer.frames import to_dataframe as build
+
+    return build(conns, capture)
+
+
+__all__ = [
+    "Anomaly",
+    "CaptureError",
+    "Connection",
+    "Event",
+    "State",
+    "Stats",
+    "Timeouts",
+    "__version__",
+    "analyze",
+    "record",
+    "to_dataframe",
+]

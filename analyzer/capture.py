@@ -1,0 +1,253 @@
+"""Reading capture files: pcap and pcapng, plain or gzip-compressed.
+
+The format is told by the magic bytes, never by the file name. Each reader
+yields `RawFrame`s numbered from 1, as Wireshark numbers them. Problems that
+leave the rest of the file readable (a record cut short at the end) are
+reported through `CaptureDamage`, counted by the caller; problems that leave
+nothing to read (not a capture at all, a header cut short) raise
+`CaptureError` with one sentence naming the file.
+
+The readers read the file in large blocks and slice records out of them, so
+memory stays at one block whatever the size of the capture.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+BLOCK = 1 << 20
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
+    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
+    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+}
+PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_RECORD = 1 << 24  # no sane record is larger: past this the file is garbled
+
+
+class CaptureError(Exception):
+    """The file cannot be read as a capture at all."""
+
+
+@dataclass(slots=True)
+class RawFrame:
+    """One captured frame: its number, time, link type and bytes."""
+
+    number: int
+    ts: float
+    linktype: int
+    data: bytes
+    wire_len: int
+
+
+@dataclass(slots=True)
+class CaptureDamage:
+    """A part of the file that could not be read; the reader stops or goes on."""
+
+    frame: int
+    what: str
+
+
+Item = RawFrame | CaptureDamage
+
+
+Progress = Callable[[int], None]
+
+
+class _Blocks:
+    """Sequential reads of exact sizes from a stream, through a large buffer."""
+
+    def __init__(self, stream: BinaryIO, progress: Progress | None = None) -> None:
+        self._stream = stream
+        self._buf = b""
+        self._pos = 0
+        self._progress = progress
+        self._file = getattr(stream, "fileobj", None) or stream  # gzip: the compressed file
+
+    def read(self, size: int) -> bytes:
+        end = self._pos + size
+        if end > len(self._buf):
+            self._refill(size)
+            end = self._pos + size
+        chunk = self._buf[self._pos:end]
+        self._pos = min(end, len(self._buf))
+        return chunk
+
+    def _refill(self, size: int) -> None:
+        rest = self._buf[self._pos:]
+        more = self._stream.read(max(BLOCK, size - len(rest)))
+        self._buf = rest + more
+        self._pos = 0
+        if self._progress is not None:
+            self._progress(self._file.tell())
+
+
+def open_capture(path: Path) -> tuple[BinaryIO, bytes]:
+    """Open `path`, unwrapping gzip, and return the stream and its first 4 bytes."""
+    try:
+        stream: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by read_frames
+    except OSError as err:
+        raise CaptureError(f"{path}: cannot open: {err.strerror or err}") from None
+    try:
+        if stream.peek(2)[:2] == GZIP_MAGIC:  # type: ignore[attr-defined]
+            stream.close()
+            stream = gzip.open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
+        return stream, stream.peek(4)[:4]  # type: ignore[attr-defined]
+    except (OSError, EOFError, zlib.error) as err:
+        stream.close()
+        raise CaptureError(f"{path}: gzip data is damaged: {err}") from None
+
+
+def read_frames(path: Path, progress: Progress | None = None) -> Iterator[Item]:
+    """Yield every frame (and every damaged spot) of the capture at `path`.
+
+    `progress`, if given, is called with the number of file bytes read so far.
+    """
+    stream, head = open_capture(path)
+    try:
+        if not head:
+            raise CaptureError(f"{path}: the file is empty, not a capture")
+        if head in PCAP_MAGICS:
+            yield from _read_pcap(path, _Blocks(stream, progress))
+        elif head == PCAPNG_SHB:
+            yield from _read_pcapng(path, _Blocks(stream, progress))
+        else:
+            raise CaptureError(
+                f"{path}: not a pcap or pcapng capture (starts with bytes {head.hex(' ')})"
+            )
+    except (OSError, EOFError, zlib.error) as err:
+        raise CaptureError(f"{path}: read error: {err}") from None
+    finally:
+        stream.close()
+
+
+def _read_pcap(path: Path, blocks: _Blocks) -> Iterator[Item]:
+    header = blocks.read(24)
+    if len(header) < 24:
+        raise CaptureError(f"{path}: pcap file header is cut short ({len(header)} of 24 bytes)")
+    order, unit = PCAP_MAGICS[header[:4]]
+    linktype = struct.unpack(order + "I", header[20:24])[0] & 0x0FFFFFFF
+    record = struct.Struct(order + "IIII")
+    number = 0
+    while True:
+        head = blocks.read(16)
+        if not head:
+            return
+        number += 1
+        if len(head) < 16:
+            yield CaptureDamage(number, f"record header cut short ({len(head)} of 16 bytes)")
+            return
+        sec, frac, caplen, wire_len = record.unpack(head)
+        if caplen > MAX_RECORD:
+            yield CaptureDamage(number, f"garbled record header (length {caplen}); rest of file skipped")
+            return
+        data = blocks.read(caplen)
+        if len(data) < caplen:
+            yield CaptureDamage(number, f"record cut short ({len(data)} of {caplen} bytes)")
+            return
+        yield RawFrame(number, sec + frac * unit, linktype, data, wire_len)
+
+
+@dataclass(slots=True)
+class _Interface:
+    linktype: int
+    unit: float
+    offset: int
+
+
+def _read_pcapng(path: Path, blocks: _Blocks) -> Iterator[Item]:
+    order = "<"
+    interfaces: list[_Interface] = []
+    number = 0
+    first = True
+    while True:
+        head = blocks.read(8)
+        if not head:
+            return
+        if len(head) < 8:
+            yield CaptureDamage(number + 1, f"block header cut short ({len(head)} of 8 bytes)")
+            return
+        if head[:4] == PCAPNG_SHB:
+            order = _section_byte_order(path, blocks.read(4))
+            interfaces = []
+            body_len = struct.unpack(order + "I", head[4:8])[0] - 12
+            first = False
+        else:
+            if first:
+                raise CaptureError(f"{path}: pcapng file does not start with a section header")
+            body_len = struct.unpack(order + "I", head[4:8])[0] - 8
+        if body_len < 4 or body_len > MAX_RECORD:
+            if first:
+                raise CaptureError(f"{path}: pcapng section header is garbled")
+            yield CaptureDamage(number + 1, f"garbled pcapng block (length {body_len + 8}); rest skipped")
+            return
+        body = blocks.read(body_len)
+        if len(body) < body_len:
+            what = "packet block" if head[:4] != PCAPNG_SHB else "section header"
+            yield CaptureDamage(number + 1, f"{what} cut short ({len(body)} of {body_len} bytes)")
+            return
+        block_type = struct.unpack(order + "I", head[:4])[0]
+        if block_type in (2, 3, 6):
+            number += 1
+            yield _pcapng_packet(block_type, body[:-4], order, interfaces, number)
+        elif block_type == 1:
+            interfaces.append(_parse_idb(body[:-4], order))
+
+
+def _section_byte_order(path: Path, magic: bytes) -> str:
+    if magic == b"\x4d\x3c\x2b\x1a":
+        return "<"
+    if magic == b"\x1a\x2b\x3c\x4d":
+        return ">"
+    raise CaptureError(f"{path}: pcapng section header has a bad byte-order magic")
+
+
+def _parse_idb(body: bytes, order: str) -> _Interface:
+    linktype = struct.unpack(order + "H", body[:2])[0]
+    unit, offset = 1e-6, 0
+    pos = 8
+    while pos + 4 <= len(body):
+        code, length = struct.unpack(order + "HH", body[pos:pos + 4])
+        value = body[pos + 4:pos + 4 + length]
+        if code == 0:
+            break
+        if code == 9 and value:
+            resolution = value[0]
+            unit = 2.0 ** -(resolution & 0x7F) if resolution & 0x80 else 10.0 ** -resolution
+        elif code == 14 and len(value) == 8:
+            offset = struct.unpack(order + "q", value)[0]
+        pos += 4 + (length + 3) // 4 * 4
+    return _Interface(linktype, unit, offset)
+
+
+def _pcapng_packet(
+    block_type: int, body: bytes, order: str, interfaces: list[_Interface], number: int,
+) -> Item:
+    if block_type == 3:  # simple packet block: interface 0, no timestamp
+        wire_len = struct.unpack(order + "I", body[:4])[0]
+        iface_id, ts_raw, data = 0, 0, body[4:4 + wire_len]
+    else:
+        if block_type == 6:
+            if len(body) < 20:
+                return CaptureDamage(number, "enhanced packet block too short")
+            iface_id, hi, lo, caplen, wire_len = struct.unpack(order + "IIIII", body[:20])
+        else:  # obsolete packet block
+            if len(body) < 20:
+                return CaptureDamage(number, "packet block too short")
+            iface_id, _drops, hi, lo, caplen, wire_len = struct.unpack(order + "HHIIII", body[:20])
+        ts_raw = (hi << 32) | lo
+        data = body[20:20 + caplen]
+        if len(data) < caplen:
+            return CaptureDamage(number, f"packet data cut short ({len(data)} of {caplen} bytes)")
+    if iface_id >= len(interfaces):
+        return CaptureDamage(number, f"packet names interface {iface_id}, which was never described")
+    iface = interfaces[iface_id]
+    return RawFrame(number, ts_raw * iface.unit + iface.offset, iface.linktype, data, wire_len)

@@ -1,0 +1,128 @@
+"""The `synfin` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import IO
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+from analyzer import __version__
+from analyzer.capture import CaptureError
+from analyzer.pipeline import Stats, analyze
+from analyzer.report import Census, write_csv, write_json, write_summary, write_table
+
+PROGRESS_MIN_BYTES = 16 << 20
+EXIT_BAD_INPUT = 2
+
+DESCRIPTION = """\
+How each TCP connection opened and closed, and why: two RFC 9293 state
+machines per connection, labelled (handshake, refused, four-way, three-way,
+simultaneous, reset, half-closed, ...)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synfin", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"synfin {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_analyze(commands)
+    return parser
+
+
+def add_timing_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--msl", type=float, default=30.0, metavar="SECONDS",
+                        help="maximum segment lifetime; TIME_WAIT lasts 2*MSL (default 30, as Linux's 60 s)")
+    parser.add_argument("--idle-timeout", type=float, default=900.0, metavar="SECONDS",
+                        help="forget an established connection idle this long (default 900)")
+    parser.add_argument("--handshake-timeout", type=float, default=40.0, metavar="SECONDS",
+                        help="forget a handshake that never completes after this long idle (default 40)")
+
+
+def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "analyze", help="analyze capture files (pcap, pcapng, gzip)",
+        description="Report how every TCP connection in the captures opened and closed.")
+    parser.add_argument("captures", nargs="+", type=Path, metavar="CAPTURE",
+                        help="pcap or pcapng file, optionally gzip-compressed")
+    parser.add_argument("-f", "--format", choices=("table", "json", "csv"), default="table",
+                        help="table (default), JSON Lines (one object per connection) or CSV")
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE",
+                        help="write connections to FILE instead of standard output")
+    parser.add_argument("--no-summary", action="store_true", help="leave out the summary")
+    add_timing_options(parser)
+    parser.set_defaults(run=run_analyze)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `synfin analyze x.pcap | head`
+        sys.stderr.close()
+        return 0
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    err = Console(stderr=True, highlight=False)
+    status = 0
+    with ExitStack() as stack:
+        out: IO[str] = (stack.enter_context(open(args.output, "w", encoding="utf-8"))
+                        if args.output else sys.stdout)
+        table_console = Console(file=out, highlight=False, width=None if _is_terminal(out) else 160)
+        summary_console = table_console if args.format == "table" else err
+        for index, path in enumerate(args.captures):
+            try:
+                _analyze_one(args, path, out, table_console, summary_console, err, index)
+            except CaptureError as problem:
+                err.print(f"[red]synfin: {problem}[/]", soft_wrap=True)
+                status = EXIT_BAD_INPUT
+    return status
+
+
+def _analyze_one(args: argparse.Namespace, path: Path, out: IO[str], table_console: Console,
+                 summary_console: Console, err: Console, index: int) -> None:
+    stats, census = Stats(), Census()
+    capture = str(path) if len(args.captures) > 1 else None
+    with _progress_bar(path, err) as progress:
+        conns = census.count(analyze(path, msl=args.msl, idle_timeout=args.idle_timeout,
+                                     handshake_timeout=args.handshake_timeout,
+                                     stats=stats, progress=progress))
+        if args.format == "json":
+            write_json(conns, out, capture)
+        elif args.format == "csv":
+            write_csv(conns, out, capture, header=index == 0)
+        else:
+            if len(args.captures) > 1:
+                table_console.rule(str(path))
+            write_table(conns, table_console)
+    if not args.no_summary:
+        write_summary(str(path), stats, census, summary_console)
+
+
+@contextmanager
+def _progress_bar(path: Path, console: Console) -> Iterator[object]:
+    """A progress bar on stderr for large files, when stderr is a terminal."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = 0
+    if not console.is_terminal or size < PROGRESS_MIN_BYTES:
+        yield None
+        return
+    bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                   TimeRemainingColumn(), console=console, transient=True)
+    task = bar.add_task(path.name, total=size)
+    with bar:
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty()

@@ -1,0 +1,354 @@
+"""A TCP connection as seen on the wire: two endpoint machines and the segments between them.
+
+When is a segment received?
+===========================
+
+A capture shows when a segment passed the capture point, not when the far
+end processed it. Mostly the difference does not matter; it matters exactly
+when segments cross in flight (simultaneous open, simultaneous close, a
+server closing in SYN-RECEIVED), and there the answer decides the state path.
+So the receiving side follows evidence, not packet order:
+
+1. A segment changes its *sender's* state at its own frame.
+2. A segment carrying SYN or FIN waits, "unreceived", until the receiver
+   proves it has it: the receiver sends a segment whose ACK field covers it,
+   or the sender sends a later segment without SYN/FIN (segments from one
+   sender arrive in order). A proof is not taken if the receiver's own
+   segment could not have been sent after it (a SYN,ACK cannot come from
+   ESTABLISHED): that is how crossing SYNs are told apart.
+3. Every other segment (ACK, data, RST) is received at once.
+4. The receiver's change is recorded at the frame of the segment it
+   received, unless the receiver has sent anything since that frame; then
+   at the frame of the proof. A SYN never answered is never received: an
+   unanswered SYN leaves the far end's history empty.
+
+Retransmitted SYNs and SYN,ACKs are counted and otherwise ignored; a
+retransmitted FIN is counted and then read as the ACK it also carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from analyzer.decode import ACK, FIN, RST, SYN, Segment
+from analyzer.endpoint import MOD, Endpoint, Transition, seq_ge
+from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events, step
+
+CLIENT, SERVER = "client", "server"
+GONE = frozenset({State.CLOSED, State.LISTEN})
+#: States that a RST cuts short: leaving one of them through a RST is an abort.
+ABORTABLE = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2,
+                       State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK})
+
+
+@dataclass(slots=True)
+class Anomaly:
+    """Something the state machine or the sequence numbers did not expect."""
+
+    frame: int
+    what: str
+
+
+@dataclass(slots=True)
+class SegmentNote:
+    """One segment as the ladder diagram draws it."""
+
+    frame: int
+    ts: float
+    from_client: bool
+    flags: int
+    seq: int
+    ack: int
+    payload_len: int
+    kind: str  # "", "retransmission" or "keepalive"
+
+
+@dataclass(slots=True)
+class Timeouts:
+    """Packet-time limits, in seconds."""
+
+    msl: float = 30.0
+    idle: float = 900.0
+    handshake: float = 40.0
+    close_linger: float = 5.0
+
+
+class Connection:
+    """Everything known about one connection; fed one segment at a time."""
+
+    def __init__(self, conn_id: int, first: Segment, timeouts: Timeouts,
+                 keep_segments: bool = False) -> None:
+        self.id = conn_id
+        self.ip_version = first.ip_version
+        self.timeouts = timeouts
+        client_is_src, self.roles_inferred = _client_is_source(first)
+        src, dst = (first.src, first.sport), (first.dst, first.dport)
+        (c_addr, c_port), (s_addr, s_port) = (src, dst) if client_is_src else (dst, src)
+        self.client, self.server = Endpoint(c_addr, c_port), Endpoint(s_addr, s_port)
+        self.first_frame = self.last_frame = first.frame
+        self.start = self.end = self.last_ts = first.ts
+        self.retransmits = {"syn": 0, "synack": 0, "fin": 0}
+        self.keepalives = 0
+        self.syn_data = False
+        self.bare_syns: set[str] = set()
+        self.synack_seen = False
+        self.fin_order: list[str] = []
+        self.reset: tuple[str, State] | None = None  # first RST: who sent it, in which state
+        self.aborted = False  # a RST ended an established or closing connection
+        self.second_fin_acks_first = False  # the three-way close: FIN, FIN+ACK, ACK
+        self.half_close = False
+        self.anomalies: list[Anomaly] = []
+        self.notes: list[SegmentNote] | None = [] if keep_segments else None
+        self.scheduled = float("inf")
+        self.labels: dict[str, object] = {}
+        self._begin(first)
+
+    # -- set-up ---------------------------------------------------------
+
+    def _begin(self, first: Segment) -> None:
+        """Place both machines where the first segment says the connection is."""
+        if first.flags & SYN and not first.flags & ACK:
+            return  # a proper start: both CLOSED, the SYN does the rest
+        if first.flags & SYN:  # the SYN,ACK without its SYN
+            self.anomalies.append(Anomaly(first.frame, "capture starts after the SYN"))
+            self.client.state = State.SYN_SENT
+            self.server.state, self.server.passive = State.SYN_RCVD, True
+        else:
+            self.client.state = self.server.state = State.ESTABLISHED
+            self.client.syn_acked = self.server.syn_acked = True
+        for side in (self.client, self.server):
+            side.history.append(Transition(side.state, first.ts, first.frame))
+
+    # -- the segment path -----------------------------------------------
+
+    def sides(self, seg: Segment) -> tuple[Endpoint, Endpoint, str]:
+        if seg.sport == self.client.port and seg.src == self.client.addr:
+            return self.client, self.server, CLIENT
+        return self.server, self.client, SERVER
+
+    def add(self, seg: Segment) -> None:
+        """Take one segment of this connection, in capture order."""
+        self.advance(seg.ts)
+        sender, receiver, role = self.sides(seg)
+        self._touch(seg, sender)
+        kind, flags = self._classify(seg, sender, role)
+        if kind != "keepalive":
+            sender.payload_bytes += seg.payload_len
+        if self.notes is not None:
+            self.notes.append(SegmentNote(seg.frame, seg.ts, role == CLIENT, seg.flags, seg.seq,
+                                          seg.ack, seg.payload_len, kind))
+        if kind == "retransmission" and seg.flags & SYN:
+            return
+        if flags != seg.flags:
+            seg = replace(seg, flags=flags)
+        if flags & ACK:
+            self._take_proven(sender, receiver, seg)
+        self._send(sender, role, seg)
+        self._track_half_close(sender, receiver, seg, kind)
+        sender.note_sent(seg)
+        sender.unreceived.append(seg)
+        if not flags & (SYN | FIN):
+            self._deliver_all(sender, receiver, seg)
+
+    def _touch(self, seg: Segment, sender: Endpoint) -> None:
+        sender.packets += 1
+        self.last_frame = seg.frame
+        self.end = seg.ts
+        self.last_ts = max(self.last_ts, seg.ts)
+
+    def _classify(self, seg: Segment, sender: Endpoint, role: str) -> tuple[str, int]:
+        """Count retransmissions, keep-alives and SYN facts; return (kind, flags to use)."""
+        flags = seg.flags
+        if flags & RST:
+            return "", flags
+        if flags & SYN:
+            if sender.isn is not None:
+                if seg.seq == sender.isn:
+                    self.retransmits["synack" if flags & ACK else "syn"] += 1
+                    return "retransmission", flags
+                self.anomalies.append(Anomaly(seg.frame, f"{role} sent a SYN with a second ISN"))
+                return "", flags & ~SYN
+            sender.isn, sender.syn_end = seg.seq, (seg.seq + 1 + seg.payload_len) % MOD
+            sender.options = dict(seg.options)
+            self.syn_data |= seg.payload_len > 0
+            if flags & ACK:
+                self.synack_seen = True
+            else:
+                self.bare_syns.add(role)
+        if flags & FIN:
+            fin_seq = (seg.seq + seg.payload_len + (1 if flags & SYN else 0)) % MOD
+            if sender.fin_seq is None:
+                sender.fin_seq = fin_seq
+                self.fin_order.append(role)
+                peer = self.server if sender is self.client else self.client
+                self.second_fin_acks_first = bool(
+                    peer.fin_seq is not None and not peer.fin_acked and flags & ACK
+                    and seq_ge(seg.ack, (peer.fin_seq + 1) % MOD))
+            else:
+                if fin_seq == sender.fin_seq:
+                    self.retransmits["fin"] += 1
+                else:
+                    self.anomalies.append(Anomaly(seg.frame, f"{role} sent a second FIN elsewhere"))
+                return "retransmission", flags & ~FIN
+        elif (not flags & SYN and seg.payload_len <= 1 and sender.snd_nxt is not None
+              and sender.state in SYNCHRONIZED and seg.seq == (sender.snd_nxt - 1) % MOD):
+            self.keepalives += 1
+            return "keepalive", flags
+        return "", flags
+
+    def _send(self, sender: Endpoint, role: str, seg: Segment) -> None:
+        before = sender.state
+        for event in send_events(bool(seg.flags & SYN), bool(seg.flags & ACK),
+                                 bool(seg.flags & FIN), bool(seg.flags & RST)):
+            if not sender.apply(event, seg.ts, seg.frame):
+                self._forbidden(seg.frame, role, event, sender.state)
+        if seg.flags & RST:
+            self.aborted |= before in ABORTABLE
+            if self.reset is None:
+                self.reset = (role, before)
+
+    def _forbidden(self, frame: int, role: str, event: Event, state: State) -> None:
+        verb = "sent" if event.name.startswith("SND") else "received"
+        what = str(event).split(" ", 1)[1]
+        self.anomalies.append(Anomaly(frame, f"{role} {verb} {what} in {state}"))
+
+    # -- delivery (see the module docstring) -----------------------------
+
+    def _take_proven(self, sender: Endpoint, peer: Endpoint, seg: Segment) -> None:
+        """Deliver to `sender` what the ACK field of its segment `seg` proves it received."""
+        while peer.unreceived:
+            pending = peer.unreceived[0]
+            needed = pending.seq + (pending.seq_len if pending.flags & FIN else 1)
+            if not seq_ge(seg.ack, needed % MOD) or not self._could_then_send(sender, pending, seg):
+                return
+            peer.unreceived.popleft()
+            self._receive(sender, pending, seg, seg)
+
+    def _deliver_all(self, sender: Endpoint, receiver: Endpoint, seg: Segment) -> None:
+        """`seg` carries no SYN/FIN: it and everything sent before it reach the receiver now."""
+        while sender.unreceived:
+            self._receive(receiver, sender.unreceived.popleft(), None, seg)
+
+    def _could_then_send(self, ep: Endpoint, pending: Segment, answer: Segment) -> bool:
+        state, events = self._plan(ep, pending, answer)
+        for event in events:
+            state = step(state, event, passive=ep.passive or state is State.LISTEN) or state
+        wanted = send_events(bool(answer.flags & SYN), bool(answer.flags & ACK),
+                             bool(answer.flags & FIN), bool(answer.flags & RST))
+        return all(step(state, event) is not None for event in wanted)
+
+    def _plan(self, ep: Endpoint, seg: Segment, answer: Segment | None) -> tuple[State, tuple[Event, ...]]:
+        """The state `ep` starts from and the events it goes through on receiving `seg`."""
+        start = ep.state
+        if (seg.flags & SYN and start is State.CLOSED and ep.last_sent_frame == 0
+                and not (answer is not None and answer.flags & RST)):
+            start = State.LISTEN  # it answered with something other than RST: a listener
+        if seg.flags & RST and not self._rst_acceptable(ep, seg):
+            return start, ()
+        acks_syn, acks_fin = ep.acknowledged_by(seg.ack) if seg.flags & ACK else (False, False)
+        return start, receive_events(bool(seg.flags & SYN), bool(seg.flags & FIN),
+                                     bool(seg.flags & RST), acks_syn, acks_fin)
+
+    @staticmethod
+    def _rst_acceptable(ep: Endpoint, seg: Segment) -> bool:
+        if ep.state is State.SYN_SENT:  # §3.10.7.3: only if it acknowledges our SYN
+            return bool(seg.flags & ACK) and seg.ack == ep.syn_end
+        return True
+
+    def _receive(self, ep: Endpoint, seg: Segment, answer: Segment | None, proof: Segment) -> None:
+        role = CLIENT if ep is self.client else SERVER
+        start, events = self._plan(ep, seg, answer)
+        if seg.flags & RST and not events:
+            self.anomalies.append(Anomaly(seg.frame, f"RST not acceptable to the {role} in {ep.state}"))
+            return
+        ep.state = start
+        if seg.flags & ACK:
+            acks_syn, acks_fin = ep.acknowledged_by(seg.ack)
+            ep.syn_acked |= acks_syn
+            ep.fin_acked |= acks_fin
+        frame, ts = (seg.frame, seg.ts) if seg.frame > ep.last_sent_frame else (proof.frame, proof.ts)
+        self.aborted |= bool(seg.flags & RST) and ep.state in ABORTABLE
+        for event in events:
+            if not ep.apply(event, ts, frame):
+                self._forbidden(seg.frame, role, event, ep.state)
+        if ep.state is State.TIME_WAIT and ep.time_wait_until is None:
+            ep.time_wait_until = ts + 2 * self.timeouts.msl
+
+    def _track_half_close(self, sender: Endpoint, receiver: Endpoint, seg: Segment, kind: str) -> None:
+        """Data sent after the peer's FIN, and then acknowledged by the FIN side."""
+        if seg.payload_len and kind == "" and receiver.fin_seq is not None:
+            end = (seg.seq + seg.payload_len) % MOD
+            if sender.snd_nxt is None or not seq_ge(sender.snd_nxt, end):
+                sender.data_after_peer_fin = end
+        if (seg.flags & ACK and sender.fin_seq is not None and receiver.data_after_peer_fin is not None
+                and seq_ge(seg.ack, receiver.data_after_peer_fin)):
+            self.half_close = True
+
+    # -- time and the end -----------------------------------------------
+
+    def advance(self, now: float) -> None:
+        """Fire the 2·MSL timers that packet time `now` has passed."""
+        for ep in (self.client, self.server):
+            until = ep.time_wait_until
+            if until is not None and ep.state is State.TIME_WAIT and now >= until:
+                ep.apply(Event.TIMEOUT_2MSL, until, None)
+
+    def wake_time(self) -> float:
+        """The packet time at which this connection should be looked at again."""
+        timers = [ep.time_wait_until for ep in (self.client, self.server)
+                  if ep.time_wait_until is not None and ep.state is State.TIME_WAIT]
+        if self.client.state in GONE and self.server.state in GONE:
+            limit = self.timeouts.close_linger
+        elif self.synchronized():
+            limit = self.timeouts.idle
+        else:
+            limit = self.timeouts.handshake
+        return min([self.last_ts + limit, *timers])
+
+    def synchronized(self) -> bool:
+        """Both SYNs acknowledged (or the capture began after they were)."""
+        return self.client.syn_acked and self.server.syn_acked
+
+    def is_open(self) -> bool:
+        """False once both ends are gone (CLOSED or back to LISTEN)."""
+        return not (self.client.state in GONE and self.server.state in GONE)
+
+    def starts_anew(self, seg: Segment) -> bool:
+        """Whether a bare SYN on this 4-tuple opens a new connection (port reuse)."""
+        if not seg.flags & SYN or seg.flags & (ACK | RST):
+            return False
+        sender, _, role = self.sides(seg)
+        if sender.isn is not None:
+            return seg.seq != sender.isn
+        # The other end's first SYN while ours waits for an answer: a simultaneous open.
+        crossing = role == SERVER and self.client.state is State.SYN_SENT and self.server.last_sent_frame == 0
+        return not crossing
+
+    def finish(self) -> None:
+        """End of the road: hand over what is still unreceived (never a SYN), then label."""
+        from analyzer.labels import label  # labels read the finished record
+
+        self.advance(self.last_ts)
+        for sender, receiver in ((self.client, self.server), (self.server, self.client)):
+            while sender.unreceived:
+                seg = sender.unreceived.popleft()
+                if not seg.flags & SYN:
+                    self._receive(receiver, seg, None, self._last_frame_proof(seg))
+        self.labels = label(self)
+
+    def _last_frame_proof(self, seg: Segment) -> Segment:
+        return replace(seg, frame=self.last_frame, ts=self.end)
+
+
+def _client_is_source(first: Segment) -> tuple[bool, bool]:
+    """Who is the client: (the first segment's sender is, roles were guessed from ports)."""
+    if first.flags & SYN:
+        return not first.flags & ACK, False
+    src, dst = first.sport, first.dport
+    if src == dst:
+        return True, True
+    if (src >= 32768) != (dst >= 32768):
+        return src >= 32768, True
+    if (src < 1024) != (dst < 1024):
+        return dst < 1024, True
+    return src > dst, True

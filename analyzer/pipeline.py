@@ -1,0 +1,100 @@
+"""The pipeline: frames → TCP segments → connections → labels.
+
+One function, `run_frames`, drives it for any source of frames: a capture
+file (`analyze`) or a live interface (`live.py`). Oddities are counted, never
+raised: a frame that cannot be decoded is skipped and counted in `Stats`, and
+the first few are named by frame number.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analyzer.capture import CaptureDamage, Progress, RawFrame, read_frames
+from analyzer.connection import Connection, Timeouts
+from analyzer.decode import Segment, Skip, decode
+from analyzer.tracker import Tracker
+
+NAMED_PROBLEMS = 5  # how many bad frames the summary names one by one
+
+
+@dataclass
+class Stats:
+    """What the pipeline saw, for the summary."""
+
+    frames: int = 0
+    segments: int = 0
+    connections: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    malformed: Counter[str] = field(default_factory=Counter)
+    problem_frames: list[tuple[int, str]] = field(default_factory=list)
+    damage: list[CaptureDamage] = field(default_factory=list)
+    linktypes: Counter[int] = field(default_factory=Counter)
+    peak_open: int = 0
+
+    def note_skip(self, frame: int, skip: Skip) -> None:
+        if skip.malformed:
+            self.malformed[skip.reason] += 1
+            if len(self.problem_frames) < NAMED_PROBLEMS:
+                self.problem_frames.append((frame, skip.reason))
+        else:
+            self.skipped[skip.reason] += 1
+
+    def note_damage(self, damage: CaptureDamage) -> None:
+        self.damage.append(damage)
+        if len(self.problem_frames) < NAMED_PROBLEMS:
+            self.problem_frames.append((damage.frame, damage.what))
+
+    @property
+    def bad_frames(self) -> int:
+        return sum(self.malformed.values()) + len(self.damage)
+
+
+@dataclass
+class Options:
+    """Everything that tunes the analysis."""
+
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    keep_segments: bool = False
+
+
+def run_frames(frames: Iterable[RawFrame | CaptureDamage], stats: Stats, options: Options,
+               on_segment: Callable[[Connection, Segment], None] | None = None,
+               ) -> Iterator[Connection]:
+    """Drive frames through decoding and tracking; yield connections as they finish."""
+    tracker = Tracker(options.timeouts, options.keep_segments, on_segment)
+    for frame in frames:
+        if isinstance(frame, CaptureDamage):
+            stats.note_damage(frame)
+            continue
+        stats.frames += 1
+        stats.linktypes[frame.linktype] += 1
+        result = decode(frame)
+        if isinstance(result, Skip):
+            stats.note_skip(frame.number, result)
+            continue
+        stats.segments += 1
+        for conn in tracker.add(result):
+            stats.connections += 1
+            yield conn
+    for conn in tracker.flush():
+        stats.connections += 1
+        yield conn
+    stats.peak_open = tracker.peak_open
+
+
+def analyze(path: str | Path, *, msl: float = 30.0, idle_timeout: float = 900.0,
+            handshake_timeout: float = 40.0, keep_segments: bool = False,
+            stats: Stats | None = None, progress: Progress | None = None) -> Iterator[Connection]:
+    """Analyze one capture file; yield its connections as they finish.
+
+    Pass a `Stats` to read the frame counts and skipped frames afterwards.
+    Raises `CaptureError` if the file is not a readable capture.
+    """
+    options = Options(Timeouts(msl=msl, idle=idle_timeout, handshake=handshake_timeout),
+                      keep_segments)
+    frames = read_frames(Path(path), progress)
+    return run_frames(frames, stats if stats is not None else Stats(), options)

@@ -1,0 +1,204 @@
+"""Writing finished connections: JSON Lines, CSV, a terminal table, and the summary.
+
+Every writer streams: rows are written as connections finish, so output
+memory does not grow with the capture. The JSON record's keys are part of the
+public interface (see README); keys may be added, never renamed.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+import json
+from collections import Counter
+from collections.abc import Iterable
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from analyzer.connection import Connection
+from analyzer.decode import linktype_name
+from analyzer.endpoint import Endpoint
+from analyzer.labels import CLOSE_LABELS, OPEN_LABELS
+from analyzer.pipeline import Stats
+
+TABLE_CHUNK = 500
+
+
+def endpoint_name(ep: Endpoint) -> str:
+    address = ipaddress.ip_address(ep.addr)
+    return f"[{address}]:{ep.port}" if address.version == 6 else f"{address}:{ep.port}"
+
+
+def _history(ep: Endpoint) -> list[list[Any]]:
+    return [[str(t.state), t.ts, t.frame] for t in ep.history]
+
+
+def record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
+    """The JSON object for one connection (keys as in the README)."""
+    labels = conn.labels
+    out: dict[str, Any] = {
+        "id": conn.id,
+        "client": endpoint_name(conn.client),
+        "server": endpoint_name(conn.server),
+        "ip_version": conn.ip_version,
+        "first_frame": conn.first_frame,
+        "last_frame": conn.last_frame,
+        "start": conn.start,
+        "end": conn.end,
+        "open": labels["open"],
+        "close": labels["close"],
+        "half_close": labels["half_close"],
+        "active_closer": labels["active_closer"],
+        "reset_by": labels["reset_by"],
+        "reset_state": labels["reset_state"],
+        "roles_inferred": conn.roles_inferred,
+        "states": {"client": _history(conn.client), "server": _history(conn.server)},
+        "final": {"client": str(conn.client.state), "server": str(conn.server.state)},
+        "retransmits": dict(conn.retransmits),
+        "keepalives": conn.keepalives,
+        "syn_data": conn.syn_data,
+        "packets": {"client": conn.client.packets, "server": conn.server.packets},
+        "payload_bytes": {"client": conn.client.payload_bytes, "server": conn.server.payload_bytes},
+        "options": {"client": dict(conn.client.options), "server": dict(conn.server.options)},
+        "anomalies": [{"frame": a.frame, "what": a.what} for a in conn.anomalies],
+    }
+    if capture is not None:
+        out["capture"] = capture
+    return out
+
+
+def write_json(conns: Iterable[Connection], out: IO[str], capture: str | None = None) -> None:
+    for conn in conns:
+        out.write(json.dumps(record(conn, capture), separators=(", ", ": ")) + "\n")
+        out.flush()
+
+
+CSV_FIELDS = [
+    "capture", "id", "client", "server", "ip_version", "first_frame", "last_frame", "start", "end",
+    "duration", "open", "close", "half_close", "active_closer", "reset_by", "reset_state",
+    "roles_inferred", "final_client", "final_server", "states_client", "states_server",
+    "retransmits_syn", "retransmits_synack", "retransmits_fin", "keepalives", "syn_data",
+    "packets_client", "packets_server", "payload_bytes_client", "payload_bytes_server", "anomalies",
+]
+
+
+def flat_record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
+    """One connection as a flat row, for CSV and DataFrames."""
+    rec = record(conn, capture)
+    row = {key: rec.get(key) for key in CSV_FIELDS if key in rec}
+    row["capture"] = capture
+    row["duration"] = round(conn.end - conn.start, 9)
+    for side in ("client", "server"):
+        row[f"final_{side}"] = rec["final"][side]
+        row[f"states_{side}"] = " > ".join(state for state, _, _ in rec["states"][side])
+        row[f"packets_{side}"] = rec["packets"][side]
+        row[f"payload_bytes_{side}"] = rec["payload_bytes"][side]
+    for kind, count in rec["retransmits"].items():
+        row[f"retransmits_{kind}"] = count
+    row["anomalies"] = len(rec["anomalies"])
+    return row
+
+
+def write_csv(conns: Iterable[Connection], out: IO[str], capture: str | None = None,
+              header: bool = True) -> None:
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    if header:
+        writer.writeheader()
+    for conn in conns:
+        writer.writerow(flat_record(conn, capture))
+
+
+_COLUMNS = [("id", 5, "right"), ("client", 23, "left"), ("server", 23, "left"),
+            ("open", 17, "left"), ("close", 12, "left"), ("half", 4, "left"),
+            ("closer", 6, "left"), ("reset", 20, "left"), ("final client/server", 23, "left"),
+            ("secs", 9, "right"), ("pkts", 6, "right")]
+_OPEN_STYLE = {"handshake": "green", "simultaneous-open": "cyan", "refused": "red",
+               "unanswered": "yellow", "incomplete": "yellow", "partial": "dim"}
+_CLOSE_STYLE = {"four-way": "green", "three-way": "green", "simultaneous": "cyan",
+                "reset": "red", "half-closed": "yellow", "open": "blue", "none": "dim"}
+
+
+def _table(header: bool) -> Table:
+    table = Table(box=None, show_header=header, header_style="bold", pad_edge=False)
+    for name, width, justify in _COLUMNS:
+        table.add_column(name, width=width, justify=justify, overflow="fold", no_wrap=False)  # type: ignore[arg-type]
+    return table
+
+
+def _row(conn: Connection) -> list[str]:
+    labels = conn.labels
+    reset = f"{labels['reset_by']}@{labels['reset_state']}" if labels["reset_by"] else ""
+    return [
+        str(conn.id), endpoint_name(conn.client), endpoint_name(conn.server),
+        f"[{_OPEN_STYLE[str(labels['open'])]}]{labels['open']}[/]",
+        f"[{_CLOSE_STYLE[str(labels['close'])]}]{labels['close']}[/]",
+        "yes" if labels["half_close"] else "", str(labels["active_closer"] or ""), reset,
+        f"{conn.client.state}/{conn.server.state}", f"{conn.end - conn.start:.3f}",
+        str(conn.client.packets + conn.server.packets),
+    ]
+
+
+def write_table(conns: Iterable[Connection], console: Console) -> None:
+    """Print a row per connection, in chunks of fixed-width columns (nothing is kept)."""
+    table, rows, first = _table(True), 0, True
+    for conn in conns:
+        table.add_row(*_row(conn))
+        rows += 1
+        if rows == TABLE_CHUNK:
+            console.print(table)
+            table, rows, first = _table(False), 0, False
+    if rows or first:
+        console.print(table)
+
+
+class Census:
+    """Counts kept while streaming, for the summary."""
+
+    def __init__(self) -> None:
+        self.open: Counter[str] = Counter()
+        self.close: Counter[str] = Counter()
+        self.closer: Counter[str] = Counter()
+        self.final: Counter[tuple[str, str]] = Counter()
+        self.half_close = 0
+        self.anomalies = 0
+
+    def count(self, conns: Iterable[Connection]) -> Iterable[Connection]:
+        for conn in conns:
+            labels = conn.labels
+            self.open[str(labels["open"])] += 1
+            self.close[str(labels["close"])] += 1
+            self.closer[str(labels["active_closer"])] += 1
+            self.final[("client", str(conn.client.state))] += 1
+            self.final[("server", str(conn.server.state))] += 1
+            self.half_close += bool(labels["half_close"])
+            self.anomalies += len(conn.anomalies)
+            yield conn
+
+
+def write_summary(capture: str, stats: Stats, census: Census, console: Console) -> None:
+    """Counts per label, final-state census, and what was skipped."""
+    console.print(f"[bold]{capture}[/]: {stats.frames} frames, {stats.segments} TCP segments, "
+                  f"{stats.connections} connections "
+                  f"({', '.join(f'{linktype_name(k)} {v}' for k, v in sorted(stats.linktypes.items()))})")
+    console.print("  open:  " + _counts(census.open, OPEN_LABELS))
+    console.print("  close: " + _counts(census.close, CLOSE_LABELS)
+                  + (f"; half-close in {census.half_close}" if census.half_close else ""))
+    closers = {k: v for k, v in census.closer.items() if k != "None"}
+    if closers:
+        console.print("  active closer: " + ", ".join(f"{k} {v}" for k, v in sorted(closers.items())))
+    for side in ("client", "server"):
+        finals = {state: n for (who, state), n in census.final.items() if who == side}
+        console.print(f"  final {side} states: " + ", ".join(f"{s} {n}" for s, n in sorted(finals.items())))
+    if census.anomalies:
+        console.print(f"  anomalies: {census.anomalies} (see the JSON output)")
+    if stats.skipped:
+        console.print("  skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(stats.skipped.items())))
+    if stats.bad_frames:
+        named = "; ".join(f"frame {frame}: {what}" for frame, what in stats.problem_frames)
+        console.print(f"  [yellow]bad frames: {stats.bad_frames}[/] (first: {named})")
+
+
+def _counts(counter: Counter[str], order: tuple[str, ...]) -> str:
+    return ", ".join(f"{name} {counter[name]}" for name in order if counter[name]) or "-"

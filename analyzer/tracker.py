@@ -1,0 +1,101 @@
+"""The connection table: segments in, finished connections out.
+
+Connections are keyed by the bidirectional 4-tuple. A bare SYN with a new
+ISN on a known 4-tuple ends the old connection and starts a new one (port
+reuse); a retransmitted or reordered SYN with the old ISN does not.
+
+Memory stays bounded by the number of *open* connections: a connection is
+finished and handed back once both ends are gone (after a short linger for
+stray segments), once its TIME_WAIT has run 2·MSL, or once it has been idle
+past a timeout. A handshake that never completes gets a shorter timeout, as
+in the kernel, so a flood of SYNs cannot grow the table without bound. All of
+this runs on packet time; the clock is never read.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator
+
+from analyzer.connection import Connection, Timeouts
+from analyzer.decode import Segment
+
+Key = tuple[tuple[bytes, int], tuple[bytes, int]]
+
+
+def connection_key(seg: Segment) -> Key:
+    a, b = (seg.src, seg.sport), (seg.dst, seg.dport)
+    return (a, b) if a <= b else (b, a)
+
+
+class Tracker:
+    """Routes segments to connections and retires connections on packet time."""
+
+    def __init__(self, timeouts: Timeouts | None = None, keep_segments: bool = False,
+                 on_segment: Callable[[Connection, Segment], None] | None = None) -> None:
+        self.timeouts = timeouts or Timeouts()
+        self.keep_segments = keep_segments
+        self.on_segment = on_segment
+        self.open: dict[Key, Connection] = {}
+        self._heap: list[tuple[float, int, Connection]] = []
+        self._next_id = 0
+        self.now = float("-inf")
+        self.peak_open = 0
+
+    def add(self, seg: Segment) -> list[Connection]:
+        """Feed one segment; return the connections that finished before it."""
+        finished = list(self.expire(seg.ts))
+        key = connection_key(seg)
+        conn = self.open.get(key)
+        if conn is not None and conn.starts_anew(seg):
+            finished.append(self._retire(key, conn))
+            conn = None
+        if conn is None:
+            conn = Connection(self._next_id, seg, self.timeouts, self.keep_segments)
+            self._next_id += 1
+            self.open[key] = conn
+            self.peak_open = max(self.peak_open, len(self.open))
+        conn.add(seg)
+        wake = conn.wake_time()
+        if wake < conn.scheduled:
+            conn.scheduled = wake
+            heapq.heappush(self._heap, (wake, conn.id, conn))
+        if self.on_segment is not None:
+            self.on_segment(conn, seg)
+        return finished
+
+    def expire(self, now: float) -> Iterator[Connection]:
+        """Finish the connections whose timers packet time `now` has passed."""
+        if now <= self.now:
+            return
+        self.now = now
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, conn = heapq.heappop(heap)
+            if when != conn.scheduled:
+                continue  # superseded by an earlier wake-up
+            conn.advance(now)
+            wake = conn.wake_time()
+            if wake <= now:
+                yield self._retire(connection_key_of(conn), conn)
+            else:
+                conn.scheduled = wake
+                heapq.heappush(heap, (wake, conn.id, conn))
+
+    def flush(self) -> list[Connection]:
+        """End of input: finish everything still open, in order of first packet."""
+        remaining = sorted(self.open.items(), key=lambda item: item[1].id)
+        return [self._retire(key, conn) for key, conn in remaining]
+
+    def _retire(self, key: Key, conn: Connection) -> Connection:
+        if self.open.get(key) is conn:
+            del self.open[key]
+        conn.scheduled = float("nan")  # any heap entry left for it is now stale
+        conn.finish()
+        return conn
+
+
+def connection_key_of(conn: Connection) -> Key:
+    a = (conn.client.addr, conn.client.port)
+    b = (conn.server.addr, conn.server.port)
+    return (a, b) if a <= b else (b, a)

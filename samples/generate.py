@@ -1,0 +1,891 @@
+"""Make small, real TCP packet captures, one per TCP situation.
+
+Run as root::
+
+    python3 samples/generate.py [--out DIR] [--only NAME ...] [--list]
+
+Each scenario builds its own private network out of Linux network namespaces
+(see ``netlab.py``)::
+
+    direct:   [client ns] c0 ====veth==== s0 [server ns]
+    delayed:  [client ns] c0 ==veth== m0 [middle ns] m1 ==veth== s0 [server ns]
+
+The client is 10.77.0.1 / fd77::1, the server 10.77.0.2 / fd77::2; no other
+address is ever used. In the delayed layout a small AF_PACKET forwarder in the
+middle namespace (``peer.py forward``) adds 50 ms one-way latency, so that
+segments of both sides really cross in flight (simultaneous open and close).
+Socket programs (``peer.py sockets``) run inside the namespaces and follow a
+short list of steps; the real Linux TCP stack does the rest. ``tcpdump`` (or
+``dumpcap``) records inside the client namespace on c0 (or ``-i any``) with
+the filter ``tcp``. Two captures (``crafted_*``) are made with scapy because
+the kernel will not produce them on demand.
+
+After each capture the generator re-reads the file (``pcapread.py``) and
+checks the property the scenario is about; a failed check (usually timing)
+is retried up to three times, then the run fails loudly. Namespaces are
+removed afterwards, also on errors and signals.
+
+Importable: ``generate(names, out_dir)`` and ``SCENARIOS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+try:
+    from . import netlab, pcapread
+except ImportError:  # run as a script: samples/ is on sys.path
+    import netlab  # type: ignore[no-redef]
+    import pcapread  # type: ignore[no-redef]
+
+Lab = netlab.Lab
+CLIENT4, CLIENT6 = netlab.CLIENT4, netlab.CLIENT6
+SERVER4, SERVER6 = netlab.SERVER4, netlab.SERVER6
+Steps = list[list[Any]]
+Segs = list[pcapread.Segment]
+HERE = Path(__file__).resolve().parent
+PORT = 9000
+ATTEMPTS = 3
+DELAY = 0.05  # one-way latency of the delayed layout, seconds
+
+
+class CheckFailed(AssertionError):
+    """A capture does not show what its scenario is about."""
+
+
+class GenerationError(RuntimeError):
+    """A scenario failed all its attempts."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    doc: str
+    make: Callable[[Path], list[Path]]
+    check: Callable[[list[Path]], None]
+
+
+REGISTRY: dict[str, Scenario] = {}
+
+
+def scenario(name: str, check: Callable[[list[Path]], None]) -> Callable[
+        [Callable[[Path], list[Path]]], Callable[[Path], list[Path]]]:
+    """Register ``make(out_dir) -> [paths]`` under ``name`` with its check."""
+
+    def register(make: Callable[[Path], list[Path]]) -> Callable[[Path], list[Path]]:
+        REGISTRY[name] = Scenario(name, (make.__doc__ or "").strip(), make, check)
+        return make
+
+    return register
+
+
+# --------------------------------------------------------------------------
+# step lists
+# --------------------------------------------------------------------------
+
+
+def connect(addr: str = SERVER4, port: int = PORT) -> list[Any]:
+    return ["connect", addr, port]
+
+
+def client_request(addr: str = SERVER4) -> Steps:
+    """Client: connect, send 100 bytes, read 200 bytes."""
+    return [connect(addr), ["send", 100], ["recv", 200]]
+
+
+SERVER_REPLY: Steps = [["recv", 100], ["send", 200]]
+CLIENT_FOURWAY: Steps = [*client_request(), ["close"]]
+SERVER_FOURWAY: Steps = [*SERVER_REPLY, ["eof"], ["sleep", 0.3], ["close"]]
+
+
+# --------------------------------------------------------------------------
+# running one client/server exchange under capture
+# --------------------------------------------------------------------------
+
+
+def listener(steps: Steps, addr: str = SERVER4, **kw: Any) -> dict[str, Any]:
+    return {"addr": addr, "port": PORT, "steps": steps, **kw}
+
+
+def exchange(path: Path, server_steps: Steps | None, client_steps: Steps, *,
+             delay: float | None = None, prepare: Callable[[Lab], None] | None = None,
+             listen: dict[str, Any] | None = None, capture: dict[str, Any] | None = None,
+             wait_server: bool = True) -> list[Path]:
+    """One lab: server listens, capture starts, client runs, capture stops."""
+    with Lab(delay) as lab:
+        if prepare:
+            prepare(lab)
+        listeners = [] if server_steps is None else [
+            listener(server_steps, **(listen or {}))]
+        server = lab.peer(lab.server, {"listeners": listeners})
+        with lab.capture(path, **(capture or {})):
+            lab.peer(lab.client, {"clients": [{"steps": client_steps}]}).finish()
+            if wait_server:
+                server.finish()
+    return [path]
+
+
+# --------------------------------------------------------------------------
+# checks
+# --------------------------------------------------------------------------
+
+
+def expect(cond: object, msg: str, segs: Segs | None = None) -> None:
+    if not cond:
+        raise CheckFailed(msg + ("\n" + describe(segs) if segs else ""))
+
+
+def is_client(seg: pcapread.Segment) -> bool:
+    return seg.src in (CLIENT4, CLIENT6)
+
+
+def side(seg: pcapread.Segment) -> str:
+    return "c" if is_client(seg) else "s"
+
+
+def describe(segs: Segs) -> str:
+    return " ".join(f"{side(s)}:{s.tag}{'+' + str(s.plen) if s.plen else ''}"
+                    for s in segs)
+
+
+def load(path: Path) -> Segs:
+    segs = pcapread.read(path).segments
+    expect(segs, f"{path.name}: no TCP segments")
+    return segs
+
+
+def check_handshake(segs: Segs) -> None:
+    syn, synack, ack = segs[0], segs[1], segs[2]
+    expect(is_client(syn) and syn.tag == "S", "no client SYN first", segs)
+    expect(not is_client(synack) and synack.tag == "S.", "no SYN-ACK second", segs)
+    expect(synack.ack == syn.seq_end, "SYN-ACK does not ack the SYN", segs)
+    expect(is_client(ack) and ack.has_ack and ack.ack == synack.seq_end,
+           "no ACK of the SYN-ACK third", segs)
+
+
+def fins(segs: Segs, who: str) -> Segs:
+    return [s for s in segs if s.fin and side(s) == who]
+
+
+def check_close(segs: Segs, first: str, mode: str = "fourway") -> None:
+    """FIN from ``first``, then the other side's ACK/FIN, then the last ACK."""
+    other = "s" if first == "c" else "c"
+    expect(not any(s.rst for s in segs), "unexpected RST", segs)
+    f1s, f2s = fins(segs, first), fins(segs, other)
+    expect(len(f1s) == 1 and len(f2s) == 1, "want exactly one FIN per side", segs)
+    f1, f2 = f1s[0], f2s[0]
+    i1, i2 = segs.index(f1), segs.index(f2)
+    expect(i1 < i2, f"first FIN is not from {first}", segs)
+    expect(f2.ack == f1.seq_end, "second FIN does not ack the first", segs)
+    between = [s for s in segs[i1 + 1:i2] if side(s) == other]
+    acked = [s for s in between if s.ack == f1.seq_end]
+    if mode == "fourway":
+        expect(acked, "no separate ACK of the first FIN (four-way close)", segs)
+    else:
+        expect(not acked, "first FIN acked separately (want three-way close)", segs)
+    expect(any(side(s) == first and s.ack == f2.seq_end for s in segs[i2 + 1:]),
+           "second FIN never acked", segs)
+
+
+def check_data(segs: Segs) -> None:
+    expect(any(s.plen for s in segs if is_client(s)), "no client data", segs)
+    expect(any(s.plen for s in segs if not is_client(s)), "no server data", segs)
+
+
+def normal(first: str, mode: str = "fourway") -> Callable[[list[Path]], None]:
+    def check(paths: list[Path]) -> None:
+        segs = load(paths[0])
+        check_handshake(segs)
+        check_data(segs)
+        check_close(segs, first, mode)
+
+    return check
+
+
+def resets(segs: Segs, who: str) -> Segs:
+    return [s for s in segs if s.rst and side(s) == who]
+
+
+def reset_by(who: str) -> Callable[[list[Path]], None]:
+    def check(paths: list[Path]) -> None:
+        segs = load(paths[0])
+        check_handshake(segs)
+        check_data(segs)
+        expect(resets(segs, who), f"no RST from {who}", segs)
+        expect(not fins(segs, who), f"FIN from {who} (want RST instead)", segs)
+
+    return check
+
+
+# --------------------------------------------------------------------------
+# 1-3: ordinary closes
+# --------------------------------------------------------------------------
+
+
+@scenario("handshake_fourway_client_close", normal("c"))
+def make_fourway_client(out: Path) -> list[Path]:
+    """Handshake, 100 B request, 200 B reply, client closes first, server 300 ms
+    after EOF: SYN, SYN-ACK, ACK, data, FIN, ACK, FIN, ACK. Also a pcapng copy."""
+    path = out / "handshake_fourway_client_close.pcap"
+    exchange(path, SERVER_FOURWAY, CLIENT_FOURWAY)
+    ng = path.with_suffix(".pcapng")
+    netlab.run(["editcap", "-F", "pcapng", str(path), str(ng)])
+    return [path, ng]
+
+
+@scenario("fourway_server_close", normal("s"))
+def make_fourway_server(out: Path) -> list[Path]:
+    """HTTP/1.0 style: request, reply, server closes first; client closes 300 ms
+    after EOF. Server ends in TIME_WAIT."""
+    client = [connect(), ["send", 100], ["eof"], ["sleep", 0.3], ["close"]]
+    server = [["recv", 100], ["send", 300], ["close"]]
+    return exchange(out / "fourway_server_close.pcap", server, client)
+
+
+@scenario("threeway_close", normal("c", "threeway"))
+def make_threeway(out: Path) -> list[Path]:
+    """Client closes first, server closes at once on EOF: FIN, FIN+ACK, ACK."""
+    server = [*SERVER_REPLY, ["eof"], ["close"]]
+    return exchange(out / "threeway_close.pcap", server, CLIENT_FOURWAY)
+
+
+# --------------------------------------------------------------------------
+# 4-5: crossing segments through the 50 ms delay
+# --------------------------------------------------------------------------
+
+
+def check_simultaneous_open(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    syns = [s for s in segs if s.syn]
+    expect(len(syns) >= 4, "want 2 SYNs and 2 SYN-ACKs", segs)
+    expect([s.tag for s in syns[:2]] == ["S", "S"], "first two SYNs not bare", segs)
+    expect({side(s) for s in syns[:2]} == {"c", "s"}, "bare SYNs not from both",
+           segs)
+    sas = [s for s in syns if s.tag == "S."]
+    expect({side(s) for s in sas} == {"c", "s"}, "no SYN-ACK from both sides", segs)
+    expect(all(segs.index(s) > segs.index(syns[1]) for s in sas),
+           "a SYN-ACK came before both SYNs (SYNs did not cross)", segs)
+    check_data(segs)
+    expect(fins(segs, "c") and fins(segs, "s"), "connection not closed", segs)
+
+
+@scenario("simultaneous_open", check_simultaneous_open)
+def make_simultaneous_open(out: Path) -> list[Path]:
+    """Both ends bind fixed ports and connect() to each other at the same
+    instant across a 50 ms one-way delay: the bare SYNs cross, then SYN-ACKs."""
+    path = out / "simultaneous_open.pcap"
+    at = time.time() + 1.0
+    a = [["socket", "4"], ["reuseaddr"], ["bind", CLIENT4, 40001], ["at", at],
+         ["connect", SERVER4, 40002], ["send", 100], ["recv", 100], ["close"]]
+    b = [["socket", "4"], ["reuseaddr"], ["bind", SERVER4, 40002], ["at", at],
+         ["connect", CLIENT4, 40001], ["recv", 100], ["send", 100], ["eof"],
+         ["sleep", 0.3], ["close"]]
+    with Lab(DELAY) as lab, lab.capture(path):
+        peer_b = lab.peer(lab.server, {"clients": [{"steps": b}]})
+        lab.peer(lab.client, {"clients": [{"steps": a}]}).finish()
+        peer_b.finish()
+    return [path]
+
+
+def check_simultaneous_close(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    check_handshake(segs)
+    fc, fs = fins(segs, "c"), fins(segs, "s")
+    expect(len(fc) == 1 and len(fs) == 1, "want one FIN per side", segs)
+    expect(fc[0].ack != fs[0].seq_end, "client FIN acks the server FIN", segs)
+    expect(fs[0].ack != fc[0].seq_end, "server FIN acks the client FIN", segs)
+    for fin, who in ((fs[0], "c"), (fc[0], "s")):
+        expect(any(side(s) == who and s.ack == fin.seq_end and not s.fin
+                   for s in segs), f"{who} never acks the crossing FIN", segs)
+    expect(not any(s.rst for s in segs), "unexpected RST", segs)
+
+
+@scenario("simultaneous_close", check_simultaneous_close)
+def make_simultaneous_close(out: Path) -> list[Path]:
+    """Established connection over a 50 ms one-way delay; both ends
+    shutdown(SHUT_WR) at the same wall-clock instant, the FINs cross and both
+    ends pass through CLOSING to TIME_WAIT."""
+    at = time.time() + 1.5
+    tail = [["at", at], ["shutwr"], ["eof"], ["close"]]
+    client = [*client_request(), *tail]
+    return exchange(out / "simultaneous_close.pcap", [*SERVER_REPLY, *tail], client,
+                    delay=DELAY)
+
+
+# --------------------------------------------------------------------------
+# 6-9: handshakes that fail or stumble
+# --------------------------------------------------------------------------
+
+
+DROP_SYN = """table inet synfin {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    tcp dport {port} tcp flags & (syn | ack) == syn {verdict}
+  }}
+}}
+"""
+DROP_SYNACK = """table inet synfin {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    tcp flags & (syn | ack) == syn | ack drop
+  }
+}
+"""
+
+
+def check_refused(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    expect([(side(s), s.tag) for s in segs] == [("c", "S"), ("s", "R.")],
+           "want SYN then RST+ACK", segs)
+    expect(segs[1].ack == segs[0].seq_end, "RST does not ack the SYN", segs)
+
+
+@scenario("refused", check_refused)
+def make_refused(out: Path) -> list[Path]:
+    """connect() to a closed port: SYN answered by RST+ACK."""
+    return exchange(out / "refused.pcap", None, [connect()])
+
+
+def check_unanswered(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    expect(len(segs) == 3 and all(is_client(s) and s.tag == "S" for s in segs),
+           "want exactly 3 client SYNs", segs)
+    expect(len({s.seq for s in segs}) == 1, "SYN retransmits differ in ISN", segs)
+
+
+@scenario("unanswered", check_unanswered)
+def make_unanswered(out: Path) -> list[Path]:
+    """nftables in the server namespace drops SYNs; the client
+    (tcp_syn_retries=2) sends the SYN 3 times (same ISN) and gives up (~7 s)."""
+
+    def prepare(lab: Lab) -> None:
+        lab.nft(lab.server, DROP_SYN.format(port=PORT, verdict="drop"))
+        lab.sysctl(lab.client, "net.ipv4.tcp_syn_retries", 2)
+
+    return exchange(out / "unanswered.pcap", None, [connect()], prepare=prepare)
+
+
+def check_syn_lost_once(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    expect([(side(s), s.tag) for s in segs[:3]] == [("c", "S"), ("c", "S"),
+                                                    ("s", "S.")],
+           "want SYN, SYN (retransmit), SYN-ACK", segs)
+    expect(segs[0].seq == segs[1].seq, "retransmitted SYN has another ISN", segs)
+    check_handshake(segs[1:])
+    check_data(segs)
+    check_close(segs, "c")
+
+
+@scenario("syn_lost_once", check_syn_lost_once)
+def make_syn_lost_once(out: Path) -> list[Path]:
+    """The first SYN is dropped in the server namespace (nft quota: only the
+    first ~60 bytes of SYNs); the retransmit 1 s later is answered; normal
+    exchange and four-way close."""
+
+    def prepare(lab: Lab) -> None:
+        lab.nft(lab.server, DROP_SYN.format(port=PORT,
+                                            verdict="quota until 100 bytes drop"))
+
+    return exchange(out / "syn_lost_once.pcap", SERVER_FOURWAY, CLIENT_FOURWAY,
+                    prepare=prepare)
+
+
+def check_incomplete(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    expect(segs[0].tag == "S" and is_client(segs[0]), "no SYN first", segs)
+    expect(any(s.tag == "S." for s in segs), "no SYN-ACK seen", segs)
+    expect(not any(s.has_ack for s in segs if is_client(s)),
+           "the client sent an ACK", segs)
+    expect(not any(s.plen for s in segs), "data seen", segs)
+
+
+@scenario("incomplete_handshake", check_incomplete)
+def make_incomplete(out: Path) -> list[Path]:
+    """nftables in the client namespace drops incoming SYN-ACKs (after tcpdump
+    saw them): SYN, SYN-ACK, retransmits of both, never an ACK from the client
+    (client tcp_syn_retries=1, server tcp_synack_retries=2)."""
+
+    def prepare(lab: Lab) -> None:
+        lab.nft(lab.client, DROP_SYNACK)
+        lab.sysctl(lab.client, "net.ipv4.tcp_syn_retries", 1)
+        lab.sysctl(lab.server, "net.ipv4.tcp_synack_retries", 2)
+
+    return exchange(out / "incomplete_handshake.pcap", [["close"]], [connect()],
+                    prepare=prepare, listen={"accepts": 0, "hold": 1},
+                    wait_server=False)
+
+
+# --------------------------------------------------------------------------
+# 10-12: mid-connection capture, half close, CLOSE_WAIT
+# --------------------------------------------------------------------------
+
+
+def check_midstream(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    expect(not any(s.syn for s in segs), "capture contains a SYN", segs)
+    check_data(segs)
+    check_close(segs, "c")
+
+
+@scenario("midstream", check_midstream)
+def make_midstream(out: Path) -> list[Path]:
+    """tcpdump starts ~0.6 s after the handshake while 100-byte echoes go on
+    every 100 ms (15 in all); then a normal four-way close."""
+    path = out / "midstream.pcap"
+    rounds = 15
+    client: Steps = [connect()]
+    for _ in range(rounds):
+        client += [["send", 100], ["recv", 100], ["sleep", 0.1]]
+    server: Steps = [["recv", 100], ["send", 100]] * rounds
+    server += [["eof"], ["sleep", 0.3], ["close"]]
+    with Lab() as lab:
+        srv = lab.peer(lab.server, {"listeners": [listener(server)]})
+        cli = lab.peer(lab.client, {"clients": [{"steps": client}]})
+        time.sleep(0.3)
+        with lab.capture(path):
+            cli.finish()
+            srv.finish()
+    return [path]
+
+
+def check_half_close(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    check_handshake(segs)
+    fc, fs = fins(segs, "c"), fins(segs, "s")
+    expect(len(fc) == 1 and len(fs) == 1, "want one FIN per side", segs)
+    i_c, i_s = segs.index(fc[0]), segs.index(fs[0])
+    expect(i_c < i_s, "client FIN is not first", segs)
+    later = [s for s in segs[i_c + 1:i_s] if not is_client(s) and s.plen]
+    expect(len(later) >= 3, "server sent < 3 data segments after the FIN", segs)
+    acks = [s for s in segs[i_c + 1:i_s] if is_client(s) and s.ack > fc[0].ack]
+    expect(acks, "client did not ACK the data after its FIN", segs)
+    check_close(segs, "c")
+
+
+@scenario("half_close", check_half_close)
+def make_half_close(out: Path) -> list[Path]:
+    """Client sends a request and shutdown(SHUT_WR); the server keeps sending
+    5 x 200 bytes over ~200 ms, which the half-closed client ACKs, then closes."""
+    client = [connect(), ["send", 100], ["shutwr"], ["eof"], ["close"]]
+    server: Steps = [["recv", 100], ["eof"]]
+    for _ in range(5):
+        server += [["send", 200], ["sleep", 0.05]]
+    server.append(["close"])
+    return exchange(out / "half_close.pcap", server, client)
+
+
+def check_close_wait(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    check_handshake(segs)
+    fc = fins(segs, "c")
+    expect(len(fc) == 1, "want one client FIN", segs)
+    expect(not fins(segs, "s") and not any(s.rst for s in segs),
+           "server closed", segs)
+    expect(any(not is_client(s) and s.ack == fc[0].seq_end for s in segs),
+           "server did not ACK the FIN", segs)
+
+
+@scenario("close_wait_left_open", check_close_wait)
+def make_close_wait(out: Path) -> list[Path]:
+    """Client closes; the server ACKs the FIN but keeps its socket open until
+    after the capture stopped (server stays in CLOSE_WAIT)."""
+    server = [*SERVER_REPLY, ["eof"], ["sleep", 5], ["close"]]
+    return exchange(out / "close_wait_left_open.pcap", server, CLIENT_FOURWAY,
+                    wait_server=False)
+
+
+# --------------------------------------------------------------------------
+# 13-16: resets
+# --------------------------------------------------------------------------
+
+
+@scenario("reset_linger_client", reset_by("c"))
+def make_reset_linger_client(out: Path) -> list[Path]:
+    """Client sets SO_LINGER {1, 0} and closes an established connection:
+    RST from the client instead of a FIN."""
+    client = [*client_request(), ["linger0"], ["close"]]
+    server = [*SERVER_REPLY, ["eof"], ["close"]]
+    return exchange(out / "reset_linger_client.pcap", server, client)
+
+
+@scenario("reset_linger_server", reset_by("s"))
+def make_reset_linger_server(out: Path) -> list[Path]:
+    """Server sets SO_LINGER {1, 0} and closes after its reply: RST from the
+    server."""
+    client = [*client_request(), ["eof"], ["close"]]
+    server = [*SERVER_REPLY, ["sleep", 0.2], ["linger0"], ["close"]]
+    return exchange(out / "reset_linger_server.pcap", server, client)
+
+
+@scenario("reset_unread_data", reset_by("c"))
+def make_reset_unread(out: Path) -> list[Path]:
+    """The client close()s while 300 unread bytes from the server sit in its
+    receive buffer: Linux sends RST instead of FIN."""
+    client = [connect(), ["send", 100], ["sleep", 0.3], ["close"]]
+    server = [["recv", 100], ["send", 300], ["eof"], ["close"]]
+    return exchange(out / "reset_unread_data.pcap", server, client)
+
+
+def check_reset_after_close(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    check_handshake(segs)
+    fc = fins(segs, "c")
+    expect(len(fc) == 1, "want one client FIN", segs)
+    i_f = segs.index(fc[0])
+    data = [i for i, s in enumerate(segs) if i > i_f and s.plen and not is_client(s)]
+    expect(data, "no server data after the client FIN", segs)
+    expect(any(s.rst for s in resets(segs[data[0]:], "c")),
+           "the closed client did not answer data with RST", segs)
+
+
+@scenario("reset_after_close", check_reset_after_close)
+def make_reset_after_close(out: Path) -> list[Path]:
+    """Client sends a request and close()s (FIN); the server reads EOF and then
+    still writes: the orphaned client socket answers the data with RST."""
+    client = [connect(), ["send", 100], ["close"]]
+    server = [["recv", 100], ["eof"], ["sleep", 0.1], ["send", 100], ["sleep", 0.2],
+              ["send", 100], ["close"]]
+    return exchange(out / "reset_after_close.pcap", server, client)
+
+
+# --------------------------------------------------------------------------
+# 17-19: keepalive, Fast Open, reuse of a 4-tuple
+# --------------------------------------------------------------------------
+
+
+def keepalive_probes(segs: Segs) -> Segs:
+    """Client segments of <= 1 byte whose seq is one below its next seq."""
+    probes, nxt = [], None
+    for seg in segs:
+        if not is_client(seg):
+            continue
+        if nxt is not None and seg.plen <= 1 and seg.seq == (nxt - 1) & 0xFFFFFFFF:
+            probes.append(seg)
+        nxt = seg.seq_end if nxt is None else max(nxt, seg.seq_end)
+    return probes
+
+
+def check_keepalive(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    normal("c")(paths)
+    probes = keepalive_probes(segs)
+    expect(len(probes) >= 2, f"only {len(probes)} keepalive probes", segs)
+
+
+@scenario("keepalive", check_keepalive)
+def make_keepalive(out: Path) -> list[Path]:
+    """SO_KEEPALIVE with TCP_KEEPIDLE=1 s, TCP_KEEPINTVL=1 s on an idle client
+    for 2.6 s: 2 keepalive probes (seq = snd_nxt - 1) each ACKed, then a
+    four-way close."""
+    client = [*client_request(), ["keepalive", 1, 1, 3], ["sleep", 2.6], ["close"]]
+    return exchange(out / "keepalive.pcap", SERVER_FOURWAY, client)
+
+
+def check_fastopen(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    syns = [s for s in segs if s.tag == "S" and is_client(s) and s.plen]
+    expect(syns, "no SYN with payload", segs)
+    cookie = [v for k, v in pcapread.tcp_options(syns[0]) if k == 34]
+    expect(cookie and cookie[0], "data SYN carries no TFO cookie", segs)
+    sa = [s for s in segs if s.tag == "S." and s.dport == syns[0].sport]
+    expect(sa and sa[-1].ack == syns[0].seq_end, "SYN-ACK does not ack SYN data",
+           segs)
+
+
+@scenario("fastopen", check_fastopen)
+def make_fastopen(out: Path) -> list[Path]:
+    """TCP Fast Open (tcp_fastopen=3 both sides): connection 1 asks for and
+    gets a cookie, connection 2 sends 50 bytes in its SYN with the cookie."""
+    tfo = ["tfo", SERVER4, PORT, 50]
+    client = [tfo, ["recv", 50], ["close"], ["sleep", 0.3], tfo, ["recv", 50],
+              ["close"]]
+    server = [["recv", 50], ["send", 50], ["eof"], ["sleep", 0.2], ["close"]]
+
+    def prepare(lab: Lab) -> None:
+        for ns in (lab.client, lab.server):
+            lab.sysctl(ns, "net.ipv4.tcp_fastopen", 3)
+
+    return exchange(out / "fastopen.pcap", server, client, prepare=prepare,
+                    listen={"accepts": 2, "fastopen": True})
+
+
+def check_port_reuse(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    syns = [s for s in segs if s.tag == "S"]
+    expect(len(syns) == 2, "want two client SYNs", segs)
+    a, b = syns
+    expect((a.sport, a.dport) == (b.sport, b.dport), "4-tuples differ", segs)
+    expect(a.seq != b.seq, "same ISN twice", segs)
+    expect(len([s for s in segs if s.tag == "S."]) == 2, "want two SYN-ACKs", segs)
+    expect(len([s for s in segs if s.fin]) == 4, "want four FINs", segs)
+    expect(not any(s.rst for s in segs), "unexpected RST", segs)
+    i = segs.index(b)
+    check_handshake(segs[:3])
+    check_handshake(segs[i:])
+    check_close(segs[:i], "s")
+    check_close(segs[i:], "s")
+
+
+@scenario("port_reuse", check_port_reuse)
+def make_port_reuse(out: Path) -> list[Path]:
+    """Two connections on the same 4-tuple (client port 45000 bound twice with
+    SO_REUSEADDR). The server closes first each time, so the TIME_WAIT is on
+    the server, which accepts the new SYN (higher ISN/timestamp)."""
+    one = [["socket", "4"], ["reuseaddr"], ["bind", CLIENT4, 45000], connect(),
+           ["send", 100], ["recv", 200], ["eof"], ["sleep", 0.3], ["close"]]
+    server = [*SERVER_REPLY, ["close"]]
+    return exchange(out / "port_reuse.pcap", server, [*one, ["sleep", 0.3], *one],
+                    listen={"accepts": 2})
+
+
+# --------------------------------------------------------------------------
+# 20-22: IPv6, -i any, dumpcap
+# --------------------------------------------------------------------------
+
+
+def check_ipv6(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    expect(all(":" in s.src for s in segs), "non-IPv6 segment", segs)
+    normal("c")(paths)
+
+
+@scenario("ipv6", check_ipv6)
+def make_ipv6(out: Path) -> list[Path]:
+    """A normal connection fd77::1 -> fd77::2 with a four-way close."""
+    client = [*client_request(SERVER6), ["close"]]
+    return exchange(out / "ipv6.pcap", SERVER_FOURWAY, client,
+                    listen={"addr": SERVER6})
+
+
+def linktype_is(linktype: int, fmt: str) -> Callable[[list[Path]], None]:
+    def check(paths: list[Path]) -> None:
+        cap = pcapread.read(paths[0])
+        expect(cap.linktype == linktype and cap.fmt == fmt,
+               f"{paths[0].name}: link type {cap.linktype} {cap.fmt}")
+        normal("c")(paths)
+
+    return check
+
+
+@scenario("any_interface", linktype_is(pcapread.LINK_SLL2, "pcap"))
+def make_any(out: Path) -> list[Path]:
+    """A normal connection captured with tcpdump -i any (Linux cooked v2)."""
+    return exchange(out / "any_interface.pcap", SERVER_FOURWAY, CLIENT_FOURWAY,
+                    capture={"iface": "any", "extra": ["-y", "LINUX_SLL2"]})
+
+
+@scenario("dumpcap_pcapng", linktype_is(pcapread.LINK_ETHERNET, "pcapng"))
+def make_dumpcap(out: Path) -> list[Path]:
+    """A normal connection captured with dumpcap (pcapng)."""
+    return exchange(out / "dumpcap_pcapng.pcapng", SERVER_FOURWAY, CLIENT_FOURWAY,
+                    capture={"tool": "dumpcap"})
+
+
+# --------------------------------------------------------------------------
+# 23: busy
+# --------------------------------------------------------------------------
+
+BUSY_KINDS: dict[str, tuple[int, int]] = {  # kind: (server port, connections)
+    "client_close": (9101, 100),
+    "server_close": (9102, 80),
+    "client_reset": (9103, 40),
+    "server_reset": (9104, 40),
+    "half_close": (9105, 50),
+    "refused": (9109, 30),
+}
+
+
+def busy_steps(kind: str, hold: float) -> tuple[Steps, Steps]:
+    """(client steps, server steps) of one busy connection kind."""
+    port = BUSY_KINDS[kind][0]
+    conn, wait = ["connect", SERVER4, port], ["sleep", round(hold, 3)]
+    table: dict[str, tuple[Steps, Steps]] = {
+        "client_close": ([conn, ["send", 60], ["recv", 60], wait, ["close"]],
+                         [["recv", 60], ["send", 60], ["eof"], ["sleep", 0.2],
+                          ["close"]]),
+        "server_close": ([conn, wait, ["send", 60], ["eof"], ["sleep", 0.1],
+                          ["close"]],
+                         [["recv", 60], ["send", 120], ["close"]]),
+        "client_reset": ([conn, ["send", 60], ["recv", 60], wait, ["linger0"],
+                          ["close"]],
+                         [["recv", 60], ["send", 60], ["eof"], ["close"]]),
+        "server_reset": ([conn, wait, ["send", 60], ["eof"], ["close"]],
+                         [["recv", 60], ["send", 60], ["sleep", 0.05], ["linger0"],
+                          ["close"]]),
+        "half_close": ([conn, wait, ["send", 60], ["shutwr"], ["eof"], ["close"]],
+                       [["recv", 60], ["eof"], ["send", 60], ["sleep", 0.05],
+                        ["send", 60], ["close"]]),
+        "refused": ([wait, conn], []),
+    }
+    return table[kind]
+
+
+def busy_specs() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Mixed, shuffled client list and one listener per kind (not refused)."""
+    rng = random.Random(77)
+    kinds = [k for k, (_, n) in BUSY_KINDS.items() for _ in range(n)]
+    rng.shuffle(kinds)
+    clients = [{"steps": busy_steps(k, rng.uniform(0.3, 1.5))[0], "stagger": 0.005}
+               for k in kinds]
+    listeners = [{"addr": SERVER4, "port": port, "accepts": n, "backlog": 512,
+                  "steps": busy_steps(k, 0)[1]}
+                 for k, (port, n) in BUSY_KINDS.items() if k != "refused"]
+    return ({"listeners": listeners, "deadline": 30},
+            {"clients": clients, "deadline": 30})
+
+
+def check_busy(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    manifest = json.loads(paths[1].read_text())
+    syns = {(s.sport, s.dport) for s in segs if s.tag == "S"}
+    per_port = Counter(dport for _, dport in syns)
+    for kind, count in manifest["kinds"].items():
+        port = manifest["ports"][kind]
+        expect(per_port[port] == count, f"{kind}: {per_port[port]} != {count}")
+    refused = {(s.dport, s.sport) for s in segs
+               if s.tag == "R." and s.sport == manifest["ports"]["refused"]}
+    expect(len(refused) == manifest["kinds"]["refused"], "refusals missing")
+    expect(paths[0].stat().st_size < 1_500_000, "busy.pcap too large")
+
+
+@scenario("busy", check_busy)
+def make_busy(out: Path) -> list[Path]:
+    """340 concurrent connections of mixed kinds (normal closes from both
+    sides, resets from both sides, half-closes, refusals) within ~4 s; counts
+    per kind in busy.manifest.json."""
+    path, manifest = out / "busy.pcap", out / "busy.manifest.json"
+    server_spec, client_spec = busy_specs()
+    with Lab() as lab:
+        server = lab.peer(lab.server, server_spec)
+        with lab.capture(path, snaplen=96):
+            lab.peer(lab.client, client_spec).finish(timeout=40)
+            server.finish(timeout=40)
+    manifest.write_text(json.dumps({
+        "capture": path.name,
+        "client": CLIENT4,
+        "server": SERVER4,
+        "total": sum(n for _, n in BUSY_KINDS.values()),
+        "kinds": {k: n for k, (_, n) in BUSY_KINDS.items()},
+        "ports": {k: p for k, (p, _) in BUSY_KINDS.items()},
+    }, indent=2) + "\n")
+    return [path, manifest]
+
+
+# --------------------------------------------------------------------------
+# 24: crafted with scapy
+# --------------------------------------------------------------------------
+
+
+def crafted() -> Any:
+    """The scapy-based module, imported only when a crafted case is made."""
+    try:
+        from . import crafted as mod
+    except ImportError:
+        import crafted as mod  # type: ignore[no-redef]
+    return mod
+
+
+def check_crafted(want: list[str]) -> Callable[[list[Path]], None]:
+    def check(paths: list[Path]) -> None:
+        segs = load(paths[0])
+        got = [f"{side(s)}:{s.tag}" for s in segs]
+        expect(got == want, f"want {want}", segs)
+
+    return check
+
+
+@scenario("crafted_rst_answers_synack", check_crafted(["c:S", "s:S.", "c:R"]))
+def make_crafted_rst(out: Path) -> list[Path]:
+    """Crafted (scapy): SYN, SYN-ACK, then RST from the client with
+    seq = the SYN-ACK's ack (as a client that no longer wants the connection)."""
+    return [crafted().rst_answers_synack(out / "crafted_rst_answers_synack.pcap")]
+
+
+@scenario("crafted_synrcvd_fin", check_crafted(
+    ["c:S", "s:S.", "s:F.", "c:.", "c:.", "c:F.", "s:."]))
+def make_crafted_synrcvd_fin(out: Path) -> list[Path]:
+    """Crafted (scapy), seen at the server: SYN, SYN-ACK, the server's FIN+ACK
+    before the client's ACK arrives (SYN_RCVD -> FIN_WAIT_1), the client's ACK
+    of the SYN-ACK, its ACK of the FIN, its FIN, the server's last ACK."""
+    return [crafted().synrcvd_fin(out / "crafted_synrcvd_fin.pcap")]
+
+
+SCENARIOS: tuple[str, ...] = tuple(REGISTRY)
+
+
+# --------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------
+
+
+def run_one(sc: Scenario, out_dir: Path) -> list[Path]:
+    """Make and check one scenario, retrying timing failures."""
+    last: Exception | None = None
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            paths = sc.make(out_dir)
+            sc.check(paths)
+        except (CheckFailed, netlab.LabError, subprocess.SubprocessError) as exc:
+            last = exc
+            print(f"  {sc.name}: attempt {attempt} failed: {exc}", file=sys.stderr)
+            continue
+        return paths
+    raise GenerationError(f"{sc.name}: failed {ATTEMPTS} times: {last}")
+
+
+def generate(names: list[str] | None, out_dir: Path) -> list[Path]:
+    """Make the named scenarios (all if None) in ``out_dir``; return the files."""
+    if os.geteuid() != 0:
+        raise PermissionError("generate.py needs root (namespaces, tcpdump)")
+    unknown = sorted(set(names or []) - set(REGISTRY))
+    if unknown:
+        raise ValueError(f"unknown scenarios: {', '.join(unknown)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    try:
+        for name in names or SCENARIOS:
+            start = time.monotonic()
+            paths = run_one(REGISTRY[name], out_dir)
+            took = time.monotonic() - start
+            print(f"{name}: {', '.join(p.name for p in paths)} ({took:.1f} s)",
+                  file=sys.stderr)
+            made += paths
+    finally:
+        netlab.cleanup_all()
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="output folder")
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=SCENARIOS,
+                        help="make only these scenarios")
+    parser.add_argument("--list", action="store_true", help="list scenarios")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name in SCENARIOS:
+            print(f"{name:32} {' '.join(REGISTRY[name].doc.split())}")
+        return 0
+    netlab.install_signal_handlers()
+    try:
+        generate(args.only, args.out)
+    except GenerationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

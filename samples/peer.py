@@ -1,0 +1,311 @@
+"""Programs that run *inside* one network namespace of the sample lab.
+
+This file is started by ``netlab.py`` as
+``ip netns exec NS python3 peer.py MODE JSON`` and uses only the standard
+library. It has two modes:
+
+``sockets``
+    Runs TCP listeners and clients described by a JSON spec. Each client and
+    each accepted connection executes a small list of *steps*, e.g.
+    ``[["connect", "10.77.0.2", 9000], ["send", 100], ["recv", 100],
+    ["close"]]``. All listeners are up before ``READY`` is printed on stdout.
+
+``forward``
+    A delaying Ethernet "wire": copies every frame arriving on one
+    AF_PACKET socket to the other interface after a fixed delay, so that
+    two segments can really cross in flight.
+
+Every mode is bounded in time by a watchdog (``deadline`` seconds).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+Step = list[Any]
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+SOCK_TIMEOUT = 15.0
+
+
+def log(msg: str) -> None:
+    """Write a diagnostic line to stderr (collected by the generator)."""
+    sys.stderr.write(f"[peer {os.getpid()}] {msg}\n")
+    sys.stderr.flush()
+
+
+def start_watchdog(seconds: float) -> None:
+    """Hard-exit the process after ``seconds`` whatever it is doing."""
+
+    def bomb() -> None:
+        time.sleep(seconds)
+        log(f"watchdog: exiting after {seconds}s")
+        os._exit(3)
+
+    threading.Thread(target=bomb, daemon=True).start()
+
+
+# --------------------------------------------------------------------------
+# socket steps
+# --------------------------------------------------------------------------
+
+
+class Conn:
+    """The state one step list works on: the current socket."""
+
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        self.sock = sock
+        self.family = socket.AF_INET
+
+    def need(self) -> socket.socket:
+        if self.sock is None:
+            raise RuntimeError("no socket: add a 'socket' step first")
+        return self.sock
+
+
+def family_of(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def recv_exact(sock: socket.socket, n: int) -> int:
+    got = 0
+    while got < n:
+        chunk = sock.recv(min(65536, n - got))
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
+
+
+def recv_eof(sock: socket.socket) -> int:
+    got = 0
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return got
+        got += len(chunk)
+
+
+def do_socket(c: Conn, args: Step) -> None:
+    c.family = socket.AF_INET6 if args and str(args[0]) == "6" else socket.AF_INET
+    c.sock = socket.socket(c.family, socket.SOCK_STREAM)
+    c.sock.settimeout(SOCK_TIMEOUT)
+
+
+def do_connect(c: Conn, args: Step) -> None:
+    if c.sock is None:
+        do_socket(c, ["6" if ":" in args[0] else "4"])
+    timeout = float(args[2]) if len(args) > 2 else SOCK_TIMEOUT
+    sock = c.need()
+    sock.settimeout(timeout)
+    sock.connect((args[0], int(args[1])))
+    sock.settimeout(SOCK_TIMEOUT)
+
+
+def do_tfo(c: Conn, args: Step) -> None:
+    """connect + send in one sendto(MSG_FASTOPEN) (TCP Fast Open)."""
+    if c.sock is None:
+        do_socket(c, ["6" if ":" in args[0] else "4"])
+    c.need().sendto(b"F" * int(args[2]), socket.MSG_FASTOPEN, (args[0], int(args[1])))
+
+
+def do_linger0(c: Conn, _args: Step) -> None:
+    c.need().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def do_keepalive(c: Conn, args: Step) -> None:
+    sock = c.need()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, int(args[0]))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, int(args[1]))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(args[2]))
+
+
+def do_at(_c: Conn, args: Step) -> None:
+    """Sleep until the wall-clock instant args[0] (a time barrier)."""
+    delay = float(args[0]) - time.time()
+    if 0 < delay < 30:
+        time.sleep(delay)
+
+
+def do_close(c: Conn, _args: Step) -> None:
+    c.need().close()
+    c.sock = None
+
+
+STEPS = {
+    "socket": do_socket,
+    "reuseaddr": lambda c, a: c.need().setsockopt(
+        socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+    ),
+    "bind": lambda c, a: c.need().bind((a[0], int(a[1]))),
+    "connect": do_connect,
+    "tfo": do_tfo,
+    "send": lambda c, a: c.need().sendall(b"x" * int(a[0])),
+    "recv": lambda c, a: recv_exact(c.need(), int(a[0])),
+    "eof": lambda c, a: recv_eof(c.need()),
+    "shutwr": lambda c, a: c.need().shutdown(socket.SHUT_WR),
+    "sleep": lambda c, a: time.sleep(float(a[0])),
+    "at": do_at,
+    "linger0": do_linger0,
+    "keepalive": do_keepalive,
+    "nodelay": lambda c, a: c.need().setsockopt(
+        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+    ),
+    "close": do_close,
+}
+
+
+def run_steps(c: Conn, steps: list[Step], tag: str, errors: list[str]) -> None:
+    """Run one step list; a socket error ends the list (it may be expected)."""
+    for step in steps:
+        name, args = step[0], step[1:]
+        try:
+            STEPS[name](c, args)
+        except OSError as exc:
+            errors.append(f"{tag}: {name}: {exc!r}")
+            break
+    if c.sock is not None:
+        c.sock.close()
+
+
+def run_listener(spec: dict[str, Any], ready: threading.Barrier,
+                 errors: list[str]) -> None:
+    """Accept ``accepts`` connections; each runs ``steps`` in its own thread."""
+    port = int(spec["port"])
+    try:
+        lsock = open_listener(spec)
+    except OSError as exc:
+        errors.append(f"listen {port}: {exc!r}")
+        ready.wait()
+        return
+    ready.wait()
+    workers = []
+    for i in range(int(spec.get("accepts", 1))):
+        try:
+            sock, _peer = lsock.accept()
+        except OSError as exc:
+            errors.append(f"accept {port}: {exc!r}")
+            break
+        sock.settimeout(SOCK_TIMEOUT)
+        worker = threading.Thread(
+            target=run_steps,
+            args=(Conn(sock), spec["steps"], f"srv{port}#{i}", errors),
+        )
+        worker.start()
+        workers.append(worker)
+    for worker in workers:
+        worker.join()
+    time.sleep(float(spec.get("hold", 0.0)))
+    lsock.close()
+
+
+def open_listener(spec: dict[str, Any]) -> socket.socket:
+    addr, port = spec["addr"], int(spec["port"])
+    lsock = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if spec.get("fastopen"):
+        lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
+    lsock.bind((addr, port))
+    lsock.listen(int(spec.get("backlog", 128)))
+    lsock.settimeout(SOCK_TIMEOUT)
+    return lsock
+
+
+def start_clients(spec: dict[str, Any], errors: list[str]) -> list[threading.Thread]:
+    """Start ``count`` copies of one client step list, ``stagger`` s apart."""
+    threads = []
+    for i in range(int(spec.get("count", 1))):
+        worker = threading.Thread(
+            target=run_steps, args=(Conn(), spec["steps"], f"cli#{i}", errors)
+        )
+        worker.start()
+        threads.append(worker)
+        time.sleep(float(spec.get("stagger", 0.0)))
+    return threads
+
+
+def mode_sockets(spec: dict[str, Any]) -> int:
+    listeners = spec.get("listeners", [])
+    errors: list[str] = []
+    ready = threading.Barrier(len(listeners) + 1)
+    threads = [
+        threading.Thread(target=run_listener, args=(ls, ready, errors))
+        for ls in listeners
+    ]
+    for thread in threads:
+        thread.start()
+    ready.wait(timeout=10)
+    print("READY", flush=True)
+    for client in spec.get("clients", []):
+        threads += start_clients(client, errors)
+    for thread in threads:
+        thread.join()
+    for err in errors:
+        log(err)
+    print(json.dumps({"errors": len(errors), "first": errors[:5]}), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------
+# delaying forwarder
+# --------------------------------------------------------------------------
+
+
+def packet_socket(ifname: str) -> socket.socket:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.bind((ifname, ETH_P_ALL))
+    sock.setblocking(False)
+    return sock
+
+
+def mode_forward(spec: dict[str, Any]) -> int:
+    """Copy frames between two interfaces with a one-way delay."""
+    a, b = packet_socket(spec["if_a"]), packet_socket(spec["if_b"])
+    other = {a.fileno(): b, b.fileno(): a}
+    delay = float(spec["delay"])
+    queue: list[tuple[float, int, socket.socket, bytes]] = []
+    seq = 0
+    print("READY", flush=True)
+    while True:
+        timeout = max(0.0, queue[0][0] - time.monotonic()) if queue else 1.0
+        readable, _, _ = select.select([a, b], [], [], timeout)
+        for sock in readable:
+            while True:
+                try:
+                    frame, addr = sock.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                if addr[2] == PACKET_OUTGOING:
+                    continue
+                seq += 1
+                heapq.heappush(
+                    queue, (time.monotonic() + delay, seq, other[sock.fileno()], frame)
+                )
+        now = time.monotonic()
+        while queue and queue[0][0] <= now:
+            _, _, out, frame = heapq.heappop(queue)
+            out.send(frame)
+
+
+def main(argv: list[str]) -> int:
+    mode, spec = argv[1], json.loads(argv[2])
+    start_watchdog(float(spec.get("deadline", 30)))
+    if mode == "forward":
+        return mode_forward(spec)
+    if mode == "sockets":
+        return mode_sockets(spec)
+    raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
