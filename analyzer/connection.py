@@ -162,17 +162,19 @@ class Connection:
         if flags & RST:
             return "", flags
         if flags & SYN:
-            if sender.isn is not None:
-                if seg.seq == sender.isn:
-                    self.retransmits["synack" if flags & ACK else "syn"] += 1
-                    return "retransmission", flags
+            if sender.isn is not None and seg.seq != sender.isn:
                 self.anomalies.append(Anomaly(seg.frame, f"{role} sent a SYN with a second ISN"))
                 return "", flags & ~SYN
-            sender.isn, sender.syn_end = seg.seq, (seg.seq + 1 + seg.payload_len) % MOD
-            sender.options = dict(seg.options)
+            first_of_kind = sender.isn is None or (flags & ACK and not sender.sent_synack)
+            if not first_of_kind:
+                self.retransmits["synack" if flags & ACK else "syn"] += 1
+                return "retransmission", flags
+            if sender.isn is None:
+                sender.isn, sender.syn_end = seg.seq, (seg.seq + 1 + seg.payload_len) % MOD
+                sender.options = dict(seg.options)
             self.syn_data |= seg.payload_len > 0
             if flags & ACK:
-                self.synack_seen = True
+                sender.sent_synack = self.synack_seen = True
             else:
                 self.bare_syns.add(role)
         if flags & FIN:
@@ -266,7 +268,9 @@ class Connection:
             acks_syn, acks_fin = ep.acknowledged_by(seg.ack)
             ep.syn_acked |= acks_syn
             ep.fin_acked |= acks_fin
-        frame, ts = (seg.frame, seg.ts) if seg.frame > ep.last_sent_frame else (proof.frame, proof.ts)
+        last = ep.history[-1].frame if ep.history and ep.history[-1].frame is not None else 0
+        in_order = seg.frame > ep.last_sent_frame and seg.frame >= last
+        frame, ts = (seg.frame, seg.ts) if in_order else (proof.frame, proof.ts)
         self.aborted |= bool(seg.flags & RST) and ep.state in ABORTABLE
         for event in events:
             if not ep.apply(event, ts, frame):

@@ -40,6 +40,7 @@ class Endpoint:
     passive: bool = False  # reached SYN_RCVD from LISTEN (note 1 of Figure 5)
     history: list[Transition] = field(default_factory=list)
     isn: int | None = None  # sequence number of its SYN
+    sent_synack: bool = False
     syn_end: int = 0  # first sequence number after its SYN (and any SYN data)
     fin_seq: int | None = None  # sequence number its FIN occupies
     snd_nxt: int | None = None  # highest sequence number sent, plus one

@@ -147,6 +147,9 @@ _RESETS: dict[tuple[State, Event], State] = {
 _QUIET: dict[tuple[State, Event], State] = {
     # Allowed events that leave the state as it is.
     **{(state, E.SND_ACK): state for state in SYNCHRONIZED},
+    # The first ACK of our SYN may come after we left SYN-RECEIVED with a FIN
+    # (or took the peer's FIN): §3.10.7.4 "fifth" handles it as in ESTABLISHED.
+    **{(state, E.RCV_ACK_OF_SYN): state for state in SYNCHRONIZED},
     (S.SYN_RCVD, E.SND_SYNACK): S.SYN_RCVD,
 }
 

@@ -344,6 +344,17 @@ DROP_SYNACK = """table inet synfin {
 """
 
 
+def limit_syn_retries(lab: Lab, retries: int) -> None:
+    """Client gives up after ``retries`` SYN retransmits (exponential backoff).
+
+    Since Linux 6.5 ``tcp_syn_linear_timeouts`` (default 4) extra linear
+    retransmits are added to ``tcp_syn_retries``; set it to 0 where it exists.
+    """
+    lab.sysctl(lab.client, "net.ipv4.tcp_syn_retries", retries)
+    if Path("/proc/sys/net/ipv4/tcp_syn_linear_timeouts").exists():
+        lab.sysctl(lab.client, "net.ipv4.tcp_syn_linear_timeouts", 0)
+
+
 def check_refused(paths: list[Path]) -> None:
     segs = load(paths[0])
     expect([(side(s), s.tag) for s in segs] == [("c", "S"), ("s", "R.")],
@@ -367,11 +378,12 @@ def check_unanswered(paths: list[Path]) -> None:
 @scenario("unanswered", check_unanswered)
 def make_unanswered(out: Path) -> list[Path]:
     """nftables in the server namespace drops SYNs; the client
-    (tcp_syn_retries=2) sends the SYN 3 times (same ISN) and gives up (~7 s)."""
+    (tcp_syn_retries=2, tcp_syn_linear_timeouts=0) sends the SYN 3 times
+    (same ISN, at 0, 1 and 3 s) and gives up at ~7 s."""
 
     def prepare(lab: Lab) -> None:
         lab.nft(lab.server, DROP_SYN.format(port=PORT, verdict="drop"))
-        lab.sysctl(lab.client, "net.ipv4.tcp_syn_retries", 2)
+        limit_syn_retries(lab, 2)
 
     return exchange(out / "unanswered.pcap", None, [connect()], prepare=prepare)
 
@@ -418,7 +430,7 @@ def make_incomplete(out: Path) -> list[Path]:
 
     def prepare(lab: Lab) -> None:
         lab.nft(lab.client, DROP_SYNACK)
-        lab.sysctl(lab.client, "net.ipv4.tcp_syn_retries", 1)
+        limit_syn_retries(lab, 1)
         lab.sysctl(lab.server, "net.ipv4.tcp_synack_retries", 2)
 
     return exchange(out / "incomplete_handshake.pcap", [["close"]], [connect()],

@@ -115,7 +115,10 @@ def do_tfo(c: Conn, args: Step) -> None:
     """connect + send in one sendto(MSG_FASTOPEN) (TCP Fast Open)."""
     if c.sock is None:
         do_socket(c, ["6" if ":" in args[0] else "4"])
-    c.need().sendto(b"F" * int(args[2]), socket.MSG_FASTOPEN, (args[0], int(args[1])))
+    sock = c.need()
+    sock.settimeout(None)  # a timeout makes the fd non-blocking: EINPROGRESS
+    sock.sendto(b"F" * int(args[2]), socket.MSG_FASTOPEN, (args[0], int(args[1])))
+    sock.settimeout(SOCK_TIMEOUT)
 
 
 def do_linger0(c: Conn, _args: Step) -> None:

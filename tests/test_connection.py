@@ -1,0 +1,296 @@
+"""Connections built from segments: every label, and the state paths behind them.
+
+Frame numbers in the expected paths are worked out by hand from the delivery
+rules in analyzer/connection.py: a sender changes state at its own frame, a
+receiver at the frame it received (or at the frame that proves receipt when
+segments crossed).
+"""
+
+from analyzer.connection import Timeouts
+from tests.wire import Wire, handshake, path
+
+
+class TestOpen:
+    def test_three_way_handshake(self):
+        w = Wire()
+        handshake(w)
+        conn = w.one()
+        assert conn.labels["open"] == "handshake"
+        assert path(conn, "client") == ["SYN_SENT@1", "ESTABLISHED@2"]
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@3"]
+        assert conn.labels["close"] == "open"
+        assert not conn.roles_inferred
+
+    def test_handshake_ack_carrying_data(self):
+        w = Wire()
+        w.c("S"), w.s("SA"), w.c("PA", data=20)
+        conn = w.one()
+        assert conn.labels["open"] == "handshake"
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@3"]
+
+    def test_refused(self):
+        w = Wire()
+        w.c("S"), w.s("RA")
+        conn = w.one()
+        assert conn.labels["open"] == "refused"
+        assert conn.labels["close"] == "none"
+        assert path(conn, "client") == ["SYN_SENT@1", "CLOSED@2"]
+        assert path(conn, "server") == []  # no listener: the server never left CLOSED
+        assert (conn.labels["reset_by"], conn.labels["reset_state"]) == ("server", "CLOSED")
+
+    def test_unanswered_with_retries(self):
+        w = Wire()
+        w.c("S"), w.c("S", seq=0, at=101.0), w.c("S", seq=0, at=103.0)
+        conn = w.one()
+        assert conn.labels["open"] == "unanswered"
+        assert conn.retransmits["syn"] == 2
+        assert path(conn, "client") == ["SYN_SENT@1"]
+        assert path(conn, "server") == []
+        assert conn.client.state.name == "SYN_SENT"
+
+    def test_incomplete_silence(self):
+        w = Wire()
+        w.c("S"), w.s("SA"), w.s("SA", seq=0), w.s("SA", seq=0)
+        conn = w.one()
+        assert conn.labels["open"] == "incomplete"
+        assert conn.labels["close"] == "none"
+        assert conn.retransmits["synack"] == 2
+        assert path(conn, "server") == ["SYN_RCVD@1"]
+        assert path(conn, "client") == ["SYN_SENT@1"]  # it never showed it got the SYN-ACK
+
+    def test_incomplete_rst_from_client(self):
+        w = Wire()
+        w.c("S"), w.s("SA"), w.c("R", seq=1)
+        conn = w.one()
+        assert conn.labels["open"] == "incomplete"
+        assert path(conn, "client") == ["SYN_SENT@1", "CLOSED@3"]
+        assert path(conn, "server") == ["SYN_RCVD@1", "LISTEN@3"]  # note 1: back to LISTEN
+        assert (conn.labels["reset_by"], conn.labels["reset_state"]) == ("client", "SYN_SENT")
+
+    def test_simultaneous_open_syns_cross(self):
+        w = Wire(client="10.0.0.1:5000", server="10.0.0.2:6000")
+        w.c("S"), w.s("S")                  # both bare SYNs, in flight at once
+        w.c("SA", seq=0), w.s("SA", seq=0)  # each answers the other's SYN
+        w.c("A")
+        conn = w.one()
+        assert conn.labels["open"] == "simultaneous-open"
+        assert conn.retransmits == {"syn": 0, "synack": 0, "fin": 0}
+        # client: its SYN (1), the server's SYN received (2), its SYN,ACK acked (4)
+        assert path(conn, "client") == ["SYN_SENT@1", "SYN_RCVD@2", "ESTABLISHED@4"]
+        # server: had sent its SYN (2) before the client's SYN arrived; its SYN,ACK (4)
+        # proves it got that SYN; the client's SYN,ACK reaches it after 4, proven by 5
+        assert path(conn, "server") == ["SYN_SENT@2", "SYN_RCVD@4", "ESTABLISHED@5"]
+
+    def test_partial_infers_roles_from_ports(self):
+        w = Wire(client="10.0.0.2:80", server="10.0.0.1:51000")  # first packet from the server
+        w.c("PA", data=100), w.s("A")
+        conn = w.one()
+        assert conn.labels["open"] == "partial"
+        assert conn.roles_inferred
+        assert conn.client.port == 51000
+        assert path(conn, "client") == ["ESTABLISHED@1"]
+
+    def test_syn_data_fast_open(self):
+        w = Wire()
+        w.c("S", data=30), w.s("SA"), w.c("A")
+        conn = w.one()
+        assert conn.syn_data
+        assert conn.labels["open"] == "handshake"
+
+
+class TestClose:
+    def test_four_way_client_first(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A"), w.s("FA"), w.c("A")
+        conn = w.one()
+        assert conn.labels["close"] == "four-way"
+        assert conn.labels["active_closer"] == "client"
+        assert path(conn, "client") == ["SYN_SENT@1", "ESTABLISHED@2", "FIN_WAIT_1@4",
+                                        "FIN_WAIT_2@5", "TIME_WAIT@6"]
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@3", "CLOSE_WAIT@4",
+                                        "LAST_ACK@6", "CLOSED@7"]
+
+    def test_four_way_server_first_leaves_time_wait_on_the_server(self):
+        w = Wire()
+        handshake(w)
+        w.c("PA", data=50), w.s("PA", data=500), w.s("FA"), w.c("A"), w.c("FA"), w.s("A")
+        conn = w.one()
+        assert conn.labels["close"] == "four-way"
+        assert conn.labels["active_closer"] == "server"
+        assert conn.server.state.name == "TIME_WAIT"
+        assert conn.client.state.name == "CLOSED"
+
+    def test_three_way_fin_carries_the_ack(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("FA"), w.c("A")
+        conn = w.one()
+        assert conn.labels["close"] == "three-way"
+        # note 2: FIN_WAIT_1 straight to TIME_WAIT on a FIN that acks our FIN
+        assert path(conn, "client")[-2:] == ["FIN_WAIT_1@4", "TIME_WAIT@5"]
+        assert path(conn, "server")[-3:] == ["CLOSE_WAIT@4", "LAST_ACK@5", "CLOSED@6"]
+
+    def test_simultaneous_close_fins_cross(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA")                # 4: client FIN
+        w.s("FA", ack=1)         # 5: server FIN, sent before the client's FIN arrived
+        w.c("A")                 # 6: client acks the server's FIN
+        w.s("A")                 # 7: server acks the client's FIN
+        conn = w.one()
+        assert conn.labels["close"] == "simultaneous"
+        assert conn.labels["active_closer"] == "both"
+        assert path(conn, "client")[-3:] == ["FIN_WAIT_1@4", "CLOSING@5", "TIME_WAIT@7"]
+        assert path(conn, "server")[-3:] == ["FIN_WAIT_1@5", "CLOSING@6", "TIME_WAIT@6"]
+
+    def test_half_close_data_after_fin(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A"), w.s("PA", data=100), w.c("A"), w.s("PA", data=100), w.c("A")
+        w.s("FA"), w.c("A")
+        conn = w.one()
+        assert conn.labels["half_close"] is True
+        assert conn.labels["close"] == "four-way"
+
+    def test_no_half_close_without_data_after_fin(self):
+        w = Wire()
+        handshake(w)
+        w.s("PA", data=100), w.c("A"), w.c("FA"), w.s("A"), w.s("FA"), w.c("A")
+        assert w.one().labels["half_close"] is False
+
+    def test_left_in_close_wait(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A")
+        conn = w.one()
+        assert conn.labels["close"] == "half-closed"
+        assert conn.server.state.name == "CLOSE_WAIT"
+        assert conn.client.state.name == "FIN_WAIT_2"
+
+    def test_open_at_the_end(self):
+        w = Wire()
+        handshake(w)
+        w.c("PA", data=10), w.s("A")
+        assert w.one().labels["close"] == "open"
+
+    def test_reset_by_client_while_established(self):
+        w = Wire()
+        handshake(w)
+        w.c("RA")
+        conn = w.one()
+        assert conn.labels["close"] == "reset"
+        assert (conn.labels["reset_by"], conn.labels["reset_state"]) == ("client", "ESTABLISHED")
+        assert path(conn, "server")[-1] == "CLOSED@4"
+
+    def test_reset_after_close_from_fin_wait_2(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A"), w.s("PA", data=100), w.c("R", seq=2)
+        conn = w.one()
+        assert conn.labels["close"] == "reset"
+        assert (conn.labels["reset_by"], conn.labels["reset_state"]) == ("client", "FIN_WAIT_2")
+        assert conn.labels["active_closer"] == "client"
+
+    def test_late_rst_after_an_orderly_close_is_not_an_abort(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A"), w.s("FA"), w.c("A"), w.c("R", seq=2)
+        assert w.one().labels["close"] == "four-way"
+
+    def test_never_established(self):
+        w = Wire()
+        w.c("S"), w.s("RA")
+        assert w.one().labels["close"] == "none"
+
+    def test_fin_retransmission_counted_not_an_event(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.c("FA", seq=1), w.s("A"), w.s("FA"), w.c("A")
+        conn = w.one()
+        assert conn.retransmits["fin"] == 1
+        assert conn.labels["close"] == "four-way"
+        assert not conn.anomalies
+
+    def test_close_from_syn_rcvd(self):
+        w = Wire()
+        w.c("S"), w.s("SA")
+        w.s("FA")                 # 3: server closes before the handshake's ACK arrives
+        w.c("A", ack=1)           # 4: client acks the SYN-ACK only
+        w.c("A")                  # 5: client acks the FIN
+        w.c("FA"), w.s("A")       # 6, 7
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1", "FIN_WAIT_1@3", "FIN_WAIT_2@5", "TIME_WAIT@6"]
+        assert path(conn, "client") == ["SYN_SENT@1", "ESTABLISHED@2", "CLOSE_WAIT@5",
+                                        "LAST_ACK@6", "CLOSED@7"]
+        assert conn.labels["open"] == "handshake"
+        assert conn.labels["close"] == "four-way"
+        assert not conn.anomalies
+
+
+class TestTime:
+    def test_time_wait_ends_after_two_msl_when_the_capture_reaches_it(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A"), w.s("FA"), w.c("A")
+        other = Wire(client="10.0.0.9:1234", t0=w.t + 61)
+        other.c("S")
+        w.segments += [_renumber(seg, len(w.segments) + 1) for seg in other.segments]
+        conns = w.analyze(Timeouts(msl=30))
+        first = conns[0]
+        assert path(first, "client")[-2:] == ["TIME_WAIT@6", "CLOSED@-"]
+        assert first.client.history[-1].ts == first.client.history[-2].ts + 60
+
+    def test_time_wait_stays_when_the_capture_ends_first(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A"), w.s("FA"), w.c("A")
+        assert w.one().client.state.name == "TIME_WAIT"
+
+    def test_keepalive_probes_are_counted(self):
+        w = Wire()
+        handshake(w)
+        w.c("PA", data=10), w.s("A")
+        for _ in range(3):
+            w.wait(5)
+            w.c("A", seq=10)   # one byte below snd_nxt (ISN + 1 + 10)
+            w.s("A")
+        conn = w.one()
+        assert conn.keepalives == 3
+        assert conn.client.payload_bytes == 10
+
+
+class TestPortReuse:
+    def test_new_isn_on_the_same_four_tuple_splits(self):
+        w = Wire()
+        handshake(w)
+        w.s("FA"), w.c("A"), w.c("FA"), w.s("A")
+        w.isn["c"], w.nxt["c"] = 900_000, 900_000
+        w.isn["s"], w.nxt["s"] = 700_000, 700_000
+        handshake(w)
+        conns = w.analyze()
+        assert [c.labels["open"] for c in conns] == ["handshake", "handshake"]
+        assert conns[1].first_frame == 8
+
+    def test_retransmitted_syn_does_not_split(self):
+        w = Wire()
+        w.c("S"), w.c("S", seq=0), w.s("SA"), w.c("A")
+        assert len(w.analyze()) == 1
+
+    def test_syn_flood_is_forgotten_after_the_handshake_timeout(self):
+        from analyzer.tracker import Tracker
+
+        tracker = Tracker(Timeouts(handshake=40))
+        peak = 0
+        for i in range(5000):  # 10 SYNs a second for 500 s, never answered
+            w = Wire(client=f"10.1.{i // 250}.{i % 250}:40000", t0=100 + i / 10)
+            seg = w.c("S")
+            tracker.add(seg)
+            peak = max(peak, len(tracker.open))
+        assert peak <= 40 * 10 + 1
+        assert len(tracker.flush()) <= 401
+
+
+def _renumber(seg, frame):
+    seg.frame = frame
+    return seg
