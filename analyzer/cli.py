@@ -71,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     status = 0
     with ExitStack() as stack:
         out: IO[str] = (stack.enter_context(open(args.output, "w", encoding="utf-8"))
                         if args.output else sys.stdout)
-        table_console = Console(file=out, highlight=False, width=None if _is_terminal(out) else 160)
+        table_console = Console(file=out, highlight=False, soft_wrap=True,
+                                width=None if _is_terminal(out) else 160)
         summary_console = table_console if args.format == "table" else err
         for index, path in enumerate(args.captures):
             try:

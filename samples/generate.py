@@ -434,7 +434,7 @@ def make_incomplete(out: Path) -> list[Path]:
         lab.sysctl(lab.server, "net.ipv4.tcp_synack_retries", 2)
 
     return exchange(out / "incomplete_handshake.pcap", [["close"]], [connect()],
-                    prepare=prepare, listen={"accepts": 0, "hold": 1},
+                    prepare=prepare, listen={"accepts": 0, "hold": 8},
                     wait_server=False)
 
 
@@ -870,6 +870,8 @@ def generate(names: list[str] | None, out_dir: Path) -> list[Path]:
         for name in names or SCENARIOS:
             start = time.monotonic()
             paths = run_one(REGISTRY[name], out_dir)
+            for path in paths:
+                path.chmod(0o644)  # dumpcap writes 0600
             took = time.monotonic() - start
             print(f"{name}: {', '.join(p.name for p in paths)} ({took:.1f} s)",
                   file=sys.stderr)
