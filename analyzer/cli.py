@@ -77,7 +77,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         out: IO[str] = (stack.enter_context(open(args.output, "w", encoding="utf-8"))
                         if args.output else sys.stdout)
         table_console = Console(file=out, highlight=False, soft_wrap=True,
-                                width=None if _is_terminal(out) else 160)
+                                width=None if _is_terminal(out) else 180)
         summary_console = table_console if args.format == "table" else err
         for index, path in enumerate(args.captures):
             try:

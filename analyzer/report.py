@@ -112,7 +112,7 @@ def write_csv(conns: Iterable[Connection], out: IO[str], capture: str | None = N
 
 _COLUMNS = [("id", 5, "right"), ("client", 23, "left"), ("server", 23, "left"),
             ("open", 17, "left"), ("close", 12, "left"), ("half", 4, "left"),
-            ("closer", 6, "left"), ("reset", 20, "left"), ("final client/server", 23, "left"),
+            ("closer", 7, "left"), ("reset", 20, "left"), ("final client/server", 23, "left"),
             ("secs", 9, "right"), ("pkts", 6, "right")]
 _OPEN_STYLE = {"handshake": "green", "simultaneous-open": "cyan", "refused": "red",
                "unanswered": "yellow", "incomplete": "yellow", "partial": "dim"}
