@@ -1,0 +1,85 @@
+"""Golden tests: every sample through `synfin analyze --format json`, key by key.
+
+Each capture in samples/ has NAME.expected.json, written from the capture as
+`tcpdump -nn -r` shows it and from RFC 9293 (see samples/README.md, "Expected
+outputs"), never copied from the analyzer. Every key an expected connection
+names is compared; `states` are compared as [state, frame] pairs, and each
+transition's timestamp is checked against tcpdump's own reading of that frame
+(or, for the 2·MSL timer, against the TIME_WAIT entry plus 2·MSL).
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+EXPECTED = sorted(SAMPLES.glob("*.expected.json"))
+CAPTURES = sorted(p for p in SAMPLES.glob("*") if p.suffix in (".pcap", ".pcapng"))
+MSL = 30.0
+
+
+def expected_for(capture: Path) -> Path:
+    return capture.with_name(capture.name + ".expected.json") if capture.suffix == ".pcapng" \
+        else capture.with_suffix(".expected.json")
+
+
+def run_cli(capture: Path) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "analyzer", "analyze", "--format", "json", str(capture)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def tcpdump_times(capture: Path) -> dict[int, float]:
+    out = subprocess.run(["tcpdump", "-tt", "-nn", "-r", str(capture)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    return {n: float(line.split()[0]) for n, line in enumerate(out.splitlines(), start=1)}
+
+
+def key_of(conn: dict) -> tuple:
+    return (conn["client"], conn["server"], conn["first_frame"])
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: p.name)
+def test_every_sample_has_expected_output(capture):
+    assert expected_for(capture).exists(), f"{capture.name} has no hand-checked expected output"
+
+
+@pytest.mark.parametrize("expected_path", EXPECTED, ids=lambda p: p.name)
+def test_golden(expected_path):
+    expected = json.loads(expected_path.read_text())
+    capture = SAMPLES / expected["capture"]
+    actual = {key_of(conn): conn for conn in run_cli(capture)}
+    if "connection_count" in expected:
+        assert len(actual) == expected["connection_count"]
+    else:
+        assert len(actual) == len(expected["connections"])
+    for want in expected["connections"]:
+        got = actual.get(key_of(want))
+        assert got is not None, f"no connection {key_of(want)}; have {sorted(actual)}"
+        for key, value in want.items():
+            if key == "states":
+                for side in ("client", "server"):
+                    assert [[s, f] for s, _, f in got["states"][side]] == value[side], (key_of(want), side)
+            else:
+                assert got[key] == value, (key_of(want), key)
+
+
+@pytest.mark.skipif(not shutil.which("tcpdump"), reason="tcpdump is not installed")
+@pytest.mark.parametrize("capture", [c for c in CAPTURES if not c.name.startswith("busy")],
+                         ids=lambda p: p.name)
+def test_transition_times_are_the_frames_times(capture):
+    times = tcpdump_times(capture)
+    for conn in run_cli(capture):
+        for side in ("client", "server"):
+            previous = None
+            for state, ts, frame in conn["states"][side]:
+                if frame is None:
+                    assert previous is not None and previous[0] == "TIME_WAIT" and state == "CLOSED"
+                    assert ts == pytest.approx(previous[1] + 2 * MSL, abs=1e-6)
+                else:
+                    assert ts == pytest.approx(times[frame], abs=2e-6), (conn["id"], side, state, frame)
+                previous = (state, ts)

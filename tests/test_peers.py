@@ -1,0 +1,58 @@
+"""Cross-checks against the tools users compare us with: tcptrace and tshark.
+
+On every sample: the number of connections equals tcptrace's, the distinct
+4-tuples equal tshark's TCP conversations, and tcptrace's "(reset)" verdicts
+are among ours. Skipped with a reason where a peer is not installed.
+"""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import analyzer
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+CAPTURES = sorted(p for p in SAMPLES.glob("*") if p.suffix in (".pcap", ".pcapng"))
+CONN_LINE = re.compile(r"^\s*\d+: (\S+) - (\S+) \(\w+2\w+\)\s+\d+>\s+\d+<\s*(.*)$")
+
+
+def tcptrace(path: Path) -> list[tuple[str, str, str]]:
+    out = subprocess.run(["tcptrace", "-n", str(path)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    return [m.groups() for line in out.splitlines() if (m := CONN_LINE.match(line))]
+
+
+def tshark_conversations(path: Path) -> int:
+    out = subprocess.run(["tshark", "-n", "-r", str(path), "-q", "-z", "conv,tcp"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return sum(1 for line in out.splitlines() if "<->" in line)
+
+
+def ours(path: Path) -> list[analyzer.Connection]:
+    return list(analyzer.analyze(path))
+
+
+def four_tuple(conn: analyzer.Connection) -> frozenset:
+    return frozenset({(conn.client.addr, conn.client.port), (conn.server.addr, conn.server.port)})
+
+
+@pytest.mark.skipif(not shutil.which("tcptrace"), reason="tcptrace is not installed (apt-get install tcptrace)")
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name)
+def test_connection_count_matches_tcptrace(path):
+    if path.suffix == ".pcapng":
+        pytest.skip("tcptrace does not read pcapng")
+    theirs = tcptrace(path)
+    mine = ours(path)
+    assert len(mine) == len(theirs)
+    resets_theirs = sum(1 for *_, verdict in theirs if "reset" in verdict)
+    resets_mine = sum(1 for c in mine if c.reset is not None)
+    assert resets_mine >= resets_theirs
+
+
+@pytest.mark.skipif(not shutil.which("tshark"), reason="tshark is not installed (apt-get install tshark)")
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name)
+def test_four_tuples_match_tshark_conversations(path):
+    assert len({four_tuple(c) for c in ours(path)}) == tshark_conversations(path)
