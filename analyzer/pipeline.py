@@ -1,7 +1,8 @@
 """The pipeline: frames → TCP segments → connections → labels.
 
-One function, `run_frames`, drives it for any source of frames: a capture
-file (`analyze`) or a live interface (`live.py`). Oddities are counted, never
+One object, `Pipeline`, drives it for any source of frames: `run_frames`
+pushes a capture file's frames through it (`analyze`), `live.py` a live
+interface's. Oddities are counted, never
 raised: a frame that cannot be decoded is skipped and counted in `Stats`, and
 the first few are named by frame number.
 """
@@ -61,29 +62,57 @@ class Options:
     keep_segments: bool = False
 
 
-def run_frames(frames: Iterable[RawFrame | CaptureDamage], stats: Stats, options: Options,
-               on_segment: Callable[[Connection, Segment], None] | None = None,
-               ) -> Iterator[Connection]:
-    """Drive frames through decoding and tracking; yield connections as they finish."""
-    tracker = Tracker(options.timeouts, options.keep_segments, on_segment)
-    for frame in frames:
+class Pipeline:
+    """The push-style core: feed it frames, get back the connections that finished.
+
+    Files and live interfaces both go through here (`run_frames` drives it
+    from an iterable). It works on packet time only: `tick(now)` lets a live
+    source pass the time when no packets come, so idle connections are still
+    finished and forgotten.
+    """
+
+    def __init__(self, stats: Stats, options: Options,
+                 on_segment: Callable[[Connection, Segment], None] | None = None) -> None:
+        self.stats = stats
+        self.tracker = Tracker(options.timeouts, options.keep_segments, on_segment)
+
+    def feed(self, frame: RawFrame | CaptureDamage) -> list[Connection]:
+        """Take one frame (or a damaged spot); return the connections finished before it."""
+        stats = self.stats
         if isinstance(frame, CaptureDamage):
             stats.note_damage(frame)
-            continue
+            return []
         stats.frames += 1
         stats.linktypes[frame.linktype] += 1
         result = decode(frame)
         if isinstance(result, Skip):
             stats.note_skip(frame.number, result)
-            continue
+            return []
         stats.segments += 1
-        for conn in tracker.add(result):
-            stats.connections += 1
-            yield conn
-    for conn in tracker.flush():
-        stats.connections += 1
-        yield conn
-    stats.peak_open = tracker.peak_open
+        return self._done(self.tracker.add(result))
+
+    def tick(self, now: float) -> list[Connection]:
+        """No packet until time `now`: finish the connections whose timers ran out by then."""
+        return self._done(list(self.tracker.expire(now)))
+
+    def close(self) -> list[Connection]:
+        """End of input: finish every connection still open."""
+        return self._done(self.tracker.flush())
+
+    def _done(self, conns: list[Connection]) -> list[Connection]:
+        self.stats.connections += len(conns)
+        self.stats.peak_open = self.tracker.peak_open
+        return conns
+
+
+def run_frames(frames: Iterable[RawFrame | CaptureDamage], stats: Stats, options: Options,
+               on_segment: Callable[[Connection, Segment], None] | None = None,
+               ) -> Iterator[Connection]:
+    """Drive frames through decoding and tracking; yield connections as they finish."""
+    pipeline = Pipeline(stats, options, on_segment)
+    for frame in frames:
+        yield from pipeline.feed(frame)
+    yield from pipeline.close()
 
 
 def analyze(path: str | Path, *, msl: float = 30.0, idle_timeout: float = 900.0,

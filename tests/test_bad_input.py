@@ -36,7 +36,7 @@ def good_frames():
 def test_unreadable_files(tmp_path, capsys, content, message):
     path = tmp_path / "bad.pcap"
     path.write_bytes(content)
-    status, out, err = run(capsys, path)
+    status, _out, err = run(capsys, path)
     assert status == 2
     assert str(path) in err and message in err
     assert len(err.strip().splitlines()) == 1
@@ -56,7 +56,7 @@ def test_bad_file_among_good_ones_still_analyzes_the_good(tmp_path, capsys):
     good = write_pcap(tmp_path / "good.pcap", good_frames(), LINKTYPE_ETHERNET)
     bad = tmp_path / "bad.pcap"
     bad.write_text("nothing here")
-    status, out, err = run(capsys, bad, good, "--format", "json")
+    status, out, _err = run(capsys, bad, good, "--format", "json")
     assert status == 2
     assert [json.loads(line)["open"] for line in out.splitlines()] == ["handshake"]
 

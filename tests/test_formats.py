@@ -5,8 +5,17 @@ from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 
 import analyzer
 from tests.pcapwrite import (
-    LINKTYPE_ETHERNET, LINKTYPE_LOOP, LINKTYPE_NULL, LINKTYPE_RAW, LINKTYPE_SLL, LINKTYPE_SLL2,
-    frame, gzip_file, handshake_packets, write_pcap, write_pcapng,
+    LINKTYPE_ETHERNET,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    LINKTYPE_SLL,
+    LINKTYPE_SLL2,
+    frame,
+    gzip_file,
+    handshake_packets,
+    write_pcap,
+    write_pcapng,
 )
 
 
