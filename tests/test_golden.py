@@ -83,3 +83,24 @@ def test_transition_times_are_the_frames_times(capture):
                 else:
                     assert ts == pytest.approx(times[frame], abs=2e-6), (conn["id"], side, state, frame)
                 previous = (state, ts)
+
+
+def test_busy_capture_matches_the_generators_manifest():
+    """Every connection of the busy capture has the labels of the kind its server port says."""
+    manifest = json.loads((SAMPLES / "busy.manifest.json").read_text())
+    kind_of_port = {port: kind for kind, port in manifest["ports"].items()}
+    wanted = {
+        "client_close": ("handshake", "four-way", "client", False, None),
+        "server_close": ("handshake", "four-way", "server", False, None),
+        "client_reset": ("handshake", "reset", None, False, "client"),
+        "server_reset": ("handshake", "reset", None, False, "server"),
+        "half_close": ("handshake", "four-way", "client", True, None),
+        "refused": ("refused", "none", None, False, "server"),
+    }
+    counts: dict[str, int] = {}
+    for conn in run_cli(SAMPLES / manifest["capture"]):
+        kind = kind_of_port[int(conn["server"].rsplit(":", 1)[1])]
+        counts[kind] = counts.get(kind, 0) + 1
+        got = (conn["open"], conn["close"], conn["active_closer"], conn["half_close"], conn["reset_by"])
+        assert got == wanted[kind], conn["id"]
+    assert counts == manifest["kinds"]

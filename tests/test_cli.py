@@ -1,0 +1,109 @@
+"""The command line's outputs: JSON, CSV, table, summary, progress; and the Python API."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+import analyzer
+from analyzer import cli
+from analyzer.cli import main
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+BUSY = SAMPLES / "busy.pcap"
+SMALL = SAMPLES / "threeway_close.pcap"
+
+
+def run(capsys, *args):
+    status = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_output_is_byte_identical_on_every_run():
+    def once() -> bytes:
+        return subprocess.run([sys.executable, "-m", "analyzer", "analyze", "--format", "json", str(BUSY)],
+                              capture_output=True, check=True).stdout
+    first, second = once(), once()
+    assert first == second and first.count(b"\n") == 340
+
+
+def test_json_has_every_documented_key(capsys):
+    status, out, _ = run(capsys, "analyze", "--format", "json", SMALL)
+    record = json.loads(out)
+    assert status == 0
+    assert list(record)[:len(DOCUMENTED)] == DOCUMENTED
+
+
+DOCUMENTED = ["id", "client", "server", "ip_version", "first_frame", "last_frame", "start", "end", "open",
+              "close", "half_close", "active_closer", "reset_by", "reset_state", "roles_inferred", "states",
+              "final", "retransmits", "keepalives", "syn_data", "packets", "payload_bytes", "options",
+              "anomalies"]
+
+
+def test_json_summary_goes_to_stderr_so_stdout_stays_json(capsys):
+    _, out, err = run(capsys, "analyze", "--format", "json", BUSY)
+    assert all(line.startswith("{") for line in out.splitlines())
+    assert "busy.pcap: " in err and "open:  handshake 310, refused 30" in err
+
+
+def test_csv_one_row_per_connection(capsys):
+    _, out, _ = run(capsys, "analyze", "--format", "csv", "--no-summary", BUSY)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 340
+    assert {row["close"] for row in rows} == {"four-way", "reset", "none"}
+    first = next(r for r in rows if r["open"] == "refused")
+    assert first["states_client"] == "SYN_SENT > CLOSED" and first["states_server"] == ""
+
+
+def test_several_captures_name_their_source(capsys, tmp_path):
+    _, out, _ = run(capsys, "analyze", "--format", "json", SMALL, SAMPLES / "refused.pcap")
+    assert [json.loads(line)["capture"].rsplit("/", 1)[1] for line in out.splitlines()] == [
+        "threeway_close.pcap", "refused.pcap"]
+
+
+def test_table_and_summary(capsys):
+    status, out, _ = run(capsys, "analyze", SAMPLES / "simultaneous_close.pcap")
+    assert status == 0
+    assert "simultaneous" in out and "TIME_WAIT/TIME_WAIT" in out
+    assert "close: simultaneous 1" in out
+    assert "final server states: TIME_WAIT 1" in out
+
+
+def test_output_file(capsys, tmp_path):
+    target = tmp_path / "out.jsonl"
+    run(capsys, "analyze", "--format", "json", "-o", target, "--no-summary", SMALL)
+    assert json.loads(target.read_text())["close"] == "three-way"
+
+
+def test_progress_bar_on_a_terminal(monkeypatch):
+    monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", 0)
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    seen = []
+    with cli._progress_bar(BUSY, console) as progress:
+        assert progress is not None
+        list(analyzer.analyze(BUSY, progress=lambda n: (seen.append(n), progress(n))))
+    assert seen and seen[-1] == BUSY.stat().st_size
+
+
+def test_no_progress_bar_when_not_a_terminal():
+    with cli._progress_bar(BUSY, Console(file=io.StringIO())) as progress:
+        assert progress is None
+
+
+def test_python_dash_m_and_version():
+    out = subprocess.run([sys.executable, "-m", "analyzer", "--version"], capture_output=True, text=True)
+    assert out.stdout.strip() == f"synfin {analyzer.__version__}"
+
+
+def test_dataframe_helper():
+    pytest.importorskip("pandas")
+    frame = analyzer.to_dataframe(analyzer.analyze(BUSY))
+    assert len(frame) == 340
+    assert frame["close"].value_counts().to_dict() == {"four-way": 230, "reset": 80, "none": 30}
+    assert str(frame["start"].dtype).startswith("datetime64")
