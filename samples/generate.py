@@ -120,7 +120,8 @@ def listener(steps: Steps, addr: str = SERVER4, **kw: Any) -> dict[str, Any]:
 
 def exchange(path: Path, server_steps: Steps | None, client_steps: Steps, *,
              delay: float | None = None, prepare: Callable[[Lab], None] | None = None,
-             listen: dict[str, Any] | None = None, capture: dict[str, Any] | None = None,
+             listen: dict[str, Any] | None = None,
+             capture: dict[str, Any] | None = None,
              wait_server: bool = True) -> list[Path]:
     """One lab: server listens, capture starts, client runs, capture stops."""
     with Lab(delay) as lab:
@@ -718,6 +719,16 @@ BUSY_KINDS: dict[str, tuple[int, int]] = {  # kind: (server port, connections)
 }
 
 
+BUSY_HOW = {
+    "client_close": "client FIN first, four-way close",
+    "server_close": "server FIN first (after its reply), four-way close",
+    "client_reset": "client closes with SO_LINGER 0: RST from the client",
+    "server_reset": "server closes with SO_LINGER 0: RST from the server",
+    "half_close": "client FIN first, then server data, then server FIN",
+    "refused": "SYN to a closed port answered by RST+ACK",
+}
+
+
 def busy_steps(kind: str, hold: float) -> tuple[Steps, Steps]:
     """(client steps, server steps) of one busy connection kind."""
     port = BUSY_KINDS[kind][0]
@@ -757,17 +768,44 @@ def busy_specs() -> tuple[dict[str, Any], dict[str, Any]]:
             {"clients": clients, "deadline": 30})
 
 
+def busy_kind(segs: Segs) -> str:
+    """Classify one busy connection by how it ended."""
+    syn = segs[0]
+    if any(s.tag == "R." and not is_client(s) and s.ack == syn.seq_end
+           for s in segs[1:2]):
+        return "refused"
+    first_rst = next((s for s in segs if s.rst), None)
+    first_fin = next((s for s in segs if s.fin), None)
+    if first_rst and (first_fin is None or side(first_fin) == side(first_rst)):
+        return "client_reset" if is_client(first_rst) else "server_reset"
+    if first_fin is None or first_rst:
+        return "unclassified"
+    if not is_client(first_fin):
+        return "server_close"
+    after = segs[segs.index(first_fin) + 1:]
+    data_after = any(s.plen for s in after if not is_client(s))
+    return "half_close" if data_after else "client_close"
+
+
+def busy_connections(segs: Segs) -> dict[tuple[int, int], Segs]:
+    conns: dict[tuple[int, int], Segs] = {}
+    for seg in segs:
+        key = (seg.sport, seg.dport) if is_client(seg) else (seg.dport, seg.sport)
+        conns.setdefault(key, []).append(seg)
+    return conns
+
+
 def check_busy(paths: list[Path]) -> None:
     segs = load(paths[0])
     manifest = json.loads(paths[1].read_text())
-    syns = {(s.sport, s.dport) for s in segs if s.tag == "S"}
-    per_port = Counter(dport for _, dport in syns)
-    for kind, count in manifest["kinds"].items():
-        port = manifest["ports"][kind]
-        expect(per_port[port] == count, f"{kind}: {per_port[port]} != {count}")
-    refused = {(s.dport, s.sport) for s in segs
-               if s.tag == "R." and s.sport == manifest["ports"]["refused"]}
-    expect(len(refused) == manifest["kinds"]["refused"], "refusals missing")
+    conns = busy_connections(segs)
+    expect(len(conns) == manifest["total"], f"{len(conns)} connections")
+    seen = Counter(busy_kind(c) for c in conns.values())
+    expect(seen == Counter(manifest["kinds"]),
+           f"kinds seen {dict(seen)} != made {manifest['kinds']}")
+    for (_, port), conn in conns.items():
+        kind = busy_kind(conn)
+        expect(manifest["ports"][kind] == port, f"{kind} on port {port}", conn)
     expect(paths[0].stat().st_size < 1_500_000, "busy.pcap too large")
 
 
@@ -790,6 +828,7 @@ def make_busy(out: Path) -> list[Path]:
         "total": sum(n for _, n in BUSY_KINDS.values()),
         "kinds": {k: n for k, (_, n) in BUSY_KINDS.items()},
         "ports": {k: p for k, (p, _) in BUSY_KINDS.items()},
+        "how": BUSY_HOW,
     }, indent=2) + "\n")
     return [path, manifest]
 
@@ -898,6 +937,9 @@ def main(argv: list[str] | None = None) -> int:
     except GenerationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted; namespaces removed", file=sys.stderr)
+        return 130
     return 0
 
 

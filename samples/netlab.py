@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -278,9 +278,6 @@ class Lab:
     def capture(self, path: Path, ns: str | None = None, **kw: Any) -> Capture:
         return Capture(self, ns or self.client, path, **kw)
 
-    def logs(self) -> str:
-        return "".join(p.read_text() for p in sorted(self.tmp.glob("*.log")))
-
     # -- tearing down -------------------------------------------------------
     def close(self) -> None:
         """Stop our processes (by pid) and delete our namespaces."""
@@ -313,19 +310,16 @@ def cleanup_all() -> None:
 
 
 def _on_signal(signum: int, _frame: object) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise SystemExit(128 + signum)
 
 
 def install_signal_handlers() -> None:
-    """Turn SIGTERM/SIGHUP into SystemExit so ``finally`` blocks clean up."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    """Turn SIGINT/SIGTERM/SIGHUP into exceptions so ``with``/``finally``
+    blocks tear the lab down (SIGINT too, even if it was inherited ignored)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-
-
-@contextlib.contextmanager
-def lab(delay: float | None = None) -> Iterator[Lab]:
-    with Lab(delay) as the_lab:
-        yield the_lab
 
 
 atexit.register(cleanup_all)
