@@ -18,8 +18,9 @@ So the receiving side follows evidence, not packet order:
    ESTABLISHED): that is how crossing SYNs are told apart.
 3. Every other segment (ACK, data, RST) is received at once.
 4. The receiver's change is recorded at the frame of the segment it
-   received, unless the receiver has sent anything since that frame; then
-   at the frame of the proof. A SYN never answered is never received: an
+   received, unless the receiver has sent anything since that frame (or
+   already changed state at a later one); then at the frame of the proof,
+   so every history runs forward in frame order. A SYN never answered is never received: an
    unanswered SYN leaves the far end's history empty.
 
 Retransmitted SYNs and SYN,ACKs are counted and otherwise ignored; a

@@ -294,3 +294,28 @@ class TestPortReuse:
 def _renumber(seg, frame):
     seg.frame = frame
     return seg
+
+
+class TestMemory:
+    def test_finished_connections_are_retired_as_packet_time_passes(self):
+        """A long capture of short connections: the table holds only the last 2·MSL of them."""
+        from analyzer.tracker import Tracker
+
+        tracker = Tracker(Timeouts(msl=30))
+        peak, finished = 0, 0
+        for i in range(3000):  # one connection a second for 50 minutes
+            w = Wire(client=f"10.2.{i // 250}.{i % 250}:40000", t0=1000 + i, dt=0.001)
+            handshake(w)
+            w.c("FA"), w.s("A"), w.s("FA"), w.c("A")
+            for seg in w.segments:
+                finished += len(tracker.add(seg))
+            peak = max(peak, len(tracker.open))
+        assert peak <= 2 * 30 + 5 + 2  # TIME_WAIT (60 s) plus the close linger (5 s)
+        assert finished + len(tracker.flush()) == 3000
+
+    def test_time_going_backwards_a_little_is_harmless(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A", at=w.t - 0.0004), w.s("FA"), w.c("A")
+        conn = w.one()
+        assert conn.labels["close"] == "four-way" and not conn.anomalies
