@@ -1,7 +1,7 @@
 """Cross-checks against the tools users compare us with: tcptrace and tshark.
 
-On every sample: the number of connections equals tcptrace's, the distinct
-4-tuples equal tshark's TCP conversations, and tcptrace's "(reset)" verdicts
+On every sample: the number of connections equals tcptrace's and tshark's
+(both split a reused 4-tuple, as we do), and tcptrace's "(reset)" verdicts
 are among ours. Skipped with a reason where a peer is not installed.
 """
 
@@ -20,9 +20,11 @@ CONN_LINE = re.compile(r"^\s*\d+: (\S+) - (\S+) \(\w+2\w+\)\s+\d+>\s+\d+<\s*(.*)
 
 
 def tcptrace(path: Path) -> list[tuple[str, str, str]]:
-    out = subprocess.run(["tcptrace", "-n", str(path)], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    return [m.groups() for line in out.splitlines() if (m := CONN_LINE.match(line))]
+    run = subprocess.run(["tcptrace", "-n", str(path)], capture_output=True, text=True, timeout=60)
+    if "did not understand link format" in run.stdout + run.stderr:
+        pytest.skip("tcptrace cannot read this link type (it predates Linux cooked v2)")
+    run.check_returncode()
+    return [m.groups() for line in run.stdout.splitlines() if (m := CONN_LINE.match(line))]
 
 
 def tshark_conversations(path: Path) -> int:
@@ -54,5 +56,9 @@ def test_connection_count_matches_tcptrace(path):
 
 @pytest.mark.skipif(not shutil.which("tshark"), reason="tshark is not installed (apt-get install tshark)")
 @pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name)
-def test_four_tuples_match_tshark_conversations(path):
-    assert len({four_tuple(c) for c in ours(path)}) == tshark_conversations(path)
+def test_connection_count_matches_tshark_conversations(path):
+    """tshark, like us, splits a reused 4-tuple into two conversations."""
+    mine = ours(path)
+    assert len(mine) == tshark_conversations(path)
+    if path.name.startswith("port_reuse"):
+        assert len({four_tuple(c) for c in mine}) == 1
