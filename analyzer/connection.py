@@ -24,7 +24,9 @@ So the receiving side follows evidence, not packet order:
    unanswered SYN leaves the far end's history empty.
 
 Retransmitted SYNs and SYN,ACKs are counted and otherwise ignored; a
-retransmitted FIN is counted and then read as the ACK it also carries.
+retransmitted FIN is counted and then read as the ACK it also carries. A
+retransmission of a SYN or FIN still unreceived re-dates it: the earlier copy
+went unanswered, so the receiver is taken to have got the later one.
 """
 
 from __future__ import annotations
@@ -138,8 +140,10 @@ class Connection:
         if self.notes is not None:
             self.notes.append(SegmentNote(seg.frame, seg.ts, role == CLIENT, seg.flags, seg.seq,
                                           seg.ack, seg.payload_len, kind))
-        if kind == "retransmission" and seg.flags & SYN:
-            return
+        if kind == "retransmission":
+            self._redate_unreceived(sender, seg)
+            if seg.flags & SYN:
+                return
         if flags != seg.flags:
             seg = replace(seg, flags=flags)
         if flags & ACK:
@@ -150,6 +154,14 @@ class Connection:
         sender.unreceived.append(seg)
         if not flags & (SYN | FIN):
             self._deliver_all(sender, receiver, seg)
+
+    @staticmethod
+    def _redate_unreceived(sender: Endpoint, copy: Segment) -> None:
+        """A retransmitted SYN/FIN: the copy still unanswered was lost, the receiver got this one."""
+        for index, pending in enumerate(sender.unreceived):
+            if pending.seq == copy.seq and pending.flags & (SYN | FIN) == copy.flags & (SYN | FIN):
+                sender.unreceived[index] = replace(pending, frame=copy.frame, ts=copy.ts)
+                return
 
     def _touch(self, seg: Segment, sender: Endpoint) -> None:
         sender.packets += 1

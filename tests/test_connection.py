@@ -319,3 +319,20 @@ class TestMemory:
         w.c("FA"), w.s("A", at=w.t - 0.0004), w.s("FA"), w.c("A")
         conn = w.one()
         assert conn.labels["close"] == "four-way" and not conn.anomalies
+
+
+class TestRetransmissionDating:
+    def test_a_lost_syn_dates_the_server_at_the_copy_it_answered(self):
+        w = Wire()
+        w.c("S"), w.c("S", seq=0, at=101.0), w.s("SA"), w.c("A")
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@2", "ESTABLISHED@4"]
+        assert conn.retransmits["syn"] == 1
+
+    def test_a_lost_fin_dates_close_wait_at_the_retransmission(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.c("FA", seq=1), w.s("A"), w.s("FA"), w.c("A")
+        conn = w.one()
+        assert path(conn, "server")[2] == "CLOSE_WAIT@5"
+        assert path(conn, "client")[2:] == ["FIN_WAIT_1@4", "FIN_WAIT_2@6", "TIME_WAIT@7"]
