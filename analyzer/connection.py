@@ -213,8 +213,7 @@ class Connection:
 
     def _send(self, sender: Endpoint, role: str, seg: Segment) -> None:
         before = sender.state
-        for event in send_events(bool(seg.flags & SYN), bool(seg.flags & ACK),
-                                 bool(seg.flags & FIN), bool(seg.flags & RST)):
+        for event in _sent(seg):
             if not sender.apply(event, seg.ts, seg.frame):
                 self._forbidden(seg.frame, role, event, sender.state)
         if seg.flags & RST:
@@ -248,9 +247,7 @@ class Connection:
         state, events = self._plan(ep, pending, answer)
         for event in events:
             state = step(state, event, passive=ep.passive or state is State.LISTEN) or state
-        wanted = send_events(bool(answer.flags & SYN), bool(answer.flags & ACK),
-                             bool(answer.flags & FIN), bool(answer.flags & RST))
-        return all(step(state, event) is not None for event in wanted)
+        return all(step(state, event) is not None for event in _sent(answer))
 
     def _plan(self, ep: Endpoint, seg: Segment, answer: Segment | None) -> tuple[State, tuple[Event, ...]]:
         """The state `ep` starts from and the events it goes through on receiving `seg`."""
@@ -355,6 +352,12 @@ class Connection:
 
     def _last_frame_proof(self, seg: Segment) -> Segment:
         return replace(seg, frame=self.last_frame, ts=self.end)
+
+
+def _sent(seg: Segment) -> tuple[Event, ...]:
+    """The events of sending `seg`, for its sender."""
+    flags = seg.flags
+    return send_events(bool(flags & SYN), bool(flags & ACK), bool(flags & FIN), bool(flags & RST))
 
 
 def _client_is_source(first: Segment) -> tuple[bool, bool]:
