@@ -60,6 +60,7 @@ class Tracker:
         if wake < conn.scheduled:
             conn.scheduled = wake
             heapq.heappush(self._heap, (wake, conn.id, conn))
+            self._drop_superseded()
         if self.on_segment is not None:
             self.on_segment(conn, seg)
         return finished
@@ -81,6 +82,20 @@ class Tracker:
             else:
                 conn.scheduled = wake
                 heapq.heappush(heap, (wake, conn.id, conn))
+
+    def _drop_superseded(self) -> None:
+        """Rebuild the heap once superseded entries outnumber the live ones.
+
+        A wake-up that moves earlier pushes a new entry and leaves the old one
+        behind; left there, the old entry would keep its (finished) connection
+        in memory until its time came, up to the idle timeout later. Rebuilding
+        when the heap is twice the open table keeps memory bounded by the open
+        connections, at an amortized constant cost per push.
+        """
+        heap = self._heap
+        if len(heap) > 2 * len(self.open) + 64:
+            self._heap = [(c.scheduled, c.id, c) for c in self.open.values()]
+            heapq.heapify(self._heap)
 
     def flush(self) -> list[Connection]:
         """End of input: finish everything still open, in order of first packet."""

@@ -321,6 +321,34 @@ class TestMemory:
         assert conn.labels["close"] == "four-way" and not conn.anomalies
 
 
+    def test_finished_connections_are_freed_not_held_by_old_timers(self):
+        """A long-lived connection that closes moves its wake-up earlier (idle timeout -> 2·MSL);
+        the superseded timer must not keep the finished connection in memory."""
+        import gc
+        import weakref
+
+        from analyzer.tracker import Tracker
+
+        segments = []
+        for i in range(1500):  # one new connection a second, each open for 50 s, then closed
+            w = Wire(client=f"10.3.{i // 250}.{i % 250}:40000", t0=1000 + i, dt=0.001)
+            handshake(w)
+            w.wait(50)
+            w.c("PA", data=10), w.s("A"), w.c("FA"), w.s("A"), w.s("FA"), w.c("A")
+            segments += w.segments
+        segments.sort(key=lambda seg: seg.ts)
+        for frame, seg in enumerate(segments, start=1):
+            seg.frame = frame
+        tracker = Tracker(Timeouts(msl=30, idle=900))
+        finished = []
+        for seg in segments:
+            finished += [weakref.ref(c) for c in tracker.add(seg)]
+        gc.collect()
+        assert len(finished) > 1300
+        alive = sum(ref() is not None for ref in finished)
+        assert alive <= len(tracker.open) + 64  # bounded by the open table, not by the capture
+        assert len(tracker._heap) <= 2 * len(tracker.open) + 64
+
 class TestRetransmissionDating:
     def test_a_lost_syn_dates_the_server_at_the_copy_it_answered(self):
         w = Wire()
