@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 DEMO    ?= samples/busy.pcap
 APT_PKGS := tcpdump tshark tcptrace nftables iproute2 ethtool
 
-.PHONY: demo test venv apt-deps lint samples clean
+.PHONY: demo test venv apt-deps lint samples pictures clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,15 +30,19 @@ apt-deps:
 ## make test: install everything the tests need and run the whole suite
 test: $(PY) apt-deps
 	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -m ruff check analyzer tests samples
+	$(PY) -m ruff check analyzer tests samples docs notebooks benchmarks
 	$(PY) -m pytest -q
 
 lint: $(PY)
-	$(PY) -m ruff check analyzer tests samples
+	$(PY) -m ruff check analyzer tests samples docs notebooks benchmarks
 
 ## samples: regenerate every capture in samples/ with the real kernel (root)
 samples: venv
 	$(PY) samples/generate.py
+
+## pictures: regenerate the README's ladder pictures (docs/img/) from samples/
+pictures: venv
+	$(PY) docs/make_pictures.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

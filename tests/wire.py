@@ -61,16 +61,16 @@ class Wire:
         self.segments.append(segment)
         return segment
 
-    def analyze(self, timeouts: Timeouts | None = None) -> list[Connection]:
-        tracker = Tracker(timeouts)
+    def analyze(self, timeouts: Timeouts | None = None, keep_segments: bool = False) -> list[Connection]:
+        tracker = Tracker(timeouts, keep_segments)
         done: list[Connection] = []
         for segment in self.segments:
             done.extend(tracker.add(segment))
         done.extend(tracker.flush())
         return done
 
-    def one(self, timeouts: Timeouts | None = None) -> Connection:
-        conns = self.analyze(timeouts)
+    def one(self, timeouts: Timeouts | None = None, keep_segments: bool = False) -> Connection:
+        conns = self.analyze(timeouts, keep_segments)
         assert len(conns) == 1, [c.labels for c in conns]
         return conns[0]
 

@@ -1,0 +1,195 @@
+"""`synfin ladder`: draw connections of a capture as ladder diagrams.
+
+    synfin ladder capture.pcap                       # CAPTURE-ID.png per connection, here
+    synfin ladder capture.pcap --conn 3 -o c3.svg    # one connection, as SVG
+    synfin ladder capture.pcap -o all.pdf            # every connection, a page each
+    synfin ladder capture.pcap --conn 3 --text       # box-drawing ladder on the terminal
+    synfin ladder capture.pcap --conn 3 --mermaid    # a Mermaid sequenceDiagram
+
+Errors are one line on standard error and exit status 2: an unreadable
+capture, an unknown connection id (the ids there are are listed), an output
+name that is not .png/.svg/.pdf. Matplotlib is imported only when a picture
+is drawn, so `--text` and `--mermaid` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from rich.console import Console
+
+from analyzer.capture import CaptureError
+from analyzer.connection import Connection
+from analyzer.ladder import Ladder, build
+from analyzer.pipeline import analyze
+
+EXIT_BAD_INPUT = 2
+EXIT_NOTHING = 1
+MAX_DEFAULT_FILES = 20  # more connections than this need --conn (or --conn all) for picture files
+PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+DESCRIPTION = """\
+Draw TCP connections as ladder diagrams: client line on the left, server line
+on the right, time running down, one slanted arrow per segment labelled with
+its flags, relative seq:seq+len, ack, length and frame number, and each
+endpoint's state written beside its line where the analyzer says it changed.
+
+Output: without -o, one PNG per connection in the current directory, named
+CAPTURE-ID.png (CAPTURE is the capture's name without its extension). With
+-o FILE the extension picks the format (.png, .svg, .pdf); several
+connections give FILE-ID.png files, or one PDF with a page per connection.
+--text and --mermaid print to standard output (or -o FILE) instead."""
+
+EPILOG = """\
+examples:
+  synfin ladder handshake.pcap                 handshake-0.png (one file per connection)
+  synfin ladder busy.pcap --conn 4 7 -o x.pdf  connections 4 and 7, a page each
+  synfin ladder slow.pcap --time sequential    one row per segment, pauses not shown
+  synfin ladder x.pcap --conn 0 --text         paste into a ticket
+  synfin ladder x.pcap --conn 0 --mermaid > ladder.mmd"""
+
+
+def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from analyzer.cli import add_timing_options  # here: analyzer.cli imports this module
+
+    parser = commands.add_parser(
+        "ladder", help="draw connections as ladder diagrams (PNG, SVG, PDF, text, Mermaid)",
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("capture", type=Path, metavar="CAPTURE", help="pcap or pcapng file, optionally gzipped")
+    parser.add_argument("--conn", nargs="+", action="extend", metavar="ID", default=[],
+                        help="connection ids to draw, as `synfin analyze` numbers them, or 'all' "
+                             f"(default: all of them, if there are at most {MAX_DEFAULT_FILES})")
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE",
+                        help="output file; .png, .svg or .pdf picks the picture format "
+                             "(default: CAPTURE-ID.png in the current directory)")
+    parser.add_argument("--time", choices=("proportional", "sequential"), default="proportional",
+                        help="proportional (default): spacing follows time, pauses of 1 s or more are cut "
+                             "and marked '≈ 3.2 s'; sequential: one row per segment")
+    parser.add_argument("--absolute", action="store_true",
+                        help="raw sequence and acknowledgement numbers instead of relative ones")
+    parser.add_argument("--all-segments", action="store_true",
+                        help="draw every segment; by default long runs of data and ACKs collapse into "
+                             "one block ('… 1,204 segments, 1.6 MB …')")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--text", action="store_true", help="print a box-drawing ladder instead of a picture")
+    form.add_argument("--mermaid", action="store_true", help="print a Mermaid sequenceDiagram instead")
+    add_timing_options(parser)
+    parser.set_defaults(run=run_ladder)
+
+
+class LadderError(Exception):
+    """A problem with the command's input; the message is shown as is."""
+
+
+def run_ladder(args: argparse.Namespace) -> int:
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        _check_output(args)
+        wanted = _wanted(args.conn)
+        conns = _select(args, wanted)
+        ladders = [build(c, args.time, args.absolute, args.all_segments) for c in conns]
+        _emit(args, ladders)
+    except (CaptureError, LadderError) as problem:
+        err.print(f"synfin: {problem}", style="red", markup=False)
+        return EXIT_BAD_INPUT
+    except _Nothing as nothing:
+        err.print(f"synfin: {nothing}", markup=False)
+        return EXIT_NOTHING
+    except OSError as problem:
+        err.print(f"synfin: cannot write {problem.filename or ''}: {problem.strerror or problem}",
+                  style="red", markup=False)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+class _Nothing(Exception):
+    """The capture holds no TCP connection."""
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    out = args.output
+    if out is not None and not (args.text or args.mermaid) and out.suffix.lower() not in PICTURE_SUFFIXES:
+        raise LadderError(f"cannot draw to {str(out)!r}: the name must end in .png, .svg or .pdf "
+                          "(or use --text / --mermaid)")
+
+
+def _wanted(ids: list[str]) -> set[int] | None:
+    """The connection ids asked for; None for all."""
+    if not ids or "all" in ids:
+        return None
+    try:
+        return {int(value) for value in ids}
+    except ValueError:
+        bad = next(value for value in ids if not value.lstrip("-").isdigit())
+        raise LadderError(f"--conn takes connection ids (numbers) or 'all', not {bad!r}") from None
+
+
+def _select(args: argparse.Namespace, wanted: set[int] | None) -> list[Connection]:
+    """Analyze the capture, keeping the segments of the wanted connections only."""
+    seen: list[int] = []
+    kept: list[Connection] = []
+    for conn in analyze(args.capture, msl=args.msl, idle_timeout=args.idle_timeout,
+                        handshake_timeout=args.handshake_timeout, keep_segments=True):
+        seen.append(conn.id)
+        if wanted is None or conn.id in wanted:
+            kept.append(conn)
+        else:
+            conn.notes = None  # let the segments go
+    if not seen:
+        raise _Nothing(f"{args.capture}: no TCP connections to draw")
+    missing = sorted(wanted - set(seen)) if wanted is not None else []
+    if missing:
+        raise LadderError(f"{args.capture}: no connection{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(map(str, missing))}; "
+                          f"the connections there are {id_ranges(seen)}")
+    pictures = not (args.text or args.mermaid)
+    if pictures and not args.conn and len(kept) > MAX_DEFAULT_FILES and not _is_pdf(args.output):
+        raise LadderError(f"{args.capture} has {len(kept)} connections ({id_ranges(seen)}): choose some "
+                          "with --conn ID ..., or draw them all with --conn all or -o FILE.pdf")
+    return sorted(kept, key=lambda c: c.id)
+
+
+def _is_pdf(path: Path | None) -> bool:
+    return path is not None and path.suffix.lower() == ".pdf"
+
+
+def id_ranges(ids: Iterable[int]) -> str:
+    """'0-3, 7, 9-10' for [0, 1, 2, 3, 7, 9, 10]."""
+    spans: list[list[int]] = []
+    for value in sorted(set(ids)):
+        if spans and value == spans[-1][1] + 1:
+            spans[-1][1] = value
+        else:
+            spans.append([value, value])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _emit(args: argparse.Namespace, ladders: list[Ladder]) -> None:
+    if args.text or args.mermaid:
+        from analyzer.ladder_text import mermaid, text
+
+        render = mermaid if args.mermaid else text
+        body = "\n".join(render(ladder) for ladder in ladders)
+        if args.output is None:
+            sys.stdout.write(body)
+        else:
+            args.output.write_text(body, encoding="utf-8")
+        return
+    from analyzer.ladder_plot import save, save_all
+
+    if args.output is not None:
+        written = save_all(ladders, args.output)
+    else:
+        stem = capture_stem(args.capture)
+        written = [save(ladder, Path(f"{stem}-{ladder.conn_id}.png")) for ladder in ladders]
+    for path in written:
+        print(path)
+
+
+def capture_stem(path: Path) -> str:
+    """'busy' for busy.pcap, busy.pcapng and busy.pcap.gz."""
+    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+    return Path(name).stem or "ladder"
