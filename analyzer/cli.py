@@ -15,6 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from analyzer import __version__
 from analyzer.capture import CaptureError
+from analyzer.ladder_cli import add_ladder
 from analyzer.pipeline import Stats, analyze
 from analyzer.report import Census, write_csv, write_json, write_summary, write_table
 
@@ -28,10 +29,14 @@ simultaneous, reset, half-closed, ...)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from analyzer.live_cli import add_live  # imports this module: not at the top
+
     parser = argparse.ArgumentParser(prog="synfin", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"synfin {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_analyze(commands)
+    add_ladder(commands)
+    add_live(commands)
     return parser
 
 
