@@ -104,3 +104,29 @@ def test_busy_capture_matches_the_generators_manifest():
         got = (conn["open"], conn["close"], conn["active_closer"], conn["half_close"], conn["reset_by"])
         assert got == wanted[kind], conn["id"]
     assert counts == manifest["kinds"]
+
+
+@pytest.mark.skipif(not shutil.which("tcpdump"), reason="tcpdump is not installed")
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: p.name)
+def test_remaining_keys_against_tcpdumps_dissection(capture):
+    """start, end, ip_version, packets, payload_bytes, options, id and anomalies, read off tcpdump."""
+    from tests.tcpdump_oracle import frames
+
+    lines = frames(capture)
+    conns = run_cli(capture)
+    assert sorted(c["id"] for c in conns) == list(range(len(conns)))
+    assert [c["id"] for c in sorted(conns, key=lambda c: c["first_frame"])] == list(range(len(conns)))
+    for conn in conns:
+        ends = {conn["client"], conn["server"]}
+        mine = [ln for ln in lines
+                if conn["first_frame"] <= ln.frame <= conn["last_frame"] and {ln.src, ln.dst} == ends]
+        assert conn["start"] == pytest.approx(lines[conn["first_frame"] - 1].ts, abs=1e-6)
+        assert conn["end"] == pytest.approx(lines[conn["last_frame"] - 1].ts, abs=1e-6)
+        assert conn["ip_version"] == (6 if conn["client"].startswith("[") else 4)
+        assert conn["anomalies"] == []  # kernel captures (and the crafted ones) are clean
+        for side in ("client", "server"):
+            sent = [ln for ln in mine if ln.src == conn[side]]
+            assert conn["packets"][side] == len(sent), (conn["id"], side)
+            assert conn["payload_bytes"][side] == sum(ln.length for ln in sent), (conn["id"], side)
+            syns = [ln for ln in sent if "S" in ln.flags]
+            assert conn["options"][side] == (syns[0].options if syns else {}), (conn["id"], side)
