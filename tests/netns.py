@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 from types import TracebackType
@@ -22,6 +23,21 @@ _counter = itertools.count(1)
 
 class NetnsError(RuntimeError):
     """A namespace could not be set up (not root, `ip netns` not allowed, ...)."""
+
+
+def namespaces_unavailable(*tools: str) -> str | None:
+    """Why tests cannot make network namespaces here (and run `tools`), or None if they can."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    for tool in ("ip", *tools):
+        if not shutil.which(tool):
+            return f"{tool} is not installed"
+    probe = f"synfin-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"network namespaces are not allowed here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
 
 
 def _run(cmd: Sequence[str]) -> None:

@@ -27,7 +27,7 @@ from typing import IO, Any
 import pytest
 
 from analyzer.cli import main
-from tests.netns import SERVER_ADDR, NetnsError, NetnsPair
+from tests.netns import SERVER_ADDR, NetnsError, NetnsPair, namespaces_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAFFIC = str(Path(__file__).with_name("livetraffic.py"))
@@ -46,10 +46,9 @@ EXPECTED = {  # kind -> labels of the final report
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[NetnsPair]:
-    if os.geteuid() != 0:
-        pytest.skip("live capture tests need root (network namespaces, CAP_NET_RAW)")
-    if not shutil.which("ip"):
-        pytest.skip("iproute2 (`ip`) is not installed")
+    reason = namespaces_unavailable()
+    if reason:
+        pytest.skip(f"live capture tests: {reason}")
     pair = NetnsPair()
     try:
         pair.__enter__()

@@ -7,8 +7,6 @@ vary with timing) must equal those of the committed expected outputs.
 """
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import analyzer
+from tests.netns import namespaces_unavailable
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 SCENARIOS = ["threeway_close", "simultaneous_close", "refused", "half_close", "reset_linger_client",
@@ -23,26 +22,12 @@ SCENARIOS = ["threeway_close", "simultaneous_close", "refused", "half_close", "r
 LABEL_KEYS = ("open", "close", "half_close", "active_closer", "reset_by", "reset_state")
 
 
-def namespaces_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    for tool in ("ip", "tcpdump", "nft", "ethtool"):
-        if not shutil.which(tool):
-            return f"{tool} is not installed"
-    probe = f"synfin-probe-{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"network namespaces are not allowed here: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
 pytestmark = [pytest.mark.kernel]
 
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory) -> Path:
-    reason = namespaces_unavailable()
+    reason = namespaces_unavailable("tcpdump", "nft", "ethtool")
     if reason:
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("regenerated")
