@@ -107,3 +107,25 @@ def test_dataframe_helper():
     assert len(frame) == 340
     assert frame["close"].value_counts().to_dict() == {"four-way": 230, "reset": 80, "none": 30}
     assert str(frame["start"].dtype).startswith("datetime64")
+
+
+def test_table_colours_labels_only_on_a_terminal():
+    from analyzer.report import write_table
+
+    conns = list(analyzer.analyze(SAMPLES / "refused.pcap"))
+    plain, tty = io.StringIO(), io.StringIO()
+    write_table(conns, Console(file=plain))
+    write_table(conns, Console(file=tty, force_terminal=True))
+    assert "\x1b[" not in plain.getvalue()
+    assert "\x1b[31mrefused" in tty.getvalue()
+    header, row = plain.getvalue().splitlines()
+    assert header.split()[:5] == ["id", "client", "server", "open", "close"]
+    assert row.split()[3:5] == ["refused", "none"]
+
+
+def test_summary_of_an_empty_capture(tmp_path, capsys):
+    from tests.pcapwrite import write_pcap
+
+    status, out, _ = run(capsys, "analyze", write_pcap(tmp_path / "empty.pcap", [], 1))
+    assert status == 0
+    assert "0 frames, 0 TCP segments, 0 connections" in out and "()" not in out
