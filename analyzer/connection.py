@@ -79,6 +79,13 @@ class Timeouts:
 class Connection:
     """Everything known about one connection; fed one segment at a time."""
 
+    __slots__ = (
+        "__weakref__", "aborted", "anomalies", "bare_syns", "client", "end", "fin_order", "first_frame", "half_close",
+        "id", "ip_version", "keepalives", "labels", "last_frame", "last_ts", "notes", "reset",
+        "retransmits", "roles_inferred", "scheduled", "second_fin_acks_first", "server", "start",
+        "syn_data", "synack_seen", "timeouts",
+    )
+
     def __init__(self, conn_id: int, first: Segment, timeouts: Timeouts,
                  keep_segments: bool = False) -> None:
         self.id = conn_id
@@ -184,7 +191,7 @@ class Connection:
                 return "retransmission", flags
             if sender.isn is None:
                 sender.isn, sender.syn_end = seg.seq, (seg.seq + 1 + seg.payload_len) % MOD
-                sender.options = dict(seg.options)
+                sender.options = dict(seg.options or {})
             self.syn_data |= seg.payload_len > 0
             if flags & ACK:
                 sender.sent_synack = self.synack_seen = True
@@ -235,13 +242,13 @@ class Connection:
             needed = pending.seq + (pending.seq_len if pending.flags & FIN else 1)
             if not seq_ge(seg.ack, needed % MOD) or not self._could_then_send(sender, pending, seg):
                 return
-            peer.unreceived.popleft()
+            peer.unreceived.pop(0)
             self._receive(sender, pending, seg, seg)
 
     def _deliver_all(self, sender: Endpoint, receiver: Endpoint, seg: Segment) -> None:
         """`seg` carries no SYN/FIN: it and everything sent before it reach the receiver now."""
         while sender.unreceived:
-            self._receive(receiver, sender.unreceived.popleft(), None, seg)
+            self._receive(receiver, sender.unreceived.pop(0), None, seg)
 
     def _could_then_send(self, ep: Endpoint, pending: Segment, answer: Segment) -> bool:
         state, events = self._plan(ep, pending, answer)
@@ -345,7 +352,7 @@ class Connection:
         self.advance(self.last_ts)
         for sender, receiver in ((self.client, self.server), (self.server, self.client)):
             while sender.unreceived:
-                seg = sender.unreceived.popleft()
+                seg = sender.unreceived.pop(0)
                 if not seg.flags & SYN:
                     self._receive(receiver, seg, None, self._last_frame_proof(seg))
         self.labels = label(self)

@@ -15,7 +15,7 @@ segments, the one place where they describe the connection.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dpkt
 
@@ -53,7 +53,7 @@ class Segment:
     flags: int
     payload_len: int
     window: int
-    options: dict[str, int | bool] = field(default_factory=dict)
+    options: dict[str, int | bool] | None = None  # only on SYN segments
 
     @property
     def seq_len(self) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 from analyzer.decode import Segment
@@ -51,7 +50,7 @@ class Endpoint:
     packets: int = 0
     payload_bytes: int = 0
     options: dict[str, int | bool] = field(default_factory=dict)
-    unreceived: deque[Segment] = field(default_factory=deque)  # sent, not yet known received
+    unreceived: list[Segment] = field(default_factory=list)  # sent, not yet known received (a few)
     data_after_peer_fin: int | None = None  # end of new data sent after the peer's FIN
 
     def apply(self, event: Event, ts: float, frame: int | None) -> bool:
