@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from analyzer.decode import ACK, FIN, RST, SYN, Segment
 from analyzer.endpoint import MOD, Endpoint, Transition, seq_ge
 from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events, step
+from analyzer.labels import label
 
 CLIENT, SERVER = "client", "server"
 GONE = frozenset({State.CLOSED, State.LISTEN})
@@ -347,8 +348,6 @@ class Connection:
 
     def finish(self) -> None:
         """End of the road: hand over what is still unreceived (never a SYN), then label."""
-        from analyzer.labels import label  # labels read the finished record
-
         self.advance(self.last_ts)
         for sender, receiver in ((self.client, self.server), (self.server, self.client)):
             while sender.unreceived:
