@@ -331,10 +331,6 @@ class Connection:
         """Both SYNs acknowledged (or the capture began after they were)."""
         return self.client.syn_acked and self.server.syn_acked
 
-    def is_open(self) -> bool:
-        """False once both ends are gone (CLOSED or back to LISTEN)."""
-        return not (self.client.state in GONE and self.server.state in GONE)
-
     def starts_anew(self, seg: Segment) -> bool:
         """Whether a bare SYN on this 4-tuple opens a new connection (port reuse)."""
         if not seg.flags & SYN or seg.flags & (ACK | RST):

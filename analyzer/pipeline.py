@@ -34,7 +34,6 @@ class Stats:
     problem_frames: list[tuple[int, str]] = field(default_factory=list)
     damage: list[CaptureDamage] = field(default_factory=list)
     linktypes: Counter[int] = field(default_factory=Counter)
-    peak_open: int = 0
 
     def note_skip(self, frame: int, skip: Skip) -> None:
         if skip.malformed:
@@ -101,7 +100,6 @@ class Pipeline:
 
     def _done(self, conns: list[Connection]) -> list[Connection]:
         self.stats.connections += len(conns)
-        self.stats.peak_open = self.tracker.peak_open
         return conns
 
 

@@ -40,7 +40,6 @@ class Tracker:
         self._heap: list[tuple[float, int, Connection]] = []
         self._next_id = 0
         self.now = float("-inf")
-        self.peak_open = 0
 
     def add(self, seg: Segment) -> list[Connection]:
         """Feed one segment; return the connections that finished before it."""
@@ -54,7 +53,6 @@ class Tracker:
             conn = Connection(self._next_id, seg, self.timeouts, self.keep_segments)
             self._next_id += 1
             self.open[key] = conn
-            self.peak_open = max(self.peak_open, len(self.open))
         conn.add(seg)
         wake = conn.wake_time()
         if wake < conn.scheduled:
