@@ -8,16 +8,17 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-from analyzer import __version__
+from analyzer import __version__, engine
 from analyzer.capture import CaptureError
+from analyzer.connection import Timeouts
 from analyzer.ladder_cli import add_ladder
 from analyzer.pipeline import Stats, analyze
-from analyzer.report import Census, write_csv, write_json, write_summary, write_table
+from analyzer.report import Census, csv_header, table_header, write_csv, write_json, write_summary, write_table
 
 PROGRESS_MIN_BYTES = 16 << 20
 EXIT_BAD_INPUT = 2
@@ -60,6 +61,10 @@ def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     parser.add_argument("-o", "--output", type=Path, metavar="FILE",
                         help="write connections to FILE instead of standard output")
     parser.add_argument("--no-summary", action="store_true", help="leave out the summary")
+    parser.add_argument("--engine", choices=("auto", "compiled", "reference"), default="auto",
+                        help="compiled: the C engine (fast; built at install); reference: the Python "
+                             "pipeline (slow, the one the ladder and live capture use); auto (default): "
+                             "compiled when built. Both give the same output")
     add_timing_options(parser)
     parser.set_defaults(run=run_analyze)
 
@@ -78,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
 def run_analyze(args: argparse.Namespace) -> int:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     status = 0
+    if args.engine == "compiled" and not engine.available():
+        err.print("[red]synfin: the compiled engine is not built (was a C compiler present at install?); "
+                  "use --engine reference[/]")
+        return EXIT_BAD_INPUT
+    args.compiled = args.engine == "compiled" or (args.engine == "auto" and engine.available())
+    if args.engine == "auto" and not args.compiled:
+        err.print("[yellow]synfin: note: the compiled engine is not built; using the reference pipeline, "
+                  "which is slow on large captures[/]")
     with ExitStack() as stack:
         out: IO[str] = (stack.enter_context(open(args.output, "w", encoding="utf-8"))
                         if args.output else sys.stdout)
@@ -97,20 +110,37 @@ def _analyze_one(args: argparse.Namespace, path: Path, out: IO[str], table_conso
                  summary_console: Console, err: Console, index: int) -> None:
     stats, census = Stats(), Census()
     capture = str(path) if len(args.captures) > 1 else None
+    if args.format == "table" and len(args.captures) > 1:
+        table_console.rule(str(path))
     with _progress_bar(path, err) as progress:
-        conns = census.count(analyze(path, msl=args.msl, idle_timeout=args.idle_timeout,
-                                     handshake_timeout=args.handshake_timeout,
-                                     stats=stats, progress=progress))
-        if args.format == "json":
-            write_json(conns, out, capture)
-        elif args.format == "csv":
-            write_csv(conns, out, capture, header=index == 0)
+        if args.compiled:
+            colour = table_console.is_terminal and not table_console.no_color
+            if args.format == "table":
+                out.write(table_header())
+            elif args.format == "csv" and index == 0:
+                out.write(csv_header())
+            timeouts = Timeouts(msl=args.msl, idle=args.idle_timeout, handshake=args.handshake_timeout)
+            counts = engine.run(path, out, args.format, timeouts, capture, colour, progress)
+            engine.stats_from(counts, stats)
+            engine.census_from(counts, census)
         else:
-            if len(args.captures) > 1:
-                table_console.rule(str(path))
-            write_table(conns, table_console)
+            _analyze_reference(args, path, out, table_console, stats, census, capture, progress, index)
     if not args.no_summary:
         write_summary(str(path), stats, census, summary_console)
+
+
+def _analyze_reference(args: argparse.Namespace, path: Path, out: IO[str], table_console: Console, stats: Stats,
+                       census: Census, capture: str | None, progress: Any, index: int) -> None:
+    """The Python pipeline: a Connection object per connection, written by report.py."""
+    conns = census.count(analyze(path, msl=args.msl, idle_timeout=args.idle_timeout,
+                                 handshake_timeout=args.handshake_timeout,
+                                 stats=stats, progress=progress))
+    if args.format == "json":
+        write_json(conns, out, capture)
+    elif args.format == "csv":
+        write_csv(conns, out, capture, header=index == 0)
+    else:
+        write_table(conns, table_console)
 
 
 @contextmanager

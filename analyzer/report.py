@@ -98,6 +98,11 @@ def flat_record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
     return row
 
 
+def csv_header() -> str:
+    """The CSV header line, as write_csv writes it."""
+    return ",".join(CSV_FIELDS) + "\n"
+
+
 def write_csv(conns: Iterable[Connection], out: IO[str], capture: str | None = None,
               header: bool = True) -> None:
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
@@ -138,6 +143,11 @@ def _line(cells: list[str], styles: dict[int, str] | None = None) -> str:
     return "  ".join(parts).rstrip()
 
 
+def table_header() -> str:
+    """The table's first line: the column names."""
+    return _line([name for name, _, _ in _COLUMNS]) + "\n"
+
+
 def write_table(conns: Iterable[Connection], console: Console) -> None:
     """A row per connection in fixed-width columns, written as each finishes (nothing is kept).
 
@@ -147,7 +157,7 @@ def write_table(conns: Iterable[Connection], console: Console) -> None:
     """
     colour = console.is_terminal and not console.no_color
     out = console.file
-    out.write(_line([name for name, _, _ in _COLUMNS]) + "\n")
+    out.write(table_header())
     for conn in conns:
         cells = _cells(conn)
         styles = {3: _OPEN_STYLE[cells[3]], 4: _CLOSE_STYLE[cells[4]]} if colour else None

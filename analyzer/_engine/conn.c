@@ -1,0 +1,506 @@
+/* One connection: two endpoint machines fed by segments, in C.
+ *
+ * This file follows analyzer/connection.py function by function (the names
+ * are the same, less the underscore), and labels.py at the end. Read the
+ * docstring of connection.py for the why: when a segment counts as received,
+ * how crossing SYNs and FINs are told apart, what a retransmission re-dates.
+ * The state machine is not here: step(), the send events and the receive
+ * events come from fsm.py as tables (engine.h, Machine).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+Machine machine;
+static int out_of_memory;
+
+int conn_oom(void) { return out_of_memory; }
+
+const char *const OPEN_LABELS[] = {"handshake", "simultaneous-open", "refused", "unanswered",
+                                   "incomplete", "partial"};
+const char *const CLOSE_LABELS[] = {"four-way", "three-way", "simultaneous", "reset",
+                                    "half-closed", "open", "none"};
+
+/* ---- sequence numbers and small containers ------------------------------ */
+
+static inline int seq_ge(uint32_t a, uint32_t b) { return (uint32_t)(a - b) < 0x80000000u; }
+static inline int seq_gt(uint32_t a, uint32_t b) { return a != b && seq_ge(a, b); }
+
+static inline int in_set(uint16_t set, uint8_t state) { return (set >> state) & 1; }
+#define GONE ((1u << ST_CLOSED) | (1u << ST_LISTEN))
+#define ABORTABLE ((1u << ST_ESTABLISHED) | (1u << ST_FIN_WAIT_1) | (1u << ST_FIN_WAIT_2) | \
+                   (1u << ST_CLOSE_WAIT) | (1u << ST_CLOSING) | (1u << ST_LAST_ACK))
+
+static inline int64_t seq_len(const Seg *s) {
+    return s->payload_len + ((s->flags & F_SYN) ? 1 : 0) + ((s->flags & F_FIN) ? 1 : 0);
+}
+
+static void *grow(void *items, void *inline_items, uint32_t *capacity, size_t size) {
+    uint32_t cap = *capacity * 2;
+    void *bigger = malloc(cap * size);
+    if (bigger == NULL) {
+        out_of_memory = 1;
+        return NULL;
+    }
+    memcpy(bigger, items, *capacity * size);
+    if (items != inline_items) free(items);
+    *capacity = cap;
+    return bigger;
+}
+
+static void history_push(History *h, uint8_t state, double ts, int64_t frame) {
+    if (h->count == h->capacity) {
+        Transition *bigger = grow(h->items, h->inline_items, &h->capacity, sizeof(Transition));
+        if (bigger == NULL) return;
+        h->items = bigger;
+    }
+    h->items[h->count++] = (Transition){frame, ts, state};
+}
+
+static void queue_push(SegQueue *q, const Seg *s) {
+    if (q->count == q->capacity) {
+        Seg *bigger = grow(q->items, q->inline_items, &q->capacity, sizeof(Seg));
+        if (bigger == NULL) return;
+        q->items = bigger;
+    }
+    q->items[q->count++] = *s;
+}
+
+static Seg queue_pop_front(SegQueue *q) {
+    Seg first = q->items[0];
+    memmove(q->items, q->items + 1, (q->count - 1) * sizeof(Seg));
+    q->count--;
+    return first;
+}
+
+static void anomaly(Conn *c, int64_t frame, uint8_t kind, uint8_t role, uint8_t event, uint8_t state) {
+    if (c->n_anomalies == c->cap_anomalies) {
+        uint32_t cap = c->cap_anomalies ? c->cap_anomalies * 2 : 2;
+        Anomaly *bigger = realloc(c->anomalies, cap * sizeof(Anomaly));
+        if (bigger == NULL) {
+            out_of_memory = 1;
+            return;
+        }
+        c->anomalies = bigger;
+        c->cap_anomalies = cap;
+    }
+    c->anomalies[c->n_anomalies++] = (Anomaly){frame, kind, role, event, state};
+}
+
+/* ---- the machine (fsm.py, through its tables) --------------------------- */
+
+static inline uint8_t step(uint8_t state, uint8_t event, int passive) {
+    return machine.step[passive ? 1 : 0][state][event];
+}
+
+static inline const uint8_t *send_events(uint8_t flags) {
+    int index = ((flags & F_SYN) ? 1 : 0) | ((flags & F_ACK) ? 2 : 0) | ((flags & F_FIN) ? 4 : 0) |
+                ((flags & F_RST) ? 8 : 0);
+    return machine.send[index];
+}
+
+static inline const uint8_t *receive_events(int syn, int fin, int rst, int acks_syn, int acks_fin) {
+    return machine.receive[syn | fin << 1 | rst << 2 | acks_syn << 3 | acks_fin << 4];
+}
+
+static const uint8_t NO_EVENTS[MAX_EVENTS + 1] = {0};
+
+/* Endpoint.apply: step the machine, record a change of state. */
+static int apply(Endpoint *ep, uint8_t event, double ts, int64_t frame) {
+    uint8_t target = step(ep->state, event, ep->passive);
+    if (target == NO_STATE) return 0;
+    if (event == EV_RCV_SYN && ep->state == ST_LISTEN) ep->passive = 1;
+    if (target != ep->state) {
+        ep->state = target;
+        history_push(&ep->history, target, ts, frame);
+    }
+    return 1;
+}
+
+static void note_sent(Endpoint *ep, const Seg *s) {
+    uint32_t end = s->seq + (uint32_t)seq_len(s);
+    if (!ep->has_snd_nxt || seq_gt(end, ep->snd_nxt)) {
+        ep->snd_nxt = end;
+        ep->has_snd_nxt = 1;
+    }
+    ep->last_sent_frame = s->frame;
+}
+
+static void acknowledged_by(const Endpoint *ep, uint32_t ack, int *syn, int *fin) {
+    *syn = ep->has_isn && !ep->syn_acked && seq_ge(ack, ep->syn_end);
+    *fin = ep->has_fin && !ep->fin_acked && seq_gt(ack, ep->fin_seq);
+}
+
+/* ---- set-up --------------------------------------------------------------- */
+
+static void client_is_source(const Packet *first, int *client_is_src, int *inferred) {
+    *inferred = 1;
+    if (first->flags & F_SYN) {
+        *client_is_src = !(first->flags & F_ACK);
+        *inferred = 0;
+        return;
+    }
+    unsigned src = first->sport, dst = first->dport;
+    if (src == dst) *client_is_src = 1;
+    else if ((src >= 32768) != (dst >= 32768)) *client_is_src = src >= 32768;
+    else if ((src < 1024) != (dst < 1024)) *client_is_src = dst < 1024;
+    else *client_is_src = src > dst;
+}
+
+static void endpoint_init(Endpoint *ep, const uint8_t *addr, uint16_t port) {
+    memset(ep, 0, sizeof *ep);
+    memcpy(ep->addr, addr, 16);
+    ep->port = port;
+    ep->state = ST_CLOSED;
+    ep->history.capacity = INLINE_HISTORY;
+    ep->history.items = ep->history.inline_items;
+    ep->unreceived.capacity = INLINE_UNRECEIVED;
+    ep->unreceived.items = ep->unreceived.inline_items;
+}
+
+static void begin(Conn *c, const Packet *first) {
+    Endpoint *client = &c->ep[ROLE_CLIENT], *server = &c->ep[ROLE_SERVER];
+    if ((first->flags & F_SYN) && !(first->flags & F_ACK)) return;
+    if (first->flags & F_SYN) {
+        anomaly(c, first->frame, AN_STARTS_AFTER_SYN, 0, 0, 0);
+        client->state = ST_SYN_SENT;
+        server->state = ST_SYN_RCVD;
+        server->passive = 1;
+    } else {
+        client->state = server->state = ST_ESTABLISHED;
+        client->syn_acked = server->syn_acked = 1;
+    }
+    for (int role = 0; role < 2; role++)
+        history_push(&c->ep[role].history, c->ep[role].state, first->ts, first->frame);
+}
+
+int conn_init(Conn *c, int64_t id, const Packet *first, const Timeouts *timeouts) {
+    int client_is_src, inferred;
+    memset(c, 0, sizeof *c);
+    c->id = id;
+    c->ip_version = first->ip_version;
+    c->timeouts = timeouts;
+    client_is_source(first, &client_is_src, &inferred);
+    c->roles_inferred = (uint8_t)inferred;
+    if (client_is_src) {
+        endpoint_init(&c->ep[ROLE_CLIENT], first->src, first->sport);
+        endpoint_init(&c->ep[ROLE_SERVER], first->dst, first->dport);
+    } else {
+        endpoint_init(&c->ep[ROLE_CLIENT], first->dst, first->dport);
+        endpoint_init(&c->ep[ROLE_SERVER], first->src, first->sport);
+    }
+    c->first_frame = c->last_frame = first->frame;
+    c->start = c->end = c->last_ts = first->ts;
+    c->scheduled = __builtin_inf();
+    begin(c, first);
+    return out_of_memory ? -1 : 0;
+}
+
+void conn_free(Conn *c) {
+    for (int role = 0; role < 2; role++) {
+        Endpoint *ep = &c->ep[role];
+        if (ep->history.items != ep->history.inline_items) free(ep->history.items);
+        if (ep->unreceived.items != ep->unreceived.inline_items) free(ep->unreceived.items);
+    }
+    free(c->anomalies);
+}
+
+/* ---- the segment path ----------------------------------------------------- */
+
+static int sender_role(const Conn *c, const Packet *p) {
+    const Endpoint *client = &c->ep[ROLE_CLIENT];
+    return (p->sport == client->port && memcmp(p->src, client->addr, 16) == 0) ? ROLE_CLIENT : ROLE_SERVER;
+}
+
+enum { KIND_NONE, KIND_RETRANSMISSION, KIND_KEEPALIVE };
+
+/* Count retransmissions, keep-alives and SYN facts; return the kind, set the flags to use. */
+static int classify(Conn *c, const Packet *p, Endpoint *sender, int role, uint8_t *flags_out) {
+    uint8_t flags = p->flags;
+    *flags_out = flags;
+    if (flags & F_RST) return KIND_NONE;
+    if (flags & F_SYN) {
+        if (sender->has_isn && p->seq != sender->isn) {
+            anomaly(c, p->frame, AN_SECOND_ISN, (uint8_t)role, 0, 0);
+            *flags_out = flags & (uint8_t)~F_SYN;
+            return KIND_NONE;
+        }
+        int first_of_kind = !sender->has_isn || ((flags & F_ACK) && !sender->sent_synack);
+        if (!first_of_kind) {
+            c->retransmits[(flags & F_ACK) ? 1 : 0]++;
+            return KIND_RETRANSMISSION;
+        }
+        if (!sender->has_isn) {
+            sender->has_isn = 1;
+            sender->isn = p->seq;
+            sender->syn_end = p->seq + 1 + (uint32_t)p->payload_len;
+            if (p->has_options) sender->options = p->options;
+        }
+        c->syn_data |= p->payload_len > 0;
+        if (flags & F_ACK) sender->sent_synack = c->synack_seen = 1;
+        else c->bare_syn[role] = 1;
+    }
+    if (flags & F_FIN) {
+        uint32_t fin_seq = p->seq + (uint32_t)p->payload_len + ((flags & F_SYN) ? 1 : 0);
+        if (!sender->has_fin) {
+            const Endpoint *peer = &c->ep[!role];
+            sender->has_fin = 1;
+            sender->fin_seq = fin_seq;
+            c->fin_order[c->n_fins++] = (uint8_t)role;
+            c->second_fin_acks_first = peer->has_fin && !peer->fin_acked && (flags & F_ACK) &&
+                                       seq_ge(p->ack, peer->fin_seq + 1);
+        } else {
+            if (fin_seq == sender->fin_seq) c->retransmits[2]++;
+            else anomaly(c, p->frame, AN_SECOND_FIN, (uint8_t)role, 0, 0);
+            *flags_out = flags & (uint8_t)~F_FIN;
+            return KIND_RETRANSMISSION;
+        }
+    } else if (!(flags & F_SYN) && p->payload_len <= 1 && sender->has_snd_nxt &&
+               in_set(machine.synchronized, sender->state) && p->seq == sender->snd_nxt - 1) {
+        c->keepalives++;
+        return KIND_KEEPALIVE;
+    }
+    return KIND_NONE;
+}
+
+/* A retransmitted SYN/FIN: the copy still unanswered was lost, the receiver got this one. */
+static void redate_unreceived(Endpoint *sender, const Packet *copy) {
+    uint8_t kind = copy->flags & (F_SYN | F_FIN);
+    for (uint32_t i = 0; i < sender->unreceived.count; i++) {
+        Seg *pending = &sender->unreceived.items[i];
+        if (pending->seq == copy->seq && (pending->flags & (F_SYN | F_FIN)) == kind) {
+            pending->frame = copy->frame;
+            pending->ts = copy->ts;
+            return;
+        }
+    }
+}
+
+static void forbidden(Conn *c, int64_t frame, int role, uint8_t event, uint8_t state) {
+    anomaly(c, frame, AN_FORBIDDEN, (uint8_t)role, event, state);
+}
+
+static void send(Conn *c, Endpoint *sender, int role, const Seg *s) {
+    uint8_t before = sender->state;
+    const uint8_t *events = send_events(s->flags);
+    for (int i = 1; i <= events[0]; i++)
+        if (!apply(sender, events[i], s->ts, s->frame)) forbidden(c, s->frame, role, events[i], sender->state);
+    if (s->flags & F_RST) {
+        c->aborted |= in_set(ABORTABLE, before);
+        if (!c->has_reset) {
+            c->has_reset = 1;
+            c->reset_role = (uint8_t)role;
+            c->reset_state = before;
+        }
+    }
+}
+
+/* ---- delivery ---------------------------------------------------------------- */
+
+static int rst_acceptable(const Endpoint *ep, const Seg *s) {
+    if (ep->state == ST_SYN_SENT) return (s->flags & F_ACK) && s->ack == ep->syn_end;
+    return 1;
+}
+
+/* The state `ep` starts from, and the events it goes through on receiving `s`. */
+static const uint8_t *plan(const Endpoint *ep, const Seg *s, const Seg *answer, uint8_t *start) {
+    *start = ep->state;
+    if ((s->flags & F_SYN) && *start == ST_CLOSED && ep->last_sent_frame == 0 &&
+        !(answer != NULL && (answer->flags & F_RST)))
+        *start = ST_LISTEN;
+    if ((s->flags & F_RST) && !rst_acceptable(ep, s)) return NO_EVENTS;
+    int acks_syn = 0, acks_fin = 0;
+    if (s->flags & F_ACK) acknowledged_by(ep, s->ack, &acks_syn, &acks_fin);
+    return receive_events(!!(s->flags & F_SYN), !!(s->flags & F_FIN), !!(s->flags & F_RST), acks_syn, acks_fin);
+}
+
+static int could_then_send(const Endpoint *ep, const Seg *pending, const Seg *answer) {
+    uint8_t state;
+    const uint8_t *events = plan(ep, pending, answer, &state);
+    for (int i = 1; i <= events[0]; i++) {
+        uint8_t next = step(state, events[i], ep->passive || state == ST_LISTEN);
+        if (next != NO_STATE) state = next;
+    }
+    const uint8_t *sent = send_events(answer->flags);
+    for (int i = 1; i <= sent[0]; i++)
+        if (step(state, sent[i], 1) == NO_STATE) return 0;
+    return 1;
+}
+
+static void receive(Conn *c, Endpoint *ep, const Seg *s, const Seg *answer, const Seg *proof) {
+    int role = ep == &c->ep[ROLE_CLIENT] ? ROLE_CLIENT : ROLE_SERVER;
+    uint8_t start;
+    const uint8_t *events = plan(ep, s, answer, &start);
+    if ((s->flags & F_RST) && events[0] == 0) {
+        anomaly(c, s->frame, AN_RST_NOT_ACCEPTABLE, (uint8_t)role, 0, ep->state);
+        return;
+    }
+    ep->state = start;
+    if (s->flags & F_ACK) {
+        int acks_syn, acks_fin;
+        acknowledged_by(ep, s->ack, &acks_syn, &acks_fin);
+        ep->syn_acked |= acks_syn;
+        ep->fin_acked |= acks_fin;
+    }
+    int64_t last = 0;
+    if (ep->history.count && ep->history.items[ep->history.count - 1].frame >= 0)
+        last = ep->history.items[ep->history.count - 1].frame;
+    int in_order = s->frame > ep->last_sent_frame && s->frame >= last;
+    int64_t frame = in_order ? s->frame : proof->frame;
+    double ts = in_order ? s->ts : proof->ts;
+    c->aborted |= (s->flags & F_RST) && in_set(ABORTABLE, ep->state);
+    for (int i = 1; i <= events[0]; i++)
+        if (!apply(ep, events[i], ts, frame)) forbidden(c, s->frame, role, events[i], ep->state);
+    if (ep->state == ST_TIME_WAIT && !ep->has_time_wait) {
+        ep->has_time_wait = 1;
+        ep->time_wait_until = ts + 2 * c->timeouts->msl;
+    }
+}
+
+/* Deliver to `sender` what the ACK field of its segment `s` proves it received. */
+static void take_proven(Conn *c, Endpoint *sender, Endpoint *peer, const Seg *s) {
+    while (peer->unreceived.count) {
+        const Seg *pending = &peer->unreceived.items[0];
+        uint32_t needed = pending->seq + (uint32_t)((pending->flags & F_FIN) ? seq_len(pending) : 1);
+        if (!seq_ge(s->ack, needed) || !could_then_send(sender, pending, s)) return;
+        Seg taken = queue_pop_front(&peer->unreceived);
+        receive(c, sender, &taken, s, s);
+    }
+}
+
+/* `s` carries no SYN/FIN: it and everything sent before it reach the receiver now. */
+static void deliver_all(Conn *c, Endpoint *sender, Endpoint *receiver, const Seg *s) {
+    while (sender->unreceived.count) {
+        Seg taken = queue_pop_front(&sender->unreceived);
+        receive(c, receiver, &taken, NULL, s);
+    }
+}
+
+/* Data sent after the peer's FIN, and then acknowledged by the FIN side. */
+static void track_half_close(Conn *c, Endpoint *sender, Endpoint *receiver, const Seg *s, int kind) {
+    if (s->payload_len && kind == KIND_NONE && receiver->has_fin) {
+        uint32_t end = s->seq + (uint32_t)s->payload_len;
+        if (!sender->has_snd_nxt || !seq_ge(sender->snd_nxt, end)) {
+            sender->data_after_peer_fin = end;
+            sender->has_data_after_peer_fin = 1;
+        }
+    }
+    if ((s->flags & F_ACK) && sender->has_fin && receiver->has_data_after_peer_fin &&
+        seq_ge(s->ack, receiver->data_after_peer_fin))
+        c->half_close = 1;
+}
+
+int conn_add(Conn *c, const Packet *p) {
+    conn_advance(c, p->ts);
+    int role = sender_role(c, p);
+    Endpoint *sender = &c->ep[role], *receiver = &c->ep[!role];
+    sender->packets++;
+    c->last_frame = p->frame;
+    c->end = p->ts;
+    if (p->ts > c->last_ts) c->last_ts = p->ts;
+    uint8_t flags;
+    int kind = classify(c, p, sender, role, &flags);
+    if (kind != KIND_KEEPALIVE) sender->payload_bytes += p->payload_len;
+    if (kind == KIND_RETRANSMISSION) {
+        redate_unreceived(sender, p);
+        if (p->flags & F_SYN) return out_of_memory ? -1 : 0;
+    }
+    Seg s = {p->frame, p->ts, p->seq, p->ack, p->payload_len, flags};
+    if (flags & F_ACK) take_proven(c, sender, receiver, &s);
+    send(c, sender, role, &s);
+    track_half_close(c, sender, receiver, &s, kind);
+    note_sent(sender, &s);
+    queue_push(&sender->unreceived, &s);
+    if (!(flags & (F_SYN | F_FIN))) deliver_all(c, sender, receiver, &s);
+    return out_of_memory ? -1 : 0;
+}
+
+/* ---- time and the end ---------------------------------------------------- */
+
+void conn_advance(Conn *c, double now) {
+    for (int role = 0; role < 2; role++) {
+        Endpoint *ep = &c->ep[role];
+        if (ep->has_time_wait && ep->state == ST_TIME_WAIT && now >= ep->time_wait_until)
+            apply(ep, EV_TIMEOUT_2MSL, ep->time_wait_until, -1);
+    }
+}
+
+static int synchronized(const Conn *c) {
+    return c->ep[ROLE_CLIENT].syn_acked && c->ep[ROLE_SERVER].syn_acked;
+}
+
+double conn_wake_time(const Conn *c) {
+    double limit;
+    if (in_set(GONE, c->ep[0].state) && in_set(GONE, c->ep[1].state)) limit = c->timeouts->close_linger;
+    else if (synchronized(c)) limit = c->timeouts->idle;
+    else limit = c->timeouts->handshake;
+    double wake = c->last_ts + limit;
+    for (int role = 0; role < 2; role++) {
+        const Endpoint *ep = &c->ep[role];
+        if (ep->has_time_wait && ep->state == ST_TIME_WAIT && ep->time_wait_until < wake)
+            wake = ep->time_wait_until;
+    }
+    return wake;
+}
+
+int conn_starts_anew(const Conn *c, const Packet *p) {
+    if (!(p->flags & F_SYN) || (p->flags & (F_ACK | F_RST))) return 0;
+    int role = sender_role(c, p);
+    const Endpoint *sender = &c->ep[role];
+    if (sender->has_isn) return p->seq != sender->isn;
+    int crossing = role == ROLE_SERVER && c->ep[ROLE_CLIENT].state == ST_SYN_SENT &&
+                   c->ep[ROLE_SERVER].last_sent_frame == 0;
+    return !crossing;
+}
+
+int conn_finish(Conn *c) {
+    conn_advance(c, c->last_ts);
+    for (int role = 0; role < 2; role++) {
+        Endpoint *sender = &c->ep[role], *receiver = &c->ep[!role];
+        while (sender->unreceived.count) {
+            Seg s = queue_pop_front(&sender->unreceived);
+            if (s.flags & F_SYN) continue;
+            Seg proof = s;
+            proof.frame = c->last_frame;
+            proof.ts = c->end;
+            receive(c, receiver, &s, NULL, &proof);
+        }
+    }
+    return out_of_memory ? -1 : 0;
+}
+
+/* ---- labels (labels.py) ---------------------------------------------------- */
+
+static int went_through(const History *h, uint8_t state) {
+    for (uint32_t i = 0; i < h->count; i++)
+        if (h->items[i].state == state) return 1;
+    return 0;
+}
+
+static const char *open_label(const Conn *c) {
+    int bare = c->bare_syn[0] + c->bare_syn[1];
+    if (bare == 0) return OPEN_LABELS[5];
+    if (bare == 2) return OPEN_LABELS[1];
+    if (synchronized(c)) return OPEN_LABELS[0];
+    if (c->synack_seen) return OPEN_LABELS[4];
+    if (c->has_reset && c->reset_role == ROLE_SERVER) return OPEN_LABELS[2];
+    return OPEN_LABELS[3];
+}
+
+static const char *close_label(const Conn *c, int simultaneous) {
+    if (!synchronized(c)) return CLOSE_LABELS[6];
+    if (simultaneous) return CLOSE_LABELS[2];
+    if (c->aborted) return CLOSE_LABELS[3];
+    if (c->n_fins == 2) return c->second_fin_acks_first ? CLOSE_LABELS[1] : CLOSE_LABELS[0];
+    if (c->n_fins == 1) return CLOSE_LABELS[4];
+    return CLOSE_LABELS[5];
+}
+
+void conn_labels(const Conn *c, Labels *out) {
+    static const char *const roles[] = {"client", "server"};
+    int simultaneous = went_through(&c->ep[0].history, ST_CLOSING) && went_through(&c->ep[1].history, ST_CLOSING);
+    out->open = open_label(c);
+    out->close = close_label(c, simultaneous);
+    out->active_closer = simultaneous ? "both" : (c->n_fins ? roles[c->fin_order[0]] : NULL);
+}

@@ -1,0 +1,223 @@
+/* From a captured frame to a TCP segment, in C: decode.py, branch by branch.
+ *
+ * The skip reasons are the same sentences decode.py gives, so both paths
+ * count and name bad frames alike.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "engine.h"
+
+static inline unsigned be16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
+static inline uint32_t be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* ---- link-type names (filled from decode.LINKTYPE_NAMES) ------------------- */
+#define MAX_NAMES 64
+static struct { uint32_t linktype; char name[32]; } names[MAX_NAMES];
+static int n_names;
+
+void set_linktype_name(uint32_t linktype, const char *name) {
+    if (n_names == MAX_NAMES) return;
+    names[n_names].linktype = linktype;
+    snprintf(names[n_names].name, sizeof names[n_names].name, "%s", name);
+    n_names++;
+}
+
+const char *linktype_name(uint32_t linktype, char *buf, size_t size) {
+    for (int i = 0; i < n_names; i++)
+        if (names[i].linktype == linktype) return names[i].name;
+    snprintf(buf, size, "linktype %u", linktype);
+    return buf;
+}
+
+static int skip(Skip *s, int malformed, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#include <stdarg.h>
+static int skip(Skip *s, int malformed, const char *fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(s->reason, sizeof s->reason, fmt, args);
+    va_end(args);
+    s->malformed = malformed;
+    return 1;
+}
+
+static int cut(const Frame *f, const char *what, Skip *s) {
+    if (f->wire_len > f->caplen) return skip(s, 1, "cut by the snaplen before the end of the %s", what);
+    return skip(s, 1, "%s cut short", what);
+}
+
+/* ---- the link layer --------------------------------------------------------------- */
+
+static int ethertype(const Frame *f, long at, long header_end, int *version, long *offset, Skip *s) {
+    const uint8_t *data = f->data;
+    long len = f->caplen;
+    long end = header_end < 0 ? at + 2 : header_end;
+    if (len < end) return skip(s, 1, "link-layer header cut short");
+    unsigned kind = be16(data + at);
+    while (kind == 0x8100 || kind == 0x88A8 || kind == 0x9100) {
+        at = end + 2;
+        end = end + 4;
+        if (len < end) return skip(s, 1, "VLAN tag cut short");
+        kind = be16(data + at);
+    }
+    if (kind == 0x0800) *version = 4;
+    else if (kind == 0x86DD) *version = 6;
+    else return skip(s, 0, "not IP (ARP, LLC, ...)");
+    *offset = end;
+    return 0;
+}
+
+static int network_layer(const Frame *f, int *version, long *offset, Skip *s) {
+    uint32_t lt = f->linktype;
+    const uint8_t *data = f->data;
+    if (lt == 1) return ethertype(f, 12, -1, version, offset, s);
+    if (lt == 113) return ethertype(f, 14, -1, version, offset, s);
+    if (lt == 276) return ethertype(f, 0, 20, version, offset, s);
+    if (lt == 12 || lt == 14 || lt == 101) {
+        if (f->caplen == 0) return skip(s, 1, "empty raw IP frame");
+        int v = data[0] >> 4;
+        if (v != 4 && v != 6) return skip(s, 1, "raw frame with IP version %d", v);
+        *version = v;
+        *offset = 0;
+        return 0;
+    }
+    if (lt == 228 || lt == 229) {
+        *version = lt == 228 ? 4 : 6;
+        *offset = 0;
+        return 0;
+    }
+    if (lt == 0 || lt == 108) {
+        if (f->caplen < 4) return skip(s, 1, "loopback header cut short");
+        uint32_t big = be32(data);
+        uint32_t little = (uint32_t)data[3] << 24 | (uint32_t)data[2] << 16 | (uint32_t)data[1] << 8 | data[0];
+        uint32_t family = lt == 108 ? big : little;
+        if (family > 0xFFFF) family = big;
+        if (family == 2) *version = 4;
+        else if (family == 10 || family == 24 || family == 28 || family == 30) *version = 6;
+        else return skip(s, 0, "not IP (loopback family)");
+        *offset = 4;
+        return 0;
+    }
+    char buf[32];
+    return skip(s, 0, "unsupported link type %s", linktype_name(lt, buf, sizeof buf));
+}
+
+/* ---- TCP -------------------------------------------------------------------------- */
+
+static void parse_options(const uint8_t *buf, long len, Options *out) {
+    /* dpkt.tcp.parse_opts, then decode.parse_options: the first appearance fixes the order */
+    out->count = 0;
+    long pos = 0;
+    while (pos < len) {
+        uint8_t kind = buf[pos];
+        const uint8_t *value;
+        long value_len;
+        if (kind > 1) {
+            if (pos + 1 >= len) break;  /* dpkt: no length byte, a None option ends the list */
+            long size = buf[pos + 1] < 2 ? 2 : buf[pos + 1];
+            value = buf + pos + 2;
+            value_len = (pos + size <= len ? size : len - pos) - 2;
+            if (value_len < 0) value_len = 0;
+            pos += size;
+        } else {
+            value = buf;
+            value_len = 0;
+            pos += 1;
+        }
+        int key = -1;
+        uint16_t v = 1;
+        if (kind == 2 && value_len == 2) key = OPT_MSS, v = (uint16_t)be16(value);
+        else if (kind == 3 && value_len == 1) key = OPT_WSCALE, v = value[0];
+        else if (kind == 4) key = OPT_SACK;
+        else if (kind == 8) key = OPT_TIMESTAMPS;
+        else if (kind == 34) key = OPT_FASTOPEN;
+        if (key < 0) continue;
+        int seen = 0;
+        for (int i = 0; i < out->count; i++) seen |= out->order[i] == key;
+        if (!seen) out->order[out->count++] = (uint8_t)key;
+        out->value[key] = v;
+    }
+}
+
+static int tcp(const Frame *f, int version, const uint8_t *src, const uint8_t *dst, long at, long length,
+               Packet *p, Skip *s) {
+    const uint8_t *data = f->data;
+    if ((long)f->caplen < at + 20) return cut(f, "TCP header", s);
+    long header = (data[at + 12] >> 4) * 4;
+    if (header < 20) return skip(s, 1, "TCP data offset %ld is under 5", header / 4);
+    if (header > length)
+        return skip(s, 1, "TCP data offset %ld runs past the segment's %ld bytes", header / 4, length);
+    p->frame = f->number;
+    p->ts = f->ts;
+    p->ip_version = (uint8_t)version;
+    memset(p->src, 0, 16);
+    memset(p->dst, 0, 16);
+    memcpy(p->src, src, version == 4 ? 4 : 16);
+    memcpy(p->dst, dst, version == 4 ? 4 : 16);
+    p->sport = (uint16_t)be16(data + at);
+    p->dport = (uint16_t)be16(data + at + 2);
+    p->seq = be32(data + at + 4);
+    p->ack = be32(data + at + 8);
+    p->flags = data[at + 13];
+    p->payload_len = length - header;
+    p->has_options = 0;
+    if ((p->flags & F_SYN) && header > 20) {
+        long end = at + header < (long)f->caplen ? at + header : (long)f->caplen;
+        parse_options(data + at + 20, end - (at + 20), &p->options);
+        p->has_options = 1;
+    }
+    return 0;
+}
+
+static int ipv4(const Frame *f, long at, Packet *p, Skip *s) {
+    const uint8_t *data = f->data;
+    long len = f->caplen;
+    if (len < at + 20) return cut(f, "IPv4 header", s);
+    int first = data[at];
+    if (first >> 4 != 4) return skip(s, 1, "IPv4 header with version %d", first >> 4);
+    long ihl = (first & 0x0F) * 4;
+    if (ihl < 20) return skip(s, 1, "IPv4 header length %ld is under 20", ihl);
+    if (data[at + 9] != 6) return skip(s, 0, "not TCP (UDP, ICMP, ...)");
+    long total = be16(data + at + 2);
+    if (total == 0) total = len - at;
+    if (total < ihl) return skip(s, 1, "IPv4 total length %ld is under its header length %ld", total, ihl);
+    if (be16(data + at + 6) & 0x1FFF) return skip(s, 0, "IP fragment");
+    return tcp(f, 4, data + at + 12, data + at + 16, at + ihl, total - ihl, p, s);
+}
+
+static int ipv6(const Frame *f, long at, Packet *p, Skip *s) {
+    const uint8_t *data = f->data;
+    long len = f->caplen;
+    if (len < at + 40) return cut(f, "IPv6 header", s);
+    if (data[at] >> 4 != 6) return skip(s, 1, "IPv6 header with version %d", data[at] >> 4);
+    long length = be16(data + at + 4);
+    if (length == 0) length = len - at - 40;
+    int next = data[at + 6];
+    long pos = at + 40, end = at + 40 + length;
+    while (next != 6) {
+        if (next == 44) {
+            if (len < pos + 8) return cut(f, "IPv6 fragment header", s);
+            if (be16(data + pos + 2) & 0xFFF8) return skip(s, 0, "IP fragment");
+            next = data[pos];
+            pos += 8;
+        } else if (next == 0 || next == 43 || next == 60 || next == 135 || next == 139 || next == 140 ||
+                   next == 51) {
+            if (len < pos + 2) return cut(f, "IPv6 extension header", s);
+            long size = next == 51 ? (data[pos + 1] + 2) * 4 : (data[pos + 1] + 1) * 8;
+            next = data[pos];
+            pos += size;
+        } else {
+            return skip(s, 0, "not TCP (UDP, ICMPv6, ...)");
+        }
+    }
+    return tcp(f, 6, data + at + 8, data + at + 24, pos, end - pos, p, s);
+}
+
+int decode_frame(const Frame *f, Packet *p, Skip *s) {
+    int version;
+    long offset;
+    if (network_layer(f, &version, &offset, s)) return 1;
+    return version == 4 ? ipv4(f, offset, p, s) : ipv6(f, offset, p, s);
+}

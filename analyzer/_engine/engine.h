@@ -1,0 +1,222 @@
+/* synfin's compiled engine: the same pipeline as the Python reference, in C.
+ *
+ *   reader.c   capture file -> frames (pcap, pcapng), like capture.py
+ *   decode.c   frame -> TCP segment or a skip reason, like decode.py
+ *   conn.c     segments -> two endpoint machines and labels, like connection.py/labels.py
+ *   tracker.c  4-tuple table, port reuse, packet-time expiry, like tracker.py
+ *   output.c   finished connections -> JSON Lines / CSV / table rows, like report.py
+ *   module.c   the Python module: tables from fsm.py in, counts out
+ *
+ * The state machine itself is not written here. module.c receives it from
+ * analyzer/fsm.py as tables (fsm.step, fsm.send_events and fsm.receive_events
+ * evaluated on every input), so the two paths run one set of TCP rules.
+ */
+#ifndef SYNFIN_ENGINE_H
+#define SYNFIN_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- the state machine, as received from fsm.py ------------------------ */
+enum { N_STATES = 11, N_EVENTS = 13, NO_STATE = 255, MAX_EVENTS = 3 };
+/* State and Event indices follow the declaration order of the Python enums. */
+enum { ST_CLOSED, ST_LISTEN, ST_SYN_SENT, ST_SYN_RCVD, ST_ESTABLISHED, ST_FIN_WAIT_1,
+       ST_FIN_WAIT_2, ST_CLOSE_WAIT, ST_CLOSING, ST_LAST_ACK, ST_TIME_WAIT };
+enum { EV_SND_SYN, EV_SND_SYNACK, EV_SND_ACK, EV_SND_FIN, EV_SND_RST, EV_RCV_SYN, EV_RCV_SYNACK,
+       EV_RCV_ACK_OF_SYN, EV_RCV_FIN, EV_RCV_FIN_ACK, EV_RCV_ACK_OF_FIN, EV_RCV_RST, EV_TIMEOUT_2MSL };
+
+typedef struct {
+    uint8_t step[2][N_STATES][N_EVENTS];   /* [passive][state][event] -> state or NO_STATE */
+    uint8_t send[16][MAX_EVENTS + 1];      /* [syn|ack<<1|fin<<2|rst<<3] -> count, events... */
+    uint8_t receive[32][MAX_EVENTS + 1];   /* [syn|fin<<1|rst<<2|acks_syn<<3|acks_fin<<4] */
+    uint16_t synchronized;                 /* bit per state: fsm.SYNCHRONIZED */
+    char state_names[N_STATES][16];
+    char event_names[N_EVENTS][24];        /* str(Event), e.g. "rcv FIN, ACK of FIN" */
+} Machine;
+
+extern Machine machine;
+
+/* ---- TCP flags ---------------------------------------------------------- */
+enum { F_FIN = 0x01, F_SYN = 0x02, F_RST = 0x04, F_ACK = 0x10 };
+
+/* ---- frames and segments ----------------------------------------------- */
+typedef struct {
+    int64_t number;
+    double ts;
+    uint32_t linktype;
+    const uint8_t *data;
+    uint32_t caplen;
+    uint32_t wire_len;
+} Frame;
+
+enum { OPT_MSS, OPT_WSCALE, OPT_SACK, OPT_TIMESTAMPS, OPT_FASTOPEN, N_OPTS };
+
+typedef struct {          /* the SYN options, in the order they first appeared */
+    uint8_t count;
+    uint8_t order[N_OPTS];
+    uint16_t value[N_OPTS];
+} Options;
+
+typedef struct {
+    int64_t frame;
+    double ts;
+    uint8_t ip_version;
+    uint8_t flags;
+    uint8_t has_options;
+    uint8_t src[16], dst[16];
+    uint16_t sport, dport;
+    uint32_t seq, ack;
+    int64_t payload_len;
+    Options options;
+} Packet;
+
+/* What a connection keeps of a segment it has sent but not yet delivered. */
+typedef struct {
+    int64_t frame;
+    double ts;
+    uint32_t seq, ack;
+    int64_t payload_len;
+    uint8_t flags;
+} Seg;
+
+/* decode.c: 0 and a filled packet, or 1 and a reason (malformed or not). */
+typedef struct { char reason[112]; int malformed; } Skip;
+int decode_frame(const Frame *frame, Packet *out, Skip *skip);
+const char *linktype_name(uint32_t linktype, char *buf, size_t size);
+void set_linktype_name(uint32_t linktype, const char *name);
+
+/* ---- connections -------------------------------------------------------- */
+typedef struct { int64_t frame; double ts; uint8_t state; } Transition;  /* frame -1: a timer */
+
+#define INLINE_HISTORY 5
+#define INLINE_UNRECEIVED 2
+typedef struct {
+    uint32_t count, capacity;
+    Transition *items;                       /* points at inline_items until it grows */
+    Transition inline_items[INLINE_HISTORY];
+} History;
+
+typedef struct {
+    uint32_t count, capacity;
+    Seg *items;
+    Seg inline_items[INLINE_UNRECEIVED];
+} SegQueue;
+
+typedef struct {
+    uint8_t addr[16];
+    uint16_t port;
+    uint8_t state, passive, sent_synack, syn_acked, fin_acked;
+    uint8_t has_isn, has_fin, has_snd_nxt, has_time_wait, has_data_after_peer_fin;
+    uint32_t isn, syn_end, fin_seq, snd_nxt, data_after_peer_fin;
+    int64_t last_sent_frame;
+    double time_wait_until;
+    int64_t packets, payload_bytes;
+    Options options;
+    History history;
+    SegQueue unreceived;
+} Endpoint;
+
+enum { ROLE_CLIENT, ROLE_SERVER };
+enum { AN_STARTS_AFTER_SYN, AN_SECOND_ISN, AN_SECOND_FIN, AN_FORBIDDEN, AN_RST_NOT_ACCEPTABLE };
+typedef struct { int64_t frame; uint8_t kind, role, event, state; } Anomaly;
+
+typedef struct {  /* the bidirectional 4-tuple, lower (address, port) first */
+    uint8_t a[16], b[16];
+    uint16_t pa, pb;
+    uint8_t v, pad;
+} Key;
+
+typedef struct {
+    double msl, idle, handshake, close_linger;
+} Timeouts;
+
+typedef struct Conn {
+    int64_t id;
+    Key key;
+    uint32_t slot;
+    uint8_t ip_version, roles_inferred;
+    uint8_t syn_data, bare_syn[2], synack_seen, fin_order[2], n_fins;
+    uint8_t has_reset, reset_role, reset_state, aborted, second_fin_acks_first, half_close;
+    int64_t first_frame, last_frame;
+    double start, end, last_ts, scheduled;
+    int64_t retransmits[3];  /* syn, synack, fin */
+    int64_t keepalives;
+    Endpoint ep[2];          /* [ROLE_CLIENT], [ROLE_SERVER] */
+    uint32_t n_anomalies, cap_anomalies;
+    Anomaly *anomalies;
+    const Timeouts *timeouts;
+} Conn;
+
+typedef struct {  /* the labels of a finished connection (labels.py) */
+    const char *open, *close, *active_closer;  /* active_closer NULL: none */
+} Labels;
+
+extern const char *const OPEN_LABELS[];
+extern const char *const CLOSE_LABELS[];
+
+int conn_init(Conn *c, int64_t id, const Packet *first, const Timeouts *timeouts);
+void conn_free(Conn *c);
+int conn_add(Conn *c, const Packet *p);
+void conn_advance(Conn *c, double now);
+double conn_wake_time(const Conn *c);
+int conn_starts_anew(const Conn *c, const Packet *p);
+int conn_finish(Conn *c);
+void conn_labels(const Conn *c, Labels *out);
+int conn_oom(void);
+
+/* ---- the tracker -------------------------------------------------------- */
+typedef int (*FinishedFn)(void *ctx, Conn *c);  /* nonzero: stop with an error */
+
+typedef struct {
+    double when;
+    int64_t id;
+    uint32_t slot;
+} WakeEntry;
+
+typedef struct {
+    Timeouts timeouts;
+    /* open connections: open-addressing hash of (hash << 32 | slot); all ones: empty */
+    uint64_t *table;
+    size_t table_size, open_count;
+    /* slots: connection pointers, reused through a free list */
+    Conn **slots;
+    uint32_t *free_slots;
+    size_t n_slots, n_free, cap_slots;
+    WakeEntry *heap;
+    size_t heap_len, heap_cap;
+    int64_t next_id;
+    double now;
+    FinishedFn finished;
+    void *ctx;
+} Tracker;
+
+int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, void *ctx);
+int tracker_add(Tracker *t, const Packet *p);
+int tracker_flush(Tracker *t);
+void tracker_free(Tracker *t);
+
+/* ---- output ------------------------------------------------------------- */
+typedef struct {
+    char *data;
+    size_t len, cap;
+} Buffer;
+
+int buf_reserve(Buffer *b, size_t more);
+void buf_put(Buffer *b, const char *s, size_t n);
+void buf_puts(Buffer *b, const char *s);
+void buf_putc(Buffer *b, char ch);
+void buf_int(Buffer *b, int64_t v);
+int buf_float(Buffer *b, double x);       /* repr(x), as Python prints it */
+int buf_round9(Buffer *b, double x);      /* repr(round(x, 9)) */
+void endpoint_name(Buffer *b, const Endpoint *ep, int ip_version);
+
+enum { FORMAT_JSON, FORMAT_CSV, FORMAT_TABLE };
+typedef struct {
+    int format, colour;
+    const char *capture;       /* already quoted for the format, or NULL */
+    size_t capture_len;
+} OutputStyle;
+
+int write_record(Buffer *b, const Conn *c, const Labels *labels, const OutputStyle *style);
+
+#endif

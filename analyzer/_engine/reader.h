@@ -1,0 +1,40 @@
+/* reader.c: capture file -> frames. */
+#ifndef SYNFIN_READER_H
+#define SYNFIN_READER_H
+
+#include "engine.h"
+
+/* What reader_next returns. */
+enum { READ_FRAME, READ_DAMAGE, READ_END, READ_ERROR, READ_FAILED };
+/* READ_DAMAGE: r->message and r->damage_frame describe it (reading stops if r->done);
+ * READ_ERROR: r->message says why the file cannot be read at all;
+ * READ_FAILED: out of memory, or `fill` failed (a Python exception is set). */
+
+typedef long (*FillFn)(void *ctx, uint8_t *dst, size_t n);  /* bytes read; 0 at the end; -1 failed */
+
+typedef struct {
+    uint32_t linktype;
+    double unit;
+    int64_t offset;
+} Interface;
+
+typedef struct {
+    FillFn fill;
+    void *fill_ctx;
+    uint8_t *buf;
+    size_t cap, pos, end;
+    int eof, done, pcapng, started, big_endian;
+    double unit;
+    uint32_t pcap_linktype;
+    Interface *interfaces;
+    size_t n_interfaces, cap_interfaces;
+    int64_t number;
+    int64_t damage_frame;
+    char message[160];
+} Reader;
+
+int reader_open(Reader *r, FillFn fill, void *ctx);
+int reader_next(Reader *r, Frame *f);
+void reader_close(Reader *r);
+
+#endif

@@ -1,0 +1,294 @@
+/* The connection table, in C: tracker.py's Tracker.
+ *
+ * Connections are keyed by the bidirectional 4-tuple (and IP version) in an
+ * open-addressing hash table with backward-shift deletion. A binary heap of
+ * (wake time, id) entries retires connections on packet time, exactly as the
+ * Python heap does; a heap entry names its connection by slot and id, so an
+ * entry left behind by an earlier wake-up, or by a connection already
+ * retired, is recognised as stale and skipped. The heap is rebuilt when
+ * stale entries outnumber the live ones, which bounds memory by the open
+ * connections.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+#define EMPTY UINT64_MAX
+
+/* ---- keys ------------------------------------------------------------------ */
+
+static void make_key(const Packet *p, Key *key) {
+    memset(key, 0, sizeof *key);
+    int cmp = memcmp(p->src, p->dst, 16);
+    int src_first = cmp < 0 || (cmp == 0 && p->sport <= p->dport);
+    memcpy(key->a, src_first ? p->src : p->dst, 16);
+    memcpy(key->b, src_first ? p->dst : p->src, 16);
+    key->pa = src_first ? p->sport : p->dport;
+    key->pb = src_first ? p->dport : p->sport;
+    key->v = p->ip_version;
+}
+
+static uint32_t hash_key(const Key *key) {
+    /* 64-bit multiply-xorshift over the key's words; plenty for a table of 4-tuples */
+    uint64_t words[5];
+    memcpy(words, key->a, 16);
+    memcpy(words + 2, key->b, 16);
+    words[4] = (uint64_t)key->pa << 24 | (uint64_t)key->pb << 8 | key->v;
+    uint64_t h = 0x9E3779B97F4A7C15ull;
+    for (int i = 0; i < 5; i++) {
+        h ^= words[i];
+        h *= 0xBF58476D1CE4E5B9ull;
+        h ^= h >> 31;
+    }
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static int same_key(const Key *x, const Key *y) { return memcmp(x, y, sizeof *x) == 0; }
+
+/* ---- the hash table --------------------------------------------------------- */
+
+static int table_resize(Tracker *t, size_t size) {
+    uint64_t *old = t->table;
+    size_t old_size = t->table_size;
+    uint64_t *table = malloc(size * sizeof *table);
+    if (table == NULL) return -1;
+    memset(table, 0xFF, size * sizeof *table);
+    for (size_t i = 0; i < old_size; i++) {
+        if (old[i] == EMPTY) continue;
+        size_t j = (old[i] >> 32) & (size - 1);
+        while (table[j] != EMPTY) j = (j + 1) & (size - 1);
+        table[j] = old[i];
+    }
+    free(old);
+    t->table = table;
+    t->table_size = size;
+    return 0;
+}
+
+static size_t table_find(const Tracker *t, const Key *key, uint32_t hash) {
+    size_t mask = t->table_size - 1;
+    for (size_t i = hash & mask;; i = (i + 1) & mask) {
+        uint64_t entry = t->table[i];
+        if (entry == EMPTY) return i;
+        if ((uint32_t)(entry >> 32) == hash && same_key(&t->slots[(uint32_t)entry]->key, key)) return i;
+    }
+}
+
+static void table_delete(Tracker *t, size_t i) {
+    size_t mask = t->table_size - 1;
+    size_t j = i;
+    for (;;) {
+        t->table[i] = EMPTY;
+        for (;;) {
+            j = (j + 1) & mask;
+            if (t->table[j] == EMPTY) return;
+            size_t home = (t->table[j] >> 32) & mask;
+            /* move j back to i unless its home lies cyclically in (i, j] */
+            if (i <= j ? (i < home && home <= j) : (i < home || home <= j)) continue;
+            break;
+        }
+        t->table[i] = t->table[j];
+        i = j;
+    }
+}
+
+/* ---- slots -------------------------------------------------------------------- */
+
+static int slot_take(Tracker *t, Conn *c) {
+    if (t->n_free) {
+        c->slot = t->free_slots[--t->n_free];
+    } else {
+        if (t->n_slots == t->cap_slots) {
+            size_t cap = t->cap_slots ? t->cap_slots * 2 : 1024;
+            Conn **slots = realloc(t->slots, cap * sizeof *slots);
+            if (slots == NULL) return -1;
+            t->slots = slots;
+            uint32_t *free_slots = realloc(t->free_slots, cap * sizeof *free_slots);
+            if (free_slots == NULL) return -1;
+            t->free_slots = free_slots;
+            t->cap_slots = cap;
+        }
+        c->slot = (uint32_t)t->n_slots++;
+    }
+    t->slots[c->slot] = c;
+    return 0;
+}
+
+/* ---- the wake-up heap, ordered by (when, id) as Python's tuples are ------------ */
+
+static inline int before(const WakeEntry *x, const WakeEntry *y) {
+    return x->when < y->when || (x->when == y->when && x->id < y->id);
+}
+
+static void sift_down(WakeEntry *heap, size_t len, size_t i) {
+    WakeEntry item = heap[i];
+    for (;;) {
+        size_t child = 2 * i + 1;
+        if (child >= len) break;
+        if (child + 1 < len && before(&heap[child + 1], &heap[child])) child++;
+        if (!before(&heap[child], &item)) break;
+        heap[i] = heap[child];
+        i = child;
+    }
+    heap[i] = item;
+}
+
+static int heap_push(Tracker *t, double when, const Conn *c) {
+    if (t->heap_len == t->heap_cap) {
+        size_t cap = t->heap_cap ? t->heap_cap * 2 : 1024;
+        WakeEntry *heap = realloc(t->heap, cap * sizeof *heap);
+        if (heap == NULL) return -1;
+        t->heap = heap;
+        t->heap_cap = cap;
+    }
+    size_t i = t->heap_len++;
+    WakeEntry item = {when, c->id, c->slot};
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!before(&item, &t->heap[parent])) break;
+        t->heap[i] = t->heap[parent];
+        i = parent;
+    }
+    t->heap[i] = item;
+    return 0;
+}
+
+static WakeEntry heap_pop(Tracker *t) {
+    WakeEntry top = t->heap[0];
+    t->heap[0] = t->heap[--t->heap_len];
+    if (t->heap_len) sift_down(t->heap, t->heap_len, 0);
+    return top;
+}
+
+static void drop_superseded(Tracker *t) {
+    if (t->heap_len <= 2 * t->open_count + 64) return;
+    size_t n = 0;
+    for (size_t i = 0; i < t->table_size; i++) {
+        if (t->table[i] == EMPTY) continue;
+        const Conn *c = t->slots[(uint32_t)t->table[i]];
+        t->heap[n++] = (WakeEntry){c->scheduled, c->id, c->slot};
+    }
+    t->heap_len = n;
+    for (size_t i = n / 2; i-- > 0;) sift_down(t->heap, n, i);
+}
+
+/* ---- retiring --------------------------------------------------------------------- */
+
+static int retire(Tracker *t, Conn *c) {
+    uint32_t hash = hash_key(&c->key);
+    size_t i = table_find(t, &c->key, hash);
+    if (t->table[i] != EMPTY && (uint32_t)t->table[i] == c->slot) {
+        table_delete(t, i);
+        t->open_count--;
+    }
+    t->slots[c->slot] = NULL;
+    t->free_slots[t->n_free++] = c->slot;
+    c->scheduled = NAN;
+    int status = conn_finish(c);
+    if (status == 0) status = t->finished(t->ctx, c);
+    conn_free(c);
+    free(c);
+    return status;
+}
+
+static int expire(Tracker *t, double now) {
+    if (!(now > t->now)) return 0;
+    t->now = now;
+    while (t->heap_len && t->heap[0].when <= now) {
+        WakeEntry entry = heap_pop(t);
+        Conn *c = t->slots[entry.slot];
+        if (c == NULL || c->id != entry.id || c->scheduled != entry.when) continue;
+        conn_advance(c, now);
+        double wake = conn_wake_time(c);
+        if (wake <= now) {
+            if (retire(t, c)) return -1;
+        } else {
+            c->scheduled = wake;
+            if (heap_push(t, wake, c)) return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- the public face ---------------------------------------------------------------- */
+
+int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, void *ctx) {
+    memset(t, 0, sizeof *t);
+    t->timeouts = *timeouts;
+    t->finished = finished;
+    t->ctx = ctx;
+    t->now = -INFINITY;
+    return table_resize(t, 1024);
+}
+
+int tracker_add(Tracker *t, const Packet *p) {
+    if (expire(t, p->ts)) return -1;
+    Key key;
+    make_key(p, &key);
+    uint32_t hash = hash_key(&key);
+    size_t i = table_find(t, &key, hash);
+    Conn *c = t->table[i] == EMPTY ? NULL : t->slots[(uint32_t)t->table[i]];
+    if (c != NULL && conn_starts_anew(c, p)) {
+        if (retire(t, c)) return -1;
+        c = NULL;
+        i = table_find(t, &key, hash);
+    }
+    if (c == NULL) {
+        if (2 * (t->open_count + 1) > t->table_size) {
+            if (table_resize(t, t->table_size * 2)) return -1;
+            i = table_find(t, &key, hash);
+        }
+        c = malloc(sizeof *c);
+        if (c == NULL) return -1;
+        if (conn_init(c, t->next_id++, p, &t->timeouts) || slot_take(t, c)) {
+            conn_free(c);
+            free(c);
+            return -1;
+        }
+        c->key = key;
+        t->table[i] = (uint64_t)hash << 32 | c->slot;
+        t->open_count++;
+    }
+    if (conn_add(c, p)) return -1;
+    double wake = conn_wake_time(c);
+    if (wake < c->scheduled) {
+        c->scheduled = wake;
+        if (heap_push(t, wake, c)) return -1;
+        drop_superseded(t);
+    }
+    return 0;
+}
+
+static int by_id(const void *x, const void *y) {
+    int64_t a = (*(Conn *const *)x)->id, b = (*(Conn *const *)y)->id;
+    return (a > b) - (a < b);
+}
+
+int tracker_flush(Tracker *t) {
+    size_t n = 0;
+    Conn **open = malloc((t->open_count + 1) * sizeof *open);
+    if (open == NULL) return -1;
+    for (size_t i = 0; i < t->table_size; i++)
+        if (t->table[i] != EMPTY) open[n++] = t->slots[(uint32_t)t->table[i]];
+    qsort(open, n, sizeof *open, by_id);
+    int status = 0;
+    for (size_t i = 0; i < n && status == 0; i++) status = retire(t, open[i]);
+    free(open);
+    return status;
+}
+
+void tracker_free(Tracker *t) {
+    for (size_t i = 0; i < t->n_slots; i++) {
+        if (t->slots[i] != NULL) {
+            conn_free(t->slots[i]);
+            free(t->slots[i]);
+        }
+    }
+    free(t->slots);
+    free(t->free_slots);
+    free(t->table);
+    free(t->heap);
+    memset(t, 0, sizeof *t);
+}

@@ -1,0 +1,183 @@
+"""The fast path: the compiled engine (`analyzer/_engine/`) behind `synfin analyze`.
+
+The reference pipeline (`pipeline.py`) makes a Python object per packet and
+tops out near 25,000 packets a second. The engine runs the same pipeline in
+C, from the capture's bytes to the output's text, at millions a second:
+reading (capture.py), decoding (decode.py), the connection table
+(tracker.py), the two endpoint machines and their evidence rules
+(connection.py), the labels (labels.py) and the three output formats
+(report.py). Each C file names the Python module it follows.
+
+One set of TCP rules
+====================
+
+The state machine is not written twice. `configure()` below evaluates
+`fsm.step`, `fsm.send_events` and `fsm.receive_events` on every possible
+input and hands the engine the results as tables, so a change to fsm.py
+changes both paths. What the C code adds is the observer's bookkeeping
+around the machine (which segment is a retransmission, when a FIN counts as
+received), and the test suite holds the two paths to byte-identical output
+on every sample capture, on crafted edge cases, and on real traffic made in
+the test (tests/test_engine.py).
+
+The engine is optional: it is built when the package is installed with a C
+compiler present. Without it, `synfin analyze` runs the reference pipeline
+and says so once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from analyzer.capture import PCAP_MAGICS, PCAPNG_SHB, CaptureDamage, CaptureError, Progress, open_capture
+from analyzer.connection import Timeouts
+from analyzer.decode import LINKTYPE_NAMES
+from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events, step
+
+try:
+    from analyzer import _engine
+except ImportError:  # built without a C compiler: the reference path only
+    _engine = None
+
+FORMATS = {"json": 0, "csv": 1, "table": 2}
+STATES = list(State)
+EVENTS = list(Event)
+READ_BLOCK = 4 << 20
+
+_configured = False
+
+
+def available() -> bool:
+    """Whether the compiled engine was built."""
+    return _engine is not None
+
+
+def machine_tables() -> tuple[bytes, bytes, bytes, int]:
+    """fsm.py as tables: step[passive][state][event], send events, receive events, SYNCHRONIZED.
+
+    A missing transition is 255; an event list is its length followed by the
+    event indices, padded to 1 + 3 bytes.
+    """
+    index = {event: i for i, event in enumerate(EVENTS)}
+    steps = bytearray()
+    for passive in (False, True):
+        for state in STATES:
+            for event in EVENTS:
+                target = step(state, event, passive=passive)
+                steps.append(255 if target is None else STATES.index(target))
+    sends = bytearray()
+    for bits in range(16):
+        events = send_events(bool(bits & 1), bool(bits & 2), bool(bits & 4), bool(bits & 8))
+        sends += _event_list(events, index)
+    receives = bytearray()
+    for bits in range(32):
+        events = receive_events(*(bool(bits & (1 << k)) for k in range(5)))
+        receives += _event_list(events, index)
+    synchronized = sum(1 << STATES.index(state) for state in SYNCHRONIZED)
+    return bytes(steps), bytes(sends), bytes(receives), synchronized
+
+
+def _event_list(events: tuple[Event, ...], index: dict[Event, int]) -> bytes:
+    if len(events) > 3:
+        raise ValueError(f"more events than the engine's tables hold: {events}")
+    return bytes([len(events), *(index[e] for e in events)]).ljust(4, b"\0")
+
+
+def _configure() -> None:
+    global _configured
+    if not _configured:
+        _engine.configure(*machine_tables(), [str(s) for s in STATES], [str(e) for e in EVENTS],
+                          dict(LINKTYPE_NAMES))
+        _configured = True
+
+
+def run(path: Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | None = None,
+        colour: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Analyze the capture at `path`, writing its connections to `out` as `fmt`; return the counts.
+
+    Raises CaptureError, as `capture.read_frames` does, when the file is not a readable capture.
+    """
+    if _engine is None:
+        raise RuntimeError("the compiled engine is not built (no C compiler at install time)")
+    _configure()
+    stream, head = open_capture(path)
+    try:
+        if not head:
+            raise CaptureError(f"{path}: the file is empty, not a capture")
+        if head not in PCAP_MAGICS and head != PCAPNG_SHB:
+            raise CaptureError(f"{path}: not a pcap or pcapng capture (starts with bytes {head.hex(' ')})")
+        limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+        try:
+            counts = _engine.run(_reader(stream, progress), _writer(out), FORMATS[fmt], limits,
+                                 _quoted(capture, fmt), colour)
+        except (OSError, EOFError) as err:
+            if isinstance(err, BrokenPipeError):
+                raise
+            raise CaptureError(f"{path}: read error: {err}") from None
+    finally:
+        stream.close()
+    if counts["error"]:
+        raise CaptureError(f"{path}: {counts['error']}")
+    return counts
+
+
+def _reader(stream: IO[bytes], progress: Progress | None) -> Callable[[memoryview], int]:
+    raw = getattr(stream, "fileobj", None) or stream  # gzip: progress in compressed bytes
+    readinto = stream.readinto  # type: ignore[attr-defined]
+    if progress is None:
+        return readinto
+
+    def read_and_report(view: memoryview) -> int:
+        count = readinto(view)
+        progress(raw.tell())
+        return count
+
+    return read_and_report
+
+
+def _writer(out: IO[str]) -> Callable[[bytes], object]:
+    binary = getattr(out, "buffer", None)
+    if binary is not None:
+        out.flush()
+        return binary.write
+    return lambda chunk: out.write(chunk.decode("utf-8"))
+
+
+def _quoted(capture: str | None, fmt: str) -> bytes | None:
+    """The capture name as the format writes it (report.record's "capture", the CSV column)."""
+    if capture is None or fmt == "table":
+        return None
+    if fmt == "json":
+        return json.dumps(capture).encode()
+    cell = io.StringIO()
+    csv.writer(cell, lineterminator="").writerow([capture])
+    return cell.getvalue().encode()
+
+
+def stats_from(counts: dict[str, Any], stats: Any) -> None:
+    """Fill a pipeline.Stats with the engine's counts."""
+    stats.frames = counts["frames"]
+    stats.segments = counts["segments"]
+    stats.connections = counts["connections"]
+    stats.skipped = Counter(counts["skipped"])
+    stats.malformed = Counter(counts["malformed"])
+    stats.problem_frames = list(counts["problems"])
+    stats.damage = [CaptureDamage(frame, what) for frame, what in counts["damage"]]
+    stats.linktypes = Counter(counts["linktypes"])
+
+
+def census_from(counts: dict[str, Any], census: Any) -> None:
+    """Fill a report.Census with the engine's counts."""
+    census.open = Counter(counts["open"])
+    census.close = Counter(counts["close"])
+    census.closer = Counter(counts["closer"])
+    census.final = Counter({("client", s): n for s, n in counts["final_client"].items()}
+                           | {("server", s): n for s, n in counts["final_server"].items()})
+    census.half_close = counts["half_close"]
+    census.anomalies = counts["anomalies"]
