@@ -199,7 +199,10 @@ def _read_pcapng(path: Path, blocks: _Blocks) -> Iterator[Item]:
             number += 1
             yield _pcapng_packet(block_type, body[:-4], order, interfaces, number)
         elif block_type == 1:
-            interfaces.append(_parse_idb(body[:-4], order))
+            if len(body) < 6:  # link type, reserved, snaplen: at least 2 bytes must be there
+                yield CaptureDamage(number + 1, "interface description block too short")
+            else:
+                interfaces.append(_parse_idb(body[:-4], order))
 
 
 def _section_byte_order(path: Path, magic: bytes) -> str:
@@ -232,6 +235,8 @@ def _pcapng_packet(
     block_type: int, body: bytes, order: str, interfaces: list[_Interface], number: int,
 ) -> Item:
     if block_type == 3:  # simple packet block: interface 0, no timestamp
+        if len(body) < 4:
+            return CaptureDamage(number, "simple packet block too short")
         wire_len = struct.unpack(order + "I", body[:4])[0]
         iface_id, ts_raw, data = 0, 0, body[4:4 + wire_len]
     else:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from analyzer import __version__, engine
 from analyzer.capture import CaptureError
@@ -153,6 +152,8 @@ def _progress_bar(path: Path, console: Console) -> Iterator[object]:
     if not console.is_terminal or size < PROGRESS_MIN_BYTES:
         yield None
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn  # only for big files
+
     bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                    TimeRemainingColumn(), console=console, transient=True)
     task = bar.add_task(path.name, total=size)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import dpkt
-
 from analyzer.capture import RawFrame
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
@@ -215,6 +213,7 @@ def _tcp(frame: RawFrame, version: int, src: bytes, dst: bytes, at: int, length:
 
 def parse_options(raw: bytes) -> dict[str, int | bool]:
     """The handshake options of a SYN: MSS, window scale, SACK permitted, timestamps."""
+    import dpkt  # here, not at the top: 60 ms of import that only SYNs with options need
     found: dict[str, int | bool] = {}
     for option in dpkt.tcp.parse_opts(raw):
         if option is None:

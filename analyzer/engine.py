@@ -113,8 +113,9 @@ def run(path: Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | N
         if head not in PCAP_MAGICS and head != PCAPNG_SHB:
             raise CaptureError(f"{path}: not a pcap or pcapng capture (starts with bytes {head.hex(' ')})")
         limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+        write, fd = _writer(out)
         try:
-            counts = _engine.run(_reader(stream, progress), _writer(out), FORMATS[fmt], limits,
+            counts = _engine.run(_reader(stream, progress), write, fd, FORMATS[fmt], limits,
                                  _quoted(capture, fmt), colour)
         except (OSError, EOFError) as err:
             if isinstance(err, BrokenPipeError):
@@ -141,12 +142,17 @@ def _reader(stream: IO[bytes], progress: Progress | None) -> Callable[[memoryvie
     return read_and_report
 
 
-def _writer(out: IO[str]) -> Callable[[bytes], object]:
-    binary = getattr(out, "buffer", None)
-    if binary is not None:
-        out.flush()
-        return binary.write
-    return lambda chunk: out.write(chunk.decode("utf-8"))
+def _writer(out: IO[str]) -> tuple[Callable[[bytes], object], int]:
+    """How the engine writes: straight to the file descriptor behind `out` (from its
+    second thread), or, for a stream without one, through a callback."""
+    out.flush()
+    try:
+        return out.write, out.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        binary = getattr(out, "buffer", None)
+        if binary is not None:
+            return binary.write, -1
+        return (lambda chunk: out.write(chunk.decode("utf-8"))), -1
 
 
 def _quoted(capture: str | None, fmt: str) -> bytes | None:

@@ -13,7 +13,7 @@
 #include "engine.h"
 
 Machine machine;
-static int out_of_memory;
+static _Thread_local int out_of_memory;  /* the tracker's thread and the sink's each have one */
 
 int conn_oom(void) { return out_of_memory; }
 
@@ -69,7 +69,7 @@ static void queue_push(SegQueue *q, const Seg *s) {
 
 static Seg queue_pop_front(SegQueue *q) {
     Seg first = q->items[0];
-    memmove(q->items, q->items + 1, (q->count - 1) * sizeof(Seg));
+    for (uint32_t i = 1; i < q->count; i++) q->items[i - 1] = q->items[i];  /* a few: no memmove call */
     q->count--;
     return first;
 }
@@ -406,7 +406,7 @@ int conn_add(Conn *c, const Packet *p) {
         redate_unreceived(sender, p);
         if (p->flags & F_SYN) return out_of_memory ? -1 : 0;
     }
-    Seg s = {p->frame, p->ts, p->seq, p->ack, p->payload_len, flags};
+    Seg s = {p->frame, p->ts, p->seq, p->ack, (uint32_t)p->payload_len, flags};
     if (flags & F_ACK) take_proven(c, sender, receiver, &s);
     send(c, sender, role, &s);
     track_half_close(c, sender, receiver, &s, kind);

@@ -4,7 +4,8 @@
  *   decode.c   frame -> TCP segment or a skip reason, like decode.py
  *   conn.c     segments -> two endpoint machines and labels, like connection.py/labels.py
  *   tracker.c  4-tuple table, port reuse, packet-time expiry, like tracker.py
- *   output.c   finished connections -> JSON Lines / CSV / table rows, like report.py
+ *   sink.c     finished connections -> labels, census, output (on a second thread)
+ *   output.c   one connection -> a JSON Lines / CSV / table row, like report.py
  *   module.c   the Python module: tables from fsm.py in, counts out
  *
  * The state machine itself is not written here. module.c receives it from
@@ -31,6 +32,7 @@ typedef struct {
     uint8_t receive[32][MAX_EVENTS + 1];   /* [syn|fin<<1|rst<<2|acks_syn<<3|acks_fin<<4] */
     uint16_t synchronized;                 /* bit per state: fsm.SYNCHRONIZED */
     char state_names[N_STATES][16];
+    uint8_t state_name_lengths[N_STATES];
     char event_names[N_EVENTS][24];        /* str(Event), e.g. "rcv FIN, ACK of FIN" */
 } Machine;
 
@@ -57,6 +59,12 @@ typedef struct {          /* the SYN options, in the order they first appeared *
     uint16_t value[N_OPTS];
 } Options;
 
+typedef struct {  /* the bidirectional 4-tuple, lower (address, port) first */
+    uint8_t a[16], b[16];
+    uint16_t pa, pb;
+    uint8_t v, pad;
+} Key;
+
 typedef struct {
     int64_t frame;
     double ts;
@@ -68,6 +76,8 @@ typedef struct {
     uint32_t seq, ack;
     int64_t payload_len;
     Options options;
+    Key key;          /* set by packet_key() */
+    uint32_t hash;
 } Packet;
 
 /* What a connection keeps of a segment it has sent but not yet delivered. */
@@ -75,7 +85,7 @@ typedef struct {
     int64_t frame;
     double ts;
     uint32_t seq, ack;
-    int64_t payload_len;
+    uint32_t payload_len;  /* at most an IP packet's length (decode.c: never negative) */
     uint8_t flags;
 } Seg;
 
@@ -88,7 +98,7 @@ void set_linktype_name(uint32_t linktype, const char *name);
 /* ---- connections -------------------------------------------------------- */
 typedef struct { int64_t frame; double ts; uint8_t state; } Transition;  /* frame -1: a timer */
 
-#define INLINE_HISTORY 5
+#define INLINE_HISTORY 6  /* an active closer: SYN_SENT ... TIME_WAIT, CLOSED */
 #define INLINE_UNRECEIVED 2
 typedef struct {
     uint32_t count, capacity;
@@ -120,12 +130,6 @@ enum { ROLE_CLIENT, ROLE_SERVER };
 enum { AN_STARTS_AFTER_SYN, AN_SECOND_ISN, AN_SECOND_FIN, AN_FORBIDDEN, AN_RST_NOT_ACCEPTABLE };
 typedef struct { int64_t frame; uint8_t kind, role, event, state; } Anomaly;
 
-typedef struct {  /* the bidirectional 4-tuple, lower (address, port) first */
-    uint8_t a[16], b[16];
-    uint16_t pa, pb;
-    uint8_t v, pad;
-} Key;
-
 typedef struct {
     double msl, idle, handshake, close_linger;
 } Timeouts;
@@ -133,7 +137,7 @@ typedef struct {
 typedef struct Conn {
     int64_t id;
     Key key;
-    uint32_t slot;
+    uint32_t hash, slot;
     uint8_t ip_version, roles_inferred;
     uint8_t syn_data, bare_syn[2], synack_seen, fin_order[2], n_fins;
     uint8_t has_reset, reset_role, reset_state, aborted, second_fin_acks_first, half_close;
@@ -165,7 +169,8 @@ void conn_labels(const Conn *c, Labels *out);
 int conn_oom(void);
 
 /* ---- the tracker -------------------------------------------------------- */
-typedef int (*FinishedFn)(void *ctx, Conn *c);  /* nonzero: stop with an error */
+typedef int (*FinishedFn)(void *ctx, Conn *c);  /* takes ownership of c; nonzero: stop with an error */
+typedef Conn *(*NewConnFn)(void *ctx);          /* memory for a new connection; NULL: none */
 
 typedef struct {
     double when;
@@ -174,9 +179,13 @@ typedef struct {
 } WakeEntry;
 
 typedef struct {
+    uint32_t hash;
+    Conn *conn;  /* NULL: empty */
+} Entry;
+
+typedef struct {
     Timeouts timeouts;
-    /* open connections: open-addressing hash of (hash << 32 | slot); all ones: empty */
-    uint64_t *table;
+    Entry *table;  /* the open connections, by 4-tuple */
     size_t table_size, open_count;
     /* slots: connection pointers, reused through a free list */
     Conn **slots;
@@ -187,10 +196,13 @@ typedef struct {
     int64_t next_id;
     double now;
     FinishedFn finished;
+    NewConnFn new_conn;
     void *ctx;
 } Tracker;
 
-int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, void *ctx);
+int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, NewConnFn new_conn, void *ctx);
+void packet_key(Packet *p);
+void tracker_prefetch(const Tracker *t, const Packet *p, int conn_too);
 int tracker_add(Tracker *t, const Packet *p);
 int tracker_flush(Tracker *t);
 void tracker_free(Tracker *t);
@@ -202,13 +214,8 @@ typedef struct {
 } Buffer;
 
 int buf_reserve(Buffer *b, size_t more);
-void buf_put(Buffer *b, const char *s, size_t n);
-void buf_puts(Buffer *b, const char *s);
-void buf_putc(Buffer *b, char ch);
-void buf_int(Buffer *b, int64_t v);
 int buf_float(Buffer *b, double x);       /* repr(x), as Python prints it */
 int buf_round9(Buffer *b, double x);      /* repr(round(x, 9)) */
-void endpoint_name(Buffer *b, const Endpoint *ep, int ip_version);
 
 enum { FORMAT_JSON, FORMAT_CSV, FORMAT_TABLE };
 typedef struct {

@@ -2,20 +2,22 @@
  *
  *   configure(step, send, receive, synchronized, state_names, event_names, linktype_names)
  *       hands over the state machine of fsm.py as tables (see analyzer/engine.py);
- *   run(readinto, write, format, timeouts, capture, colour) -> dict
+ *   run(readinto, write, fd, format, timeouts, capture, colour) -> dict
  *       reads a whole capture through `readinto`, writes every finished
- *       connection through `write` in ~1 MB pieces, and returns the counts
- *       that Stats and Census hold in the Python path.
+ *       connection to file descriptor `fd` from a second thread (or, if fd
+ *       is -1, through `write` in ~1 MB pieces), and returns the counts that
+ *       Stats and Census hold in the Python path.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
 #include <string.h>
 
 #include "engine.h"
 #include "reader.h"
+#include "sink.h"
 
-#define FLUSH_AT (1u << 20)
 #define NAMED_PROBLEMS 5
 #define SIGNAL_CHECK_MASK 0xFFFF
 
@@ -62,6 +64,7 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     if (copy_names(states, N_STATES, sizeof machine.state_names[0], &machine.state_names[0][0]) ||
         copy_names(events, N_EVENTS, sizeof machine.event_names[0], &machine.event_names[0][0]))
         goto done;
+    for (int i = 0; i < N_STATES; i++) machine.state_name_lengths[i] = (uint8_t)strlen(machine.state_names[i]);
     PyObject *key, *value;
     Py_ssize_t pos = 0;
     while (PyDict_Next(linktypes, &pos, &key, &value)) {
@@ -88,13 +91,11 @@ typedef struct {
 
 typedef struct {
     PyObject *readinto, *write;
-    Buffer out;
-    OutputStyle style;
-    int64_t frames, segments, connections;
+    Sink sink;
+    int64_t frames, segments;
     Reason *reasons;
     size_t n_reasons, cap_reasons;
     PyObject *problems, *damage, *linktypes;
-    int64_t open[6], close[7], closer[4], final[2][N_STATES], half_close, anomalies;
 } Run;
 
 static long fill(void *ctx, uint8_t *dst, size_t n) {
@@ -109,36 +110,10 @@ static long fill(void *ctx, uint8_t *dst, size_t n) {
     return count < 0 && PyErr_Occurred() ? -1 : count;
 }
 
-static int flush(Run *run) {
-    if (run->out.len == 0) return 0;
-    PyObject *done = PyObject_CallFunction(run->write, "y#", run->out.data, (Py_ssize_t)run->out.len);
-    run->out.len = 0;
+static int write_python(void *ctx, const char *data, size_t len) {
+    PyObject *done = PyObject_CallFunction(ctx, "y#", data, (Py_ssize_t)len);
     if (done == NULL) return -1;
     Py_DECREF(done);
-    return 0;
-}
-
-static int label_index(const char *const *labels, int n, const char *label) {
-    for (int i = 0; i < n; i++)
-        if (labels[i] == label) return i;
-    return n - 1;
-}
-
-static int finished(void *ctx, Conn *c) {
-    Run *run = ctx;
-    Labels labels;
-    conn_labels(c, &labels);
-    run->connections++;
-    run->open[label_index(OPEN_LABELS, 6, labels.open)]++;
-    run->close[label_index(CLOSE_LABELS, 7, labels.close)]++;
-    const char *closer = labels.active_closer;
-    run->closer[closer == NULL ? 3 : closer[0] == 'c' ? 0 : closer[0] == 's' ? 1 : 2]++;
-    run->final[0][c->ep[ROLE_CLIENT].state]++;
-    run->final[1][c->ep[ROLE_SERVER].state]++;
-    run->half_close += c->half_close;
-    run->anomalies += c->n_anomalies;
-    if (write_record(&run->out, c, &labels, &run->style)) return -1;
-    if (run->out.len >= FLUSH_AT) return flush(run);
     return 0;
 }
 
@@ -200,37 +175,65 @@ static int close_link_run(Run *run, LinkRun *link) {
     return status;
 }
 
-static int pump(Run *run, Reader *reader, Tracker *tracker, PyObject **error) {
+/* Read and decode frames until `ahead` holds AHEAD packets (or the file ends);
+ * return READ_FRAME to go on, READ_END, READ_ERROR (message in *error) or READ_FAILED. */
+#define AHEAD 16
+typedef struct {
+    Packet packets[AHEAD];
+    size_t head, count;
+    LinkRun link;
+} Lookahead;
+
+static int top_up(Run *run, Reader *reader, const Tracker *tracker, Lookahead *ahead, PyObject **error) {
     Frame frame;
-    Packet packet;
     Skip skip;
-    LinkRun link = {0, 0};
-    for (;;) {
+    while (ahead->count < AHEAD) {
         int status = reader_next(reader, &frame);
-        if (status == READ_END) break;
-        if (status == READ_FAILED) return -1;
+        if (status == READ_END || status == READ_FAILED) return status;
         if (status == READ_ERROR) {
             *error = PyUnicode_FromString(reader->message);
-            return *error ? 0 : -1;
+            return *error ? READ_ERROR : READ_FAILED;
         }
         if (status == READ_DAMAGE) {
-            if (note_damage(run, reader)) return -1;
+            if (note_damage(run, reader)) return READ_FAILED;
             continue;
         }
         run->frames++;
-        if (frame.linktype != link.linktype && close_link_run(run, &link)) return -1;
-        link.linktype = frame.linktype;
-        link.count++;
-        if ((run->frames & SIGNAL_CHECK_MASK) == 0 && PyErr_CheckSignals()) return -1;
-        if (decode_frame(&frame, &packet, &skip)) {
-            if (note_skip(run, frame.number, &skip)) return -1;
+        if (frame.linktype != ahead->link.linktype && close_link_run(run, &ahead->link)) return READ_FAILED;
+        ahead->link.linktype = frame.linktype;
+        ahead->link.count++;
+        if ((run->frames & SIGNAL_CHECK_MASK) == 0 && PyErr_CheckSignals()) return READ_FAILED;
+        Packet *p = &ahead->packets[(ahead->head + ahead->count) % AHEAD];
+        if (decode_frame(&frame, p, &skip)) {
+            if (note_skip(run, frame.number, &skip)) return READ_FAILED;
             continue;
         }
         run->segments++;
-        if (tracker_add(tracker, &packet)) return -1;
+        packet_key(p);
+        tracker_prefetch(tracker, p, 0);
+        ahead->count++;
     }
-    if (close_link_run(run, &link)) return -1;
-    return tracker_flush(tracker);
+    return READ_FRAME;
+}
+
+/* The main loop: frames in, connections out to the sink. Packets are decoded
+ * AHEAD frames before they are tracked, so their table entries (and then their
+ * connections) can be prefetched while earlier packets are processed. */
+static int pump(Run *run, Reader *reader, Tracker *tracker, PyObject **error) {
+    Lookahead ahead = {.head = 0, .count = 0, .link = {0, 0}};
+    int status = READ_FRAME;
+    for (;;) {
+        if (status == READ_FRAME) status = top_up(run, reader, tracker, &ahead, error);
+        if (status == READ_FAILED) return -1;
+        if (ahead.count == 0) break;
+        if (ahead.count > AHEAD / 2) tracker_prefetch(tracker, &ahead.packets[(ahead.head + AHEAD / 2) % AHEAD], 1);
+        if (tracker_add(tracker, &ahead.packets[ahead.head])) return -1;
+        ahead.head = (ahead.head + 1) % AHEAD;
+        ahead.count--;
+    }
+    if (close_link_run(run, &ahead.link)) return -1;
+    if (status == READ_ERROR) return sink_finish(&run->sink);  /* what finished stays written, as in Python */
+    return tracker_flush(tracker) ? -1 : sink_finish(&run->sink);
 }
 
 static PyObject *counts(const int64_t *values, const char *const *names, int n) {
@@ -257,17 +260,18 @@ static PyObject *reasons(const Run *run, int malformed) {
 
 static PyObject *result(Run *run, PyObject *error) {
     static const char *const closers[] = {"client", "server", "both", "None"};
+    const Census *census = &run->sink.census;
     const char *states[N_STATES];
     for (int i = 0; i < N_STATES; i++) states[i] = machine.state_names[i];
     return Py_BuildValue(
         "{s:L,s:L,s:L,s:N,s:N,s:O,s:O,s:O,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:O}",
         "frames", (long long)run->frames, "segments", (long long)run->segments,
-        "connections", (long long)run->connections, "skipped", reasons(run, 0), "malformed", reasons(run, 1),
+        "connections", (long long)census->connections, "skipped", reasons(run, 0), "malformed", reasons(run, 1),
         "problems", run->problems, "damage", run->damage, "linktypes", run->linktypes,
-        "open", counts(run->open, OPEN_LABELS, 6), "close", counts(run->close, CLOSE_LABELS, 7),
-        "closer", counts(run->closer, closers, 4), "final_client", counts(run->final[0], states, N_STATES),
-        "final_server", counts(run->final[1], states, N_STATES), "half_close", (long long)run->half_close,
-        "anomalies", (long long)run->anomalies, "error", error ? error : Py_None);
+        "open", counts(census->open, OPEN_LABELS, 6), "close", counts(census->close, CLOSE_LABELS, 7),
+        "closer", counts(census->closer, closers, 4), "final_client", counts(census->final[0], states, N_STATES),
+        "final_server", counts(census->final[1], states, N_STATES), "half_close", (long long)census->half_close,
+        "anomalies", (long long)census->anomalies, "error", error ? error : Py_None);
 }
 
 static PyObject *run_capture(PyObject *self, PyObject *args) {
@@ -275,16 +279,19 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     Timeouts timeouts;
     const char *capture = NULL;
     Py_ssize_t capture_len = 0;
-    if (!PyArg_ParseTuple(args, "OOi(dddd)z#p", &run.readinto, &run.write, &run.style.format, &timeouts.msl,
-                          &timeouts.idle, &timeouts.handshake, &timeouts.close_linger, &capture, &capture_len,
-                          &run.style.colour))
+    run.sink.fd = -1;
+    if (!PyArg_ParseTuple(args, "OOii(dddd)z#p", &run.readinto, &run.write, &run.sink.fd, &run.sink.style.format,
+                          &timeouts.msl, &timeouts.idle, &timeouts.handshake, &timeouts.close_linger, &capture,
+                          &capture_len, &run.sink.style.colour))
         return NULL;
     if (!configured) {
         PyErr_SetString(PyExc_RuntimeError, "the engine is not configured: call configure() first");
         return NULL;
     }
-    run.style.capture = capture;
-    run.style.capture_len = (size_t)capture_len;
+    run.sink.style.capture = capture;
+    run.sink.style.capture_len = (size_t)capture_len;
+    run.sink.write = write_python;
+    run.sink.write_ctx = run.write;
     run.problems = PyList_New(0);
     run.damage = PyList_New(0);
     run.linktypes = PyDict_New();
@@ -298,29 +305,53 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
             error = PyUnicode_FromString(reader.message);
             status = error ? 0 : -1;
         } else if (status == READ_FRAME) {
-            status = tracker_init(&tracker, &timeouts, finished, &run);
+            status = tracker_init(&tracker, &timeouts, sink_take, sink_new_conn, &run.sink);
             tracker_ready = status == 0;
+            if (status == 0) status = sink_start(&run.sink);
             if (status == 0) status = pump(&run, &reader, &tracker, &error);
-            if (status == 0) status = flush(&run);
         } else {
             status = -1;
         }
         reader_close(&reader);
     }
-    if (tracker_ready) tracker_free(&tracker);
-    if (status == 0) out = result(&run, error);
-    else if (!PyErr_Occurred()) PyErr_NoMemory();
+    if (tracker_ready) tracker_free(&tracker);  /* connections still open after an error */
+    if (status == 0 && run.sink.error == 0) {
+        out = result(&run, error);
+    } else if (!PyErr_Occurred()) {
+        if (run.sink.error > 0) {
+            errno = run.sink.error;
+            PyErr_SetFromErrno(PyExc_OSError);  /* EPIPE makes a BrokenPipeError */
+        } else {
+            PyErr_NoMemory();
+        }
+    }
+    sink_free(&run.sink);
     Py_XDECREF(error);
     Py_XDECREF(run.problems);
     Py_XDECREF(run.damage);
     Py_XDECREF(run.linktypes);
     for (size_t i = 0; i < run.n_reasons; i++) free(run.reasons[i].reason);
     free(run.reasons);
-    free(run.out.data);
     return out;
 }
 
+/* ---- number formatting, exposed so tests can hold it to repr() ------------------------ */
+
+static PyObject *format_with(int (*format)(Buffer *, double), PyObject *arg) {
+    double x = PyFloat_AsDouble(arg);
+    if (x == -1.0 && PyErr_Occurred()) return NULL;
+    Buffer b = {0};
+    PyObject *text = format(&b, x) ? NULL : PyUnicode_FromStringAndSize(b.data, (Py_ssize_t)b.len);
+    free(b.data);
+    return text;
+}
+
+static PyObject *float_repr(PyObject *self, PyObject *arg) { return format_with(buf_float, arg); }
+static PyObject *round9_repr(PyObject *self, PyObject *arg) { return format_with(buf_round9, arg); }
+
 static PyMethodDef methods[] = {
+    {"float_repr", float_repr, METH_O, "repr(x) as the engine writes it."},
+    {"round9_repr", round9_repr, METH_O, "repr(round(x, 9)) as the engine writes it."},
     {"configure", configure, METH_VARARGS, "Hand the state machine of analyzer.fsm to the engine, as tables."},
     {"run", run_capture, METH_VARARGS, "Analyze one capture; write its connections; return the counts."},
     {NULL, NULL, 0, NULL},

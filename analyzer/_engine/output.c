@@ -7,13 +7,12 @@
  * takes N = x * 10**6 rounded and proves, in exact 128-bit integer
  * arithmetic, that N / 10**6 lies within half a unit in the last place of x
  * (it then reads back as x) and that the unit is below 10**-6 (so no
- * shorter decimal can); anything it cannot prove goes to Python's own repr.
+ * shorter decimal can); anything it cannot prove takes the long way, slow_repr.
+ * Nothing here calls Python: the output thread runs it without the GIL.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine.h"
@@ -33,20 +32,23 @@ int buf_reserve(Buffer *b, size_t more) {
     return 0;
 }
 
-void buf_put(Buffer *b, const char *s, size_t n) {
-    if (buf_reserve(b, n)) return;
+static inline void buf_put(Buffer *b, const char *s, size_t n) {
+    if (b->len + n > b->cap && buf_reserve(b, n)) return;
     memcpy(b->data + b->len, s, n);
     b->len += n;
 }
 
-void buf_puts(Buffer *b, const char *s) { buf_put(b, s, strlen(s)); }
+static inline void buf_puts(Buffer *b, const char *s) { buf_put(b, s, strlen(s)); }
 
-void buf_putc(Buffer *b, char ch) {
-    if (buf_reserve(b, 1)) return;
+/* A string literal: its length is known at compile time. */
+#define LIT(b, text) buf_put((b), "" text, sizeof(text) - 1)
+
+static inline void buf_putc(Buffer *b, char ch) {
+    if (b->len + 1 > b->cap && buf_reserve(b, 1)) return;
     b->data[b->len++] = ch;
 }
 
-static size_t format_uint(char *out, uint64_t v) {
+static inline size_t format_uint(char *out, uint64_t v) {
     char tmp[24];
     size_t n = 0;
     do {
@@ -57,8 +59,8 @@ static size_t format_uint(char *out, uint64_t v) {
     return n;
 }
 
-void buf_int(Buffer *b, int64_t v) {
-    if (buf_reserve(b, 24)) return;
+static inline void buf_int(Buffer *b, int64_t v) {
+    if (b->len + 24 > b->cap && buf_reserve(b, 24)) return;
     if (v < 0) {
         b->data[b->len++] = '-';
         b->len += format_uint(b->data + b->len, (uint64_t)0 - (uint64_t)v);
@@ -69,19 +71,26 @@ void buf_int(Buffer *b, int64_t v) {
 
 /* ---- floats, as repr() prints them ------------------------------------------------ */
 
+/* x = m / 2**shift with m a 53-bit integer, for normal positive x. */
+static inline void split(double x, uint64_t *m, int *shift) {
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    *m = (bits & (((uint64_t)1 << 52) - 1)) | ((uint64_t)1 << 52);
+    *shift = 1075 - (int)(bits >> 52);
+}
+
 static size_t fast_repr(char *out, double x) {
     if (!(x >= 1e-4 && x < 8589934592.0)) return 0;  /* repr is fixed-point here; ulp < 1e-6 */
-    int e;
-    double fraction = frexp(x, &e);
-    uint64_t m = (uint64_t)ldexp(fraction, 53);  /* x = m / 2**shift exactly */
-    int shift = 53 - e;
+    uint64_t m;
+    int shift;
+    split(x, &m, &shift);
     if (m == (uint64_t)1 << 52) return 0;  /* a power of two: the interval below is narrower */
     u128 scaled = (u128)m * 1000000u;
-    u128 n = (scaled + ((u128)1 << (shift - 1))) >> shift;
-    u128 back = n << shift;
+    uint64_t n = (uint64_t)((scaled + ((u128)1 << (shift - 1))) >> shift);
+    u128 back = (u128)n << shift;
     u128 diff = back > scaled ? back - scaled : scaled - back;
     if (diff >= 500000) return 0;  /* |n/10**6 - x| must be under half an ulp: 2**-(shift+1) */
-    uint64_t whole = (uint64_t)(n / 1000000u), micros = (uint64_t)(n % 1000000u);
+    uint64_t whole = n / 1000000u, micros = n % 1000000u;
     size_t len = format_uint(out, whole);
     out[len++] = '.';
     if (micros == 0) {
@@ -99,16 +108,59 @@ static size_t fast_repr(char *out, double x) {
     return len + (size_t)keep;
 }
 
+/* repr(x) the long way, for what fast_repr cannot prove: the fewest significant
+ * digits that read back as x (the correctly rounded digits are the closest),
+ * laid out as Python's float_repr_style 'short' does: exponent form when the
+ * decimal point falls before the 4th leading zero or after the 16th digit. */
 static int slow_repr(Buffer *b, double x) {
-    char *text = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-    if (text == NULL) return -1;
-    buf_puts(b, text);
-    PyMem_Free(text);
+    char text[40], digits[20];
+    if (isnan(x) || isinf(x)) {
+        buf_puts(b, isnan(x) ? "NaN" : (x > 0 ? "Infinity" : "-Infinity"));  /* as json.dumps */
+        return 0;
+    }
+    int precision = 1;
+    for (; precision < 17; precision++) {
+        snprintf(text, sizeof text, "%.*e", precision - 1, x);
+        if (strtod(text, NULL) == x) break;
+    }
+    snprintf(text, sizeof text, "%.*e", precision - 1, x);
+    const char *p = text;
+    if (*p == '-') {
+        buf_putc(b, '-');
+        p++;
+    }
+    int n = 0;
+    for (; *p != 'e'; p++)
+        if (*p != '.') digits[n++] = *p;
+    while (n > 1 && digits[n - 1] == '0') n--;
+    int point = atoi(p + 1) + 1;  /* digits before the decimal point */
+    if (point <= -4 || point > 16) {
+        buf_putc(b, digits[0]);
+        if (n > 1) {
+            buf_putc(b, '.');
+            buf_put(b, digits + 1, (size_t)n - 1);
+        }
+        char exponent[8];
+        int len = snprintf(exponent, sizeof exponent, "e%c%02d", point - 1 < 0 ? '-' : '+', abs(point - 1));
+        buf_put(b, exponent, (size_t)len);
+    } else if (point <= 0) {
+        LIT(b, "0.");
+        for (int i = 0; i < -point; i++) buf_putc(b, '0');
+        buf_put(b, digits, (size_t)n);
+    } else if (point >= n) {
+        buf_put(b, digits, (size_t)n);
+        for (int i = n; i < point; i++) buf_putc(b, '0');
+        LIT(b, ".0");
+    } else {
+        buf_put(b, digits, (size_t)point);
+        buf_putc(b, '.');
+        buf_put(b, digits + point, (size_t)(n - point));
+    }
     return 0;
 }
 
 int buf_float(Buffer *b, double x) {
-    if (buf_reserve(b, 40)) return -1;
+    if (b->len + 40 > b->cap && buf_reserve(b, 40)) return -1;
     size_t len = fast_repr(b->data + b->len, x);
     if (len) {
         b->len += len;
@@ -125,10 +177,9 @@ int buf_float(Buffer *b, double x) {
  * microseconds N, round(x, 9) is the double nearest N / 10**6. */
 int buf_round9(Buffer *b, double x) {
     if (x >= 1e-4 && x < 8589934592.0) {
-        int e;
-        double fraction = frexp(x, &e);
-        uint64_t m = (uint64_t)ldexp(fraction, 53);
-        int shift = 53 - e;
+        uint64_t m;
+        int shift;
+        split(x, &m, &shift);
         u128 n = ((u128)m * 1000000u + ((u128)1 << (shift - 1))) >> shift;
         u128 exact = (u128)m * 1000000000u, near = (n * 1000u) << shift;
         u128 diff = exact > near ? exact - near : near - exact;
@@ -138,19 +189,21 @@ int buf_round9(Buffer *b, double x) {
         buf_put(b, "0.0", 3);
         return 0;
     }
-    PyObject *builtins = PyEval_GetBuiltins();
-    PyObject *round_fn = builtins ? PyDict_GetItemString(builtins, "round") : NULL;
-    PyObject *rounded = round_fn ? PyObject_CallFunction(round_fn, "di", x, 9) : NULL;
-    if (rounded == NULL) return -1;
-    double value = PyFloat_AsDouble(rounded);
-    Py_DECREF(rounded);
-    return slow_repr(b, value);
+    /* round(x, 9) rounds the exact binary value half-even, as printf does */
+    char text[400];
+    snprintf(text, sizeof text, "%.9f", x);
+    return buf_float(b, strtod(text, NULL));
+}
+
+static inline void put_state(Buffer *b, uint8_t state) {
+    buf_put(b, machine.state_names[state], machine.state_name_lengths[state]);
 }
 
 /* ---- names ---------------------------------------------------------------------------- */
 
 static void ipv6_text(Buffer *b, const uint8_t *a) {
     /* ipaddress.IPv6Address.__str__: the first longest run of two or more zero groups is "::" */
+    static const char hex[] = "0123456789abcdef";
     unsigned groups[8];
     for (int i = 0; i < 8; i++) groups[i] = (unsigned)a[2 * i] << 8 | a[2 * i + 1];
     int best = -1, best_len = 0;
@@ -165,32 +218,38 @@ static void ipv6_text(Buffer *b, const uint8_t *a) {
         i = j;
     }
     if (best_len < 2) best = -1;
-    char text[48];
-    int len = 0;
     for (int i = 0; i < 8; i++) {
         if (i == best) {
-            len += sprintf(text + len, i == 0 ? "::" : ":");
+            if (i == 0) buf_putc(b, ':');
+            buf_putc(b, ':');
             i += best_len - 1;
             continue;
         }
-        len += sprintf(text + len, "%x", groups[i]);
-        if (i < 7) text[len++] = ':';
+        int started = 0;
+        for (int shift = 12; shift >= 0; shift -= 4) {
+            unsigned digit = (groups[i] >> shift) & 0xF;
+            if (digit || started || shift == 0) {
+                buf_putc(b, hex[digit]);
+                started = 1;
+            }
+        }
+        if (i < 7) buf_putc(b, ':');
     }
-    buf_put(b, text, (size_t)len);
 }
 
-void endpoint_name(Buffer *b, const Endpoint *ep, int ip_version) {
-    char text[64];
-    int len;
+static void endpoint_name(Buffer *b, const Endpoint *ep, int ip_version) {
     if (ip_version == 4) {
-        len = sprintf(text, "%u.%u.%u.%u:%u", ep->addr[0], ep->addr[1], ep->addr[2], ep->addr[3], ep->port);
-        buf_put(b, text, (size_t)len);
+        for (int i = 0; i < 4; i++) {
+            buf_int(b, ep->addr[i]);
+            buf_putc(b, i < 3 ? '.' : ':');
+        }
+        buf_int(b, ep->port);
         return;
     }
     buf_putc(b, '[');
     ipv6_text(b, ep->addr);
-    len = sprintf(text, "]:%u", ep->port);
-    buf_put(b, text, (size_t)len);
+    LIT(b, "]:");
+    buf_int(b, ep->port);
 }
 
 static const char *const ROLES[] = {"client", "server"};
@@ -199,30 +258,30 @@ static const char *const OPTION_KEYS[] = {"mss", "wscale", "sack", "timestamps",
 static void anomaly_text(Buffer *b, const Anomaly *a) {
     switch (a->kind) {
     case AN_STARTS_AFTER_SYN:
-        buf_puts(b, "capture starts after the SYN");
+        LIT(b, "capture starts after the SYN");
         break;
     case AN_SECOND_ISN:
         buf_puts(b, ROLES[a->role]);
-        buf_puts(b, " sent a SYN with a second ISN");
+        LIT(b, " sent a SYN with a second ISN");
         break;
     case AN_SECOND_FIN:
         buf_puts(b, ROLES[a->role]);
-        buf_puts(b, " sent a second FIN elsewhere");
+        LIT(b, " sent a second FIN elsewhere");
         break;
     case AN_FORBIDDEN: {
         const char *name = machine.event_names[a->event];  /* "snd FIN": verb, then what */
         buf_puts(b, ROLES[a->role]);
         buf_puts(b, a->event <= EV_SND_RST ? " sent " : " received ");
         buf_puts(b, strchr(name, ' ') + 1);
-        buf_puts(b, " in ");
-        buf_puts(b, machine.state_names[a->state]);
+        LIT(b, " in ");
+        put_state(b, a->state);
         break;
     }
     default:
-        buf_puts(b, "RST not acceptable to the ");
+        LIT(b, "RST not acceptable to the ");
         buf_puts(b, ROLES[a->role]);
-        buf_puts(b, " in ");
-        buf_puts(b, machine.state_names[a->state]);
+        LIT(b, " in ");
+        put_state(b, a->state);
     }
 }
 
@@ -236,7 +295,7 @@ static void json_str(Buffer *b, const char *s) {
 
 static void json_opt_str(Buffer *b, const char *s) {
     if (s) json_str(b, s);
-    else buf_puts(b, "null");
+    else LIT(b, "null");
 }
 
 static void json_bool(Buffer *b, int v) { buf_puts(b, v ? "true" : "false"); }
@@ -247,11 +306,11 @@ static int json_history(Buffer *b, const History *h) {
         const Transition *t = &h->items[i];
         if (i) buf_put(b, ", ", 2);
         buf_put(b, "[\"", 2);
-        buf_puts(b, machine.state_names[t->state]);
+        put_state(b, t->state);
         buf_put(b, "\", ", 3);
         if (buf_float(b, t->ts)) return -1;
         buf_put(b, ", ", 2);
-        if (t->frame < 0) buf_puts(b, "null");
+        if (t->frame < 0) LIT(b, "null");
         else buf_int(b, t->frame);
         buf_putc(b, ']');
     }
@@ -267,88 +326,88 @@ static void json_options(Buffer *b, const Options *o) {
         json_str(b, OPTION_KEYS[key]);
         buf_put(b, ": ", 2);
         if (key == OPT_MSS || key == OPT_WSCALE) buf_int(b, o->value[key]);
-        else buf_puts(b, "true");
+        else LIT(b, "true");
     }
     buf_putc(b, '}');
 }
 
 static void json_pair(Buffer *b, const char *key, int64_t client, int64_t server) {
     buf_puts(b, key);
-    buf_puts(b, "{\"client\": ");
+    LIT(b, "{\"client\": ");
     buf_int(b, client);
-    buf_puts(b, ", \"server\": ");
+    LIT(b, ", \"server\": ");
     buf_int(b, server);
     buf_putc(b, '}');
 }
 
 static int write_json(Buffer *b, const Conn *c, const Labels *l, const OutputStyle *style) {
     const Endpoint *client = &c->ep[ROLE_CLIENT], *server = &c->ep[ROLE_SERVER];
-    buf_puts(b, "{\"id\": ");
+    LIT(b, "{\"id\": ");
     buf_int(b, c->id);
-    buf_puts(b, ", \"client\": \"");
+    LIT(b, ", \"client\": \"");
     endpoint_name(b, client, c->ip_version);
-    buf_puts(b, "\", \"server\": \"");
+    LIT(b, "\", \"server\": \"");
     endpoint_name(b, server, c->ip_version);
-    buf_puts(b, "\", \"ip_version\": ");
+    LIT(b, "\", \"ip_version\": ");
     buf_int(b, c->ip_version);
-    buf_puts(b, ", \"first_frame\": ");
+    LIT(b, ", \"first_frame\": ");
     buf_int(b, c->first_frame);
-    buf_puts(b, ", \"last_frame\": ");
+    LIT(b, ", \"last_frame\": ");
     buf_int(b, c->last_frame);
-    buf_puts(b, ", \"start\": ");
+    LIT(b, ", \"start\": ");
     if (buf_float(b, c->start)) return -1;
-    buf_puts(b, ", \"end\": ");
+    LIT(b, ", \"end\": ");
     if (buf_float(b, c->end)) return -1;
-    buf_puts(b, ", \"open\": ");
+    LIT(b, ", \"open\": ");
     json_str(b, l->open);
-    buf_puts(b, ", \"close\": ");
+    LIT(b, ", \"close\": ");
     json_str(b, l->close);
-    buf_puts(b, ", \"half_close\": ");
+    LIT(b, ", \"half_close\": ");
     json_bool(b, c->half_close);
-    buf_puts(b, ", \"active_closer\": ");
+    LIT(b, ", \"active_closer\": ");
     json_opt_str(b, l->active_closer);
-    buf_puts(b, ", \"reset_by\": ");
+    LIT(b, ", \"reset_by\": ");
     json_opt_str(b, c->has_reset ? ROLES[c->reset_role] : NULL);
-    buf_puts(b, ", \"reset_state\": ");
+    LIT(b, ", \"reset_state\": ");
     json_opt_str(b, c->has_reset ? machine.state_names[c->reset_state] : NULL);
-    buf_puts(b, ", \"roles_inferred\": ");
+    LIT(b, ", \"roles_inferred\": ");
     json_bool(b, c->roles_inferred);
-    buf_puts(b, ", \"states\": {\"client\": ");
+    LIT(b, ", \"states\": {\"client\": ");
     if (json_history(b, &client->history)) return -1;
-    buf_puts(b, ", \"server\": ");
+    LIT(b, ", \"server\": ");
     if (json_history(b, &server->history)) return -1;
-    buf_puts(b, "}, \"final\": {\"client\": ");
+    LIT(b, "}, \"final\": {\"client\": ");
     json_str(b, machine.state_names[client->state]);
-    buf_puts(b, ", \"server\": ");
+    LIT(b, ", \"server\": ");
     json_str(b, machine.state_names[server->state]);
-    buf_puts(b, "}, \"retransmits\": {\"syn\": ");
+    LIT(b, "}, \"retransmits\": {\"syn\": ");
     buf_int(b, c->retransmits[0]);
-    buf_puts(b, ", \"synack\": ");
+    LIT(b, ", \"synack\": ");
     buf_int(b, c->retransmits[1]);
-    buf_puts(b, ", \"fin\": ");
+    LIT(b, ", \"fin\": ");
     buf_int(b, c->retransmits[2]);
-    buf_puts(b, "}, \"keepalives\": ");
+    LIT(b, "}, \"keepalives\": ");
     buf_int(b, c->keepalives);
-    buf_puts(b, ", \"syn_data\": ");
+    LIT(b, ", \"syn_data\": ");
     json_bool(b, c->syn_data);
     json_pair(b, ", \"packets\": ", client->packets, server->packets);
     json_pair(b, ", \"payload_bytes\": ", client->payload_bytes, server->payload_bytes);
-    buf_puts(b, ", \"options\": {\"client\": ");
+    LIT(b, ", \"options\": {\"client\": ");
     json_options(b, &client->options);
-    buf_puts(b, ", \"server\": ");
+    LIT(b, ", \"server\": ");
     json_options(b, &server->options);
-    buf_puts(b, "}, \"anomalies\": [");
+    LIT(b, "}, \"anomalies\": [");
     for (uint32_t i = 0; i < c->n_anomalies; i++) {
         if (i) buf_put(b, ", ", 2);
-        buf_puts(b, "{\"frame\": ");
+        LIT(b, "{\"frame\": ");
         buf_int(b, c->anomalies[i].frame);
-        buf_puts(b, ", \"what\": \"");
+        LIT(b, ", \"what\": \"");
         anomaly_text(b, &c->anomalies[i]);
-        buf_puts(b, "\"}");
+        LIT(b, "\"}");
     }
     buf_putc(b, ']');
     if (style->capture) {
-        buf_puts(b, ", \"capture\": ");
+        LIT(b, ", \"capture\": ");
         buf_put(b, style->capture, style->capture_len);
     }
     buf_put(b, "}\n", 2);
@@ -360,7 +419,7 @@ static int write_json(Buffer *b, const Conn *c, const Labels *l, const OutputSty
 static void csv_states(Buffer *b, const History *h) {
     for (uint32_t i = 0; i < h->count; i++) {
         if (i) buf_put(b, " > ", 3);
-        buf_puts(b, machine.state_names[h->items[i].state]);
+        put_state(b, h->items[i].state);
     }
 }
 
@@ -440,7 +499,7 @@ static void cell(Buffer *b, int index, const char *text, size_t len, const char 
     size_t width = (size_t)COLUMNS[index].width, pad = len < width ? width - len : 0;
     if (index) buf_put(b, "  ", 2);
     if (colour) {
-        buf_puts(b, "\x1b[");
+        LIT(b, "\x1b[");
         buf_puts(b, colour);
         buf_putc(b, 'm');
     }
@@ -449,7 +508,7 @@ static void cell(Buffer *b, int index, const char *text, size_t len, const char 
     buf_put(b, text, len);
     if (!COLUMNS[index].right)
         for (size_t i = 0; i < pad; i++) buf_putc(b, ' ');
-    if (colour) buf_puts(b, "\x1b[0m");
+    if (colour) LIT(b, "\x1b[0m");
 }
 
 static int write_table_row(Buffer *b, const Conn *c, const Labels *l, const OutputStyle *style) {

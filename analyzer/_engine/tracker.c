@@ -1,7 +1,10 @@
 /* The connection table, in C: tracker.py's Tracker.
  *
  * Connections are keyed by the bidirectional 4-tuple (and IP version) in an
- * open-addressing hash table with backward-shift deletion. A binary heap of
+ * open-addressing hash table with backward-shift deletion. Looking a packet's
+ * connection up is a cache miss or two in a table of 100,000s, so the caller
+ * computes keys a few packets ahead and prefetches their table entries
+ * (tracker_prefetch). A binary heap of
  * (wake time, id) entries retires connections on packet time, exactly as the
  * Python heap does; a heap entry names its connection by slot and id, so an
  * entry left behind by an earlier wake-up, or by a connection already
@@ -15,11 +18,9 @@
 
 #include "engine.h"
 
-#define EMPTY UINT64_MAX
-
 /* ---- keys ------------------------------------------------------------------ */
 
-static void make_key(const Packet *p, Key *key) {
+static void make_key(const Packet *p, Key *key) {  /* fills every byte: keys compare with memcmp */
     memset(key, 0, sizeof *key);
     int cmp = memcmp(p->src, p->dst, 16);
     int src_first = cmp < 0 || (cmp == 0 && p->sport <= p->dport);
@@ -45,20 +46,26 @@ static uint32_t hash_key(const Key *key) {
     return (uint32_t)(h ^ (h >> 32));
 }
 
-static int same_key(const Key *x, const Key *y) { return memcmp(x, y, sizeof *x) == 0; }
+static inline int same_key(const Key *x, const Key *y) {
+    uint64_t a[5], b[5];  /* 38 bytes, compared as five words (the last two overlap) */
+    memcpy(a, x, 32);
+    memcpy(a + 4, (const char *)x + sizeof *x - 8, 8);
+    memcpy(b, y, 32);
+    memcpy(b + 4, (const char *)y + sizeof *y - 8, 8);
+    return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0;
+}
 
 /* ---- the hash table --------------------------------------------------------- */
 
 static int table_resize(Tracker *t, size_t size) {
-    uint64_t *old = t->table;
+    Entry *old = t->table;
     size_t old_size = t->table_size;
-    uint64_t *table = malloc(size * sizeof *table);
+    Entry *table = calloc(size, sizeof *table);
     if (table == NULL) return -1;
-    memset(table, 0xFF, size * sizeof *table);
     for (size_t i = 0; i < old_size; i++) {
-        if (old[i] == EMPTY) continue;
-        size_t j = (old[i] >> 32) & (size - 1);
-        while (table[j] != EMPTY) j = (j + 1) & (size - 1);
+        if (old[i].conn == NULL) continue;
+        size_t j = old[i].hash & (size - 1);
+        while (table[j].conn != NULL) j = (j + 1) & (size - 1);
         table[j] = old[i];
     }
     free(old);
@@ -70,9 +77,8 @@ static int table_resize(Tracker *t, size_t size) {
 static size_t table_find(const Tracker *t, const Key *key, uint32_t hash) {
     size_t mask = t->table_size - 1;
     for (size_t i = hash & mask;; i = (i + 1) & mask) {
-        uint64_t entry = t->table[i];
-        if (entry == EMPTY) return i;
-        if ((uint32_t)(entry >> 32) == hash && same_key(&t->slots[(uint32_t)entry]->key, key)) return i;
+        const Entry *entry = &t->table[i];
+        if (entry->conn == NULL || (entry->hash == hash && same_key(&entry->conn->key, key))) return i;
     }
 }
 
@@ -80,11 +86,11 @@ static void table_delete(Tracker *t, size_t i) {
     size_t mask = t->table_size - 1;
     size_t j = i;
     for (;;) {
-        t->table[i] = EMPTY;
+        t->table[i].conn = NULL;
         for (;;) {
             j = (j + 1) & mask;
-            if (t->table[j] == EMPTY) return;
-            size_t home = (t->table[j] >> 32) & mask;
+            if (t->table[j].conn == NULL) return;
+            size_t home = t->table[j].hash & mask;
             /* move j back to i unless its home lies cyclically in (i, j] */
             if (i <= j ? (i < home && home <= j) : (i < home || home <= j)) continue;
             break;
@@ -166,8 +172,8 @@ static void drop_superseded(Tracker *t) {
     if (t->heap_len <= 2 * t->open_count + 64) return;
     size_t n = 0;
     for (size_t i = 0; i < t->table_size; i++) {
-        if (t->table[i] == EMPTY) continue;
-        const Conn *c = t->slots[(uint32_t)t->table[i]];
+        const Conn *c = t->table[i].conn;
+        if (c == NULL) continue;
         t->heap[n++] = (WakeEntry){c->scheduled, c->id, c->slot};
     }
     t->heap_len = n;
@@ -177,20 +183,15 @@ static void drop_superseded(Tracker *t) {
 /* ---- retiring --------------------------------------------------------------------- */
 
 static int retire(Tracker *t, Conn *c) {
-    uint32_t hash = hash_key(&c->key);
-    size_t i = table_find(t, &c->key, hash);
-    if (t->table[i] != EMPTY && (uint32_t)t->table[i] == c->slot) {
+    size_t i = table_find(t, &c->key, c->hash);
+    if (t->table[i].conn == c) {
         table_delete(t, i);
         t->open_count--;
     }
     t->slots[c->slot] = NULL;
     t->free_slots[t->n_free++] = c->slot;
     c->scheduled = NAN;
-    int status = conn_finish(c);
-    if (status == 0) status = t->finished(t->ctx, c);
-    conn_free(c);
-    free(c);
-    return status;
+    return t->finished(t->ctx, c);  /* it is theirs now: finished, written and freed there */
 }
 
 static int expire(Tracker *t, double now) {
@@ -214,41 +215,51 @@ static int expire(Tracker *t, double now) {
 
 /* ---- the public face ---------------------------------------------------------------- */
 
-int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, void *ctx) {
+int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, NewConnFn new_conn, void *ctx) {
     memset(t, 0, sizeof *t);
     t->timeouts = *timeouts;
     t->finished = finished;
+    t->new_conn = new_conn;
     t->ctx = ctx;
     t->now = -INFINITY;
     return table_resize(t, 1024);
 }
 
+void tracker_prefetch(const Tracker *t, const Packet *p, int conn_too) {
+    const Entry *home = &t->table[p->hash & (t->table_size - 1)];
+    __builtin_prefetch(home);
+    if (conn_too && home->conn != NULL) __builtin_prefetch(home->conn);
+}
+
+void packet_key(Packet *p) {
+    make_key(p, &p->key);
+    p->hash = hash_key(&p->key);
+}
+
 int tracker_add(Tracker *t, const Packet *p) {
     if (expire(t, p->ts)) return -1;
-    Key key;
-    make_key(p, &key);
-    uint32_t hash = hash_key(&key);
-    size_t i = table_find(t, &key, hash);
-    Conn *c = t->table[i] == EMPTY ? NULL : t->slots[(uint32_t)t->table[i]];
+    size_t i = table_find(t, &p->key, p->hash);
+    Conn *c = t->table[i].conn;
     if (c != NULL && conn_starts_anew(c, p)) {
         if (retire(t, c)) return -1;
         c = NULL;
-        i = table_find(t, &key, hash);
+        i = table_find(t, &p->key, p->hash);
     }
     if (c == NULL) {
         if (2 * (t->open_count + 1) > t->table_size) {
             if (table_resize(t, t->table_size * 2)) return -1;
-            i = table_find(t, &key, hash);
+            i = table_find(t, &p->key, p->hash);
         }
-        c = malloc(sizeof *c);
+        c = t->new_conn(t->ctx);
         if (c == NULL) return -1;
         if (conn_init(c, t->next_id++, p, &t->timeouts) || slot_take(t, c)) {
             conn_free(c);
             free(c);
             return -1;
         }
-        c->key = key;
-        t->table[i] = (uint64_t)hash << 32 | c->slot;
+        c->key = p->key;
+        c->hash = p->hash;
+        t->table[i] = (Entry){p->hash, c};
         t->open_count++;
     }
     if (conn_add(c, p)) return -1;
@@ -271,7 +282,7 @@ int tracker_flush(Tracker *t) {
     Conn **open = malloc((t->open_count + 1) * sizeof *open);
     if (open == NULL) return -1;
     for (size_t i = 0; i < t->table_size; i++)
-        if (t->table[i] != EMPTY) open[n++] = t->slots[(uint32_t)t->table[i]];
+        if (t->table[i].conn != NULL) open[n++] = t->table[i].conn;
     qsort(open, n, sizeof *open, by_id);
     int status = 0;
     for (size_t i = 0; i < n && status == 0; i++) status = retire(t, open[i]);

@@ -1,0 +1,215 @@
+/* Where finished connections go: labelled, counted, written, freed.
+ *
+ * With a file descriptor to write to, this runs on a second thread, so
+ * formatting the output (a third of the work for JSON) overlaps with reading
+ * and tracking on the first: the tracker hands over each retired connection
+ * through a bounded queue and forgets it. Without one (the caller's stream is
+ * not a file, e.g. a StringIO), everything happens inline and the text goes
+ * to a Python callback in ~1 MB pieces. Either way the bytes are the same, in
+ * the same order: the order in which connections finished.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sink.h"
+
+#define FLUSH_AT (1u << 20)
+#define QUEUE_CAPACITY 16384
+#define BATCH 1024
+#define MAX_RETURNED (1u << 15)
+
+/* A finished connection's memory is reused for a new one (warm in cache, no
+ * malloc, no page faults): a freed Conn links to the next through its first bytes. */
+static inline void push_conn(Conn **list, Conn *c) {
+    *(Conn **)c = *list;
+    *list = c;
+}
+
+/* ---- the work on one connection (either thread) ---------------------------------- */
+
+static void count(Census *census, const Conn *c, const Labels *labels) {
+    int open = 0, close = 0;
+    while (OPEN_LABELS[open] != labels->open) open++;
+    while (CLOSE_LABELS[close] != labels->close) close++;
+    census->open[open]++;
+    census->close[close]++;
+    const char *closer = labels->active_closer;
+    census->closer[closer == NULL ? 3 : closer[0] == 'c' ? 0 : closer[0] == 's' ? 1 : 2]++;
+    census->final[0][c->ep[ROLE_CLIENT].state]++;
+    census->final[1][c->ep[ROLE_SERVER].state]++;
+    census->half_close += c->half_close;
+    census->anomalies += c->n_anomalies;
+    census->connections++;
+}
+
+static int write_fd(Sink *sink) {
+    size_t done = 0;
+    while (done < sink->out.len) {
+        ssize_t wrote = write(sink->fd, sink->out.data + done, sink->out.len - done);
+        if (wrote < 0 && errno == EINTR) continue;
+        if (wrote < 0) return errno;
+        done += (size_t)wrote;
+    }
+    sink->out.len = 0;
+    return 0;
+}
+
+static int flush(Sink *sink) {
+    if (sink->out.len == 0) return 0;
+    if (sink->fd >= 0) return write_fd(sink);
+    int status = sink->write(sink->write_ctx, sink->out.data, sink->out.len);
+    sink->out.len = 0;
+    return status ? -1 : 0;
+}
+
+/* Finish, label, count and format one connection, and release what it holds
+ * (not the Conn itself); nonzero: an errno, or -1. */
+static int settle(Sink *sink, Conn *c) {
+    int status = conn_finish(c);
+    if (status == 0) {
+        Labels labels;
+        conn_labels(c, &labels);
+        count(&sink->census, c, &labels);
+        status = write_record(&sink->out, c, &labels, &sink->style);
+    }
+    conn_free(c);
+    if (status == 0 && sink->out.len >= FLUSH_AT) status = flush(sink);
+    return status;
+}
+
+/* ---- the second thread ---------------------------------------------------------------- */
+
+static void *writer_main(void *arg) {
+    Sink *sink = arg;
+    Conn *batch[BATCH];
+    size_t n = 0;
+    for (;;) {
+        pthread_mutex_lock(&sink->lock);
+        for (size_t i = 0; i < n; i++) {  /* give back the last batch's connections */
+            if (sink->n_returned < MAX_RETURNED) {
+                push_conn(&sink->returned, batch[i]);
+                sink->n_returned++;
+            } else {
+                free(batch[i]);
+            }
+        }
+        while (sink->count == 0 && !sink->closing) pthread_cond_wait(&sink->not_empty, &sink->lock);
+        n = 0;
+        while (n < BATCH && sink->count) {
+            batch[n++] = sink->ring[sink->head];
+            sink->head = (sink->head + 1) % QUEUE_CAPACITY;
+            sink->count--;
+        }
+        int closing = sink->closing;
+        pthread_cond_signal(&sink->not_full);
+        pthread_mutex_unlock(&sink->lock);
+        for (size_t i = 0; i < n; i++) {
+            if (__atomic_load_n(&sink->error, __ATOMIC_ACQUIRE)) {  /* after an error: only release */
+                conn_free(batch[i]);
+                continue;
+            }
+            int status = settle(sink, batch[i]);
+            if (status) __atomic_store_n(&sink->error, status, __ATOMIC_RELEASE);
+        }
+        if (n == 0 && closing) break;
+    }
+    for (size_t i = 0; i < n; i++) free(batch[i]);
+    if (!sink->error) {
+        int status = flush(sink);
+        if (status) __atomic_store_n(&sink->error, status, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+
+static int hand_over(Sink *sink) {
+    size_t n = sink->pending_len, i = 0;
+    pthread_mutex_lock(&sink->lock);
+    while (i < n) {
+        while (sink->count == QUEUE_CAPACITY) pthread_cond_wait(&sink->not_full, &sink->lock);
+        while (i < n && sink->count < QUEUE_CAPACITY) {
+            sink->ring[(sink->head + sink->count) % QUEUE_CAPACITY] = sink->pending[i++];
+            sink->count++;
+        }
+        pthread_cond_signal(&sink->not_empty);
+    }
+    if (sink->spare == NULL) {  /* take what the writer gave back */
+        sink->spare = sink->returned;
+        sink->returned = NULL;
+        sink->n_returned = 0;
+    }
+    pthread_mutex_unlock(&sink->lock);
+    sink->pending_len = 0;
+    return __atomic_load_n(&sink->error, __ATOMIC_ACQUIRE);
+}
+
+/* ---- the public face ---------------------------------------------------------------------- */
+
+int sink_start(Sink *sink) {
+    if (sink->fd < 0) return 0;
+    sink->ring = malloc(QUEUE_CAPACITY * sizeof *sink->ring);
+    sink->pending = malloc(BATCH * sizeof *sink->pending);
+    if (sink->ring == NULL || sink->pending == NULL) return -1;
+    pthread_mutex_init(&sink->lock, NULL);
+    pthread_cond_init(&sink->not_empty, NULL);
+    pthread_cond_init(&sink->not_full, NULL);
+    if (pthread_create(&sink->thread, NULL, writer_main, sink)) return -1;
+    sink->threaded = 1;
+    return 0;
+}
+
+int sink_take(void *ctx, Conn *c) {
+    Sink *sink = ctx;
+    if (!sink->threaded) {
+        int status = settle(sink, c);
+        push_conn(&sink->spare, c);
+        return status;
+    }
+    sink->pending[sink->pending_len++] = c;
+    return sink->pending_len == BATCH ? hand_over(sink) : 0;
+}
+
+int sink_finish(Sink *sink) {
+    if (!sink->threaded) return sink->error ? sink->error : flush(sink);
+    int status = hand_over(sink);
+    pthread_mutex_lock(&sink->lock);
+    sink->closing = 1;
+    pthread_cond_signal(&sink->not_empty);
+    pthread_mutex_unlock(&sink->lock);
+    pthread_join(sink->thread, NULL);
+    sink->threaded = 0;
+    pthread_mutex_destroy(&sink->lock);
+    pthread_cond_destroy(&sink->not_empty);
+    pthread_cond_destroy(&sink->not_full);
+    return status ? status : sink->error;
+}
+
+Conn *sink_new_conn(void *ctx) {
+    Sink *sink = ctx;
+    Conn *c = sink->spare;
+    if (c == NULL) return malloc(sizeof *c);
+    sink->spare = *(Conn **)c;
+    return c;
+}
+
+static void free_list(Conn *c) {
+    while (c != NULL) {
+        Conn *next = *(Conn **)c;
+        free(c);
+        c = next;
+    }
+}
+
+void sink_free(Sink *sink) {
+    if (sink->threaded) sink_finish(sink);
+    for (size_t i = 0; i < sink->pending_len; i++) {
+        conn_free(sink->pending[i]);
+        free(sink->pending[i]);
+    }
+    free_list(sink->spare);
+    free_list(sink->returned);
+    free(sink->pending);
+    free(sink->ring);
+    free(sink->out.data);
+}

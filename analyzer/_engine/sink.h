@@ -1,0 +1,46 @@
+/* sink.c: finished connections -> census and output text, inline or on a second thread. */
+#ifndef SYNFIN_SINK_H
+#define SYNFIN_SINK_H
+
+#include <pthread.h>
+
+#include "engine.h"
+
+typedef struct {
+    int64_t connections;
+    int64_t open[6], close[7], closer[4];  /* closer: client, server, both, none */
+    int64_t final[2][N_STATES];
+    int64_t half_close, anomalies;
+} Census;
+
+typedef int (*WriteFn)(void *ctx, const char *data, size_t len);  /* nonzero: failed */
+
+typedef struct {
+    OutputStyle style;
+    int fd;                /* >= 0: write here from a second thread; < 0: call `write` inline */
+    WriteFn write;
+    void *write_ctx;
+    Buffer out;
+    Census census;
+    int error;             /* an errno from writing, or -1 */
+    /* the second thread's queue */
+    int threaded, closing;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t not_empty, not_full;
+    Conn **ring;
+    size_t head, count;
+    Conn **pending;        /* a batch collected before taking the lock */
+    size_t pending_len;
+    /* connections to reuse: the writer returns them (under the lock), the tracker takes them */
+    Conn *returned, *spare;
+    size_t n_returned;
+} Sink;
+
+int sink_start(Sink *sink);
+int sink_take(void *sink, Conn *c);   /* a FinishedFn: takes ownership of c */
+Conn *sink_new_conn(void *sink);      /* a NewConnFn: a reused connection, or a new one */
+int sink_finish(Sink *sink);          /* drain and stop; 0, an errno, or -1 */
+void sink_free(Sink *sink);
+
+#endif
