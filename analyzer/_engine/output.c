@@ -3,11 +3,9 @@
  * The text must be byte for byte what report.py writes, so numbers are
  * printed the way Python prints them. Integers are easy. A float is printed
  * as repr() prints it: the shortest decimal that reads back as the same
- * double. Timestamps in captures are whole microseconds, so `fast_repr`
- * takes N = x * 10**6 rounded and proves, in exact 128-bit integer
- * arithmetic, that N / 10**6 lies within half a unit in the last place of x
- * (it then reads back as x) and that the unit is below 10**-6 (so no
- * shorter decimal can); anything it cannot prove takes the long way, slow_repr.
+ * double. `fast_repr` finds it in exact 128-bit integer arithmetic for the
+ * numbers a capture has (timestamps, durations); anything else takes the
+ * long way, slow_repr.
  * Nothing here calls Python: the output thread runs it without the GIL.
  */
 #include <math.h>
@@ -79,33 +77,45 @@ static inline void split(double x, uint64_t *m, int *shift) {
     *shift = 1075 - (int)(bits >> 52);
 }
 
+static const uint64_t POW10[20] = {1ull, 10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull, 10000000ull,
+    100000000ull, 1000000000ull, 10000000000ull, 100000000000ull, 1000000000000ull, 10000000000000ull,
+    100000000000000ull, 1000000000000000ull, 10000000000000000ull, 100000000000000000ull,
+    1000000000000000000ull, 10000000000000000000ull};
+
+/* repr(x) for 1e-4 <= x < 1e15, where repr is fixed-point: for k = 0, 1, 2...
+ * fractional digits, the k-digit decimal nearest x is n / 10**k with
+ * n = round(x * 10**k); the first k for which it lies strictly within half an
+ * ulp of x reads back as x, and nothing shorter does, so it is repr's answer
+ * (the nearest of the shortest). All in exact integer arithmetic: x = m / 2**s. */
 static size_t fast_repr(char *out, double x) {
-    if (!(x >= 1e-4 && x < 8589934592.0)) return 0;  /* repr is fixed-point here; ulp < 1e-6 */
+    if (!(x >= 1e-4 && x < 1e15)) return 0;
     uint64_t m;
     int shift;
     split(x, &m, &shift);
     if (m == (uint64_t)1 << 52) return 0;  /* a power of two: the interval below is narrower */
-    u128 scaled = (u128)m * 1000000u;
-    uint64_t n = (uint64_t)((scaled + ((u128)1 << (shift - 1))) >> shift);
-    u128 back = (u128)n << shift;
-    u128 diff = back > scaled ? back - scaled : scaled - back;
-    if (diff >= 500000) return 0;  /* |n/10**6 - x| must be under half an ulp: 2**-(shift+1) */
-    uint64_t whole = n / 1000000u, micros = n % 1000000u;
-    size_t len = format_uint(out, whole);
-    out[len++] = '.';
-    if (micros == 0) {
-        out[len++] = '0';
-        return len;
+    u128 half = (u128)1 << (shift - 1);
+    for (int k = 0; k < 20; k++) {
+        u128 scaled = (u128)m * POW10[k];      /* x * 10**k, times 2**shift */
+        u128 n = scaled >> shift, rest = scaled - (n << shift);
+        if (rest > half || (rest == half && (n & 1))) n++;  /* a tie between two nearest: the even one */
+        u128 back = n << shift;
+        u128 diff = back > scaled ? back - scaled : scaled - back;
+        if (2 * diff > POW10[k]) continue;       /* outside the interval: need more digits */
+        if (2 * diff == POW10[k]) return 0;      /* exactly on its edge: leave it to slow_repr */
+        uint64_t whole = (uint64_t)(n / POW10[k]), fraction = (uint64_t)(n % POW10[k]);
+        size_t len = format_uint(out, whole);
+        out[len++] = '.';
+        if (k == 0) {
+            out[len++] = '0';
+            return len;
+        }
+        for (int i = k - 1; i >= 0; i--) {
+            out[len + (size_t)i] = (char)('0' + fraction % 10);
+            fraction /= 10;
+        }
+        return len + (size_t)k;
     }
-    char digits[6];
-    for (int i = 5; i >= 0; i--) {
-        digits[i] = (char)('0' + micros % 10);
-        micros /= 10;
-    }
-    int keep = 6;
-    while (digits[keep - 1] == '0') keep--;
-    memcpy(out + len, digits, (size_t)keep);
-    return len + (size_t)keep;
+    return 0;
 }
 
 /* repr(x) the long way, for what fast_repr cannot prove: the fewest significant
@@ -161,33 +171,40 @@ static int slow_repr(Buffer *b, double x) {
 
 int buf_float(Buffer *b, double x) {
     if (b->len + 40 > b->cap && buf_reserve(b, 40)) return -1;
+    if (x < 0 && x > -1e15) {  /* repr(-x) is "-" + repr(x) */
+        size_t len = fast_repr(b->data + b->len + 1, -x);
+        if (len) {
+            b->data[b->len] = '-';
+            b->len += len + 1;
+            return 0;
+        }
+    }
     size_t len = fast_repr(b->data + b->len, x);
     if (len) {
         b->len += len;
         return 0;
     }
-    if (x == 0.0 && !signbit(x)) {
-        buf_put(b, "0.0", 3);
+    if (x == 0.0) {
+        buf_puts(b, signbit(x) ? "-0.0" : "0.0");
         return 0;
     }
     return slow_repr(b, x);
 }
 
-/* repr(round(x, 9)): when x is within half a nanosecond of a whole number of
- * microseconds N, round(x, 9) is the double nearest N / 10**6. */
+/* repr(round(x, 9)). round() rounds the exact binary value of x half-even to
+ * n / 10**9; below 2**53 / 10**9 that n converts to a double exactly, and one
+ * IEEE division then gives the double nearest n / 10**9, which is round's result. */
 int buf_round9(Buffer *b, double x) {
-    if (x >= 1e-4 && x < 8589934592.0) {
+    double magnitude = fabs(x);
+    if (magnitude >= 1e-4 && magnitude < 9e6) {
         uint64_t m;
         int shift;
-        split(x, &m, &shift);
-        u128 n = ((u128)m * 1000000u + ((u128)1 << (shift - 1))) >> shift;
-        u128 exact = (u128)m * 1000000000u, near = (n * 1000u) << shift;
-        u128 diff = exact > near ? exact - near : near - exact;
-        if (diff < ((u128)1 << (shift - 1))) return buf_float(b, (double)(uint64_t)n / 1e6);
-    }
-    if (x == 0.0 && !signbit(x)) {
-        buf_put(b, "0.0", 3);
-        return 0;
+        split(magnitude, &m, &shift);
+        u128 scaled = (u128)m * POW10[9];
+        u128 n = scaled >> shift, rest = scaled - (n << shift), half = (u128)1 << (shift - 1);
+        if (rest > half || (rest == half && (n & 1))) n++;
+        double rounded = (double)(uint64_t)n / 1e9;
+        return buf_float(b, x < 0 ? -rounded : rounded);
     }
     /* round(x, 9) rounds the exact binary value half-even, as printf does */
     char text[400];
