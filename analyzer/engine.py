@@ -30,8 +30,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -113,19 +115,33 @@ def run(path: Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | N
         if head not in PCAP_MAGICS and head != PCAPNG_SHB:
             raise CaptureError(f"{path}: not a pcap or pcapng capture (starts with bytes {head.hex(' ')})")
         limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
-        write, fd = _writer(out)
-        try:
-            counts = _engine.run(_reader(stream, progress), write, fd, FORMATS[fmt], limits,
-                                 _quoted(capture, fmt), colour)
-        except (OSError, EOFError) as err:
-            if isinstance(err, BrokenPipeError):
-                raise
-            raise CaptureError(f"{path}: read error: {err}") from None
+        write, fd_out = _writer(out)
+        with _plain_file(path, stream) as fd_in:
+            try:
+                counts = _engine.run(_reader(stream, progress), fd_in, progress, write, fd_out, FORMATS[fmt],
+                                     limits, _quoted(capture, fmt), colour)
+            except (OSError, EOFError) as err:
+                if isinstance(err, BrokenPipeError):
+                    raise
+                raise CaptureError(f"{path}: read error: {err}") from None
     finally:
         stream.close()
     if counts["error"]:
         raise CaptureError(f"{path}: {counts['error']}")
     return counts
+
+
+@contextmanager
+def _plain_file(path: Path, stream: IO[bytes]) -> Iterator[int]:
+    """A file descriptor of the capture for the engine's reading thread; -1 for gzip (read via `stream`)."""
+    if getattr(stream, "fileobj", None) is not None:  # gzip.GzipFile: decompressed by Python
+        yield -1
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _reader(stream: IO[bytes], progress: Progress | None) -> Callable[[memoryview], int]:

@@ -18,13 +18,16 @@ import argparse
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from analyzer.capture import CaptureError
 from analyzer.connection import Connection
-from analyzer.ladder import Ladder, build
 from analyzer.pipeline import analyze
+
+if TYPE_CHECKING:
+    from analyzer.ladder import Ladder
 
 EXIT_BAD_INPUT = 2
 EXIT_NOTHING = 1
@@ -90,6 +93,8 @@ def run_ladder(args: argparse.Namespace) -> int:
         _check_output(args)
         wanted = _wanted(args.conn)
         conns = _select(args, wanted)
+        from analyzer.ladder import build  # matplotlib-free, but not needed by the other commands
+
         ladders = [build(c, args.time, args.absolute, args.all_segments) for c in conns]
         _emit(args, ladders)
     except (CaptureError, LadderError) as problem:

@@ -27,11 +27,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
+from rich.console import Console
 
 from analyzer.cli import EXIT_BAD_INPUT, add_timing_options
 from analyzer.connection import Connection, Timeouts
@@ -39,6 +37,10 @@ from analyzer.events import Event, EventWatcher, event_json, format_event
 from analyzer.live import DEFAULT_SNAPLEN, LiveCapture, LiveError, PcapWriter
 from analyzer.pipeline import Options, Pipeline, Stats
 from analyzer.report import Census, write_json, write_summary, write_table
+
+if TYPE_CHECKING:  # rich.live and rich.table are imported when --summary draws (start-up time)
+    from rich.console import Group
+    from rich.live import Live
 
 BATCH = 256  # frames read between two looks at the clock, signals and output
 BUSY_SECONDS = 0.1  # reading at most this long, then back to the clock, signals, --summary
@@ -208,6 +210,8 @@ class Session:
         if not self.args.summary:
             yield None
             return
+        from rich.live import Live
+
         console = Console(file=self.out, highlight=False)
         with Live(self._summary_table(), console=console, auto_refresh=False) as live:
             yield live
@@ -323,6 +327,9 @@ STATE_ORDER = ("SYN_SENT", "SYN_RCVD", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2"
 
 def summary_view(iface: str, pipeline: Pipeline, rates: Rates, capture: LiveCapture) -> Group:
     """The census of endpoint states of the open connections, and the rates."""
+    from rich.console import Group
+    from rich.table import Table
+
     census: dict[str, list[int]] = {state: [0, 0] for state in STATE_ORDER}
     for conn in pipeline.tracker.open.values():
         for side, ep in enumerate((conn.client, conn.server)):

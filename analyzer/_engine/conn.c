@@ -210,7 +210,7 @@ void conn_free(Conn *c) {
 
 static int sender_role(const Conn *c, const Packet *p) {
     const Endpoint *client = &c->ep[ROLE_CLIENT];
-    return (p->sport == client->port && memcmp(p->src, client->addr, 16) == 0) ? ROLE_CLIENT : ROLE_SERVER;
+    return (p->sport == client->port && addr_equal(p->src, client->addr)) ? ROLE_CLIENT : ROLE_SERVER;
 }
 
 enum { KIND_NONE, KIND_RETRANSMISSION, KIND_KEEPALIVE };

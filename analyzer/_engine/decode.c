@@ -152,10 +152,16 @@ static int tcp(const Frame *f, int version, const uint8_t *src, const uint8_t *d
     p->frame = f->number;
     p->ts = f->ts;
     p->ip_version = (uint8_t)version;
-    memset(p->src, 0, 16);
-    memset(p->dst, 0, 16);
-    memcpy(p->src, src, version == 4 ? 4 : 16);
-    memcpy(p->dst, dst, version == 4 ? 4 : 16);
+    if (version == 4) {  /* four bytes, then zeros */
+        uint64_t zero[2] = {0, 0};
+        memcpy(p->src, zero, 16);
+        memcpy(p->dst, zero, 16);
+        memcpy(p->src, src, 4);
+        memcpy(p->dst, dst, 4);
+    } else {
+        memcpy(p->src, src, 16);
+        memcpy(p->dst, dst, 16);
+    }
     p->sport = (uint16_t)be16(data + at);
     p->dport = (uint16_t)be16(data + at + 2);
     p->seq = be32(data + at + 4);

@@ -2,11 +2,17 @@
  *
  *   reader.c   capture file -> frames (pcap, pcapng), like capture.py
  *   decode.c   frame -> TCP segment or a skip reason, like decode.py
+ *   feeder.c   both, in batches, on a thread of their own; the frame counts
  *   conn.c     segments -> two endpoint machines and labels, like connection.py/labels.py
  *   tracker.c  4-tuple table, port reuse, packet-time expiry, like tracker.py
  *   sink.c     finished connections -> labels, census, output (on a second thread)
  *   output.c   one connection -> a JSON Lines / CSV / table row, like report.py
- *   module.c   the Python module: tables from fsm.py in, counts out
+ *   module.c   the Python module: tables from fsm.py in, counts out; the main loop
+ *
+ * Three threads: the feeder reads and decodes, the caller's thread tracks
+ * connections and runs their machines (the part that must see packets in
+ * order), the sink formats and writes. They meet at bounded queues, so memory
+ * is a few batches plus the open connections.
  *
  * The state machine itself is not written here. module.c receives it from
  * analyzer/fsm.py as tables (fsm.step, fsm.send_events and fsm.receive_events
@@ -88,6 +94,25 @@ typedef struct {
     uint32_t payload_len;  /* at most an IP packet's length (decode.c: never negative) */
     uint8_t flags;
 } Seg;
+
+/* 16-byte addresses, compared as two words (memcmp's order: big-endian words) */
+static inline int addr_equal(const uint8_t *x, const uint8_t *y) {
+    uint64_t a[2], b[2];
+    __builtin_memcpy(a, x, 16);
+    __builtin_memcpy(b, y, 16);
+    return ((a[0] ^ b[0]) | (a[1] ^ b[1])) == 0;
+}
+
+static inline int addr_compare(const uint8_t *x, const uint8_t *y) {
+    uint64_t a[2], b[2];
+    __builtin_memcpy(a, x, 16);
+    __builtin_memcpy(b, y, 16);
+    for (int i = 0; i < 2; i++) {
+        uint64_t p = __builtin_bswap64(a[i]), q = __builtin_bswap64(b[i]);
+        if (p != q) return p < q ? -1 : 1;
+    }
+    return 0;
+}
 
 /* decode.c: 0 and a filled packet, or 1 and a reason (malformed or not). */
 typedef struct { char reason[112]; int malformed; } Skip;

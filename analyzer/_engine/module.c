@@ -2,11 +2,12 @@
  *
  *   configure(step, send, receive, synchronized, state_names, event_names, linktype_names)
  *       hands over the state machine of fsm.py as tables (see analyzer/engine.py);
- *   run(readinto, write, fd, format, timeouts, capture, colour) -> dict
- *       reads a whole capture through `readinto`, writes every finished
- *       connection to file descriptor `fd` from a second thread (or, if fd
- *       is -1, through `write` in ~1 MB pieces), and returns the counts that
- *       Stats and Census hold in the Python path.
+ *   run(readinto, fd_in, progress, write, fd_out, format, timeouts, capture, colour) -> dict
+ *       reads a whole capture (from file descriptor fd_in on a thread of its
+ *       own, or, if fd_in is -1, through `readinto`), writes every finished
+ *       connection to fd_out from another thread (or, if fd_out is -1,
+ *       through `write` in ~1 MB pieces), and returns the counts that Stats
+ *       and Census hold in the Python path.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -15,11 +16,9 @@
 #include <string.h>
 
 #include "engine.h"
-#include "reader.h"
+#include "feeder.h"
 #include "sink.h"
 
-#define NAMED_PROBLEMS 5
-#define SIGNAL_CHECK_MASK 0xFFFF
 
 static int configured;
 
@@ -84,18 +83,9 @@ done:
 /* ---- one run ---------------------------------------------------------------------- */
 
 typedef struct {
-    char *reason;
-    int malformed;
-    int64_t count;
-} Reason;
-
-typedef struct {
-    PyObject *readinto, *write;
+    PyObject *readinto, *progress, *write;
     Sink sink;
-    int64_t frames, segments;
-    Reason *reasons;
-    size_t n_reasons, cap_reasons;
-    PyObject *problems, *damage, *linktypes;
+    Feeder feeder;
 } Run;
 
 static long fill(void *ctx, uint8_t *dst, size_t n) {
@@ -117,122 +107,51 @@ static int write_python(void *ctx, const char *data, size_t len) {
     return 0;
 }
 
-static int note_problem(Run *run, int64_t frame, const char *what) {
-    if (PyList_GET_SIZE(run->problems) >= NAMED_PROBLEMS) return 0;
-    PyObject *item = Py_BuildValue("(Ls)", (long long)frame, what);
-    if (item == NULL) return -1;
-    int status = PyList_Append(run->problems, item);
-    Py_DECREF(item);
-    return status;
+/* Now and then: let Ctrl-C through, and tell the progress bar how far reading got. */
+static int between_batches(Run *run, int64_t batches) {
+    if ((batches & 63) != 0) return 0;
+    if (PyErr_CheckSignals()) return -1;
+    if (run->progress == Py_None || !run->feeder.threaded) return 0;
+    PyObject *done = PyObject_CallFunction(run->progress, "L",
+                                           (long long)__atomic_load_n(&run->feeder.bytes, __ATOMIC_RELAXED));
+    Py_XDECREF(done);
+    return done ? 0 : -1;
 }
 
-static int note_skip(Run *run, int64_t frame, const Skip *skip) {
-    for (size_t i = 0; i < run->n_reasons; i++) {
-        Reason *r = &run->reasons[i];
-        if (r->malformed == skip->malformed && strcmp(r->reason, skip->reason) == 0) {
-            r->count++;
-            goto named;
+/* The main loop: batches of packets in, connections out to the sink. Within a
+ * batch, table entries are prefetched 8 packets ahead, and connections 4 ahead. */
+#ifndef SLOT_AHEAD
+#define SLOT_AHEAD 16
+#endif
+#ifndef CONN_AHEAD
+#define CONN_AHEAD 8
+#endif
+static int pump(Run *run, Tracker *tracker, int *ended) {
+    for (int64_t batches = 1;; batches++) {
+        Batch *batch = feeder_next(&run->feeder);
+        size_t n = batch->count;
+        for (size_t i = 0; i < n && i < SLOT_AHEAD; i++) tracker_prefetch(tracker, &batch->packets[i], 0);
+        for (size_t i = 0; i < n; i++) {
+            if (i + SLOT_AHEAD < n) tracker_prefetch(tracker, &batch->packets[i + SLOT_AHEAD], 0);
+            if (i + CONN_AHEAD < n) tracker_prefetch(tracker, &batch->packets[i + CONN_AHEAD], 1);
+            if (tracker_add(tracker, &batch->packets[i])) {
+                feeder_done(&run->feeder);
+                return -1;
+            }
         }
+        *ended = batch->last;
+        feeder_done(&run->feeder);
+        if (*ended) break;
+        if (between_batches(run, batches)) return -1;
     }
-    if (run->n_reasons == run->cap_reasons) {
-        size_t cap = run->cap_reasons ? run->cap_reasons * 2 : 16;
-        Reason *more = realloc(run->reasons, cap * sizeof *more);
-        if (more == NULL) return -1;
-        run->reasons = more;
-        run->cap_reasons = cap;
-    }
-    char *copy = strdup(skip->reason);
-    if (copy == NULL) return -1;
-    run->reasons[run->n_reasons++] = (Reason){copy, skip->malformed, 1};
-named:
-    return skip->malformed ? note_problem(run, frame, skip->reason) : 0;
-}
-
-static int note_damage(Run *run, const Reader *reader) {
-    PyObject *item = Py_BuildValue("(Ls)", (long long)reader->damage_frame, reader->message);
-    if (item == NULL) return -1;
-    int status = PyList_Append(run->damage, item);
-    Py_DECREF(item);
-    return status ? -1 : note_problem(run, reader->damage_frame, reader->message);
-}
-
-/* Frames of one link type come in runs: count a run at a time, not a dict update per frame. */
-typedef struct {
-    uint32_t linktype;
-    int64_t count;
-} LinkRun;
-
-static int close_link_run(Run *run, LinkRun *link) {
-    if (link->count == 0) return 0;
-    PyObject *key = PyLong_FromUnsignedLong(link->linktype);
-    if (key == NULL) return -1;
-    PyObject *old = PyDict_GetItemWithError(run->linktypes, key);
-    PyObject *value = PyLong_FromLongLong((old ? PyLong_AsLongLong(old) : 0) + link->count);
-    int status = value ? PyDict_SetItem(run->linktypes, key, value) : -1;
-    Py_XDECREF(value);
-    Py_DECREF(key);
-    link->count = 0;
-    return status;
-}
-
-/* Read and decode frames until `ahead` holds AHEAD packets (or the file ends);
- * return READ_FRAME to go on, READ_END, READ_ERROR (message in *error) or READ_FAILED. */
-#define AHEAD 16
-typedef struct {
-    Packet packets[AHEAD];
-    size_t head, count;
-    LinkRun link;
-} Lookahead;
-
-static int top_up(Run *run, Reader *reader, const Tracker *tracker, Lookahead *ahead, PyObject **error) {
-    Frame frame;
-    Skip skip;
-    while (ahead->count < AHEAD) {
-        int status = reader_next(reader, &frame);
-        if (status == READ_END || status == READ_FAILED) return status;
-        if (status == READ_ERROR) {
-            *error = PyUnicode_FromString(reader->message);
-            return *error ? READ_ERROR : READ_FAILED;
+    if (*ended == READ_FAILED) {
+        if (run->feeder.reader.fd_errno) {
+            errno = run->feeder.reader.fd_errno;
+            PyErr_SetFromErrno(PyExc_OSError);
         }
-        if (status == READ_DAMAGE) {
-            if (note_damage(run, reader)) return READ_FAILED;
-            continue;
-        }
-        run->frames++;
-        if (frame.linktype != ahead->link.linktype && close_link_run(run, &ahead->link)) return READ_FAILED;
-        ahead->link.linktype = frame.linktype;
-        ahead->link.count++;
-        if ((run->frames & SIGNAL_CHECK_MASK) == 0 && PyErr_CheckSignals()) return READ_FAILED;
-        Packet *p = &ahead->packets[(ahead->head + ahead->count) % AHEAD];
-        if (decode_frame(&frame, p, &skip)) {
-            if (note_skip(run, frame.number, &skip)) return READ_FAILED;
-            continue;
-        }
-        run->segments++;
-        packet_key(p);
-        tracker_prefetch(tracker, p, 0);
-        ahead->count++;
+        return -1;
     }
-    return READ_FRAME;
-}
-
-/* The main loop: frames in, connections out to the sink. Packets are decoded
- * AHEAD frames before they are tracked, so their table entries (and then their
- * connections) can be prefetched while earlier packets are processed. */
-static int pump(Run *run, Reader *reader, Tracker *tracker, PyObject **error) {
-    Lookahead ahead = {.head = 0, .count = 0, .link = {0, 0}};
-    int status = READ_FRAME;
-    for (;;) {
-        if (status == READ_FRAME) status = top_up(run, reader, tracker, &ahead, error);
-        if (status == READ_FAILED) return -1;
-        if (ahead.count == 0) break;
-        if (ahead.count > AHEAD / 2) tracker_prefetch(tracker, &ahead.packets[(ahead.head + AHEAD / 2) % AHEAD], 1);
-        if (tracker_add(tracker, &ahead.packets[ahead.head])) return -1;
-        ahead.head = (ahead.head + 1) % AHEAD;
-        ahead.count--;
-    }
-    if (close_link_run(run, &ahead.link)) return -1;
-    if (status == READ_ERROR) return sink_finish(&run->sink);  /* what finished stays written, as in Python */
+    if (*ended == READ_ERROR) return sink_finish(&run->sink);  /* what finished stays written, as in Python */
     return tracker_flush(tracker) ? -1 : sink_finish(&run->sink);
 }
 
@@ -247,31 +166,55 @@ static PyObject *counts(const int64_t *values, const char *const *names, int n) 
     return dict;
 }
 
-static PyObject *reasons(const Run *run, int malformed) {
+static PyObject *reasons(const FrameStats *stats, int malformed) {
     PyObject *dict = PyDict_New();
-    for (size_t i = 0; dict && i < run->n_reasons; i++) {
-        if (run->reasons[i].malformed != malformed) continue;
-        PyObject *value = PyLong_FromLongLong(run->reasons[i].count);
-        if (value == NULL || PyDict_SetItemString(dict, run->reasons[i].reason, value)) Py_CLEAR(dict);
+    for (size_t i = 0; dict && i < stats->n_reasons; i++) {
+        if (stats->reasons[i].malformed != malformed) continue;
+        PyObject *value = PyLong_FromLongLong(stats->reasons[i].count);
+        if (value == NULL || PyDict_SetItemString(dict, stats->reasons[i].reason, value)) Py_CLEAR(dict);
         Py_XDECREF(value);
     }
     return dict;
 }
 
-static PyObject *result(Run *run, PyObject *error) {
+static PyObject *problems(const Problem *items, size_t n) {
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; list && i < n; i++) {
+        PyObject *item = Py_BuildValue("(Ls)", (long long)items[i].frame, items[i].what);
+        if (item == NULL) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    return list;
+}
+
+static PyObject *linktypes(const FrameStats *stats) {
+    PyObject *dict = PyDict_New();
+    for (size_t i = 0; dict && i < stats->n_links; i++) {
+        PyObject *key = PyLong_FromUnsignedLong(stats->links[i].linktype);
+        PyObject *value = PyLong_FromLongLong(stats->links[i].count);
+        if (key == NULL || value == NULL || PyDict_SetItem(dict, key, value)) Py_CLEAR(dict);
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+    }
+    return dict;
+}
+
+static PyObject *result(Run *run, const char *error) {
     static const char *const closers[] = {"client", "server", "both", "None"};
     const Census *census = &run->sink.census;
+    const FrameStats *stats = &run->feeder.stats;
     const char *states[N_STATES];
     for (int i = 0; i < N_STATES; i++) states[i] = machine.state_names[i];
     return Py_BuildValue(
-        "{s:L,s:L,s:L,s:N,s:N,s:O,s:O,s:O,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:O}",
-        "frames", (long long)run->frames, "segments", (long long)run->segments,
-        "connections", (long long)census->connections, "skipped", reasons(run, 0), "malformed", reasons(run, 1),
-        "problems", run->problems, "damage", run->damage, "linktypes", run->linktypes,
+        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z}",
+        "frames", (long long)stats->frames, "segments", (long long)stats->segments,
+        "connections", (long long)census->connections, "skipped", reasons(stats, 0), "malformed",
+        reasons(stats, 1), "problems", problems(stats->problems, stats->n_problems), "damage",
+        problems(stats->damage, stats->n_damage), "linktypes", linktypes(stats),
         "open", counts(census->open, OPEN_LABELS, 6), "close", counts(census->close, CLOSE_LABELS, 7),
         "closer", counts(census->closer, closers, 4), "final_client", counts(census->final[0], states, N_STATES),
         "final_server", counts(census->final[1], states, N_STATES), "half_close", (long long)census->half_close,
-        "anomalies", (long long)census->anomalies, "error", error ? error : Py_None);
+        "anomalies", (long long)census->anomalies, "error", error);
 }
 
 static PyObject *run_capture(PyObject *self, PyObject *args) {
@@ -279,10 +222,11 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     Timeouts timeouts;
     const char *capture = NULL;
     Py_ssize_t capture_len = 0;
+    int fd_in;
     run.sink.fd = -1;
-    if (!PyArg_ParseTuple(args, "OOii(dddd)z#p", &run.readinto, &run.write, &run.sink.fd, &run.sink.style.format,
-                          &timeouts.msl, &timeouts.idle, &timeouts.handshake, &timeouts.close_linger, &capture,
-                          &capture_len, &run.sink.style.colour))
+    if (!PyArg_ParseTuple(args, "OiOOii(dddd)z#p", &run.readinto, &fd_in, &run.progress, &run.write, &run.sink.fd,
+                          &run.sink.style.format, &timeouts.msl, &timeouts.idle, &timeouts.handshake,
+                          &timeouts.close_linger, &capture, &capture_len, &run.sink.style.colour))
         return NULL;
     if (!configured) {
         PyErr_SetString(PyExc_RuntimeError, "the engine is not configured: call configure() first");
@@ -292,31 +236,24 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     run.sink.style.capture_len = (size_t)capture_len;
     run.sink.write = write_python;
     run.sink.write_ctx = run.write;
-    run.problems = PyList_New(0);
-    run.damage = PyList_New(0);
-    run.linktypes = PyDict_New();
-    Reader reader;
     Tracker tracker;
-    PyObject *error = NULL, *out = NULL;
-    int tracker_ready = 0, status = -1;
-    if (run.problems && run.damage && run.linktypes) {
-        status = reader_open(&reader, fill, &run);
-        if (status == READ_ERROR) {
-            error = PyUnicode_FromString(reader.message);
-            status = error ? 0 : -1;
-        } else if (status == READ_FRAME) {
-            status = tracker_init(&tracker, &timeouts, sink_take, sink_new_conn, &run.sink);
-            tracker_ready = status == 0;
-            if (status == 0) status = sink_start(&run.sink);
-            if (status == 0) status = pump(&run, &reader, &tracker, &error);
-        } else {
-            status = -1;
-        }
-        reader_close(&reader);
+    PyObject *out = NULL;
+    int tracker_ready = 0, ended = 0;
+    int status = feeder_open(&run.feeder, fd_in, fill, &run);
+    if (status == READ_ERROR) {
+        status = 0;
+        ended = READ_ERROR;
+    } else if (status == READ_FRAME) {
+        status = tracker_init(&tracker, &timeouts, sink_take, sink_new_conn, &run.sink);
+        tracker_ready = status == 0;
+        if (status == 0) status = sink_start(&run.sink);
+        if (status == 0) status = pump(&run, &tracker, &ended);
+    } else {
+        status = -1;
     }
-    if (tracker_ready) tracker_free(&tracker);  /* connections still open after an error */
+    feeder_stop(&run.feeder);  /* first: it may still be reading */
     if (status == 0 && run.sink.error == 0) {
-        out = result(&run, error);
+        out = result(&run, ended == READ_ERROR ? run.feeder.message : NULL);
     } else if (!PyErr_Occurred()) {
         if (run.sink.error > 0) {
             errno = run.sink.error;
@@ -325,13 +262,9 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
             PyErr_NoMemory();
         }
     }
+    if (tracker_ready) tracker_free(&tracker);  /* connections still open after an error */
     sink_free(&run.sink);
-    Py_XDECREF(error);
-    Py_XDECREF(run.problems);
-    Py_XDECREF(run.damage);
-    Py_XDECREF(run.linktypes);
-    for (size_t i = 0; i < run.n_reasons; i++) free(run.reasons[i].reason);
-    free(run.reasons);
+    feeder_close(&run.feeder);
     return out;
 }
 

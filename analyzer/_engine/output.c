@@ -82,40 +82,66 @@ static const uint64_t POW10[20] = {1ull, 10ull, 100ull, 1000ull, 10000ull, 10000
     100000000000000ull, 1000000000000000ull, 10000000000000000ull, 100000000000000000ull,
     1000000000000000000ull, 10000000000000000000ull};
 
-/* repr(x) for 1e-4 <= x < 1e15, where repr is fixed-point: for k = 0, 1, 2...
- * fractional digits, the k-digit decimal nearest x is n / 10**k with
- * n = round(x * 10**k); the first k for which it lies strictly within half an
- * ulp of x reads back as x, and nothing shorter does, so it is repr's answer
- * (the nearest of the shortest). All in exact integer arithmetic: x = m / 2**s. */
+static inline u128 pow10_wide(int k) { return k < 20 ? POW10[k] : (u128)POW10[19] * POW10[k - 19]; }
+
+/* n = x * 10**k rounded to the nearest integer (half-even), and whether n / 10**k
+ * lies strictly inside x's rounding interval (1), on its edge (-1), or outside (0). */
+static int nearest_decimal(uint64_t m, int shift, int k, uint64_t *out) {
+    u128 scaled = (u128)m * pow10_wide(k), half = (u128)1 << (shift - 1);
+    u128 n = scaled >> shift, rest = scaled - (n << shift);
+    if (rest > half || (rest == half && (n & 1))) n++;
+    u128 back = n << shift;
+    u128 diff2 = 2 * (back > scaled ? back - scaled : scaled - back);
+    *out = (uint64_t)n;
+    return diff2 < pow10_wide(k) ? 1 : diff2 == pow10_wide(k) ? -1 : 0;
+}
+
+/* repr(x) for 1e-4 <= x < 1e15, where repr is fixed-point. x = m / 2**shift
+ * and its rounding interval is half an ulp = 2**-(shift+1) either side. At
+ * k = K digits after the point, where 10**-K is first below an ulp, the
+ * nearest K-digit decimal always falls inside; at k = K - 1 at most one
+ * decimal can. So repr's answer (the shortest, then the nearest) is the
+ * (K-1)-digit decimal if it is inside, less its trailing zeros, and else the
+ * K-digit one. All in exact integer arithmetic. */
 static size_t fast_repr(char *out, double x) {
     if (!(x >= 1e-4 && x < 1e15)) return 0;
-    uint64_t m;
+    uint64_t m, n;
     int shift;
     split(x, &m, &shift);
     if (m == (uint64_t)1 << 52) return 0;  /* a power of two: the interval below is narrower */
-    u128 half = (u128)1 << (shift - 1);
-    for (int k = 0; k < 20; k++) {
-        u128 scaled = (u128)m * POW10[k];      /* x * 10**k, times 2**shift */
-        u128 n = scaled >> shift, rest = scaled - (n << shift);
-        if (rest > half || (rest == half && (n & 1))) n++;  /* a tie between two nearest: the even one */
-        u128 back = n << shift;
-        u128 diff = back > scaled ? back - scaled : scaled - back;
-        if (2 * diff > POW10[k]) continue;       /* outside the interval: need more digits */
-        if (2 * diff == POW10[k]) return 0;      /* exactly on its edge: leave it to slow_repr */
-        uint64_t whole = (uint64_t)(n / POW10[k]), fraction = (uint64_t)(n % POW10[k]);
-        size_t len = format_uint(out, whole);
-        out[len++] = '.';
-        if (k == 0) {
-            out[len++] = '0';
-            return len;
+    int k = (int)((shift * 1233L) >> 12) + 1;  /* digits of 2**shift: 1233/4096 ~ log10(2), exact here */
+    if (pow10_wide(k - 1) > ((u128)1 << shift)) k--;
+    int inside = k > 0 ? nearest_decimal(m, shift, k - 1, &n) : 0;
+    if (inside == 1) {
+        k--;
+        while (k > 0 && n % 10 == 0) {
+            n /= 10;
+            k--;
         }
-        for (int i = k - 1; i >= 0; i--) {
-            out[len + (size_t)i] = (char)('0' + fraction % 10);
-            fraction /= 10;
-        }
-        return len + (size_t)k;
+    } else if (inside == -1 || nearest_decimal(m, shift, k, &n) != 1) {
+        return 0;  /* on an edge: leave it to slow_repr */
     }
-    return 0;
+    uint64_t whole = n / POW10[k], fraction = n % POW10[k];
+    /* timestamps in one record share their whole seconds, mostly: remember the last */
+    static _Thread_local uint64_t last_whole = UINT64_MAX;
+    static _Thread_local char last_text[24];
+    static _Thread_local size_t last_len;
+    if (whole != last_whole) {
+        last_len = format_uint(last_text, whole);
+        last_whole = whole;
+    }
+    memcpy(out, last_text, last_len);
+    size_t len = last_len;
+    out[len++] = '.';
+    if (k == 0) {
+        out[len++] = '0';
+        return len;
+    }
+    for (int i = k - 1; i >= 0; i--) {
+        out[len + (size_t)i] = (char)('0' + fraction % 10);
+        fraction /= 10;
+    }
+    return len + (size_t)k;
 }
 
 /* repr(x) the long way, for what fast_repr cannot prove: the fewest significant

@@ -218,7 +218,9 @@ static int pcapng_next(Reader *r, Frame *f) {
 /* ---- the public face ---------------------------------------------------------------- */
 
 int reader_open(Reader *r, FillFn fill, void *ctx) {
+    int fd = r->fd;
     memset(r, 0, sizeof *r);
+    r->fd = fd;
     r->fill = fill;
     r->fill_ctx = ctx;
     long got = ensure(r, 4);

@@ -21,6 +21,7 @@ typedef struct {
 typedef struct {
     FillFn fill;
     void *fill_ctx;
+    int fd, fd_errno;      /* feeder.c's read(2) source, and its error */
     uint8_t *buf;
     size_t cap, pos, end;
     int eof, done, pcapng, started, big_endian;

@@ -16,8 +16,8 @@
 #include "sink.h"
 
 #define FLUSH_AT (1u << 20)
-#define QUEUE_CAPACITY 16384
-#define BATCH 1024
+#define QUEUE_CAPACITY 32768
+#define BATCH 4096
 #define MAX_RETURNED (1u << 15)
 
 /* A finished connection's memory is reused for a new one (warm in cache, no

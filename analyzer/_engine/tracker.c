@@ -20,30 +20,29 @@
 
 /* ---- keys ------------------------------------------------------------------ */
 
-static void make_key(const Packet *p, Key *key) {  /* fills every byte: keys compare with memcmp */
-    memset(key, 0, sizeof *key);
-    int cmp = memcmp(p->src, p->dst, 16);
+static void make_key(const Packet *p, Key *key) {  /* fills every byte: keys compare as words */
+    int cmp = addr_compare(p->src, p->dst);
     int src_first = cmp < 0 || (cmp == 0 && p->sport <= p->dport);
     memcpy(key->a, src_first ? p->src : p->dst, 16);
     memcpy(key->b, src_first ? p->dst : p->src, 16);
     key->pa = src_first ? p->sport : p->dport;
     key->pb = src_first ? p->dport : p->sport;
     key->v = p->ip_version;
+    key->pad = 0;
 }
 
 static uint32_t hash_key(const Key *key) {
-    /* 64-bit multiply-xorshift over the key's words; plenty for a table of 4-tuples */
-    uint64_t words[5];
-    memcpy(words, key->a, 16);
-    memcpy(words + 2, key->b, 16);
-    words[4] = (uint64_t)key->pa << 24 | (uint64_t)key->pb << 8 | key->v;
-    uint64_t h = 0x9E3779B97F4A7C15ull;
-    for (int i = 0; i < 5; i++) {
-        h ^= words[i];
-        h *= 0xBF58476D1CE4E5B9ull;
-        h ^= h >> 31;
-    }
-    return (uint32_t)(h ^ (h >> 32));
+    /* five words, each multiplied by its own odd constant (independent: they pipeline), then mixed */
+    uint64_t w[5];
+    memcpy(w, key->a, 16);
+    memcpy(w + 2, key->b, 16);
+    w[4] = (uint64_t)key->pa << 24 | (uint64_t)key->pb << 8 | key->v;
+    uint64_t h = (w[0] * 0x9E3779B97F4A7C15ull) ^ (w[1] * 0xC2B2AE3D27D4EB4Full) ^
+                 (w[2] * 0x165667B19E3779F9ull) ^ (w[3] * 0xD6E8FEB86659FD93ull) ^ (w[4] * 0xFF51AFD7ED558CCDull);
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 32;
+    return (uint32_t)h;
 }
 
 static inline int same_key(const Key *x, const Key *y) {
@@ -272,20 +271,25 @@ int tracker_add(Tracker *t, const Packet *p) {
     return 0;
 }
 
+typedef struct {
+    int64_t id;
+    Conn *conn;
+} ById;
+
 static int by_id(const void *x, const void *y) {
-    int64_t a = (*(Conn *const *)x)->id, b = (*(Conn *const *)y)->id;
+    int64_t a = ((const ById *)x)->id, b = ((const ById *)y)->id;
     return (a > b) - (a < b);
 }
 
 int tracker_flush(Tracker *t) {
     size_t n = 0;
-    Conn **open = malloc((t->open_count + 1) * sizeof *open);
+    ById *open = malloc((t->open_count + 1) * sizeof *open);  /* sorted as pairs: no pointer chasing */
     if (open == NULL) return -1;
     for (size_t i = 0; i < t->table_size; i++)
-        if (t->table[i].conn != NULL) open[n++] = t->table[i].conn;
+        if (t->table[i].conn != NULL) open[n++] = (ById){t->table[i].conn->id, t->table[i].conn};
     qsort(open, n, sizeof *open, by_id);
     int status = 0;
-    for (size_t i = 0; i < n && status == 0; i++) status = retire(t, open[i]);
+    for (size_t i = 0; i < n && status == 0; i++) status = retire(t, open[i].conn);
     free(open);
     return status;
 }
