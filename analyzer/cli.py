@@ -68,6 +68,15 @@ def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     parser.set_defaults(run=run_analyze)
 
 
+class _Console(Console):
+    """rich's Console, but a closed pipe (`synfin analyze x.pcap | head`) is a BrokenPipeError
+    for main() to end quietly, whichever write meets it, not rich's SystemExit(1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -75,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `synfin analyze x.pcap | head`
-        sys.stderr.close()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush into the pipe at exit
         return 0
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = _Console(stderr=True, highlight=False, soft_wrap=True)
     status = 0
     if args.engine == "compiled" and not engine.available():
         err.print("[red]synfin: the compiled engine is not built (was a C compiler present at install?); "
@@ -93,7 +103,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         out: IO[str] = (stack.enter_context(open(args.output, "w", encoding="utf-8"))
                         if args.output else sys.stdout)
-        table_console = Console(file=out, highlight=False, soft_wrap=True,
+        table_console = _Console(file=out, highlight=False, soft_wrap=True,
                                 width=None if _is_terminal(out) else 180)
         summary_console = table_console if args.format == "table" else err
         for index, path in enumerate(args.captures):

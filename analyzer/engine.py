@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import csv
 import io
+import ipaddress
 import json
 import os
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -91,12 +93,23 @@ def _event_list(events: tuple[Event, ...], index: dict[Event, int]) -> bytes:
     return bytes([len(events), *(index[e] for e in events)]).ljust(4, b"\0")
 
 
-def _configure() -> None:
+def _mapped_dotted() -> bool:
+    """Whether this Python's ipaddress writes IPv4-mapped IPv6 addresses as ::ffff:1.2.3.4
+    (3.13 and later) rather than ::ffff:102:304, so that the engine writes them the same."""
+    return str(ipaddress.IPv6Address("::ffff:1.2.3.4")) == "::ffff:1.2.3.4"
+
+
+def configure(tables: tuple[bytes, bytes, bytes, int] | None = None) -> None:
+    """Hand the engine the state machine: fsm.py's as it is now, or `tables` (tests change one)."""
     global _configured
+    _engine.configure(*(tables or machine_tables()), [str(s) for s in STATES], [str(e) for e in EVENTS],
+                      dict(LINKTYPE_NAMES), _mapped_dotted())
+    _configured = True
+
+
+def _configure() -> None:
     if not _configured:
-        _engine.configure(*machine_tables(), [str(s) for s in STATES], [str(e) for e in EVENTS],
-                          dict(LINKTYPE_NAMES))
-        _configured = True
+        configure()
 
 
 def run(path: Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | None = None,
@@ -120,7 +133,7 @@ def run(path: Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | N
             try:
                 counts = _engine.run(_reader(stream, progress), fd_in, progress, write, fd_out, FORMATS[fmt],
                                      limits, _quoted(capture, fmt), colour)
-            except (OSError, EOFError) as err:
+            except (OSError, EOFError, zlib.error) as err:  # as capture.read_frames
                 if isinstance(err, BrokenPipeError):
                     raise
                 raise CaptureError(f"{path}: read error: {err}") from None

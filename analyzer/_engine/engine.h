@@ -242,6 +242,8 @@ int buf_reserve(Buffer *b, size_t more);
 int buf_float(Buffer *b, double x);       /* repr(x), as Python prints it */
 int buf_round9(Buffer *b, double x);      /* repr(round(x, 9)) */
 
+extern int ipv4_mapped_dotted;  /* write ::ffff:a.b.c.d as this Python's ipaddress does (3.13+) */
+
 enum { FORMAT_JSON, FORMAT_CSV, FORMAT_TABLE };
 typedef struct {
     int format, colour;

@@ -14,6 +14,8 @@
 
 #include "feeder.h"
 
+#define PYTHON_BLOCK (1u << 20)  /* capture.BLOCK */
+
 /* ---- counting --------------------------------------------------------------------- */
 
 static int note_problem(FrameStats *s, int64_t frame, const char *what) {
@@ -146,7 +148,7 @@ static void *reader_main(void *arg) {
 int feeder_open(Feeder *f, int fd, FillFn fill, void *fill_ctx) {
     memset(f, 0, sizeof *f);
     f->reader.fd = fd;
-    f->reader.fd_errno = 0;
+    f->reader.read_size = fd >= 0 ? 0 : PYTHON_BLOCK;
     int status = fd >= 0 ? reader_open(&f->reader, read_fd, f) : reader_open(&f->reader, fill, fill_ctx);
     if (status == READ_ERROR) memcpy(f->message, f->reader.message, sizeof f->message);
     if (status != READ_FRAME) return status;

@@ -1,6 +1,6 @@
 /* The Python face of the compiled engine: analyzer._engine.
  *
- *   configure(step, send, receive, synchronized, state_names, event_names, linktype_names)
+ *   configure(step, send, receive, synchronized, state_names, event_names, linktype_names, mapped_dotted)
  *       hands over the state machine of fsm.py as tables (see analyzer/engine.py);
  *   run(readinto, fd_in, progress, write, fd_out, format, timeouts, capture, colour) -> dict
  *       reads a whole capture (from file descriptor fd_in on a thread of its
@@ -47,8 +47,9 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     Py_buffer step, send, receive;
     unsigned int synchronized;
     PyObject *states, *events, *linktypes;
-    if (!PyArg_ParseTuple(args, "y*y*y*IOOO!", &step, &send, &receive, &synchronized, &states, &events,
-                          &PyDict_Type, &linktypes))
+    int mapped_dotted;
+    if (!PyArg_ParseTuple(args, "y*y*y*IOOO!p", &step, &send, &receive, &synchronized, &states, &events,
+                          &PyDict_Type, &linktypes, &mapped_dotted))
         return NULL;
     PyObject *result = NULL;
     if ((size_t)step.len != sizeof machine.step || (size_t)send.len != sizeof machine.send ||
@@ -60,6 +61,7 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     memcpy(machine.send, send.buf, sizeof machine.send);
     memcpy(machine.receive, receive.buf, sizeof machine.receive);
     machine.synchronized = (uint16_t)synchronized;
+    ipv4_mapped_dotted = mapped_dotted;
     if (copy_names(states, N_STATES, sizeof machine.state_names[0], &machine.state_names[0][0]) ||
         copy_names(events, N_EVENTS, sizeof machine.event_names[0], &machine.event_names[0][0]))
         goto done;
@@ -144,11 +146,15 @@ static int pump(Run *run, Tracker *tracker, int *ended) {
         if (*ended) break;
         if (between_batches(run, batches)) return -1;
     }
-    if (*ended == READ_FAILED) {
+    if (*ended == READ_FAILED) {  /* a read error: what finished before it stays written, as in Python */
         if (run->feeder.reader.fd_errno) {
             errno = run->feeder.reader.fd_errno;
             PyErr_SetFromErrno(PyExc_OSError);
         }
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        (void)sink_finish(&run->sink);  /* the read error is the one to report */
+        if (type != NULL) PyErr_Restore(type, value, traceback);
         return -1;
     }
     if (*ended == READ_ERROR) return sink_finish(&run->sink);  /* what finished stays written, as in Python */

@@ -144,32 +144,52 @@ static size_t fast_repr(char *out, double x) {
     return len + (size_t)k;
 }
 
-/* repr(x) the long way, for what fast_repr cannot prove: the fewest significant
- * digits that read back as x (the correctly rounded digits are the closest),
- * laid out as Python's float_repr_style 'short' does: exponent form when the
- * decimal point falls before the 4th leading zero or after the 16th digit. */
+/* The shortest digits that read back as ax (> 0), and where the decimal point
+ * goes. At each precision the correctly rounded digits are the nearest; if they
+ * do not read back, the neighbour on x's other side may still (x is a power of
+ * two: its interval reaches further up than down), and then it is the answer. */
+static int shortest_digits(double ax, char *digits, int *point) {
+    char text[48];
+    for (int precision = 1; precision <= 17; precision++) {
+        snprintf(text, sizeof text, "%.*e", precision - 1, ax);
+        double back = strtod(text, NULL);
+        uint64_t d = 0;
+        const char *p = text;
+        for (; *p != 'e'; p++)
+            if (*p != '.') d = d * 10 + (uint64_t)(*p - '0');
+        int exponent = atoi(p + 1);  /* of the first digit */
+        if (back != ax) {
+            if (back < ax) {
+                if (++d == POW10[precision]) d = POW10[precision - 1], exponent++;
+            } else if (d == POW10[precision - 1]) {
+                d = POW10[precision] - 1, exponent--;
+            } else {
+                d--;
+            }
+            snprintf(text, sizeof text, "%llue%d", (unsigned long long)d, exponent - (precision - 1));
+            if (strtod(text, NULL) != ax) continue;
+        }
+        int n = precision;
+        for (int i = n - 1; i >= 0; i--, d /= 10) digits[i] = (char)('0' + d % 10);
+        while (n > 1 && digits[n - 1] == '0') n--;
+        *point = exponent + 1;
+        return n;
+    }
+    return 0;  /* not reached: 17 digits always read back */
+}
+
+/* repr(x) the long way, for what fast_repr cannot prove, laid out as Python's
+ * float_repr_style 'short' does: exponent form when the decimal point falls
+ * before the 4th leading zero or after the 16th digit. */
 static int slow_repr(Buffer *b, double x) {
-    char text[40], digits[20];
+    char digits[20];
     if (isnan(x) || isinf(x)) {
         buf_puts(b, isnan(x) ? "NaN" : (x > 0 ? "Infinity" : "-Infinity"));  /* as json.dumps */
         return 0;
     }
-    int precision = 1;
-    for (; precision < 17; precision++) {
-        snprintf(text, sizeof text, "%.*e", precision - 1, x);
-        if (strtod(text, NULL) == x) break;
-    }
-    snprintf(text, sizeof text, "%.*e", precision - 1, x);
-    const char *p = text;
-    if (*p == '-') {
-        buf_putc(b, '-');
-        p++;
-    }
-    int n = 0;
-    for (; *p != 'e'; p++)
-        if (*p != '.') digits[n++] = *p;
-    while (n > 1 && digits[n - 1] == '0') n--;
-    int point = atoi(p + 1) + 1;  /* digits before the decimal point */
+    if (x < 0) buf_putc(b, '-');
+    int point = 1;
+    int n = shortest_digits(fabs(x), digits, &point);
     if (point <= -4 || point > 16) {
         buf_putc(b, digits[0]);
         if (n > 1) {
@@ -244,9 +264,20 @@ static inline void put_state(Buffer *b, uint8_t state) {
 
 /* ---- names ---------------------------------------------------------------------------- */
 
+int ipv4_mapped_dotted;
+
 static void ipv6_text(Buffer *b, const uint8_t *a) {
     /* ipaddress.IPv6Address.__str__: the first longest run of two or more zero groups is "::" */
     static const char hex[] = "0123456789abcdef";
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
+    if (ipv4_mapped_dotted && memcmp(a, mapped, 12) == 0) {
+        LIT(b, "::ffff:");
+        for (int i = 12; i < 16; i++) {
+            buf_int(b, a[i]);
+            if (i < 15) buf_putc(b, '.');
+        }
+        return;
+    }
     unsigned groups[8];
     for (int i = 0; i < 8; i++) groups[i] = (unsigned)a[2 * i] << 8 | a[2 * i + 1];
     int best = -1, best_len = 0;

@@ -22,6 +22,7 @@ typedef struct {
     FillFn fill;
     void *fill_ctx;
     int fd, fd_errno;      /* feeder.c's read(2) source, and its error */
+    size_t read_size;      /* 0: fill the buffer; else read max(read_size, shortfall), as capture.py */
     uint8_t *buf;
     size_t cap, pos, end;
     int eof, done, pcapng, started, big_endian;
