@@ -10,7 +10,7 @@ beside it (or given with --pcapng, --ipv6, --vlan, --scale-files).
 Every tool runs on the same file in this one run, round by round (one run of
 each tool per round), its standard output to /dev/null:
 
-    python -m analyzer analyze --format json FILE     (this repository's synfin)
+    python -m analyzer analyze --engine compiled --format json FILE   (this repository's synfin)
     tcptrace -n FILE
     tshark -q -z conv,tcp -r FILE
     cat FILE                                         (baseline: reading the file)
@@ -63,7 +63,7 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 def command(tool: str, path: Path) -> list[str]:
     """The command line of `tool` on `path` (standard output goes to /dev/null)."""
     return {
-        "synfin": [sys.executable, "-m", "analyzer", "analyze", "--format", "json", str(path)],
+        "synfin": [sys.executable, "-m", "analyzer", "analyze", "--engine", "compiled", "--format", "json", str(path)],
         "tcptrace": ["tcptrace", "-n", str(path)],
         "tshark": ["tshark", "-q", "-z", "conv,tcp", "-r", str(path)],
         "cat": ["cat", str(path)],
