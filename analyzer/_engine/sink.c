@@ -18,10 +18,13 @@
 #define FLUSH_AT (1u << 20)
 #define QUEUE_CAPACITY 32768
 #define BATCH 4096
-#define MAX_RETURNED (1u << 15)
+#define SLAB (4u << 20)
 
-/* A finished connection's memory is reused for a new one (warm in cache, no
- * malloc, no page faults): a freed Conn links to the next through its first bytes. */
+/* Connections live in 4 MiB slabs (huge pages were tried: the kernel's
+ * compaction on fault cost more than the TLB misses saved) and are never
+ * freed one by one: a finished connection's memory is reused for a
+ * new one (warm in cache, no malloc), linked to the next spare through its
+ * first bytes. The slabs go when the run ends. */
 static inline void push_conn(Conn **list, Conn *c) {
     *(Conn **)c = *list;
     *list = c;
@@ -87,14 +90,7 @@ static void *writer_main(void *arg) {
     size_t n = 0;
     for (;;) {
         pthread_mutex_lock(&sink->lock);
-        for (size_t i = 0; i < n; i++) {  /* give back the last batch's connections */
-            if (sink->n_returned < MAX_RETURNED) {
-                push_conn(&sink->returned, batch[i]);
-                sink->n_returned++;
-            } else {
-                free(batch[i]);
-            }
-        }
+        for (size_t i = 0; i < n; i++) push_conn(&sink->returned, batch[i]);  /* the last batch's, back */
         while (sink->count == 0 && !sink->closing) pthread_cond_wait(&sink->not_empty, &sink->lock);
         n = 0;
         while (n < BATCH && sink->count) {
@@ -115,7 +111,6 @@ static void *writer_main(void *arg) {
         }
         if (n == 0 && closing) break;
     }
-    for (size_t i = 0; i < n; i++) free(batch[i]);
     if (!sink->error) {
         int status = flush(sink);
         if (status) __atomic_store_n(&sink->error, status, __ATOMIC_RELEASE);
@@ -137,7 +132,6 @@ static int hand_over(Sink *sink) {
     if (sink->spare == NULL) {  /* take what the writer gave back */
         sink->spare = sink->returned;
         sink->returned = NULL;
-        sink->n_returned = 0;
     }
     pthread_mutex_unlock(&sink->lock);
     sink->pending_len = 0;
@@ -185,32 +179,42 @@ int sink_finish(Sink *sink) {
     return status ? status : sink->error;
 }
 
+static Conn *carve(Sink *sink) {
+    if (sink->slab_left < sizeof(Conn)) {
+        if (sink->n_slabs == sink->cap_slabs) {
+            size_t cap = sink->cap_slabs ? sink->cap_slabs * 2 : 16;
+            void **slabs = realloc(sink->slabs, cap * sizeof *slabs);
+            if (slabs == NULL) return NULL;
+            sink->slabs = slabs;
+            sink->cap_slabs = cap;
+        }
+        char *slab = malloc(SLAB);
+        if (slab == NULL) return NULL;
+        sink->slabs[sink->n_slabs++] = slab;
+        sink->slab_next = slab;
+        sink->slab_left = SLAB;
+    }
+    Conn *c = (Conn *)sink->slab_next;
+    sink->slab_next += sizeof(Conn);
+    sink->slab_left -= sizeof(Conn);
+    return c;
+}
+
 Conn *sink_new_conn(void *ctx) {
     Sink *sink = ctx;
     Conn *c = sink->spare;
-    if (c == NULL) return malloc(sizeof *c);
+    if (c == NULL) return carve(sink);
     Conn *next = sink->spare = *(Conn **)c;
     if (next != NULL)  /* the writer's core has it: ask for it now, for writing, before it is needed */
         for (size_t line = 0; line < sizeof *next; line += 64) __builtin_prefetch((char *)next + line, 1);
     return c;
 }
 
-static void free_list(Conn *c) {
-    while (c != NULL) {
-        Conn *next = *(Conn **)c;
-        free(c);
-        c = next;
-    }
-}
-
 void sink_free(Sink *sink) {
     if (sink->threaded) sink_finish(sink);
-    for (size_t i = 0; i < sink->pending_len; i++) {
-        conn_free(sink->pending[i]);
-        free(sink->pending[i]);
-    }
-    free_list(sink->spare);
-    free_list(sink->returned);
+    for (size_t i = 0; i < sink->pending_len; i++) conn_free(sink->pending[i]);
+    for (size_t i = 0; i < sink->n_slabs; i++) free(sink->slabs[i]);
+    free(sink->slabs);
     free(sink->pending);
     free(sink->ring);
     free(sink->out.data);

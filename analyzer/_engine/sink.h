@@ -34,12 +34,16 @@ typedef struct {
     size_t pending_len;
     /* connections to reuse: the writer returns them (under the lock), the tracker takes them */
     Conn *returned, *spare;
-    size_t n_returned;
+    /* where connections live (sink.c: slabs) */
+    void **slabs;
+    size_t n_slabs, cap_slabs, slab_left;
+    char *slab_next;
 } Sink;
 
 int sink_start(Sink *sink);
 int sink_take(void *sink, Conn *c);   /* a FinishedFn: takes ownership of c */
 Conn *sink_new_conn(void *sink);      /* a NewConnFn: a reused connection, or a new one */
+/* sink_free frees every connection's memory: the tracker must be freed first */
 int sink_finish(Sink *sink);          /* drain and stop; 0, an errno, or -1 */
 void sink_free(Sink *sink);
 

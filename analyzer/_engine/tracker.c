@@ -252,8 +252,7 @@ int tracker_add(Tracker *t, const Packet *p) {
         c = t->new_conn(t->ctx);
         if (c == NULL) return -1;
         if (conn_init(c, t->next_id++, p, &t->timeouts) || slot_take(t, c)) {
-            conn_free(c);
-            free(c);
+            conn_free(c);  /* its memory is the sink's (slabs) */
             return -1;
         }
         c->key = p->key;
@@ -271,35 +270,54 @@ int tracker_add(Tracker *t, const Packet *p) {
     return 0;
 }
 
-typedef struct {
-    int64_t id;
-    Conn *conn;
-} ById;
-
 static int by_id(const void *x, const void *y) {
-    int64_t a = ((const ById *)x)->id, b = ((const ById *)y)->id;
+    int64_t a = (*(Conn *const *)x)->id, b = (*(Conn *const *)y)->id;
     return (a > b) - (a < b);
 }
 
+/* Hand over every open connection, in order of first packet (id), as the
+ * reference's flush does, and empty the table wholesale. Ids are dense, so a
+ * connection's place is mostly its id less the smallest (no sort); when the
+ * open ids are spread thin, they are sorted instead. */
 int tracker_flush(Tracker *t) {
-    size_t n = 0;
-    ById *open = malloc((t->open_count + 1) * sizeof *open);  /* sorted as pairs: no pointer chasing */
-    if (open == NULL) return -1;
-    for (size_t i = 0; i < t->table_size; i++)
-        if (t->table[i].conn != NULL) open[n++] = (ById){t->table[i].conn->id, t->table[i].conn};
-    qsort(open, n, sizeof *open, by_id);
+    size_t n = t->open_count;
+    int64_t low = INT64_MAX, high = -1;
+    for (size_t i = 0; i < t->table_size; i++) {
+        const Conn *c = t->table[i].conn;
+        if (c == NULL) continue;
+        if (c->id < low) low = c->id;
+        if (c->id > high) high = c->id;
+    }
+    if (high < 0) return 0;
+    size_t span = (size_t)(high - low + 1);
+    int dense = span <= 4 * n + 1024;
+    Conn **in_order = calloc(dense ? span : n, sizeof *in_order);
+    if (in_order == NULL) return -1;
+    size_t k = 0;
+    for (size_t i = 0; i < t->table_size; i++) {
+        Conn *c = t->table[i].conn;
+        if (c == NULL) continue;
+        in_order[dense ? (size_t)(c->id - low) : k++] = c;
+        t->table[i].conn = NULL;
+        t->slots[c->slot] = NULL;
+        t->free_slots[t->n_free++] = c->slot;
+        c->scheduled = NAN;
+    }
+    t->open_count = 0;
+    if (!dense) qsort(in_order, n, sizeof *in_order, by_id);
+    size_t count = dense ? span : n, i = 0;
     int status = 0;
-    for (size_t i = 0; i < n && status == 0; i++) status = retire(t, open[i].conn);
-    free(open);
+    for (; i < count && status == 0; i++)
+        if (in_order[i] != NULL) status = t->finished(t->ctx, in_order[i]);
+    for (; i < count; i++)  /* after an error: never handed over, so still ours to release */
+        if (in_order[i] != NULL) conn_free(in_order[i]);
+    free(in_order);
     return status;
 }
 
 void tracker_free(Tracker *t) {
     for (size_t i = 0; i < t->n_slots; i++) {
-        if (t->slots[i] != NULL) {
-            conn_free(t->slots[i]);
-            free(t->slots[i]);
-        }
+        if (t->slots[i] != NULL) conn_free(t->slots[i]);  /* the Conn itself is the sink's (slabs) */
     }
     free(t->slots);
     free(t->free_slots);
