@@ -196,6 +196,17 @@ def _tcp_indices(packets: list[Packet], test: Callable[[int], bool] = lambda fla
     return found
 
 
+def _pick_tcp(rng: random.Random, packets: list[Packet]) -> tuple[int, int] | None:
+    """A random TCP packet's index and the offset of its TCP header, or None if there is none."""
+    found = _tcp_indices(packets)
+    if not found:
+        return None
+    i = rng.choice(found)
+    at = tcp_offset(packets[i])
+    assert at is not None
+    return i, at
+
+
 def _set(p: Packet, offset: int, value: bytes) -> None:
     data = bytearray(p.data)
     data[offset:offset + len(value)] = value
@@ -275,12 +286,10 @@ def shuffle_window(rng: random.Random, packets: list[Packet]) -> str | None:
 
 
 def flip_flag(rng: random.Random, packets: list[Packet]) -> str | None:
-    found = _tcp_indices(packets)
-    if not found:
+    picked = _pick_tcp(rng, packets)
+    if picked is None:
         return None
-    i = rng.choice(found)
-    at = tcp_offset(packets[i])
-    assert at is not None
+    i, at = picked
     name, bit = rng.choice((("SYN", SYN), ("FIN", FIN), ("RST", RST), ("ACK", ACK)))
     _set(packets[i], at + 13, bytes([packets[i].data[at + 13] ^ bit]))
     return f"{name} flipped in packet {i + 1}"
@@ -288,12 +297,10 @@ def flip_flag(rng: random.Random, packets: list[Packet]) -> str | None:
 
 def set_flags(rng: random.Random, packets: list[Packet]) -> str | None:
     """Flags no stack sends together (SYN+FIN, SYN+RST, FIN+RST, none, all) or a plain retransmission's."""
-    found = _tcp_indices(packets)
-    if not found:
+    picked = _pick_tcp(rng, packets)
+    if picked is None:
         return None
-    i = rng.choice(found)
-    at = tcp_offset(packets[i])
-    assert at is not None
+    i, at = picked
     flags = rng.choice((SYN | FIN, SYN | RST, SYN | FIN | ACK, SYN | RST | ACK, FIN | RST, FIN | RST | ACK, RST,
                         RST | ACK, 0, 0xFF, SYN, SYN | ACK, FIN | ACK, ACK))
     _set(packets[i], at + 13, bytes([flags]))
@@ -301,12 +308,10 @@ def set_flags(rng: random.Random, packets: list[Packet]) -> str | None:
 
 
 def nudge_seq(rng: random.Random, packets: list[Packet]) -> str | None:
-    found = _tcp_indices(packets)
-    if not found:
+    picked = _pick_tcp(rng, packets)
+    if picked is None:
         return None
-    i = rng.choice(found)
-    at = tcp_offset(packets[i])
-    assert at is not None
+    i, at = picked
     which, offset = rng.choice((("seq", 4), ("ack", 8)))
     delta = rng.choice((-1, 1))
     value = (_u32(packets[i], at + offset) + delta) % (1 << 32)
