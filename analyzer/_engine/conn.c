@@ -15,8 +15,6 @@
 Machine machine;
 static _Thread_local int out_of_memory;  /* the tracker's thread and the sink's each have one */
 
-int conn_oom(void) { return out_of_memory; }
-
 const char *const OPEN_LABELS[] = {"handshake", "simultaneous-open", "refused", "unanswered",
                                    "incomplete", "partial"};
 const char *const CLOSE_LABELS[] = {"four-way", "three-way", "simultaneous", "reset",

@@ -191,7 +191,6 @@ double conn_wake_time(const Conn *c);
 int conn_starts_anew(const Conn *c, const Packet *p);
 int conn_finish(Conn *c);
 void conn_labels(const Conn *c, Labels *out);
-int conn_oom(void);
 
 /* ---- the tracker -------------------------------------------------------- */
 typedef int (*FinishedFn)(void *ctx, Conn *c);  /* takes ownership of c; nonzero: stop with an error */
