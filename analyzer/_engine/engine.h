@@ -23,6 +23,17 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+
+/* ---- growable arrays ------------------------------------------------------ */
+/* `items`, holding *cap, reallocated for twice as many (`first` when empty);
+ * NULL, and nothing changed, when out of memory. */
+static inline void *grown(void *items, size_t *cap, size_t size, size_t first) {
+    size_t more = *cap ? *cap * 2 : first;
+    void *bigger = realloc(items, more * size);
+    if (bigger != NULL) *cap = more;
+    return bigger;
+}
 
 /* ---- the state machine, as received from fsm.py ------------------------ */
 enum { N_STATES = 11, N_EVENTS = 13, NO_STATE = 255, MAX_EVENTS = 3 };

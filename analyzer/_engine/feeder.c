@@ -35,11 +35,9 @@ static int note_skip(FrameStats *s, int64_t frame, const Skip *skip) {
         }
     }
     if (s->n_reasons == s->cap_reasons) {
-        size_t cap = s->cap_reasons ? s->cap_reasons * 2 : 16;
-        Reason *more = realloc(s->reasons, cap * sizeof *more);
+        Reason *more = grown(s->reasons, &s->cap_reasons, sizeof *more, 16);
         if (more == NULL) return -1;
         s->reasons = more;
-        s->cap_reasons = cap;
     }
     char *copy = strdup(skip->reason);
     if (copy == NULL) return -1;
@@ -49,11 +47,9 @@ static int note_skip(FrameStats *s, int64_t frame, const Skip *skip) {
 
 static int note_damage(FrameStats *s, const Reader *r) {
     if (s->n_damage == s->cap_damage) {
-        size_t cap = s->cap_damage ? s->cap_damage * 2 : 8;
-        Problem *more = realloc(s->damage, cap * sizeof *more);
+        Problem *more = grown(s->damage, &s->cap_damage, sizeof *more, 8);
         if (more == NULL) return -1;
         s->damage = more;
-        s->cap_damage = cap;
     }
     char *copy = strdup(r->message);
     if (copy == NULL) return -1;

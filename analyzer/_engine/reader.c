@@ -109,11 +109,9 @@ static int pcap_next(Reader *r, Frame *f) {
 static int parse_idb(Reader *r, const uint8_t *body, long len) {
     if (len < 2) return damage(r, r->number + 1, 0, "interface description block too short", 0, 0);
     if (r->n_interfaces == r->cap_interfaces) {
-        size_t cap = r->cap_interfaces ? r->cap_interfaces * 2 : 4;
-        Interface *more = realloc(r->interfaces, cap * sizeof *more);
+        Interface *more = grown(r->interfaces, &r->cap_interfaces, sizeof *more, 4);
         if (more == NULL) return READ_FAILED;
         r->interfaces = more;
-        r->cap_interfaces = cap;
     }
     Interface *iface = &r->interfaces[r->n_interfaces++];
     iface->linktype = u16(r, body);

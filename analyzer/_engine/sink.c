@@ -182,11 +182,9 @@ int sink_finish(Sink *sink) {
 static Conn *carve(Sink *sink) {
     if (sink->slab_left < sizeof(Conn)) {
         if (sink->n_slabs == sink->cap_slabs) {
-            size_t cap = sink->cap_slabs ? sink->cap_slabs * 2 : 16;
-            void **slabs = realloc(sink->slabs, cap * sizeof *slabs);
+            void **slabs = grown(sink->slabs, &sink->cap_slabs, sizeof *slabs, 16);
             if (slabs == NULL) return NULL;
             sink->slabs = slabs;
-            sink->cap_slabs = cap;
         }
         char *slab = malloc(SLAB);
         if (slab == NULL) return NULL;

@@ -105,15 +105,14 @@ static int slot_take(Tracker *t, Conn *c) {
     if (t->n_free) {
         c->slot = t->free_slots[--t->n_free];
     } else {
-        if (t->n_slots == t->cap_slots) {
-            size_t cap = t->cap_slots ? t->cap_slots * 2 : 1024;
-            Conn **slots = realloc(t->slots, cap * sizeof *slots);
-            if (slots == NULL) return -1;
-            t->slots = slots;
-            uint32_t *free_slots = realloc(t->free_slots, cap * sizeof *free_slots);
+        if (t->n_slots == t->cap_slots) {  /* the free list can hold every slot: grow both alike */
+            size_t cap_free = t->cap_slots;
+            uint32_t *free_slots = grown(t->free_slots, &cap_free, sizeof *free_slots, 1024);
             if (free_slots == NULL) return -1;
             t->free_slots = free_slots;
-            t->cap_slots = cap;
+            Conn **slots = grown(t->slots, &t->cap_slots, sizeof *slots, 1024);
+            if (slots == NULL) return -1;
+            t->slots = slots;
         }
         c->slot = (uint32_t)t->n_slots++;
     }
@@ -142,11 +141,9 @@ static void sift_down(WakeEntry *heap, size_t len, size_t i) {
 
 static int heap_push(Tracker *t, double when, const Conn *c) {
     if (t->heap_len == t->heap_cap) {
-        size_t cap = t->heap_cap ? t->heap_cap * 2 : 1024;
-        WakeEntry *heap = realloc(t->heap, cap * sizeof *heap);
+        WakeEntry *heap = grown(t->heap, &t->heap_cap, sizeof *heap, 1024);
         if (heap == NULL) return -1;
         t->heap = heap;
-        t->heap_cap = cap;
     }
     size_t i = t->heap_len++;
     WakeEntry item = {when, c->id, c->slot};
