@@ -497,6 +497,50 @@ def test_large_records(tmp_path: Path) -> None:
         assert "11 frames" in outcomes["reference"].stderr and "garbled record header" in outcomes["reference"].stderr
 
 
+def _many_connections(copies: int, closed_every: int) -> bytes:
+    """`copies` of one real connection (handshake_fourway_client_close.pcap), each from its own client address
+    and port, starting 1 ms apart: every `closed_every`-th runs to its close, the others stop after the
+    handshake and are still open when the capture ends. Ethernet pcap, written here with struct."""
+    template = sample_packets("handshake_fourway_client_close.pcap")
+    client = template[0].data[12:16]
+    records = []
+    for i in range(copies):
+        address = bytes((10, 78, i // 60000, 1))
+        port = (1025 + i % 60000).to_bytes(2, "big")
+        for p in template if i % closed_every == 0 else template[:3]:
+            data = bytearray(p.data)
+            at = (data[0] & 15) * 4
+            side = 12 if data[12:16] == client else 16  # which of source and destination is the client
+            data[side:side + 4] = address
+            data[at + (0 if side == 12 else 2):at + (2 if side == 12 else 4)] = port
+            records.append((p.ts_ns + i * 1_000_000, bytes(data)))
+    records.sort(key=lambda r: r[0])
+    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+    for ts_ns, data in records:
+        frame = bytes(12) + b"\x08\x00" + data
+        out += struct.pack("<IIII", ts_ns // 1_000_000_000, ts_ns % 1_000_000_000 // 1000, len(frame), len(frame))
+        out += frame
+    return bytes(out)
+
+
+def test_more_connections_at_the_end_than_the_writer_queue_holds(tmp_path: Path) -> None:
+    """40,000 connections, 35,000 of them still open at the end of the capture (crafted from a real one): the
+    tracker's thread hands them all over at once, finds the writer's queue (32,768) full, and formats units of
+    them itself while the writer thread formats others. The output is the reference's, byte for byte, in the
+    same order: records are written in the order connections finished, whichever thread formatted them."""
+    path = tmp_path / "many.pcap"
+    path.write_bytes(_many_connections(40_000, closed_every=8))
+    outcomes = compare(tmp_path, [path], "json", ["--msl", "0.01"])
+    records = (outcomes["reference"].output or b"").splitlines()
+    assert len(records) == 40_000
+    ids = [json.loads(line)["id"] for line in records]
+    assert ids[-35_000:] == sorted(ids[-35_000:]), "the connections open at the end are written in order of id"
+    with open(tmp_path / "again.json", "w") as out:
+        counts = engine.run(path, out, "json", Timeouts(msl=0.01))
+    assert counts["formatted_by_tracker"] > 0, "the tracker's thread never helped: the test missed its path"
+    assert (tmp_path / "again.json").read_bytes() == outcomes["compiled"].output
+
+
 def test_real_standard_output(tmp_path: Path) -> None:
     """`python -m analyzer` in a subprocess, standard output a pipe and then a file: the engine writes to the file
     descriptor from its own thread, between the command line's own writes (rules, headers, summaries)."""

@@ -7,6 +7,13 @@
  * not a file, e.g. a StringIO), everything happens inline and the text goes
  * to a Python callback in ~1 MB pieces. Either way the bytes are the same, in
  * the same order: the order in which connections finished.
+ *
+ * The queue is consumed in units (a batch of connections, numbered as they
+ * are taken). When it is full, the tracker's thread stops waiting and
+ * formats a unit itself: at the end of a capture, when every connection
+ * still open is handed over at once, both threads format. Each thread writes
+ * into its own buffer and counts into its own census; a unit's text goes out
+ * only on its turn (`next_write`), so the output keeps its order.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -47,39 +54,86 @@ static void count(Census *census, const Conn *c, const Labels *labels) {
     census->connections++;
 }
 
-static int write_fd(Sink *sink) {
+static int write_fd(int fd, Buffer *out) {
     size_t done = 0;
-    while (done < sink->out.len) {
-        ssize_t wrote = write(sink->fd, sink->out.data + done, sink->out.len - done);
+    while (done < out->len) {
+        ssize_t wrote = write(fd, out->data + done, out->len - done);
         if (wrote < 0 && errno == EINTR) continue;
         if (wrote < 0) return errno;
         done += (size_t)wrote;
     }
-    sink->out.len = 0;
+    out->len = 0;
     return 0;
 }
 
-static int flush(Sink *sink) {
-    if (sink->out.len == 0) return 0;
-    if (sink->fd >= 0) return write_fd(sink);
-    int status = sink->write(sink->write_ctx, sink->out.data, sink->out.len);
-    sink->out.len = 0;
+/* Write out what `out` holds: 0, an errno, or -1. */
+static int flush(Sink *sink, Buffer *out) {
+    if (out->len == 0) return 0;
+    if (sink->fd >= 0) return write_fd(sink->fd, out);
+    int status = sink->write(sink->write_ctx, out->data, out->len);
+    out->len = 0;
     return status ? -1 : 0;
 }
 
-/* Finish, label, count and format one connection, and release what it holds
- * (not the Conn itself); nonzero: an errno, or -1. */
-static int settle(Sink *sink, Conn *c) {
+/* Finish, label, count and format one connection into `share`, and release
+ * what it holds (not the Conn itself); nonzero: an errno, or -1. */
+static int settle(Share *share, Conn *c, const OutputStyle *style) {
     int status = conn_finish(c);
     if (status == 0) {
         Labels labels;
         conn_labels(c, &labels);
-        count(&sink->census, c, &labels);
-        status = write_record(&sink->out, c, &labels, &sink->style);
+        count(&share->census, c, &labels);
+        status = write_record(&share->out, c, &labels, style);
     }
     conn_free(c);
-    if (status == 0 && sink->out.len >= FLUSH_AT) status = flush(sink);
     return status;
+}
+
+static void fail(Sink *sink, int status) {
+    if (status) __atomic_store_n(&sink->error, status, __ATOMIC_RELEASE);
+}
+
+static int failed(Sink *sink) { return __atomic_load_n(&sink->error, __ATOMIC_ACQUIRE); }
+
+/* ---- units: taken in order, formatted by either thread, written in order ----------- */
+
+/* Up to BATCH connections from the head of the queue (the lock held); their unit's number. */
+static uint64_t take_unit(Sink *sink, Conn **batch, size_t *n) {
+    *n = 0;
+    while (*n < BATCH && sink->count) {
+        batch[(*n)++] = sink->ring[sink->head];
+        sink->head = (sink->head + 1) % QUEUE_CAPACITY;
+        sink->count--;
+    }
+    return sink->units_taken++;
+}
+
+static int my_turn(Sink *sink, uint64_t unit) {
+    return __atomic_load_n(&sink->next_write, __ATOMIC_ACQUIRE) == unit;
+}
+
+/* Format a unit into `share`, writing as it goes while it is this unit's turn,
+ * then wait for the turn, write the rest and pass the turn on. */
+static void format_unit(Sink *sink, Share *share, Conn **batch, size_t n, uint64_t unit) {
+    for (size_t i = 0; i < n; i++) {
+        if (failed(sink)) {  /* after an error: only release */
+            conn_free(batch[i]);
+            continue;
+        }
+        fail(sink, settle(share, batch[i], &sink->style));
+        if (share->out.len >= FLUSH_AT && my_turn(sink, unit)) fail(sink, flush(sink, &share->out));
+    }
+    if (!my_turn(sink, unit)) {
+        pthread_mutex_lock(&sink->lock);
+        while (sink->next_write != unit) pthread_cond_wait(&sink->turn, &sink->lock);
+        pthread_mutex_unlock(&sink->lock);
+    }
+    if (failed(sink)) share->out.len = 0;
+    else fail(sink, flush(sink, &share->out));
+    pthread_mutex_lock(&sink->lock);
+    __atomic_store_n(&sink->next_write, unit + 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&sink->turn);
+    pthread_mutex_unlock(&sink->lock);
 }
 
 /* ---- the second thread ---------------------------------------------------------------- */
@@ -90,39 +144,36 @@ static void *writer_main(void *arg) {
     size_t n = 0;
     for (;;) {
         pthread_mutex_lock(&sink->lock);
-        for (size_t i = 0; i < n; i++) push_conn(&sink->returned, batch[i]);  /* the last batch's, back */
+        for (size_t i = 0; i < n; i++) push_conn(&sink->returned, batch[i]);  /* the last unit's, back */
         while (sink->count == 0 && !sink->closing) pthread_cond_wait(&sink->not_empty, &sink->lock);
-        n = 0;
-        while (n < BATCH && sink->count) {
-            batch[n++] = sink->ring[sink->head];
-            sink->head = (sink->head + 1) % QUEUE_CAPACITY;
-            sink->count--;
+        if (sink->count == 0) {  /* closing, and nothing left */
+            pthread_mutex_unlock(&sink->lock);
+            return NULL;
         }
-        int closing = sink->closing;
-        pthread_cond_signal(&sink->not_full);
+        uint64_t unit = take_unit(sink, batch, &n);
         pthread_mutex_unlock(&sink->lock);
-        for (size_t i = 0; i < n; i++) {
-            if (__atomic_load_n(&sink->error, __ATOMIC_ACQUIRE)) {  /* after an error: only release */
-                conn_free(batch[i]);
-                continue;
-            }
-            int status = settle(sink, batch[i]);
-            if (status) __atomic_store_n(&sink->error, status, __ATOMIC_RELEASE);
-        }
-        if (n == 0 && closing) break;
+        format_unit(sink, &sink->own, batch, n, unit);
     }
-    if (!sink->error) {
-        int status = flush(sink);
-        if (status) __atomic_store_n(&sink->error, status, __ATOMIC_RELEASE);
-    }
-    return NULL;
+}
+
+/* The tracker's thread, instead of waiting for room: format the unit at the head
+ * (the lock held, and released meanwhile). Its connections become spares. */
+static void help(Sink *sink) {
+    Conn *batch[BATCH];
+    size_t n;
+    uint64_t unit = take_unit(sink, batch, &n);
+    pthread_mutex_unlock(&sink->lock);
+    format_unit(sink, &sink->helper, batch, n, unit);
+    sink->helped += (int64_t)n;
+    for (size_t i = 0; i < n; i++) push_conn(&sink->spare, batch[i]);
+    pthread_mutex_lock(&sink->lock);
 }
 
 static int hand_over(Sink *sink) {
     size_t n = sink->pending_len, i = 0;
     pthread_mutex_lock(&sink->lock);
     while (i < n) {
-        while (sink->count == QUEUE_CAPACITY) pthread_cond_wait(&sink->not_full, &sink->lock);
+        if (sink->count == QUEUE_CAPACITY) help(sink);
         while (i < n && sink->count < QUEUE_CAPACITY) {
             sink->ring[(sink->head + sink->count) % QUEUE_CAPACITY] = sink->pending[i++];
             sink->count++;
@@ -135,7 +186,13 @@ static int hand_over(Sink *sink) {
     }
     pthread_mutex_unlock(&sink->lock);
     sink->pending_len = 0;
-    return __atomic_load_n(&sink->error, __ATOMIC_ACQUIRE);
+    return failed(sink);
+}
+
+static void add_census(Census *to, const Census *from) {
+    int64_t *a = (int64_t *)to;
+    const int64_t *b = (const int64_t *)from;
+    for (size_t i = 0; i < sizeof *to / sizeof *a; i++) a[i] += b[i];
 }
 
 /* ---- the public face ---------------------------------------------------------------------- */
@@ -147,7 +204,7 @@ int sink_start(Sink *sink) {
     if (sink->ring == NULL || sink->pending == NULL) return -1;
     pthread_mutex_init(&sink->lock, NULL);
     pthread_cond_init(&sink->not_empty, NULL);
-    pthread_cond_init(&sink->not_full, NULL);
+    pthread_cond_init(&sink->turn, NULL);
     if (pthread_create(&sink->thread, NULL, writer_main, sink)) return -1;
     sink->threaded = 1;
     return 0;
@@ -156,7 +213,8 @@ int sink_start(Sink *sink) {
 int sink_take(void *ctx, Conn *c) {
     Sink *sink = ctx;
     if (!sink->threaded) {
-        int status = settle(sink, c);
+        int status = settle(&sink->own, c, &sink->style);
+        if (status == 0 && sink->own.out.len >= FLUSH_AT) status = flush(sink, &sink->own.out);
         push_conn(&sink->spare, c);
         return status;
     }
@@ -165,17 +223,23 @@ int sink_take(void *ctx, Conn *c) {
 }
 
 int sink_finish(Sink *sink) {
-    if (!sink->threaded) return sink->error ? sink->error : flush(sink);
+    if (!sink->threaded) {
+        sink->census = sink->own.census;
+        return sink->error ? sink->error : flush(sink, &sink->own.out);
+    }
     int status = hand_over(sink);
     pthread_mutex_lock(&sink->lock);
     sink->closing = 1;
     pthread_cond_signal(&sink->not_empty);
+    while (sink->count) help(sink);  /* the rest, formatted by both threads */
     pthread_mutex_unlock(&sink->lock);
     pthread_join(sink->thread, NULL);
     sink->threaded = 0;
     pthread_mutex_destroy(&sink->lock);
     pthread_cond_destroy(&sink->not_empty);
-    pthread_cond_destroy(&sink->not_full);
+    pthread_cond_destroy(&sink->turn);
+    sink->census = sink->own.census;
+    add_census(&sink->census, &sink->helper.census);
     return status ? status : sink->error;
 }
 
@@ -215,5 +279,6 @@ void sink_free(Sink *sink) {
     free(sink->slabs);
     free(sink->pending);
     free(sink->ring);
-    free(sink->out.data);
+    free(sink->own.out.data);
+    free(sink->helper.out.data);
 }

@@ -15,19 +15,28 @@ typedef struct {
 
 typedef int (*WriteFn)(void *ctx, const char *data, size_t len);  /* nonzero: failed */
 
+typedef struct {  /* one thread's output: text not yet written, and what it counted */
+    Buffer out;
+    Census census;
+} Share;
+
 typedef struct {
     OutputStyle style;
     int fd;                /* >= 0: write here from a second thread; < 0: call `write` inline */
     WriteFn write;
     void *write_ctx;
-    Buffer out;
-    Census census;
+    Share own;             /* the writer's (or, inline, the only) share */
+    Share helper;          /* the tracker's, from units it formats when the queue is full */
+    Census census;         /* both shares' counts, after sink_finish */
+    int64_t helped;        /* connections the tracker's thread formatted */
     int error;             /* an errno from writing, or -1 */
     /* the second thread's queue */
     int threaded, closing;
     pthread_t thread;
     pthread_mutex_t lock;
-    pthread_cond_t not_empty, not_full;
+    pthread_cond_t not_empty, turn;
+    uint64_t units_taken;  /* units are taken in order, formatted by either thread, written in order */
+    uint64_t next_write;   /* the unit whose text may be written now */
     Conn **ring;
     size_t head, count;
     Conn **pending;        /* a batch collected before taking the lock */
