@@ -3,8 +3,9 @@
  * Connections are keyed by the bidirectional 4-tuple (and IP version) in an
  * open-addressing hash table with backward-shift deletion. Looking a packet's
  * connection up is a cache miss or two in a table of 100,000s, so the caller
- * computes keys a few packets ahead and prefetches their table entries
- * (tracker_prefetch). A binary heap of
+ * computes keys a few packets ahead and prefetches their table entries, and
+ * then every cache line of their connections (tracker_prefetch): a segment
+ * touches most of them. A binary heap of
  * (wake time, id) entries retires connections on packet time, exactly as the
  * Python heap does; a heap entry names its connection by slot and id, so an
  * entry left behind by an earlier wake-up, or by a connection already
@@ -224,7 +225,8 @@ int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, NewC
 void tracker_prefetch(const Tracker *t, const Packet *p, int conn_too) {
     const Entry *home = &t->table[p->hash & (t->table_size - 1)];
     __builtin_prefetch(home);
-    if (conn_too && home->conn != NULL) __builtin_prefetch(home->conn);
+    if (conn_too && home->conn != NULL)
+        for (size_t line = 0; line < sizeof(Conn); line += 64) __builtin_prefetch((const char *)home->conn + line);
 }
 
 void packet_key(Packet *p) {
