@@ -228,6 +228,7 @@ typedef struct {
     size_t n_slots, n_free, cap_slots;
     WakeEntry *heap;
     size_t heap_len, heap_cap;
+    int64_t prefetched_id;  /* the head of the heap when its connection was last prefetched */
     int64_t next_id;
     double now;
     FinishedFn finished;

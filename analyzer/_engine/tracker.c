@@ -219,14 +219,27 @@ int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, NewC
     t->new_conn = new_conn;
     t->ctx = ctx;
     t->now = -INFINITY;
+    t->prefetched_id = -1;
     return table_resize(t, 1024);
+}
+
+static inline void prefetch_conn(const Conn *c) {
+    for (size_t line = 0; line < sizeof(Conn); line += 64) __builtin_prefetch((const char *)c + line);
 }
 
 void tracker_prefetch(const Tracker *t, const Packet *p, int conn_too) {
     const Entry *home = &t->table[p->hash & (t->table_size - 1)];
     __builtin_prefetch(home);
-    if (conn_too && home->conn != NULL)
-        for (size_t line = 0; line < sizeof(Conn); line += 64) __builtin_prefetch((const char *)home->conn + line);
+    if (conn_too && home->conn != NULL) prefetch_conn(home->conn);
+}
+
+/* The connection whose wake-up comes next has usually not been touched for a
+ * minute (TIME_WAIT): fetch it while packets go on, once per new head of the heap. */
+static inline void prefetch_next_wake(Tracker *t) {
+    if (t->heap_len == 0 || t->heap[0].id == t->prefetched_id) return;
+    t->prefetched_id = t->heap[0].id;
+    const Conn *c = t->slots[t->heap[0].slot];
+    if (c != NULL) prefetch_conn(c);
 }
 
 void packet_key(Packet *p) {
@@ -236,6 +249,7 @@ void packet_key(Packet *p) {
 
 int tracker_add(Tracker *t, const Packet *p) {
     if (expire(t, p->ts)) return -1;
+    prefetch_next_wake(t);
     size_t i = table_find(t, &p->key, p->hash);
     Conn *c = t->table[i].conn;
     if (c != NULL && conn_starts_anew(c, p)) {
