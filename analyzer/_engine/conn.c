@@ -13,7 +13,6 @@
 #include "engine.h"
 
 Machine machine;
-static _Thread_local int out_of_memory;  /* the tracker's thread and the sink's each have one */
 
 const char *const OPEN_LABELS[] = {"handshake", "simultaneous-open", "refused", "unanswered",
                                    "incomplete", "partial"};
@@ -34,11 +33,11 @@ static inline int64_t seq_len(const Seg *s) {
     return s->payload_len + ((s->flags & F_SYN) ? 1 : 0) + ((s->flags & F_FIN) ? 1 : 0);
 }
 
-static void *grow(void *items, void *inline_items, uint32_t *capacity, size_t size) {
+static void *grow(Conn *c, void *items, void *inline_items, uint32_t *capacity, size_t size) {
     uint32_t cap = *capacity * 2;
     void *bigger = malloc(cap * size);
     if (bigger == NULL) {
-        out_of_memory = 1;
+        c->out_of_memory = 1;
         return NULL;
     }
     memcpy(bigger, items, *capacity * size);
@@ -47,18 +46,18 @@ static void *grow(void *items, void *inline_items, uint32_t *capacity, size_t si
     return bigger;
 }
 
-static void history_push(History *h, uint8_t state, double ts, int64_t frame) {
+static void history_push(Conn *c, History *h, uint8_t state, double ts, int64_t frame) {
     if (h->count == h->capacity) {
-        Transition *bigger = grow(h->items, h->inline_items, &h->capacity, sizeof(Transition));
+        Transition *bigger = grow(c, h->items, h->inline_items, &h->capacity, sizeof(Transition));
         if (bigger == NULL) return;
         h->items = bigger;
     }
     h->items[h->count++] = (Transition){frame, ts, state};
 }
 
-static void queue_push(SegQueue *q, const Seg *s) {
+static void queue_push(Conn *c, SegQueue *q, const Seg *s) {
     if (q->count == q->capacity) {
-        Seg *bigger = grow(q->items, q->inline_items, &q->capacity, sizeof(Seg));
+        Seg *bigger = grow(c, q->items, q->inline_items, &q->capacity, sizeof(Seg));
         if (bigger == NULL) return;
         q->items = bigger;
     }
@@ -77,7 +76,7 @@ static void anomaly(Conn *c, int64_t frame, uint8_t kind, uint8_t role, uint8_t 
         uint32_t cap = c->cap_anomalies ? c->cap_anomalies * 2 : 2;
         Anomaly *bigger = realloc(c->anomalies, cap * sizeof(Anomaly));
         if (bigger == NULL) {
-            out_of_memory = 1;
+            c->out_of_memory = 1;
             return;
         }
         c->anomalies = bigger;
@@ -105,13 +104,13 @@ static inline const uint8_t *receive_events(int syn, int fin, int rst, int acks_
 static const uint8_t NO_EVENTS[MAX_EVENTS + 1] = {0};
 
 /* Endpoint.apply: step the machine, record a change of state. */
-static int apply(Endpoint *ep, uint8_t event, double ts, int64_t frame) {
+static int apply(Conn *c, Endpoint *ep, uint8_t event, double ts, int64_t frame) {
     uint8_t target = step(ep->state, event, ep->passive);
     if (target == NO_STATE) return 0;
     if (event == EV_RCV_SYN && ep->state == ST_LISTEN) ep->passive = 1;
     if (target != ep->state) {
         ep->state = target;
-        history_push(&ep->history, target, ts, frame);
+        history_push(c, &ep->history, target, ts, frame);
     }
     return 1;
 }
@@ -170,7 +169,7 @@ static void begin(Conn *c, const Packet *first) {
         client->syn_acked = server->syn_acked = 1;
     }
     for (int role = 0; role < 2; role++)
-        history_push(&c->ep[role].history, c->ep[role].state, first->ts, first->frame);
+        history_push(c, &c->ep[role].history, c->ep[role].state, first->ts, first->frame);
 }
 
 int conn_init(Conn *c, int64_t id, const Packet *first, const Timeouts *timeouts) {
@@ -192,7 +191,7 @@ int conn_init(Conn *c, int64_t id, const Packet *first, const Timeouts *timeouts
     c->start = c->end = c->last_ts = first->ts;
     c->scheduled = __builtin_inf();
     begin(c, first);
-    return out_of_memory ? -1 : 0;
+    return c->out_of_memory ? -1 : 0;
 }
 
 void conn_free(Conn *c) {
@@ -283,7 +282,7 @@ static void send(Conn *c, Endpoint *sender, int role, const Seg *s) {
     uint8_t before = sender->state;
     const uint8_t *events = send_events(s->flags);
     for (int i = 1; i <= events[0]; i++)
-        if (!apply(sender, events[i], s->ts, s->frame)) forbidden(c, s->frame, role, events[i], sender->state);
+        if (!apply(c, sender, events[i], s->ts, s->frame)) forbidden(c, s->frame, role, events[i], sender->state);
     if (s->flags & F_RST) {
         c->aborted |= in_set(ABORTABLE, before);
         if (!c->has_reset) {
@@ -349,7 +348,7 @@ static void receive(Conn *c, Endpoint *ep, const Seg *s, const Seg *answer, cons
     double ts = in_order ? s->ts : proof->ts;
     c->aborted |= (s->flags & F_RST) && in_set(ABORTABLE, ep->state);
     for (int i = 1; i <= events[0]; i++)
-        if (!apply(ep, events[i], ts, frame)) forbidden(c, s->frame, role, events[i], ep->state);
+        if (!apply(c, ep, events[i], ts, frame)) forbidden(c, s->frame, role, events[i], ep->state);
     if (ep->state == ST_TIME_WAIT && !ep->has_time_wait) {
         ep->has_time_wait = 1;
         ep->time_wait_until = ts + 2 * c->timeouts->msl;
@@ -402,16 +401,16 @@ int conn_add(Conn *c, const Packet *p) {
     if (kind != KIND_KEEPALIVE) sender->payload_bytes += p->payload_len;
     if (kind == KIND_RETRANSMISSION) {
         redate_unreceived(sender, p);
-        if (p->flags & F_SYN) return out_of_memory ? -1 : 0;
+        if (p->flags & F_SYN) return c->out_of_memory ? -1 : 0;
     }
     Seg s = {p->frame, p->ts, p->seq, p->ack, (uint32_t)p->payload_len, flags};
     if (flags & F_ACK) take_proven(c, sender, receiver, &s);
     send(c, sender, role, &s);
     track_half_close(c, sender, receiver, &s, kind);
     note_sent(sender, &s);
-    queue_push(&sender->unreceived, &s);
+    queue_push(c, &sender->unreceived, &s);
     if (!(flags & (F_SYN | F_FIN))) deliver_all(c, sender, receiver, &s);
-    return out_of_memory ? -1 : 0;
+    return c->out_of_memory ? -1 : 0;
 }
 
 /* ---- time and the end ---------------------------------------------------- */
@@ -420,7 +419,7 @@ void conn_advance(Conn *c, double now) {
     for (int role = 0; role < 2; role++) {
         Endpoint *ep = &c->ep[role];
         if (ep->has_time_wait && ep->state == ST_TIME_WAIT && now >= ep->time_wait_until)
-            apply(ep, EV_TIMEOUT_2MSL, ep->time_wait_until, -1);
+            apply(c, ep, EV_TIMEOUT_2MSL, ep->time_wait_until, -1);
     }
 }
 
@@ -465,7 +464,7 @@ int conn_finish(Conn *c) {
             receive(c, receiver, &s, NULL, &proof);
         }
     }
-    return out_of_memory ? -1 : 0;
+    return c->out_of_memory ? -1 : 0;
 }
 
 /* ---- labels (labels.py) ---------------------------------------------------- */

@@ -177,6 +177,7 @@ typedef struct Conn {
     uint8_t ip_version, roles_inferred;
     uint8_t syn_data, bare_syn[2], synack_seen, fin_order[2], n_fins;
     uint8_t has_reset, reset_role, reset_state, aborted, second_fin_acks_first, half_close;
+    uint8_t out_of_memory;   /* a history, queue or anomaly list could not grow */
     int64_t first_frame, last_frame;
     double start, end, last_ts, scheduled;
     int64_t retransmits[3];  /* syn, synack, fin */
@@ -247,6 +248,10 @@ void tracker_free(Tracker *t);
 typedef struct {
     char *data;
     size_t len, cap;
+    /* the digits of the last whole seconds written (a record's timestamps mostly share them) */
+    uint64_t whole_plus_one;  /* 0: none yet */
+    size_t whole_len;
+    char whole_text[24];
 } Buffer;
 
 int buf_reserve(Buffer *b, size_t more);

@@ -103,7 +103,7 @@ static int nearest_decimal(uint64_t m, int shift, int k, uint64_t *out) {
  * decimal can. So repr's answer (the shortest, then the nearest) is the
  * (K-1)-digit decimal if it is inside, less its trailing zeros, and else the
  * K-digit one. All in exact integer arithmetic. */
-static size_t fast_repr(char *out, double x) {
+static size_t fast_repr(char *out, double x, Buffer *cache) {
     if (!(x >= 1e-4 && x < 1e15)) return 0;
     uint64_t m, n;
     int shift;
@@ -122,16 +122,12 @@ static size_t fast_repr(char *out, double x) {
         return 0;  /* on an edge: leave it to slow_repr */
     }
     uint64_t whole = n / POW10[k], fraction = n % POW10[k];
-    /* timestamps in one record share their whole seconds, mostly: remember the last */
-    static _Thread_local uint64_t last_whole = UINT64_MAX;
-    static _Thread_local char last_text[24];
-    static _Thread_local size_t last_len;
-    if (whole != last_whole) {
-        last_len = format_uint(last_text, whole);
-        last_whole = whole;
+    if (whole + 1 != cache->whole_plus_one) {
+        cache->whole_len = format_uint(cache->whole_text, whole);
+        cache->whole_plus_one = whole + 1;
     }
-    memcpy(out, last_text, last_len);
-    size_t len = last_len;
+    memcpy(out, cache->whole_text, cache->whole_len);
+    size_t len = cache->whole_len;
     out[len++] = '.';
     if (k == 0) {
         out[len++] = '0';
@@ -218,14 +214,14 @@ static int slow_repr(Buffer *b, double x) {
 int buf_float(Buffer *b, double x) {
     if (b->len + 40 > b->cap && buf_reserve(b, 40)) return -1;
     if (x < 0 && x > -1e15) {  /* repr(-x) is "-" + repr(x) */
-        size_t len = fast_repr(b->data + b->len + 1, -x);
+        size_t len = fast_repr(b->data + b->len + 1, -x, b);
         if (len) {
             b->data[b->len] = '-';
             b->len += len + 1;
             return 0;
         }
     }
-    size_t len = fast_repr(b->data + b->len, x);
+    size_t len = fast_repr(b->data + b->len, x, b);
     if (len) {
         b->len += len;
         return 0;
