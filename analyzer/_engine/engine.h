@@ -24,6 +24,18 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+/* Name the calling thread (as `top -H`, `ps -L` and perf show it), where the system can. */
+static inline void name_this_thread(const char *name) {
+#ifdef __linux__
+    prctl(PR_SET_NAME, name, 0, 0, 0);
+#else
+    (void)name;
+#endif
+}
 
 /* ---- growable arrays ------------------------------------------------------ */
 /* `items`, holding *cap, reallocated for twice as many (`first` when empty);

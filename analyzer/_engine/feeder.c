@@ -121,6 +121,7 @@ static long read_fd(void *ctx, uint8_t *dst, size_t n) {
 
 static void *reader_main(void *arg) {
     Feeder *f = arg;
+    name_this_thread("synfin-reader");
     for (;;) {
         pthread_mutex_lock(&f->lock);
         while (f->count == BATCHES && !f->stop) pthread_cond_wait(&f->drained, &f->lock);

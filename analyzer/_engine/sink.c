@@ -140,6 +140,7 @@ static void format_unit(Sink *sink, Share *share, Conn **batch, size_t n, uint64
 
 static void *writer_main(void *arg) {
     Sink *sink = arg;
+    name_this_thread("synfin-writer");
     Conn *batch[BATCH];
     size_t n = 0;
     for (;;) {
