@@ -8,9 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Any
-
-from rich.console import Console
+from typing import IO, TYPE_CHECKING, Any
 
 from analyzer import __version__, engine
 from analyzer.capture import CaptureError
@@ -18,6 +16,10 @@ from analyzer.connection import Timeouts
 from analyzer.ladder_cli import add_ladder
 from analyzer.pipeline import Stats, analyze
 from analyzer.report import Census, csv_header, table_header, write_csv, write_json, write_summary, write_table
+from analyzer.styled import Styled, console_for
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 PROGRESS_MIN_BYTES = 16 << 20
 EXIT_BAD_INPUT = 2
@@ -68,15 +70,6 @@ def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     parser.set_defaults(run=run_analyze)
 
 
-class _Console(Console):
-    """rich's Console, but a closed pipe (`synfin analyze x.pcap | head`) is a BrokenPipeError
-    for main() to end quietly, whichever write meets it, not rich's SystemExit(1)."""
-
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        raise BrokenPipeError
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -90,40 +83,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    err = _Console(stderr=True, highlight=False, soft_wrap=True)
+    err = Styled()  # standard error
     status = 0
     if args.engine == "compiled" and not engine.available():
-        err.print("[red]synfin: the compiled engine is not built (was a C compiler present at install?); "
-                  "use --engine reference[/]")
+        err.line(("synfin: the compiled engine is not built (was a C compiler present at install?); "
+                  "use --engine reference", "red"))
         return EXIT_BAD_INPUT
     args.compiled = args.engine == "compiled" or (args.engine == "auto" and engine.available())
     if args.engine == "auto" and not args.compiled:
-        err.print("[yellow]synfin: note: the compiled engine is not built; using the reference pipeline, "
-                  "which is slow on large captures[/]")
+        err.line(("synfin: note: the compiled engine is not built; using the reference pipeline, "
+                  "which is slow on large captures", "yellow"))
     with ExitStack() as stack:
         out: IO[str] = (stack.enter_context(open(args.output, "w", encoding="utf-8"))
                         if args.output else sys.stdout)
-        table_console = _Console(file=out, highlight=False, soft_wrap=True,
-                                width=None if _is_terminal(out) else 180)
-        summary_console = table_console if args.format == "table" else err
+        table_console = (console_for(out, width=None if _is_terminal(out) else 180)
+                         if args.format == "table" else None)  # JSON and CSV need no rich
+        summary = Styled(out, table_console) if table_console is not None else err
         for index, path in enumerate(args.captures):
             try:
-                _analyze_one(args, path, out, table_console, summary_console, err, index)
+                _analyze_one(args, path, out, table_console, summary, err, index)
             except CaptureError as problem:
-                err.print(f"[red]synfin: {problem}[/]", soft_wrap=True)
+                err.line((f"synfin: {problem}", "red"))
                 status = EXIT_BAD_INPUT
     return status
 
 
-def _analyze_one(args: argparse.Namespace, path: Path, out: IO[str], table_console: Console,
-                 summary_console: Console, err: Console, index: int) -> None:
+def _analyze_one(args: argparse.Namespace, path: Path, out: IO[str], table_console: Console | None,
+                 summary: Styled, err: Styled, index: int) -> None:
     stats, census = Stats(), Census()
     capture = str(path) if len(args.captures) > 1 else None
-    if args.format == "table" and len(args.captures) > 1:
+    if table_console is not None and len(args.captures) > 1:
         table_console.rule(str(path))
     with _progress_bar(path, err) as progress:
         if args.compiled:
-            colour = table_console.is_terminal and not table_console.no_color
+            colour = table_console is not None and table_console.is_terminal and not table_console.no_color
             if args.format == "table":
                 out.write(table_header())
             elif args.format == "csv" and index == 0:
@@ -135,10 +128,11 @@ def _analyze_one(args: argparse.Namespace, path: Path, out: IO[str], table_conso
         else:
             _analyze_reference(args, path, out, table_console, stats, census, capture, progress, index)
     if not args.no_summary:
-        write_summary(str(path), stats, census, summary_console)
+        write_summary(str(path), stats, census, summary)
 
 
-def _analyze_reference(args: argparse.Namespace, path: Path, out: IO[str], table_console: Console, stats: Stats,
+def _analyze_reference(args: argparse.Namespace, path: Path, out: IO[str], table_console: Console | None,
+                       stats: Stats,
                        census: Census, capture: str | None, progress: Any, index: int) -> None:
     """The Python pipeline: a Connection object per connection, written by report.py."""
     conns = census.count(analyze(path, msl=args.msl, idle_timeout=args.idle_timeout,
@@ -149,23 +143,23 @@ def _analyze_reference(args: argparse.Namespace, path: Path, out: IO[str], table
     elif args.format == "csv":
         write_csv(conns, out, capture, header=index == 0)
     else:
-        write_table(conns, table_console)
+        write_table(conns, table_console or console_for(out))
 
 
 @contextmanager
-def _progress_bar(path: Path, console: Console) -> Iterator[object]:
+def _progress_bar(path: Path, err: Styled) -> Iterator[object]:
     """A progress bar on stderr for large files, when stderr is a terminal."""
     try:
         size = os.path.getsize(path)
     except OSError:
         size = 0
-    if not console.is_terminal or size < PROGRESS_MIN_BYTES:
+    if size < PROGRESS_MIN_BYTES or not err.is_terminal:
         yield None
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn  # only for big files
 
     bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                   TimeRemainingColumn(), console=console, transient=True)
+                   TimeRemainingColumn(), console=err.console, transient=True)
     task = bar.add_task(path.name, total=size)
     with bar:
         yield lambda done: bar.update(task, completed=done)

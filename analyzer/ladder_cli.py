@@ -20,11 +20,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
 from analyzer.capture import CaptureError
 from analyzer.connection import Connection
 from analyzer.pipeline import analyze
+from analyzer.styled import Styled
 
 if TYPE_CHECKING:
     from analyzer.ladder import Ladder
@@ -88,7 +87,7 @@ class LadderError(Exception):
 
 
 def run_ladder(args: argparse.Namespace) -> int:
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = Styled()  # standard error
     try:
         _check_output(args)
         wanted = _wanted(args.conn)
@@ -98,14 +97,13 @@ def run_ladder(args: argparse.Namespace) -> int:
         ladders = [build(c, args.time, args.absolute, args.all_segments) for c in conns]
         _emit(args, ladders)
     except (CaptureError, LadderError) as problem:
-        err.print(f"synfin: {problem}", style="red", markup=False)
+        err.line((f"synfin: {problem}", "red"))
         return EXIT_BAD_INPUT
     except _Nothing as nothing:
-        err.print(f"synfin: {nothing}", markup=False)
+        err.line(f"synfin: {nothing}")
         return EXIT_NOTHING
     except OSError as problem:
-        err.print(f"synfin: cannot write {problem.filename or ''}: {problem.strerror or problem}",
-                  style="red", markup=False)
+        err.line((f"synfin: cannot write {problem.filename or ''}: {problem.strerror or problem}", "red"))
         return EXIT_BAD_INPUT
     return 0
 

@@ -29,17 +29,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from rich.console import Console
-
 from analyzer.cli import EXIT_BAD_INPUT, add_timing_options
 from analyzer.connection import Connection, Timeouts
 from analyzer.events import Event, EventWatcher, event_json, format_event
 from analyzer.live import DEFAULT_SNAPLEN, LiveCapture, LiveError, PcapWriter
 from analyzer.pipeline import Options, Pipeline, Stats
 from analyzer.report import Census, write_json, write_summary, write_table
+from analyzer.styled import Styled
 
-if TYPE_CHECKING:  # rich.live and rich.table are imported when --summary draws (start-up time)
-    from rich.console import Group
+if TYPE_CHECKING:  # rich is imported when the command runs, not when its options are declared
+    from rich.console import Console, Group
     from rich.live import Live
 
 BATCH = 256  # frames read between two looks at the clock, signals and output
@@ -102,6 +101,8 @@ def _positive_float(text: str) -> float:
 
 
 def run_live(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         with contextlib.ExitStack() as stack:
@@ -210,6 +211,7 @@ class Session:
         if not self.args.summary:
             yield None
             return
+        from rich.console import Console
         from rich.live import Live
 
         console = Console(file=self.out, highlight=False)
@@ -222,6 +224,8 @@ class Session:
 
     def report(self, out: IO[str], err: Console) -> None:
         """The final report and summary, as `synfin analyze` prints them; then the kernel's counts."""
+        from rich.console import Console
+
         self._flush()
         table_console = Console(file=out, highlight=False, soft_wrap=True,
                                 width=None if _is_terminal(out) else 180)
@@ -234,7 +238,7 @@ class Session:
                 write_table(conns, table_console)
             self.spool.close()
         if not self.args.no_summary:
-            write_summary(f"{self.capture.iface} (live)", self.stats, self.census, summary_console)
+            write_summary(f"{self.capture.iface} (live)", self.stats, self.census, Styled(console=summary_console))
         kernel = self.capture.kernel
         dropped = f"[yellow]{kernel.dropped} dropped[/]" if kernel.dropped else "0 dropped"
         unread = self.capture.unread

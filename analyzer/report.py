@@ -12,15 +12,17 @@ import ipaddress
 import json
 from collections import Counter
 from collections.abc import Iterable
-from typing import IO, Any
-
-from rich.console import Console
+from typing import IO, TYPE_CHECKING, Any
 
 from analyzer.connection import Connection
 from analyzer.decode import linktype_name
 from analyzer.endpoint import Endpoint
 from analyzer.labels import CLOSE_LABELS, OPEN_LABELS
 from analyzer.pipeline import Stats
+from analyzer.styled import Styled
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def endpoint_name(ep: Endpoint) -> str:
@@ -189,28 +191,28 @@ class Census:
             yield conn
 
 
-def write_summary(capture: str, stats: Stats, census: Census, console: Console) -> None:
+def write_summary(capture: str, stats: Stats, census: Census, out: Styled) -> None:
     """Counts per label, final-state census, and what was skipped."""
     links = ", ".join(f"{linktype_name(k)} {v}" for k, v in sorted(stats.linktypes.items()))
-    console.print(f"[bold]{capture}[/]: {_plural(stats.frames, 'frame')}, "
-                  f"{_plural(stats.segments, 'TCP segment')}, {_plural(stats.connections, 'connection')}"
-                  + (f" ({links})" if links else ""))
-    console.print("  open:  " + _counts(census.open, OPEN_LABELS))
-    console.print("  close: " + _counts(census.close, CLOSE_LABELS)
-                  + (f"; half-close in {census.half_close}" if census.half_close else ""))
+    out.line((capture, "bold"), f": {_plural(stats.frames, 'frame')}, "
+             f"{_plural(stats.segments, 'TCP segment')}, {_plural(stats.connections, 'connection')}"
+             + (f" ({links})" if links else ""))
+    out.line("  open:  " + _counts(census.open, OPEN_LABELS))
+    out.line("  close: " + _counts(census.close, CLOSE_LABELS)
+             + (f"; half-close in {census.half_close}" if census.half_close else ""))
     closers = {k: v for k, v in census.closer.items() if k != "None"}
     if closers:
-        console.print("  active closer: " + ", ".join(f"{k} {v}" for k, v in sorted(closers.items())))
+        out.line("  active closer: " + ", ".join(f"{k} {v}" for k, v in sorted(closers.items())))
     for side in ("client", "server"):
         finals = {state: n for (who, state), n in census.final.items() if who == side}
-        console.print(f"  final {side} states: " + ", ".join(f"{s} {n}" for s, n in sorted(finals.items())))
+        out.line(f"  final {side} states: " + ", ".join(f"{s} {n}" for s, n in sorted(finals.items())))
     if census.anomalies:
-        console.print(f"  anomalies: {census.anomalies} (see the JSON output)")
+        out.line(f"  anomalies: {census.anomalies} (see the JSON output)")
     if stats.skipped:
-        console.print("  skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(stats.skipped.items())))
+        out.line("  skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(stats.skipped.items())))
     if stats.bad_frames:
         named = "; ".join(f"frame {frame}: {what}" for frame, what in stats.problem_frames)
-        console.print(f"  [yellow]bad frames: {stats.bad_frames}[/] (first: {named})")
+        out.line("  ", (f"bad frames: {stats.bad_frames}", "yellow"), f" (first: {named})")
 
 
 def _plural(count: int, noun: str) -> str:

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.console import Console
 import analyzer
 from analyzer import cli
 from analyzer.cli import main
+from analyzer.styled import Styled
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 BUSY = SAMPLES / "busy.pcap"
@@ -85,15 +87,43 @@ def test_progress_bar_on_a_terminal(monkeypatch):
     monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", 0)
     console = Console(file=io.StringIO(), force_terminal=True, width=100)
     seen = []
-    with cli._progress_bar(BUSY, console) as progress:
+    with cli._progress_bar(BUSY, Styled(console=console)) as progress:
         assert progress is not None
         list(analyzer.analyze(BUSY, progress=lambda n: (seen.append(n), progress(n))))
     assert seen and seen[-1] == BUSY.stat().st_size
 
 
-def test_no_progress_bar_when_not_a_terminal():
-    with cli._progress_bar(BUSY, Console(file=io.StringIO())) as progress:
+def test_no_progress_bar_when_not_a_terminal(monkeypatch):
+    monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", 0)
+    for env in ("FORCE_COLOR", "TTY_COMPATIBLE"):
+        monkeypatch.delenv(env, raising=False)
+    with cli._progress_bar(BUSY, Styled(io.StringIO())) as progress:
         assert progress is None
+
+
+def test_styled_lines_are_plain_text_off_a_terminal(monkeypatch):
+    """Off a terminal a line is its pieces' text as it stands (what rich writes there), markup-like brackets and
+    emoji codes included; with FORCE_COLOR, rich styles it."""
+    for env in ("FORCE_COLOR", "TTY_COMPATIBLE"):
+        monkeypatch.delenv(env, raising=False)
+    plain = io.StringIO()
+    Styled(plain).line(("[x]:smile:.pcap", "bold"), ": 3 frames, ", ("bad frames: 1", "yellow"))
+    assert plain.getvalue() == "[x]:smile:.pcap: 3 frames, bad frames: 1\n"
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    styled = io.StringIO()
+    Styled(styled).line(("[x]:smile:.pcap", "bold"), ": 3 frames")
+    assert styled.getvalue() == "\x1b[1m[x]:smile:.pcap\x1b[0m: 3 frames\n"
+
+
+def test_json_to_a_pipe_does_not_import_rich():
+    """Start-up time: `synfin analyze -f json` with nothing to style never imports rich (about 50 ms)."""
+    code = ("import sys; from analyzer.cli import main; status = main(['analyze', '-f', 'json', sys.argv[1]]); "
+            "print('rich imported' if any(m.split('.')[0] == 'rich' for m in sys.modules) else 'no rich', "
+            "status, file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    done = subprocess.run([sys.executable, "-c", code, str(SMALL)], capture_output=True, text=True, env=env)
+    assert done.stderr.splitlines()[-1] == "no rich 0", done.stderr
+    assert done.stderr.startswith(f"{SMALL}: 10 frames, 10 TCP segments, 1 connection")
 
 
 def test_python_dash_m_and_version():
