@@ -300,21 +300,24 @@ static int rst_acceptable(const Endpoint *ep, const Seg *s) {
     return 1;
 }
 
-/* The state `ep` starts from, and the events it goes through on receiving `s`. */
-static const uint8_t *plan(const Endpoint *ep, const Seg *s, const Seg *answer, uint8_t *start) {
+/* The state `ep` starts from, and the events it goes through on receiving `s`;
+ * also whether `s` acknowledges ep's SYN and FIN. */
+static const uint8_t *plan(const Endpoint *ep, const Seg *s, const Seg *answer, uint8_t *start, int *acks_syn,
+                           int *acks_fin) {
     *start = ep->state;
     if ((s->flags & F_SYN) && *start == ST_CLOSED && ep->last_sent_frame == 0 &&
         !(answer != NULL && (answer->flags & F_RST)))
         *start = ST_LISTEN;
+    *acks_syn = *acks_fin = 0;
     if ((s->flags & F_RST) && !rst_acceptable(ep, s)) return NO_EVENTS;
-    int acks_syn = 0, acks_fin = 0;
-    if (s->flags & F_ACK) acknowledged_by(ep, s->ack, &acks_syn, &acks_fin);
-    return receive_events(!!(s->flags & F_SYN), !!(s->flags & F_FIN), !!(s->flags & F_RST), acks_syn, acks_fin);
+    if (s->flags & F_ACK) acknowledged_by(ep, s->ack, acks_syn, acks_fin);
+    return receive_events(!!(s->flags & F_SYN), !!(s->flags & F_FIN), !!(s->flags & F_RST), *acks_syn, *acks_fin);
 }
 
 static int could_then_send(const Endpoint *ep, const Seg *pending, const Seg *answer) {
     uint8_t state;
-    const uint8_t *events = plan(ep, pending, answer, &state);
+    int acks_syn, acks_fin;
+    const uint8_t *events = plan(ep, pending, answer, &state, &acks_syn, &acks_fin);
     for (int i = 1; i <= events[0]; i++) {
         uint8_t next = step(state, events[i], ep->passive || state == ST_LISTEN);
         if (next != NO_STATE) state = next;
@@ -328,18 +331,15 @@ static int could_then_send(const Endpoint *ep, const Seg *pending, const Seg *an
 static void receive(Conn *c, Endpoint *ep, const Seg *s, const Seg *answer, const Seg *proof) {
     int role = ep == &c->ep[ROLE_CLIENT] ? ROLE_CLIENT : ROLE_SERVER;
     uint8_t start;
-    const uint8_t *events = plan(ep, s, answer, &start);
+    int acks_syn, acks_fin;
+    const uint8_t *events = plan(ep, s, answer, &start, &acks_syn, &acks_fin);
     if ((s->flags & F_RST) && events[0] == 0) {
         anomaly(c, s->frame, AN_RST_NOT_ACCEPTABLE, (uint8_t)role, 0, ep->state);
         return;
     }
     ep->state = start;
-    if (s->flags & F_ACK) {
-        int acks_syn, acks_fin;
-        acknowledged_by(ep, s->ack, &acks_syn, &acks_fin);
-        ep->syn_acked |= acks_syn;
-        ep->fin_acked |= acks_fin;
-    }
+    ep->syn_acked |= acks_syn;
+    ep->fin_acked |= acks_fin;
     int64_t last = 0;
     if (ep->history.count && ep->history.items[ep->history.count - 1].frame >= 0)
         last = ep->history.items[ep->history.count - 1].frame;
@@ -366,12 +366,13 @@ static void take_proven(Conn *c, Endpoint *sender, Endpoint *peer, const Seg *s)
     }
 }
 
-/* `s` carries no SYN/FIN: it and everything sent before it reach the receiver now. */
+/* `s` carries no SYN/FIN: everything sent before it, and then `s`, reach the receiver now. */
 static void deliver_all(Conn *c, Endpoint *sender, Endpoint *receiver, const Seg *s) {
     while (sender->unreceived.count) {
         Seg taken = queue_pop_front(&sender->unreceived);
         receive(c, receiver, &taken, NULL, s);
     }
+    receive(c, receiver, s, NULL, s);
 }
 
 /* Data sent after the peer's FIN, and then acknowledged by the FIN side. */
@@ -408,8 +409,8 @@ int conn_add(Conn *c, const Packet *p) {
     send(c, sender, role, &s);
     track_half_close(c, sender, receiver, &s, kind);
     note_sent(sender, &s);
-    queue_push(c, &sender->unreceived, &s);
-    if (!(flags & (F_SYN | F_FIN))) deliver_all(c, sender, receiver, &s);
+    if (flags & (F_SYN | F_FIN)) queue_push(c, &sender->unreceived, &s);  /* until an ACK proves it arrived */
+    else deliver_all(c, sender, receiver, &s);
     return c->out_of_memory ? -1 : 0;
 }
 
