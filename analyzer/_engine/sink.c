@@ -31,7 +31,10 @@
  * compaction on fault cost more than the TLB misses saved) and are never
  * freed one by one: a finished connection's memory is reused for a
  * new one (warm in cache, no malloc), linked to the next spare through its
- * first bytes. The slabs go when the run ends. */
+ * first bytes. The slabs go when the run ends. While connections pile up
+ * (TIME_WAIT lasts a minute), a new slab is needed every ~5,000 connections:
+ * the writer thread, which has time to spare then, allocates it and faults
+ * its pages in (a thousand page faults, ~1 ms) before the tracker needs it. */
 static inline void push_conn(Conn **list, Conn *c) {
     *(Conn **)c = *list;
     *list = c;
@@ -138,6 +141,25 @@ static void format_unit(Sink *sink, Share *share, Conn **batch, size_t n, uint64
 
 /* ---- the second thread ---------------------------------------------------------------- */
 
+/* A slab with its pages faulted in; NULL when out of memory. (A write to each
+ * page, through volatile: malloc + memset(0) is compiled into calloc, which
+ * leaves fresh pages untouched.) */
+static char *faulted_slab(void) {
+    volatile char *slab = malloc(SLAB);
+    for (size_t at = 0; slab != NULL && at < SLAB; at += 4096) slab[at] = 0;
+    return (char *)slab;
+}
+
+/* Make the slab the tracker asked for (the lock held, and released meanwhile). */
+static void make_wanted_slab(Sink *sink) {
+    sink->slab_wanted = 0;
+    pthread_mutex_unlock(&sink->lock);
+    char *slab = faulted_slab();
+    pthread_mutex_lock(&sink->lock);
+    if (sink->ready_slab == NULL) sink->ready_slab = slab;
+    else free(slab);
+}
+
 static void *writer_main(void *arg) {
     Sink *sink = arg;
     name_this_thread("synfin-writer");
@@ -146,7 +168,11 @@ static void *writer_main(void *arg) {
     for (;;) {
         pthread_mutex_lock(&sink->lock);
         for (size_t i = 0; i < n; i++) push_conn(&sink->returned, batch[i]);  /* the last unit's, back */
-        while (sink->count == 0 && !sink->closing) pthread_cond_wait(&sink->not_empty, &sink->lock);
+        while (sink->count == 0 && !sink->closing) {
+            if (sink->slab_wanted) make_wanted_slab(sink);
+            else pthread_cond_wait(&sink->not_empty, &sink->lock);
+        }
+        if (sink->slab_wanted && !sink->closing) make_wanted_slab(sink);
         if (sink->count == 0) {  /* closing, and nothing left */
             pthread_mutex_unlock(&sink->lock);
             return NULL;
@@ -206,6 +232,7 @@ int sink_start(Sink *sink) {
     pthread_mutex_init(&sink->lock, NULL);
     pthread_cond_init(&sink->not_empty, NULL);
     pthread_cond_init(&sink->turn, NULL);
+    sink->slab_wanted = 1;  /* the first, made while the tracker starts */
     if (pthread_create(&sink->thread, NULL, writer_main, sink)) return -1;
     sink->threaded = 1;
     return 0;
@@ -244,6 +271,18 @@ int sink_finish(Sink *sink) {
     return status ? status : sink->error;
 }
 
+/* The slab the writer made ready (and ask for the next), or, inline or when none is ready, one made here. */
+static char *next_slab(Sink *sink) {
+    if (!sink->threaded) return malloc(SLAB);
+    pthread_mutex_lock(&sink->lock);
+    char *slab = sink->ready_slab;
+    sink->ready_slab = NULL;
+    sink->slab_wanted = 1;
+    pthread_cond_signal(&sink->not_empty);
+    pthread_mutex_unlock(&sink->lock);
+    return slab != NULL ? slab : malloc(SLAB);
+}
+
 static Conn *carve(Sink *sink) {
     if (sink->slab_left < sizeof(Conn)) {
         if (sink->n_slabs == sink->cap_slabs) {
@@ -251,7 +290,7 @@ static Conn *carve(Sink *sink) {
             if (slabs == NULL) return NULL;
             sink->slabs = slabs;
         }
-        char *slab = malloc(SLAB);
+        char *slab = next_slab(sink);
         if (slab == NULL) return NULL;
         sink->slabs[sink->n_slabs++] = slab;
         sink->slab_next = slab;
@@ -277,6 +316,7 @@ void sink_free(Sink *sink) {
     if (sink->threaded) sink_finish(sink);
     for (size_t i = 0; i < sink->pending_len; i++) conn_free(sink->pending[i]);
     for (size_t i = 0; i < sink->n_slabs; i++) free(sink->slabs[i]);
+    free(sink->ready_slab);
     free(sink->slabs);
     free(sink->pending);
     free(sink->ring);

@@ -47,6 +47,8 @@ typedef struct {
     void **slabs;
     size_t n_slabs, cap_slabs, slab_left;
     char *slab_next;
+    char *ready_slab;      /* the next slab, its pages already faulted in by the writer (under the lock) */
+    int slab_wanted;       /* the tracker took the ready one: the writer makes another (under the lock) */
 } Sink;
 
 int sink_start(Sink *sink);
