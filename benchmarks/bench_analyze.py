@@ -24,7 +24,9 @@ the ratios synfin/tcptrace and synfin/tshark.
 Also: synfin's first run after clearing its bytecode caches (``__pycache__``
 under analyzer/, plus every ``--cold-cache-dir``), timed apart from the warm
 runs; a scaling table of synfin's wall time and peak RSS on ¼, ½, 1 and 2× the
-capture; synfin on the pcapng, IPv6 and VLAN copies against the plain pcap;
+capture; synfin on the pcapng, IPv6 and VLAN copies against the plain pcap
+(each of these files run alternately with the plain 1× pcap, and its ratio
+taken to those paired runs: this VM's speed drifts by 20 % over minutes);
 and each tool's connection count next to the manifest's (synfin's from its
 summary on stderr, tcptrace's and tshark's from one extra, untimed run each).
 
@@ -307,21 +309,22 @@ def _rate(pps: float) -> str:
     return f"{pps / 1e6:.2f} M" if pps >= 1e6 else f"{pps / 1e3:.0f} k"
 
 
-def print_scaling(rows: dict[str, Result]) -> None:
-    base = rows["x1"]
-    table = Table(title="synfin: growth with capture size")
+def print_scaling(rows: dict[str, tuple[Result, Result]]) -> None:
+    """Each row's ratios are to the 1× runs it was paired with (the 1× row: the main runs)."""
+    base_rss = rows["x1"][0].rss_mib
+    table = Table(title="synfin: growth with capture size (each size paired with 1×)")
     for name in ("size", "file", "packets", "wall", "packets/s", "peak RSS", "wall ÷ 1×", "RSS ÷ 1×"):
         table.add_column(name, justify="left" if name in ("size", "file") else "right")
     for key in SCALES:
         if key in rows:
-            r = rows[key]
+            r, b = rows[key]
             table.add_row(key[1:] + "×", r.file, f"{r.packets:,}", f"{r.median:.2f} s", _rate(r.pps),
-                          f"{r.rss_mib:,.0f} MiB", f"{r.median / base.median:.2f}", f"{r.rss_mib / base.rss_mib:.2f}")
+                          f"{r.rss_mib:,.0f} MiB", f"{r.median / b.median:.2f}", f"{r.rss_mib / base_rss:.2f}")
     console.print(table)
 
 
 def print_variants(rows: dict[str, tuple[Result, Result]]) -> None:
-    table = Table(title="synfin: variants against the plain IPv4 pcap")
+    table = Table(title="synfin: variants against the plain IPv4 pcap (run alternately with it)")
     for name in ("variant", "file", "packets", "wall", "base wall", "wall ratio", "per-packet ratio", "peak RSS"):
         table.add_column(name, justify="left" if name in ("variant", "file") else "right")
     for key, (r, base) in rows.items():
@@ -395,29 +398,44 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def bench_pair(path: Path, base: Path, runs: int, index: dict[str, Any]) -> tuple[Result, Result]:
+    """synfin on `path` and on `base` alternately, the order swapped every round: a ratio between two
+    files is only as good as the two sets of runs are alike, and this VM's speed drifts over minutes."""
+    pair = (Result("synfin", path.name, packet_count(path, index)),
+            Result("synfin", base.name, packet_count(base, index)))
+    for round_no in range(runs):
+        order = ((pair[0], path), (pair[1], base))
+        for result, file in order if round_no % 2 == 0 else order[::-1]:
+            result.samples.append(timed(command("synfin", file)))
+        console.print(f"  round {round_no + 1}/{runs} {path.name} {pair[0].samples[-1].wall:.2f} s, "
+                      f"{base.name} {pair[1].samples[-1].wall:.2f} s", style="dim")
+    return pair
+
+
 def scale_and_variants(synfin: Result, variants: dict[str, Path], index: dict[str, Any],
                        args: argparse.Namespace) -> dict[str, Any]:
-    """The scaling table and the pcapng / IPv6 / VLAN ratios, synfin only."""
+    """The scaling table and the pcapng / IPv6 / VLAN ratios, synfin only, each file paired with the 1× pcap."""
     out: dict[str, Any] = {}
     runs = args.variant_runs or args.runs
+    capture = args.capture
     if not args.no_scaling and any(k in variants for k in ("x0.25", "x0.5", "x2")):
-        rows = {"x1": synfin}
+        rows = {"x1": (synfin, synfin)}
         for key in ("x0.25", "x0.5", "x2"):
             if key in variants:
-                console.print(f"scaling {key}: {variants[key].name}")
-                path = variants[key]
-                rows[key] = bench_file(path, ["synfin"], runs, packet_count(path, index), args)["synfin"]
+                console.print(f"scaling {key}: {variants[key].name}, paired with {capture.name}")
+                rows[key] = bench_pair(variants[key], capture, runs, index)
         print_scaling(rows)
-        out["scaling"] = {k: r.summary() for k, r in rows.items()}
+        out["scaling"] = {k: {**r.summary(), "paired_1x_median_s": round(b.median, 4),
+                              "wall_ratio": round(r.median / b.median, 3)} for k, (r, b) in rows.items()}
     pairs = {}
     for key in VARIANTS:
         if key in variants:
-            console.print(f"variant {key}: {variants[key].name}")
-            path = variants[key]
-            pairs[key] = (bench_file(path, ["synfin"], runs, packet_count(path, index), args)["synfin"], synfin)
+            console.print(f"variant {key}: {variants[key].name}, paired with {capture.name}")
+            pairs[key] = bench_pair(variants[key], capture, runs, index)
     if pairs:
         print_variants(pairs)
-        out["variants"] = {k: {**r.summary(), "wall_ratio": round(r.median / b.median, 3),
+        out["variants"] = {k: {**r.summary(), "paired_base_median_s": round(b.median, 4),
+                               "wall_ratio": round(r.median / b.median, 3),
                                "per_packet_ratio": round((r.median / r.packets) / (b.median / b.packets), 3)}
                            for k, (r, b) in pairs.items()}
     return out
