@@ -24,7 +24,8 @@
 
 #define FLUSH_AT (1u << 20)
 #define QUEUE_CAPACITY 32768
-#define BATCH 4096
+#define BATCH 4096  /* connections handed over at a time */
+#define UNIT 1024   /* connections formatted, and their text written, at a time */
 #define SLAB (4u << 20)
 
 /* Connections live in 4 MiB slabs (huge pages were tried: the kernel's
@@ -100,10 +101,10 @@ static int failed(Sink *sink) { return __atomic_load_n(&sink->error, __ATOMIC_AC
 
 /* ---- units: taken in order, formatted by either thread, written in order ----------- */
 
-/* Up to BATCH connections from the head of the queue (the lock held); their unit's number. */
+/* Up to UNIT connections from the head of the queue (the lock held); their unit's number. */
 static uint64_t take_unit(Sink *sink, Conn **batch, size_t *n) {
     *n = 0;
-    while (*n < BATCH && sink->count) {
+    while (*n < UNIT && sink->count) {
         batch[(*n)++] = sink->ring[sink->head];
         sink->head = (sink->head + 1) % QUEUE_CAPACITY;
         sink->count--;
@@ -163,7 +164,7 @@ static void make_wanted_slab(Sink *sink) {
 static void *writer_main(void *arg) {
     Sink *sink = arg;
     name_this_thread("synfin-writer");
-    Conn *batch[BATCH];
+    Conn *batch[UNIT];
     size_t n = 0;
     for (;;) {
         pthread_mutex_lock(&sink->lock);
@@ -186,7 +187,7 @@ static void *writer_main(void *arg) {
 /* The tracker's thread, instead of waiting for room: format the unit at the head
  * (the lock held, and released meanwhile). Its connections become spares. */
 static void help(Sink *sink) {
-    Conn *batch[BATCH];
+    Conn *batch[UNIT];
     size_t n;
     uint64_t unit = take_unit(sink, batch, &n);
     pthread_mutex_unlock(&sink->lock);
@@ -304,6 +305,12 @@ static Conn *carve(Sink *sink) {
 
 Conn *sink_new_conn(void *ctx) {
     Sink *sink = ctx;
+    if (sink->spare == NULL && sink->threaded) {  /* before a new slab: what the writer gave back */
+        pthread_mutex_lock(&sink->lock);
+        sink->spare = sink->returned;
+        sink->returned = NULL;
+        pthread_mutex_unlock(&sink->lock);
+    }
     Conn *c = sink->spare;
     if (c == NULL) return carve(sink);
     Conn *next = sink->spare = *(Conn **)c;
