@@ -168,7 +168,9 @@ static void *writer_main(void *arg) {
     size_t n = 0;
     for (;;) {
         pthread_mutex_lock(&sink->lock);
-        for (size_t i = 0; i < n; i++) push_conn(&sink->returned, batch[i]);  /* the last unit's, back */
+        Conn *back = sink->returned;  /* the last unit's connections, back (the tracker peeks without the lock) */
+        for (size_t i = 0; i < n; i++) push_conn(&back, batch[i]);
+        __atomic_store_n(&sink->returned, back, __ATOMIC_RELAXED);
         while (sink->count == 0 && !sink->closing) {
             if (sink->slab_wanted) make_wanted_slab(sink);
             else pthread_cond_wait(&sink->not_empty, &sink->lock);
@@ -208,16 +210,12 @@ static int hand_over(Sink *sink) {
         }
         pthread_cond_signal(&sink->not_empty);
     }
-    if (sink->spare == NULL) {  /* take what the writer gave back */
-        sink->spare = sink->returned;
-        sink->returned = NULL;
-    }
     pthread_mutex_unlock(&sink->lock);
     sink->pending_len = 0;
     return failed(sink);
 }
 
-static void add_census(Census *to, const Census *from) {
+static void add_census(Census *to, const Census *from) {  /* every field of a Census is an int64_t count */
     int64_t *a = (int64_t *)to;
     const int64_t *b = (const int64_t *)from;
     for (size_t i = 0; i < sizeof *to / sizeof *a; i++) a[i] += b[i];
@@ -305,8 +303,8 @@ static Conn *carve(Sink *sink) {
 
 Conn *sink_new_conn(void *ctx) {
     Sink *sink = ctx;
-    if (sink->spare == NULL && sink->threaded) {  /* before a new slab: what the writer gave back */
-        pthread_mutex_lock(&sink->lock);
+    if (sink->spare == NULL && sink->threaded && __atomic_load_n(&sink->returned, __ATOMIC_RELAXED) != NULL) {
+        pthread_mutex_lock(&sink->lock);  /* before a new slab: what the writer gave back */
         sink->spare = sink->returned;
         sink->returned = NULL;
         pthread_mutex_unlock(&sink->lock);
