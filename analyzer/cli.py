@@ -132,8 +132,7 @@ def _analyze_one(args: argparse.Namespace, path: Path, out: IO[str], table_conso
 
 
 def _analyze_reference(args: argparse.Namespace, path: Path, out: IO[str], table_console: Console | None,
-                       stats: Stats,
-                       census: Census, capture: str | None, progress: Any, index: int) -> None:
+                       stats: Stats, census: Census, capture: str | None, progress: Any, index: int) -> None:
     """The Python pipeline: a Connection object per connection, written by report.py."""
     conns = census.count(analyze(path, msl=args.msl, idle_timeout=args.idle_timeout,
                                  handshake_timeout=args.handshake_timeout,
