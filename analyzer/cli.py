@@ -16,7 +16,7 @@ from analyzer.connection import Timeouts
 from analyzer.ladder_cli import add_ladder
 from analyzer.pipeline import Stats, analyze
 from analyzer.report import Census, csv_header, table_header, write_csv, write_json, write_summary, write_table
-from analyzer.styled import Styled, console_for
+from analyzer.styled import Styled, console_for, is_tty
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -96,7 +96,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         out: IO[str] = (stack.enter_context(open(args.output, "w", encoding="utf-8"))
                         if args.output else sys.stdout)
-        table_console = (console_for(out, width=None if _is_terminal(out) else 180)
+        table_console = (console_for(out, width=None if is_tty(out) else 180)
                          if args.format == "table" else None)  # JSON and CSV need no rich
         summary = Styled(out, table_console) if table_console is not None else err
         for index, path in enumerate(args.captures):
@@ -163,6 +163,3 @@ def _progress_bar(path: Path, err: Styled) -> Iterator[object]:
     with bar:
         yield lambda done: bar.update(task, completed=done)
 
-
-def _is_terminal(stream: IO[str]) -> bool:
-    return hasattr(stream, "isatty") and stream.isatty()

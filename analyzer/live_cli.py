@@ -35,7 +35,7 @@ from analyzer.events import Event, EventWatcher, event_json, format_event
 from analyzer.live import DEFAULT_SNAPLEN, LiveCapture, LiveError, PcapWriter
 from analyzer.pipeline import Options, Pipeline, Stats
 from analyzer.report import Census, write_json, write_summary, write_table
-from analyzer.styled import Styled
+from analyzer.styled import Styled, is_tty
 
 if TYPE_CHECKING:  # rich is imported when the command runs, not when its options are declared
     from rich.console import Console, Group
@@ -228,7 +228,7 @@ class Session:
 
         self._flush()
         table_console = Console(file=out, highlight=False, soft_wrap=True,
-                                width=None if _is_terminal(out) else 180)
+                                width=None if is_tty(out) else 180)
         summary_console = table_console if self.args.format == "text" else err
         if self.spool is not None:
             conns = self.spool.replay()
@@ -354,6 +354,3 @@ def summary_view(iface: str, pipeline: Pipeline, rates: Rates, capture: LiveCapt
     frames = f"{capture.frames} frames, {kernel.dropped} dropped by the kernel"
     return Group(states, "", flow, "", frames)
 
-
-def _is_terminal(stream: IO[str]) -> bool:
-    return hasattr(stream, "isatty") and stream.isatty()

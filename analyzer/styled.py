@@ -24,14 +24,17 @@ if TYPE_CHECKING:
 Piece = str | tuple[str, str]  # text, or (text, rich style)
 
 
-def wants_styles(stream: IO[str]) -> bool:
-    """Whether rich could style output to `stream` (its own test, less the cases that only turn styles off)."""
-    if "FORCE_COLOR" in os.environ or "TTY_COMPATIBLE" in os.environ:
-        return True
+def is_tty(stream: IO[str]) -> bool:
+    """Whether `stream` is a terminal (False for a stream without isatty, or a closed one)."""
     try:
         return bool(stream.isatty())
-    except (AttributeError, ValueError):  # no isatty, or closed
+    except (AttributeError, ValueError):
         return False
+
+
+def wants_styles(stream: IO[str]) -> bool:
+    """Whether rich could style output to `stream` (its own test, less the cases that only turn styles off)."""
+    return "FORCE_COLOR" in os.environ or "TTY_COMPATIBLE" in os.environ or is_tty(stream)
 
 
 def console_for(stream: IO[str] | None, **options: object) -> Console:
