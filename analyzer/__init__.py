@@ -6,6 +6,9 @@ The public API::
     for conn in analyzer.analyze("capture.pcap"):
         print(conn.id, conn.labels["open"], conn.labels["close"])
     df = analyzer.to_dataframe(analyzer.analyze("capture.pcap"))
+
+A capture is a path (pcap or pcapng, optionally gzip-compressed; a named pipe
+reads as a file does) or "-" for standard input, as on the command line.
 """
 
 from analyzer.capture import CaptureError

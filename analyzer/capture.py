@@ -1,6 +1,11 @@
 """Reading capture files: pcap and pcapng, plain or gzip-compressed.
 
-The format is told by the magic bytes, never by the file name. Each reader
+The format is told by the magic bytes, never by the file name. A capture is
+opened once, from its path or, for "-", from standard input (as `tcpdump -r -`),
+and never reopened or rewound to be read: the first bytes, read to tell the
+format, are handed back on the stream (`_Replay`), so a named pipe, a shell's
+`<(cat x.pcap)` and a pipe into standard input read as a file does, gzip
+included. Messages name standard input "standard input". Each reader
 yields `RawFrame`s numbered from 1, as Wireshark numbers them. Problems that
 leave the rest of the file readable (a record cut short at the end) are
 reported through `CaptureDamage`, counted by the caller; problems that leave
@@ -14,14 +19,17 @@ memory stays at one block whatever the size of the capture.
 from __future__ import annotations
 
 import gzip
+import io
+import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 BLOCK = 1 << 20
+STDIN = "-"  # the capture name that reads standard input, as tcpdump -r - does (./- is a file named -)
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
     b"\xa1\xb2\xc3\xd4": (">", 1e-6),
@@ -65,12 +73,12 @@ Progress = Callable[[int], None]
 class _Blocks:
     """Sequential reads of exact sizes from a stream, through a large buffer."""
 
-    def __init__(self, stream: BinaryIO, progress: Progress | None = None) -> None:
-        self._stream = stream
+    def __init__(self, capture: OpenCapture, progress: Progress | None = None) -> None:
+        self._stream = capture.stream
         self._buf = b""
         self._pos = 0
         self._progress = progress
-        self._file = getattr(stream, "fileobj", None) or stream  # gzip: the compressed file
+        self._file = capture.file  # gzip: progress in compressed bytes
 
     def read(self, size: int) -> bytes:
         end = self._pos + size
@@ -87,52 +95,148 @@ class _Blocks:
         self._buf = rest + more
         self._pos = 0
         if self._progress is not None:
-            self._progress(self._file.tell())
+            self._progress(self._file.consumed)
 
 
-def open_capture(path: Path) -> tuple[BinaryIO, bytes]:
-    """Open `path`, unwrapping gzip, and return the stream and its first 4 bytes."""
+def capture_name(path: str | Path) -> str:
+    """How messages and summaries name a capture: "standard input" for "-", else the path."""
+    return "standard input" if str(path) == STDIN else str(path)
+
+
+class _File(io.FileIO):
+    """The capture file as opened, counting the bytes read from it (for progress: the
+    compressed bytes of a gzip file, on a pipe as on a disk)."""
+
+    consumed = 0
+
+    def readinto(self, buffer: Any) -> int | None:
+        count = super().readinto(buffer)
+        if count:
+            self.consumed += count
+        return count
+
+
+class _Replay(io.RawIOBase):
+    """A stream whose first bytes were read to tell its format, given back before the rest:
+    a pipe cannot be rewound, nor reopened."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        super().__init__()
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            count = min(len(buffer), len(self._head))
+            buffer[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        return self._rest.readinto(buffer)  # type: ignore[attr-defined, no-any-return]
+
+    def close(self) -> None:
+        self._rest.close()
+        super().close()
+
+
+@dataclass(slots=True)
+class OpenCapture:
+    """A capture opened once: `stream` gives its bytes from the start (decompressed), whatever
+    `head` (its first 4 bytes) took; `file` is the file itself; `start` is where the capture
+    begins in `file` if it can seek there, None for a pipe."""
+
+    name: str
+    stream: BinaryIO
+    head: bytes
+    file: _File
+    start: int | None
+    gzipped: bool
+
+    def own_fd(self) -> int:
+        """A file descriptor at the start of the plain capture, for a reader of its own (the
+        engine's thread), or -1 when the bytes must come through `stream`: gzip (decompressed
+        here) or a pipe (its head is in `stream`, no longer in the pipe). After this, read only
+        the descriptor."""
+        if self.gzipped or self.start is None:
+            return -1
+        os.lseek(self.file.fileno(), self.start, os.SEEK_SET)
+        return self.file.fileno()
+
+    def close(self) -> None:
+        self.stream.close()
+        self.file.close()
+
+
+def open_capture(path: str | Path) -> OpenCapture:
+    """Open the capture at `path` ("-": standard input) once, unwrapping gzip.
+
+    Nothing is opened twice and nothing is read that is not handed on: the head is read
+    through the stream and given back on it, so a named pipe, `<(cat x.pcap)` and standard
+    input read as a file does.
+    """
+    name = capture_name(path)
+    if str(path) == STDIN and os.isatty(0):
+        raise CaptureError(f"{name}: is a terminal, not a capture (pipe one in: synfin analyze - < x.pcap)")
     try:
-        stream: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by read_frames
+        file = _File(os.dup(0) if str(path) == STDIN else path, "rb")  # a copy: closing it keeps stdin open
     except OSError as err:
-        raise CaptureError(f"{path}: cannot open: {err.strerror or err}") from None
+        raise CaptureError(f"{name}: cannot open: {err.strerror or err}") from None
     try:
-        if stream.peek(2)[:2] == GZIP_MAGIC:  # type: ignore[attr-defined]
-            stream.close()
-            stream = gzip.open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
-        return stream, stream.peek(4)[:4]  # type: ignore[attr-defined]
+        start = file.tell() if file.seekable() else None
+        stream, head = _with_head(io.BufferedReader(file))
+    except OSError as err:
+        file.close()
+        raise CaptureError(f"{name}: read error: {err.strerror or err}") from None
+    if head[:2] != GZIP_MAGIC:
+        return OpenCapture(name, stream, head, file, start, gzipped=False)
+    try:
+        stream, head = _with_head(gzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[arg-type]
     except (OSError, EOFError, zlib.error) as err:
-        stream.close()
-        raise CaptureError(f"{path}: gzip data is damaged: {err}") from None
+        file.close()
+        raise CaptureError(f"{name}: gzip data is damaged: {err}") from None
+    return OpenCapture(name, stream, head, file, start, gzipped=True)
 
 
-def read_frames(path: Path, progress: Progress | None = None) -> Iterator[Item]:
-    """Yield every frame (and every damaged spot) of the capture at `path`.
+def _with_head(stream: BinaryIO) -> tuple[BinaryIO, bytes]:
+    """The stream's first 4 bytes (fewer only at its end), and the stream that gives them back."""
+    head = stream.read(4)  # a buffered read: waits on a slow pipe until it has them
+    return io.BufferedReader(_Replay(head, stream)), head  # type: ignore[return-value]
+
+
+def check_head(capture: OpenCapture) -> None:
+    """Raise CaptureError unless the capture starts as a pcap or pcapng file does."""
+    if not capture.head:
+        raise CaptureError(f"{capture.name}: the file is empty, not a capture")
+    if capture.head not in PCAP_MAGICS and capture.head != PCAPNG_SHB:
+        raise CaptureError(
+            f"{capture.name}: not a pcap or pcapng capture (starts with bytes {capture.head.hex(' ')})"
+        )
+
+
+def read_frames(path: str | Path, progress: Progress | None = None) -> Iterator[Item]:
+    """Yield every frame (and every damaged spot) of the capture at `path` ("-": standard input).
 
     `progress`, if given, is called with the number of file bytes read so far.
     """
-    stream, head = open_capture(path)
+    capture = open_capture(path)
     try:
-        if not head:
-            raise CaptureError(f"{path}: the file is empty, not a capture")
-        if head in PCAP_MAGICS:
-            yield from _read_pcap(path, _Blocks(stream, progress))
-        elif head == PCAPNG_SHB:
-            yield from _read_pcapng(path, _Blocks(stream, progress))
+        check_head(capture)
+        if capture.head in PCAP_MAGICS:
+            yield from _read_pcap(capture.name, _Blocks(capture, progress))
         else:
-            raise CaptureError(
-                f"{path}: not a pcap or pcapng capture (starts with bytes {head.hex(' ')})"
-            )
+            yield from _read_pcapng(capture.name, _Blocks(capture, progress))
     except (OSError, EOFError, zlib.error) as err:
-        raise CaptureError(f"{path}: read error: {err}") from None
+        raise CaptureError(f"{capture.name}: read error: {err}") from None
     finally:
-        stream.close()
+        capture.close()
 
 
-def _read_pcap(path: Path, blocks: _Blocks) -> Iterator[Item]:
+def _read_pcap(name: str, blocks: _Blocks) -> Iterator[Item]:
     header = blocks.read(24)
     if len(header) < 24:
-        raise CaptureError(f"{path}: pcap file header is cut short ({len(header)} of 24 bytes)")
+        raise CaptureError(f"{name}: pcap file header is cut short ({len(header)} of 24 bytes)")
     order, unit = PCAP_MAGICS[header[:4]]
     linktype = struct.unpack(order + "I", header[20:24])[0] & 0x0FFFFFFF
     record = struct.Struct(order + "IIII")
@@ -163,7 +267,7 @@ class _Interface:
     offset: int
 
 
-def _read_pcapng(path: Path, blocks: _Blocks) -> Iterator[Item]:
+def _read_pcapng(name: str, blocks: _Blocks) -> Iterator[Item]:
     order = "<"
     interfaces: list[_Interface] = []
     number = 0
@@ -176,17 +280,17 @@ def _read_pcapng(path: Path, blocks: _Blocks) -> Iterator[Item]:
             yield CaptureDamage(number + 1, f"block header cut short ({len(head)} of 8 bytes)")
             return
         if head[:4] == PCAPNG_SHB:
-            order = _section_byte_order(path, blocks.read(4))
+            order = _section_byte_order(name, blocks.read(4))
             interfaces = []
             body_len = struct.unpack(order + "I", head[4:8])[0] - 12
             first = False
         else:
             if first:
-                raise CaptureError(f"{path}: pcapng file does not start with a section header")
+                raise CaptureError(f"{name}: pcapng file does not start with a section header")
             body_len = struct.unpack(order + "I", head[4:8])[0] - 8
         if body_len < 4 or body_len > MAX_RECORD:
             if first:
-                raise CaptureError(f"{path}: pcapng section header is garbled")
+                raise CaptureError(f"{name}: pcapng section header is garbled")
             yield CaptureDamage(number + 1, f"garbled pcapng block (length {body_len + 8}); rest skipped")
             return
         body = blocks.read(body_len)
@@ -205,12 +309,12 @@ def _read_pcapng(path: Path, blocks: _Blocks) -> Iterator[Item]:
                 interfaces.append(_parse_idb(body[:-4], order))
 
 
-def _section_byte_order(path: Path, magic: bytes) -> str:
+def _section_byte_order(name: str, magic: bytes) -> str:
     if magic == b"\x4d\x3c\x2b\x1a":
         return "<"
     if magic == b"\x1a\x2b\x3c\x4d":
         return ">"
-    raise CaptureError(f"{path}: pcapng section header has a bad byte-order magic")
+    raise CaptureError(f"{name}: pcapng section header has a bad byte-order magic")
 
 
 def _parse_idb(body: bytes, order: str) -> _Interface:

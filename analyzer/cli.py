@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from analyzer import __version__, engine
-from analyzer.capture import CaptureError
+from analyzer.capture import STDIN, CaptureError, capture_name
 from analyzer.connection import Timeouts
 from analyzer.ladder_cli import add_ladder
 from analyzer.pipeline import Stats, analyze
@@ -56,7 +57,9 @@ def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         "analyze", help="analyze capture files (pcap, pcapng, gzip)",
         description="Report how every TCP connection in the captures opened and closed.")
     parser.add_argument("captures", nargs="+", type=Path, metavar="CAPTURE",
-                        help="pcap or pcapng file, optionally gzip-compressed")
+                        help="pcap or pcapng file, optionally gzip-compressed; a named pipe or <(command) "
+                             "works too; - reads standard input (called 'standard input' in messages and "
+                             "the summary, '-' in the capture column; ./- is a file named -)")
     parser.add_argument("-f", "--format", choices=("table", "json", "csv"), default="table",
                         help="table (default), JSON Lines (one object per connection) or CSV")
     parser.add_argument("-o", "--output", type=Path, metavar="FILE",
@@ -113,7 +116,7 @@ def _analyze_one(args: argparse.Namespace, path: Path, out: IO[str], table_conso
     stats, census = Stats(), Census()
     capture = str(path) if len(args.captures) > 1 else None
     if table_console is not None and len(args.captures) > 1:
-        table_console.rule(str(path))
+        table_console.rule(capture_name(path))
     with _progress_bar(path, err) as progress:
         if args.compiled:
             colour = table_console is not None and table_console.is_terminal and not table_console.no_color
@@ -128,7 +131,7 @@ def _analyze_one(args: argparse.Namespace, path: Path, out: IO[str], table_conso
         else:
             _analyze_reference(args, path, out, table_console, stats, census, capture, progress, index)
     if not args.no_summary:
-        write_summary(str(path), stats, census, summary)
+        write_summary(capture_name(path), stats, census, summary)
 
 
 def _analyze_reference(args: argparse.Namespace, path: Path, out: IO[str], table_console: Console | None,
@@ -147,9 +150,10 @@ def _analyze_reference(args: argparse.Namespace, path: Path, out: IO[str], table
 
 @contextmanager
 def _progress_bar(path: Path, err: Styled) -> Iterator[object]:
-    """A progress bar on stderr for large files, when stderr is a terminal."""
+    """A progress bar on stderr for large files, when stderr is a terminal (none for a pipe: no size)."""
     try:
-        size = os.path.getsize(path)
+        info = os.fstat(0) if str(path) == STDIN else os.stat(path)
+        size = info.st_size if stat.S_ISREG(info.st_mode) else 0
     except OSError:
         size = 0
     if size < PROGRESS_MIN_BYTES or not err.is_terminal:
@@ -159,7 +163,7 @@ def _progress_bar(path: Path, err: Styled) -> Iterator[object]:
 
     bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                    TimeRemainingColumn(), console=err.console, transient=True)
-    task = bar.add_task(path.name, total=size)
+    task = bar.add_task(path.name if str(path) != STDIN else capture_name(path), total=size)
     with bar:
         yield lambda done: bar.update(task, completed=done)
 

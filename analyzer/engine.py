@@ -31,15 +31,13 @@ import csv
 import io
 import ipaddress
 import json
-import os
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from analyzer.capture import PCAP_MAGICS, PCAPNG_SHB, CaptureDamage, CaptureError, Progress, open_capture
+from analyzer.capture import CaptureDamage, CaptureError, OpenCapture, Progress, check_head, open_capture
 from analyzer.connection import Timeouts
 from analyzer.decode import LINKTYPE_NAMES
 from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events, step
@@ -114,59 +112,52 @@ def _configure() -> None:
 
 def run(path: Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | None = None,
         colour: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Analyze the capture at `path`, writing its connections to `out` as `fmt`; return the counts.
+    """Analyze the capture at `path` ("-": standard input), writing its connections to `out` as `fmt`; return
+    the counts.
+
+    The capture is opened once (capture.open_capture), and read in one of two ways. A plain file that can
+    seek is read by the engine's own thread from the file descriptor, rewound to where the capture starts:
+    the fast path. A gzip file, or a pipe (a named pipe, `<(cat x.pcap)`, standard input from a pipe), is
+    read through the Python stream on the caller's thread, because its first bytes, read to tell the format,
+    are no longer in the pipe but in the stream, which hands them back first; this is also how the
+    reference pipeline reads, block for block.
 
     Raises CaptureError, as `capture.read_frames` does, when the file is not a readable capture.
     """
     if _engine is None:
         raise RuntimeError("the compiled engine is not built (no C compiler at install time)")
     _configure()
-    stream, head = open_capture(path)
+    opened = open_capture(path)
     try:
-        if not head:
-            raise CaptureError(f"{path}: the file is empty, not a capture")
-        if head not in PCAP_MAGICS and head != PCAPNG_SHB:
-            raise CaptureError(f"{path}: not a pcap or pcapng capture (starts with bytes {head.hex(' ')})")
+        check_head(opened)
         limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
         write, fd_out = _writer(out)
-        with _plain_file(path, stream) as fd_in:
-            try:
-                counts = _engine.run(_reader(stream, progress), fd_in, progress, write, fd_out, FORMATS[fmt],
-                                     limits, _quoted(capture, fmt), colour)
-            except (OSError, EOFError, zlib.error) as err:  # as capture.read_frames
-                if isinstance(err, BrokenPipeError):
-                    raise
-                raise CaptureError(f"{path}: read error: {err}") from None
+        try:
+            counts = _engine.run(_reader(opened, progress), opened.own_fd(), progress, write, fd_out,
+                                 FORMATS[fmt], limits, _quoted(capture, fmt), colour)
+        except (OSError, EOFError, zlib.error) as err:  # as capture.read_frames
+            if isinstance(err, BrokenPipeError):
+                raise
+            raise CaptureError(f"{opened.name}: read error: {err}") from None
     finally:
-        stream.close()
+        opened.close()
     if counts["error"]:
-        raise CaptureError(f"{path}: {counts['error']}")
+        raise CaptureError(f"{opened.name}: {counts['error']}")
     return counts
 
 
-@contextmanager
-def _plain_file(path: Path, stream: IO[bytes]) -> Iterator[int]:
-    """A file descriptor of the capture for the engine's reading thread; -1 for gzip (read via `stream`)."""
-    if getattr(stream, "fileobj", None) is not None:  # gzip.GzipFile: decompressed by Python
-        yield -1
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _reader(stream: IO[bytes], progress: Progress | None) -> Callable[[memoryview], int]:
-    raw = getattr(stream, "fileobj", None) or stream  # gzip: progress in compressed bytes
-    readinto = stream.readinto  # type: ignore[attr-defined]
+def _reader(opened: OpenCapture, progress: Progress | None) -> Callable[[memoryview], int]:
+    """How the engine reads through Python (gzip, pipes): the stream's readinto, reporting progress in
+    bytes of the file read (compressed bytes for gzip)."""
+    readinto = opened.stream.readinto  # type: ignore[attr-defined]
     if progress is None:
-        return readinto
+        return readinto  # type: ignore[no-any-return]
+    file = opened.file
 
     def read_and_report(view: memoryview) -> int:
         count = readinto(view)
-        progress(raw.tell())
-        return count
+        progress(file.consumed)
+        return count  # type: ignore[no-any-return]
 
     return read_and_report
 

@@ -5,6 +5,7 @@
     synfin ladder capture.pcap -o all.pdf            # every connection, a page each
     synfin ladder capture.pcap --conn 3 --text       # box-drawing ladder on the terminal
     synfin ladder capture.pcap --conn 3 --mermaid    # a Mermaid sequenceDiagram
+    zcat capture.pcap.gz | synfin ladder - --text    # "-": standard input (stdin-ID.png for pictures)
 
 Errors are one line on standard error and exit status 2: an unreadable
 capture, an unknown connection id (the ids there are are listed), an output
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analyzer.capture import CaptureError
+from analyzer.capture import STDIN, CaptureError, capture_name
 from analyzer.connection import Connection
 from analyzer.pipeline import analyze
 from analyzer.styled import Styled
@@ -51,7 +52,8 @@ examples:
   synfin ladder busy.pcap --conn 4 7 -o x.pdf  connections 4 and 7, a page each
   synfin ladder slow.pcap --time sequential    one row per segment, pauses not shown
   synfin ladder x.pcap --conn 0 --text         paste into a ticket
-  synfin ladder x.pcap --conn 0 --mermaid > ladder.mmd"""
+  synfin ladder x.pcap --conn 0 --mermaid > ladder.mmd
+  zcat x.pcap.gz | synfin ladder - --text      standard input ("-"), or a pipe: <(ssh h cat x.pcap)"""
 
 
 def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -60,7 +62,9 @@ def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = commands.add_parser(
         "ladder", help="draw connections as ladder diagrams (PNG, SVG, PDF, text, Mermaid)",
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("capture", type=Path, metavar="CAPTURE", help="pcap or pcapng file, optionally gzipped")
+    parser.add_argument("capture", type=Path, metavar="CAPTURE",
+                        help="pcap or pcapng file, optionally gzipped; a named pipe or <(command) works too; "
+                             "- reads standard input (pictures are then named stdin-ID.png)")
     parser.add_argument("--conn", nargs="+", action="extend", metavar="ID", default=[],
                         help="connection ids to draw, as `synfin analyze` numbers them, or 'all' "
                              f"(default: all of them, if there are at most {MAX_DEFAULT_FILES})")
@@ -142,15 +146,15 @@ def _select(args: argparse.Namespace, wanted: set[int] | None) -> list[Connectio
         else:
             conn.notes = None  # let the segments go
     if not seen:
-        raise _Nothing(f"{args.capture}: no TCP connections to draw")
+        raise _Nothing(f"{capture_name(args.capture)}: no TCP connections to draw")
     missing = sorted(wanted - set(seen)) if wanted is not None else []
     if missing:
-        raise LadderError(f"{args.capture}: no connection{'s' if len(missing) > 1 else ''} "
+        raise LadderError(f"{capture_name(args.capture)}: no connection{'s' if len(missing) > 1 else ''} "
                           f"{', '.join(map(str, missing))}; "
                           f"the connections there are {id_ranges(seen)}")
     pictures = not (args.text or args.mermaid)
     if pictures and not args.conn and len(kept) > MAX_DEFAULT_FILES and not _is_pdf(args.output):
-        raise LadderError(f"{args.capture} has {len(kept)} connections ({id_ranges(seen)}): choose some "
+        raise LadderError(f"{capture_name(args.capture)} has {len(kept)} connections ({id_ranges(seen)}): choose some "
                           "with --conn ID ..., or draw them all with --conn all or -o FILE.pdf")
     return sorted(kept, key=lambda c: c.id)
 
@@ -193,6 +197,8 @@ def _emit(args: argparse.Namespace, ladders: list[Ladder]) -> None:
 
 
 def capture_stem(path: Path) -> str:
-    """'busy' for busy.pcap, busy.pcapng and busy.pcap.gz."""
+    """'busy' for busy.pcap, busy.pcapng and busy.pcap.gz; 'stdin' for standard input ("-")."""
+    if str(path) == STDIN:
+        return "stdin"
     name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
     return Path(name).stem or "ladder"
