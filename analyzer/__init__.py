@@ -8,7 +8,8 @@ The public API::
     df = analyzer.to_dataframe(analyzer.analyze("capture.pcap"))
 
 A capture is a path (pcap or pcapng, optionally gzip-compressed; a named pipe
-reads as a file does) or "-" for standard input, as on the command line.
+reads as a file does) or the string "-" for standard input, as on the command
+line (a pathlib.Path is always a file: Path("-") is a file named -).
 """
 
 from analyzer.capture import CaptureError

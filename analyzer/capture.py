@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 BLOCK = 1 << 20
-STDIN = "-"  # the capture name that reads standard input, as tcpdump -r - does (./- is a file named -)
+STDIN = "-"  # as a str, not a Path: the capture that is standard input, read as tcpdump -r - reads it
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
     b"\xa1\xb2\xc3\xd4": (">", 1e-6),
@@ -98,9 +98,23 @@ class _Blocks:
             self._progress(self._file.consumed)
 
 
+def is_stdin(path: str | Path) -> bool:
+    """Whether `path` is the string "-", standard input. A Path is always a file: Path("-"), which is what
+    ./- on the command line becomes, is a file named -."""
+    return isinstance(path, str) and path == STDIN
+
+
+def capture_path(text: str) -> str | Path:
+    """A capture named on the command line (an argparse type): "-" stays standard input, the rest are paths."""
+    return STDIN if text == STDIN else Path(text)
+
+
 def capture_name(path: str | Path) -> str:
-    """How messages and summaries name a capture: "standard input" for "-", else the path."""
-    return "standard input" if str(path) == STDIN else str(path)
+    """How messages and summaries name a capture: "standard input" for "-", else the path (a file named -
+    as it must be given, ./-)."""
+    if is_stdin(path):
+        return "standard input"
+    return "./-" if str(path) == STDIN else str(path)
 
 
 class _File(io.FileIO):
@@ -177,10 +191,10 @@ def open_capture(path: str | Path) -> OpenCapture:
     input read as a file does.
     """
     name = capture_name(path)
-    if str(path) == STDIN and os.isatty(0):
+    if is_stdin(path) and os.isatty(0):
         raise CaptureError(f"{name}: is a terminal, not a capture (pipe one in: synfin analyze - < x.pcap)")
     try:
-        file = _File(os.dup(0) if str(path) == STDIN else path, "rb")  # a copy: closing it keeps stdin open
+        file = _File(os.dup(0) if is_stdin(path) else path, "rb")  # a copy: closing it keeps stdin open
     except OSError as err:
         raise CaptureError(f"{name}: cannot open: {err.strerror or err}") from None
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from analyzer import __version__, engine
-from analyzer.capture import STDIN, CaptureError, capture_name
+from analyzer.capture import STDIN, CaptureError, capture_name, capture_path, is_stdin
 from analyzer.connection import Timeouts
 from analyzer.ladder_cli import add_ladder
 from analyzer.pipeline import Stats, analyze
@@ -56,7 +56,7 @@ def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     parser = commands.add_parser(
         "analyze", help="analyze capture files (pcap, pcapng, gzip)",
         description="Report how every TCP connection in the captures opened and closed.")
-    parser.add_argument("captures", nargs="+", type=Path, metavar="CAPTURE",
+    parser.add_argument("captures", nargs="+", type=capture_path, metavar="CAPTURE",
                         help="pcap or pcapng file, optionally gzip-compressed; a named pipe or <(command) "
                              "works too; - reads standard input (called 'standard input' in messages and "
                              "the summary, '-' in the capture column; ./- is a file named -)")
@@ -111,10 +111,10 @@ def run_analyze(args: argparse.Namespace) -> int:
     return status
 
 
-def _analyze_one(args: argparse.Namespace, path: Path, out: IO[str], table_console: Console | None,
+def _analyze_one(args: argparse.Namespace, path: str | Path, out: IO[str], table_console: Console | None,
                  summary: Styled, err: Styled, index: int) -> None:
     stats, census = Stats(), Census()
-    capture = str(path) if len(args.captures) > 1 else None
+    capture = (STDIN if is_stdin(path) else capture_name(path)) if len(args.captures) > 1 else None
     if table_console is not None and len(args.captures) > 1:
         table_console.rule(capture_name(path))
     with _progress_bar(path, err) as progress:
@@ -134,7 +134,7 @@ def _analyze_one(args: argparse.Namespace, path: Path, out: IO[str], table_conso
         write_summary(capture_name(path), stats, census, summary)
 
 
-def _analyze_reference(args: argparse.Namespace, path: Path, out: IO[str], table_console: Console | None,
+def _analyze_reference(args: argparse.Namespace, path: str | Path, out: IO[str], table_console: Console | None,
                        stats: Stats, census: Census, capture: str | None, progress: Any, index: int) -> None:
     """The Python pipeline: a Connection object per connection, written by report.py."""
     conns = census.count(analyze(path, msl=args.msl, idle_timeout=args.idle_timeout,
@@ -149,10 +149,10 @@ def _analyze_reference(args: argparse.Namespace, path: Path, out: IO[str], table
 
 
 @contextmanager
-def _progress_bar(path: Path, err: Styled) -> Iterator[object]:
+def _progress_bar(path: str | Path, err: Styled) -> Iterator[object]:
     """A progress bar on stderr for large files, when stderr is a terminal (none for a pipe: no size)."""
     try:
-        info = os.fstat(0) if str(path) == STDIN else os.stat(path)
+        info = os.fstat(0) if is_stdin(path) else os.stat(path)
         size = info.st_size if stat.S_ISREG(info.st_mode) else 0
     except OSError:
         size = 0
@@ -163,7 +163,7 @@ def _progress_bar(path: Path, err: Styled) -> Iterator[object]:
 
     bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                    TimeRemainingColumn(), console=err.console, transient=True)
-    task = bar.add_task(path.name if str(path) != STDIN else capture_name(path), total=size)
+    task = bar.add_task(capture_name(path) if is_stdin(path) else Path(path).name, total=size)
     with bar:
         yield lambda done: bar.update(task, completed=done)
 

@@ -110,7 +110,7 @@ def _configure() -> None:
         configure()
 
 
-def run(path: Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | None = None,
+def run(path: str | Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | None = None,
         colour: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Analyze the capture at `path` ("-": standard input), writing its connections to `out` as `fmt`; return
     the counts.

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analyzer.capture import STDIN, CaptureError, capture_name
+from analyzer.capture import CaptureError, capture_name, capture_path, is_stdin
 from analyzer.connection import Connection
 from analyzer.pipeline import analyze
 from analyzer.styled import Styled
@@ -62,7 +62,7 @@ def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = commands.add_parser(
         "ladder", help="draw connections as ladder diagrams (PNG, SVG, PDF, text, Mermaid)",
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("capture", type=Path, metavar="CAPTURE",
+    parser.add_argument("capture", type=capture_path, metavar="CAPTURE",
                         help="pcap or pcapng file, optionally gzipped; a named pipe or <(command) works too; "
                              "- reads standard input (pictures are then named stdin-ID.png)")
     parser.add_argument("--conn", nargs="+", action="extend", metavar="ID", default=[],
@@ -196,9 +196,10 @@ def _emit(args: argparse.Namespace, ladders: list[Ladder]) -> None:
         print(path)
 
 
-def capture_stem(path: Path) -> str:
+def capture_stem(path: str | Path) -> str:
     """'busy' for busy.pcap, busy.pcapng and busy.pcap.gz; 'stdin' for standard input ("-")."""
-    if str(path) == STDIN:
+    if is_stdin(path):
         return "stdin"
-    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+    name = Path(path).name
+    name = name[:-3] if name.lower().endswith(".gz") else name
     return Path(name).stem or "ladder"

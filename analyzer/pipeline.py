@@ -123,5 +123,5 @@ def analyze(path: str | Path, *, msl: float = 30.0, idle_timeout: float = 900.0,
     """
     options = Options(Timeouts(msl=msl, idle=idle_timeout, handshake=handshake_timeout),
                       keep_segments)
-    frames = read_frames(Path(path), progress)
+    frames = read_frames(path, progress)  # as given: the string "-" is standard input
     return run_frames(frames, stats if stats is not None else Stats(), options)

@@ -210,7 +210,8 @@ def test_ladder_reads_standard_input_and_named_pipes(tmp_path: Path, captures: d
     assert (from_fifo.returncode, from_fifo.stdout) == (0, expected.stdout), from_fifo.stderr
     missing = synfin("ladder", "--conn", "9999", "--text", "-", data=captures["pcap"].read_bytes())
     assert missing.returncode == 2 and missing.stderr.startswith(b"synfin: standard input: no connection 9999")
-    assert capture_stem(Path("-")) == "stdin"  # pictures from standard input: stdin-ID.png, not --ID.png
+    assert capture_stem("-") == "stdin"  # pictures from standard input: stdin-ID.png, not --ID.png
+    assert capture_stem(Path("-")) == "-"  # a Path is a file: ./- on the command line
 
 
 def test_python_api_reads_standard_input(captures: dict[str, Path]) -> None:
@@ -244,3 +245,19 @@ def test_the_engine_reads_a_plain_file_on_its_own_thread(tmp_path: Path, capture
             assert piped.own_fd() == -1 and piped.stream.read() == captures["pcap"].read_bytes()
         finally:
             piped.close()
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_standard_input_among_several_captures(tmp_path: Path, engine_name: str) -> None:
+    """The JSON capture field (and CSV column) keeps the name as given, "-"; the summary says standard input.
+    A file named "-" is ./-, as for tcpdump."""
+    small = SAMPLES / "threeway_close.pcap"
+    (tmp_path / "-").write_bytes((SAMPLES / "refused.pcap").read_bytes())
+    done = subprocess.run([sys.executable, "-m", "analyzer", "analyze", "--engine", engine_name, "-f", "json",
+                           str(small), "-", "./-"], input=(SAMPLES / "busy.pcap").read_bytes(), cwd=tmp_path,
+                          capture_output=True, timeout=HANG)
+    assert done.returncode == 0, done.stderr
+    names = [line.split(b'"capture": ', 1)[1] for line in done.stdout.splitlines()]
+    assert names == [b'"' + str(small).encode() + b'"}'] + [b'"-"}'] * 340 + [b'"./-"}']
+    assert [line.split(b": ")[0] for line in done.stderr.splitlines() if not line.startswith(b" ")] == [
+        str(small).encode(), b"standard input", b"./-"]
