@@ -1,4 +1,4 @@
-"""Hostile captures against the compiled engine: issue 11, findings 1 and 6.
+"""Hostile captures against the compiled engine: issue 11, findings 1, 3, 4 and 6.
 
 A capture is untrusted input parsed by C. Each test here stands for one thing a
 fuzz run or a reading of the code found, and fails on the code before the fix:
@@ -8,27 +8,45 @@ fuzz run or a reading of the code found, and fails on the code before the fix:
    those tests fail only under AddressSanitizer (`make sanitize`, or the
    engine built with `-fsanitize=address,undefined` and run with libasan
    preloaded); they also hold the digits to repr() in both engines.
+3. A memory bomb: millions of too-short pcapng blocks kept a damage entry each,
+   in both engines (1.36 GB for a 116 KB .pcapng.gz). Now the first few are
+   kept and the rest counted.
+4. A CPU bomb: 65,000 interfaces of distinct unsupported link types made every
+   skipped frame a linear scan of the skip reasons (minutes for 300 k frames);
+   the engine also kept only 32 link types, so its summary differed from the
+   reference's past that. Now both are counted in hash tables, and the summary
+   names the most frequent few and counts the rest, the same in both engines.
 6. Safe by construction: `readinto` may not claim more bytes than it was
    given (nor fewer than none); configure() raises on a link type that is not
    one, and keeps more than 64 names.
 
+The bombs are built here with struct and gzip (no scapy), run in a subprocess,
+and bounded by its peak RSS; the subprocess timeout is a hang guard, not a
+speed assertion (the figures are in the report of the change, not asserted).
 Crafted packets and files are named as crafted.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import math
 import random
 import struct
 import subprocess
 import sys
+import textwrap
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from analyzer import decode, engine
+from analyzer.capture import CaptureDamage
 from analyzer.connection import Timeouts
+from analyzer.pipeline import NAMED_PROBLEMS, Stats
+from analyzer.report import NAMED_COUNTS, Census, write_summary
+from analyzer.styled import Styled
 from tests.crafting import pcapng_with_ticks, sample_packets
 from tests.engine_compare import difference, run_engines
 
@@ -50,6 +68,13 @@ def _block(block_type: int, body: bytes) -> bytes:
 
 
 CRAFTED_SHB = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+CRAFTED_ETHERNET_IDB = _block(1, struct.pack("<HHI", 1, 0, 0))
+CRAFTED_SHORT_EPB = _block(6, b"")  # an enhanced packet block with no room for its 20-byte header
+
+
+def crafted_short_blocks(count: int) -> bytes:
+    """A crafted pcapng of `count` enhanced packet blocks too short to hold a packet: `count` damaged spots."""
+    return CRAFTED_SHB + CRAFTED_ETHERNET_IDB + CRAFTED_SHORT_EPB * count
 
 
 def crafted_many_link_types(links: int, frames: int, first: int = 300) -> bytes:
@@ -59,6 +84,26 @@ def crafted_many_link_types(links: int, frames: int, first: int = 300) -> bytes:
     epb = struct.Struct("<IIIIIIII")  # block type, length, interface, time high, time low, caplen, wire, length
     epbs = b"".join(epb.pack(6, 32, i % links, 0, i, 0, 0, 32) for i in range(frames))
     return CRAFTED_SHB + idbs + epbs
+
+
+def peak_rss_kb(args: list[str]) -> tuple[int, str]:
+    """Run `synfin ARGS` in a fresh Python; its peak RSS in KB and its standard error (hang guard: HANG_GUARD)."""
+    script = textwrap.dedent(f"""
+        import contextlib, io, resource, sys
+        from analyzer.cli import main
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            status = main({args!r})
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, status)
+        sys.stdout.write(err.getvalue())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG_GUARD,
+                          cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, _, rest = done.stdout.partition("\n")
+    peak, status = first.split()
+    assert status == "0", rest
+    return int(peak), rest
 
 
 def assert_same_in_both_engines(tmp_path: Path, capture: Path, what: str) -> None:
@@ -114,6 +159,106 @@ def test_a_capture_timed_just_after_1e_minus_4_seconds(tmp_path: Path, resolutio
     path = tmp_path / f"crafted-near-1e-4-{resolution}.pcapng"
     path.write_bytes(pcapng_with_ticks(packets, resolution, ticks))
     assert_same_in_both_engines(tmp_path, path, path.name)
+
+
+# -- 3. the memory bomb: millions of damaged spots --------------------------------------------------------------------
+
+
+def test_stats_keep_the_first_damaged_spots_and_count_the_rest() -> None:
+    """The reference's Stats: 10,000 damaged spots are all counted, and only the first few are kept."""
+    stats = Stats()
+    for number in range(1, 10_001):
+        stats.note_damage(CaptureDamage(number, "enhanced packet block too short"))
+    assert stats.damaged == 10_000
+    assert stats.bad_frames == 10_000
+    assert [d.frame for d in stats.damage] == list(range(1, NAMED_PROBLEMS + 1))
+    assert [frame for frame, _ in stats.problem_frames] == list(range(1, NAMED_PROBLEMS + 1))
+
+
+@compiled
+def test_the_engine_keeps_the_first_damaged_spots_and_counts_the_rest(tmp_path: Path) -> None:
+    """The compiled engine's counts: the first few damaged spots, by frame and what, and how many in all."""
+    path = tmp_path / "crafted-short-blocks.pcapng"
+    path.write_bytes(crafted_short_blocks(1000))
+    counts = engine.run(path, io.StringIO(), "json", Timeouts())
+    assert counts["damaged"] == 1000
+    assert counts["damage"] == [(n, "enhanced packet block too short") for n in range(1, NAMED_PROBLEMS + 1)]
+    stats = Stats()
+    engine.stats_from(counts, stats)
+    assert (stats.damaged, stats.bad_frames, len(stats.damage)) == (1000, 1000, NAMED_PROBLEMS)
+
+
+@compiled
+@pytest.mark.parametrize("compress", [False, True])
+def test_many_damaged_spots_read_the_same_in_both_engines(tmp_path: Path, compress: bool) -> None:
+    """A crafted capture with 3,000 damaged spots between good packets: summary, JSON, CSV and table identical."""
+    packets = list(sample_packets("handshake_fourway_client_close.pcap"))
+    good = pcapng_with_ticks(packets, 6, [1_700_000_000_000_000 + 1000 * i for i in range(len(packets))])
+    data = good + CRAFTED_SHORT_EPB * 3000 + good[len(CRAFTED_SHB):]
+    path = tmp_path / ("crafted-damaged.pcapng.gz" if compress else "crafted-damaged.pcapng")
+    path.write_bytes(gzip.compress(data) if compress else data)
+    assert_same_in_both_engines(tmp_path, path, path.name)
+
+
+@pytest.mark.parametrize("which", ["compiled", "reference"])
+def test_a_gzip_of_a_million_short_blocks_stays_small(tmp_path: Path, which: str) -> None:
+    """The memory bomb of the issue, scaled down: a 35 KB crafted .pcapng.gz of 1.5 M too-short blocks.
+
+    Before the fix each block cost a damage entry (the compiled engine ~280 B, the reference ~90 B): 400 MB and
+    130 MB more than a tiny capture. Now the peak is that of a tiny capture, give or take the reading buffers."""
+    if which == "compiled" and not engine.available():
+        pytest.skip("the compiled engine is not built")
+    bomb, tiny = tmp_path / "crafted-bomb.pcapng.gz", tmp_path / "crafted-tiny.pcapng.gz"
+    bomb.write_bytes(gzip.compress(crafted_short_blocks(1_500_000)))
+    tiny.write_bytes(gzip.compress(crafted_short_blocks(10)))
+    base, _ = peak_rss_kb(["analyze", "--engine", which, "-f", "json", "-o", str(tmp_path / "tiny.json"), str(tiny)])
+    peak, err = peak_rss_kb(["analyze", "--engine", which, "-f", "json", "-o", str(tmp_path / "bomb.json"), str(bomb)])
+    assert "bad frames: 1500000 (first: frame 1: enhanced packet block too short;" in err
+    assert peak - base < 48 * 1024, f"peak RSS {peak} KB for the bomb, {base} KB for a tiny capture"
+
+
+# -- 4. the CPU bomb: tens of thousands of link types -----------------------------------------------------------------
+
+
+@compiled
+def test_65000_link_types_take_no_quadratic_time(tmp_path: Path) -> None:
+    """The CPU bomb of the issue: 65,000 crafted interfaces of distinct unsupported link types, 600 k frames.
+
+    The old engine scanned every skip reason per frame (over a minute here); the fixed one takes well under a
+    second. The subprocess timeout is only a hang guard. The summary stays a few lines long."""
+    path = tmp_path / "crafted-link-types.pcapng"
+    path.write_bytes(crafted_many_link_types(65_000, 600_000))
+    _, err = peak_rss_kb(["analyze", "--engine", "compiled", "-f", "json", "-o", str(tmp_path / "out.json"),
+                          str(path)])
+    assert "600000 frames, 0 TCP segments" in err
+    assert f"and {65_000 - NAMED_COUNTS} more link types in " in err
+    assert f"for {65_000 - NAMED_COUNTS} more reasons" in err
+    assert len(err) < 3000, err[:3000]
+
+
+@compiled
+@pytest.mark.parametrize("links", [40, 2000])
+def test_many_link_types_read_the_same_in_both_engines(tmp_path: Path, links: int) -> None:
+    """More link types than the old engine's 32 (it dropped the rest from the summary), and many more."""
+    path = tmp_path / f"crafted-{links}-link-types.pcapng"
+    path.write_bytes(crafted_many_link_types(links, 3 * links + 7, first=103))  # 105: IEEE802_11, named
+    assert_same_in_both_engines(tmp_path, path, path.name)
+
+
+def test_the_summary_names_the_most_frequent_few_and_counts_the_rest() -> None:
+    """Skip reasons and link types past NAMED_COUNTS: the most frequent named (in the usual order), the rest counted."""
+    stats = Stats(frames=5050, skipped=Counter({f"unsupported link type linktype {n}": n for n in range(1, 101)}),
+                  linktypes=Counter({n: n for n in range(1, 101)}))
+    out = io.StringIO()
+    write_summary("crafted.pcap", stats, Census(), Styled(out))
+    text = out.getvalue()
+    named = range(101 - NAMED_COUNTS, 101)
+    shown = sum(named)
+    assert ", ".join(f"linktype {n} {n}" for n in named) + f", and {100 - NAMED_COUNTS} more link types in " \
+        f"{5050 - shown} frames)" in text
+    assert "skipped: " + ", ".join(f"{n} unsupported link type linktype {n}" for n in sorted(named, key=str)) \
+        + f", and {5050 - shown} frames for {100 - NAMED_COUNTS} more reasons\n" in text
+    assert "linktype 1 1" not in text and "1 unsupported link type linktype 1," not in text
 
 
 # -- 6. safe by construction ------------------------------------------------------------------------------------------

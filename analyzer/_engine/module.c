@@ -243,11 +243,12 @@ static PyObject *result(Run *run, const char *error) {
     const char *states[N_STATES];
     for (int i = 0; i < N_STATES; i++) states[i] = machine.state_names[i];
     return Py_BuildValue(
-        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L}",
+        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L}",
         "frames", (long long)stats->frames, "segments", (long long)stats->segments,
         "connections", (long long)census->connections, "skipped", reasons(stats, 0), "malformed",
         reasons(stats, 1), "problems", problems(stats->problems, stats->n_problems), "damage",
-        problems(stats->damage, stats->n_damage), "linktypes", linktypes(stats),
+        problems(stats->damage, stats->n_damage), "damaged", (long long)stats->damaged,
+        "linktypes", linktypes(stats),
         "open", counts(census->open, OPEN_LABELS, 6), "close", counts(census->close, CLOSE_LABELS, 7),
         "closer", counts(census->closer, closers, 4), "final_client", counts(census->final[0], states, N_STATES),
         "final_server", counts(census->final[1], states, N_STATES), "half_close", (long long)census->half_close,
