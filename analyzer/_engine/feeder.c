@@ -73,10 +73,15 @@ static Reason *find_reason(const FrameStats *s, const Skip *skip, uint64_t hash)
 }
 
 static int note_skip(FrameStats *s, int64_t frame, const Skip *skip) {
-    uint64_t hash = hash_reason(skip->reason, skip->malformed);
-    Reason *found = find_reason(s, skip, hash);
+    Reason *found = s->n_reasons ? &s->reasons[s->last_reason] : NULL;  /* often: the same as last time */
+    uint64_t hash = 0;
+    if (found == NULL || found->malformed != skip->malformed || strcmp(found->reason, skip->reason) != 0) {
+        hash = hash_reason(skip->reason, skip->malformed);
+        found = find_reason(s, skip, hash);
+    }
     if (found != NULL) {
         found->count++;
+        s->last_reason = (size_t)(found - s->reasons);
         return skip->malformed ? note_problem(s, frame, skip->reason) : 0;
     }
     if (index_room(&s->reason_index, s->n_reasons, s->reasons, sizeof *s->reasons)) return -1;
@@ -88,6 +93,7 @@ static int note_skip(FrameStats *s, int64_t frame, const Skip *skip) {
     char *copy = strdup(skip->reason);
     if (copy == NULL) return -1;
     s->reason_index.slots[index_empty_from(&s->reason_index, hash)] = (uint32_t)(s->n_reasons + 1);
+    s->last_reason = s->n_reasons;
     s->reasons[s->n_reasons++] = (Reason){hash, copy, skip->malformed, 1};
     return skip->malformed ? note_problem(s, frame, skip->reason) : 0;
 }

@@ -39,7 +39,7 @@ typedef struct {
 typedef struct {  /* what pipeline.Stats counts */
     int64_t frames, segments;
     Reason *reasons;
-    size_t n_reasons, cap_reasons;
+    size_t n_reasons, cap_reasons, last_reason;
     Index reason_index;
     Problem problems[NAMED_PROBLEMS];  /* the first bad frames, malformed or damaged */
     size_t n_problems;
