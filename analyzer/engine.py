@@ -194,7 +194,8 @@ def stats_from(counts: dict[str, Any], stats: Any) -> None:
     stats.skipped = Counter(counts["skipped"])
     stats.malformed = Counter(counts["malformed"])
     stats.problem_frames = list(counts["problems"])
-    stats.damage = [CaptureDamage(frame, what) for frame, what in counts["damage"]]
+    stats.damage = [CaptureDamage(frame, what) for frame, what in counts["damage"]]  # the first few
+    stats.damaged = counts["damaged"]
     stats.linktypes = Counter(counts["linktypes"])
 
 

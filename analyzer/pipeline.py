@@ -4,7 +4,10 @@ One object, `Pipeline`, drives it for any source of frames: `run_frames`
 pushes a capture file's frames through it (`analyze`), `live.py` a live
 interface's. Oddities are counted, never
 raised: a frame that cannot be decoded is skipped and counted in `Stats`, and
-the first few are named by frame number.
+the first few are named by frame number. Whatever the capture, `Stats` stays
+small: damaged spots are counted and only the first few kept (a hostile file
+can hold millions), and skip reasons and link types are counters keyed by a
+sentence or a number, at most one per link type in the file.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ class Stats:
     skipped: Counter[str] = field(default_factory=Counter)
     malformed: Counter[str] = field(default_factory=Counter)
     problem_frames: list[tuple[int, str]] = field(default_factory=list)
-    damage: list[CaptureDamage] = field(default_factory=list)
+    damage: list[CaptureDamage] = field(default_factory=list)  # the first NAMED_PROBLEMS damaged spots
+    damaged: int = 0  # all of them
     linktypes: Counter[int] = field(default_factory=Counter)
 
     def note_skip(self, frame: int, skip: Skip) -> None:
@@ -44,13 +48,15 @@ class Stats:
             self.skipped[skip.reason] += 1
 
     def note_damage(self, damage: CaptureDamage) -> None:
-        self.damage.append(damage)
+        self.damaged += 1
+        if len(self.damage) < NAMED_PROBLEMS:
+            self.damage.append(damage)
         if len(self.problem_frames) < NAMED_PROBLEMS:
             self.problem_frames.append((damage.frame, damage.what))
 
     @property
     def bad_frames(self) -> int:
-        return sum(self.malformed.values()) + len(self.damage)
+        return sum(self.malformed.values()) + self.damaged
 
 
 @dataclass

@@ -191,9 +191,37 @@ class Census:
             yield conn
 
 
+NAMED_COUNTS = 10  # the summary names this many link types, and skip reasons; the rest it counts
+
+
+def _most_frequent(counter: Counter[Any]) -> tuple[list[Any], int, int]:
+    """The keys the summary names, in key order: all of them, or the NAMED_COUNTS most
+    frequent (ties: the smaller key); and how many keys, and how many frames, are left.
+
+    A capture can have 65,000 interfaces of distinct link types: the line stays short.
+    """
+    if len(counter) <= NAMED_COUNTS:
+        return sorted(counter), 0, 0
+    named = sorted(sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:NAMED_COUNTS])
+    shown = sum(n for _, n in named)
+    return [key for key, _ in named], len(counter) - NAMED_COUNTS, sum(counter.values()) - shown
+
+
+def _links(linktypes: Counter[int]) -> str:
+    named, more, frames = _most_frequent(linktypes)
+    links = ", ".join(f"{linktype_name(k)} {linktypes[k]}" for k in named)
+    return links + (f", and {more} more link types in {_plural(frames, 'frame')}" if more else "")
+
+
+def _skipped(skipped: Counter[str]) -> str:
+    named, more, frames = _most_frequent(skipped)
+    reasons = ", ".join(f"{skipped[why]} {why}" for why in named)
+    return reasons + (f", and {_plural(frames, 'frame')} for {more} more reasons" if more else "")
+
+
 def write_summary(capture: str, stats: Stats, census: Census, out: Styled) -> None:
     """Counts per label, final-state census, and what was skipped."""
-    links = ", ".join(f"{linktype_name(k)} {v}" for k, v in sorted(stats.linktypes.items()))
+    links = _links(stats.linktypes)
     out.line((capture, "bold"), f": {_plural(stats.frames, 'frame')}, "
              f"{_plural(stats.segments, 'TCP segment')}, {_plural(stats.connections, 'connection')}"
              + (f" ({links})" if links else ""))
@@ -209,7 +237,7 @@ def write_summary(capture: str, stats: Stats, census: Census, out: Styled) -> No
     if census.anomalies:
         out.line(f"  anomalies: {census.anomalies} (see the JSON output)")
     if stats.skipped:
-        out.line("  skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(stats.skipped.items())))
+        out.line("  skipped: " + _skipped(stats.skipped))
     if stats.bad_frames:
         named = "; ".join(f"frame {frame}: {what}" for frame, what in stats.problem_frames)
         out.line("  ", (f"bad frames: {stats.bad_frames}", "yellow"), f" (first: {named})")

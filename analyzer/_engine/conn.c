@@ -33,14 +33,19 @@ static inline int64_t seq_len(const Seg *s) {
     return s->payload_len + ((s->flags & F_SYN) ? 1 : 0) + ((s->flags & F_FIN) ? 1 : 0);
 }
 
+/* Twice the room (4 if none), or out of memory when twice would not fit in the uint32_t count. */
 static void *grow(Conn *c, void *items, void *inline_items, uint32_t *capacity, size_t size) {
-    uint32_t cap = *capacity * 2;
-    void *bigger = malloc(cap * size);
+    if (*capacity > UINT32_MAX / 2 || (size_t)*capacity * 2 > SIZE_MAX / size) {
+        c->out_of_memory = 1;
+        return NULL;
+    }
+    uint32_t cap = *capacity ? *capacity * 2 : 4;
+    void *bigger = malloc((size_t)cap * size);
     if (bigger == NULL) {
         c->out_of_memory = 1;
         return NULL;
     }
-    memcpy(bigger, items, *capacity * size);
+    if (*capacity) memcpy(bigger, items, (size_t)*capacity * size);
     if (items != inline_items) free(items);
     *capacity = cap;
     return bigger;
@@ -74,7 +79,9 @@ static Seg queue_pop_front(SegQueue *q) {
 static void anomaly(Conn *c, int64_t frame, uint8_t kind, uint8_t role, uint8_t event, uint8_t state) {
     if (c->n_anomalies == c->cap_anomalies) {
         uint32_t cap = c->cap_anomalies ? c->cap_anomalies * 2 : 2;
-        Anomaly *bigger = realloc(c->anomalies, cap * sizeof(Anomaly));
+        _Static_assert(SIZE_MAX / sizeof(Anomaly) >= UINT32_MAX, "a uint32_t count of anomalies fits a size_t");
+        Anomaly *bigger = c->cap_anomalies > UINT32_MAX / 2 ? NULL
+                                                            : realloc(c->anomalies, (size_t)cap * sizeof(Anomaly));
         if (bigger == NULL) {
             c->out_of_memory = 1;
             return;

@@ -4,6 +4,7 @@
  * count and name bad frames alike.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine.h"
@@ -14,19 +15,41 @@ static inline uint32_t be32(const uint8_t *p) {
 }
 
 /* ---- link-type names (filled from decode.LINKTYPE_NAMES) ------------------- */
-#define MAX_NAMES 64
-static struct { uint32_t linktype; char name[32]; } names[MAX_NAMES];
-static int n_names;
+/* As many as configure() hands over; each short enough that "unsupported link
+ * type NAME" fits a Skip's reason whole (else the reason would be cut, and
+ * differ from decode.py's). configure() replaces the whole table. */
+typedef struct { uint32_t linktype; char name[LINKTYPE_NAME_MAX + 1]; } LinktypeName;
+static LinktypeName *names;
+static size_t n_names, cap_names;
 
-void set_linktype_name(uint32_t linktype, const char *name) {
-    if (n_names == MAX_NAMES) return;
+void clear_linktype_names(void) {
+    free(names);
+    names = NULL;
+    n_names = cap_names = 0;
+}
+
+int set_linktype_name(uint32_t linktype, const char *name) {
+    if (strlen(name) > LINKTYPE_NAME_MAX) return 1;
+    for (size_t i = 0; i < n_names; i++) {
+        if (names[i].linktype == linktype) {
+            strcpy(names[i].name, name);
+            return 0;
+        }
+    }
+    if (n_names == cap_names) {
+        LinktypeName *more = cap_names > SIZE_MAX / 2 / sizeof *more ? NULL
+                                                                     : grown(names, &cap_names, sizeof *more, 16);
+        if (more == NULL) return -1;
+        names = more;
+    }
     names[n_names].linktype = linktype;
-    snprintf(names[n_names].name, sizeof names[n_names].name, "%s", name);
+    strcpy(names[n_names].name, name);
     n_names++;
+    return 0;
 }
 
 const char *linktype_name(uint32_t linktype, char *buf, size_t size) {
-    for (int i = 0; i < n_names; i++)
+    for (size_t i = 0; i < n_names; i++)
         if (names[i].linktype == linktype) return names[i].name;
     snprintf(buf, size, "linktype %u", linktype);
     return buf;

@@ -141,7 +141,10 @@ static inline int addr_compare(const uint8_t *x, const uint8_t *y) {
 typedef struct { char reason[112]; int malformed; } Skip;
 int decode_frame(const Frame *frame, Packet *out, Skip *skip);
 const char *linktype_name(uint32_t linktype, char *buf, size_t size);
-void set_linktype_name(uint32_t linktype, const char *name);
+/* decode.LINKTYPE_NAMES, for configure(): 0, 1 if the name is longer than LINKTYPE_NAME_MAX, -1 out of memory */
+#define LINKTYPE_NAME_MAX 64
+int set_linktype_name(uint32_t linktype, const char *name);
+void clear_linktype_names(void);
 
 /* ---- connections -------------------------------------------------------- */
 typedef struct { int64_t frame; double ts; uint8_t state; } Transition;  /* frame -1: a timer */

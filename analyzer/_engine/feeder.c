@@ -18,6 +18,42 @@
 
 /* ---- counting --------------------------------------------------------------------- */
 
+/* Room in `ix` for item number `n` (items of `size` bytes, each starting with its
+ * uint64_t hash): the table doubles, and is rebuilt, to stay at most half full. */
+static int index_room(Index *ix, size_t n, const void *items, size_t size) {
+    if (n < ix->cap / 2) return 0;
+    if (n >= UINT32_MAX - 1 || ix->cap > SIZE_MAX / 2 / sizeof *ix->slots) return -1;
+    size_t cap = ix->cap ? ix->cap * 2 : 64;
+    uint32_t *slots = calloc(cap, sizeof *slots);
+    if (slots == NULL) return -1;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t hash;
+        memcpy(&hash, (const char *)items + i * size, sizeof hash);
+        size_t at = (size_t)hash & (cap - 1);
+        while (slots[at]) at = (at + 1) & (cap - 1);
+        slots[at] = (uint32_t)(i + 1);
+    }
+    free(ix->slots);
+    ix->slots = slots;
+    ix->cap = cap;
+    return 0;
+}
+
+/* The first empty slot from `hash`'s: where a new item with that hash goes (index_room made room). */
+static size_t index_empty_from(const Index *ix, uint64_t hash) {
+    size_t at = (size_t)hash & (ix->cap - 1);
+    while (ix->slots[at]) at = (at + 1) & (ix->cap - 1);
+    return at;
+}
+
+static uint64_t hash_reason(const char *text, int malformed) {  /* FNV-1a */
+    uint64_t hash = 0xcbf29ce484222325ull ^ (uint64_t)(malformed != 0);
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++) hash = (hash ^ *p) * 0x100000001b3ull;
+    return hash;
+}
+
+static uint64_t hash_link(uint32_t linktype) { return ((uint64_t)linktype + 1) * 0x9e3779b97f4a7c15ull >> 16; }
+
 static int note_problem(FrameStats *s, int64_t frame, const char *what) {
     if (s->n_problems == NAMED_PROBLEMS) return 0;
     char *copy = strdup(what);
@@ -26,14 +62,29 @@ static int note_problem(FrameStats *s, int64_t frame, const char *what) {
     return 0;
 }
 
-static int note_skip(FrameStats *s, int64_t frame, const Skip *skip) {
-    for (size_t i = 0; i < s->n_reasons; i++) {
-        Reason *r = &s->reasons[i];
-        if (r->malformed == skip->malformed && strcmp(r->reason, skip->reason) == 0) {
-            r->count++;
-            return skip->malformed ? note_problem(s, frame, skip->reason) : 0;
-        }
+static Reason *find_reason(const FrameStats *s, const Skip *skip, uint64_t hash) {
+    if (s->reason_index.cap == 0) return NULL;
+    const Index *ix = &s->reason_index;
+    for (size_t at = (size_t)hash & (ix->cap - 1); ix->slots[at]; at = (at + 1) & (ix->cap - 1)) {
+        Reason *r = &s->reasons[ix->slots[at] - 1];
+        if (r->hash == hash && r->malformed == skip->malformed && strcmp(r->reason, skip->reason) == 0) return r;
     }
+    return NULL;
+}
+
+static int note_skip(FrameStats *s, int64_t frame, const Skip *skip) {
+    Reason *found = s->n_reasons ? &s->reasons[s->last_reason] : NULL;  /* often: the same as last time */
+    uint64_t hash = 0;
+    if (found == NULL || found->malformed != skip->malformed || strcmp(found->reason, skip->reason) != 0) {
+        hash = hash_reason(skip->reason, skip->malformed);
+        found = find_reason(s, skip, hash);
+    }
+    if (found != NULL) {
+        found->count++;
+        s->last_reason = (size_t)(found - s->reasons);
+        return skip->malformed ? note_problem(s, frame, skip->reason) : 0;
+    }
+    if (index_room(&s->reason_index, s->n_reasons, s->reasons, sizeof *s->reasons)) return -1;
     if (s->n_reasons == s->cap_reasons) {
         Reason *more = grown(s->reasons, &s->cap_reasons, sizeof *more, 16);
         if (more == NULL) return -1;
@@ -41,33 +92,55 @@ static int note_skip(FrameStats *s, int64_t frame, const Skip *skip) {
     }
     char *copy = strdup(skip->reason);
     if (copy == NULL) return -1;
-    s->reasons[s->n_reasons++] = (Reason){copy, skip->malformed, 1};
+    s->reason_index.slots[index_empty_from(&s->reason_index, hash)] = (uint32_t)(s->n_reasons + 1);
+    s->last_reason = s->n_reasons;
+    s->reasons[s->n_reasons++] = (Reason){hash, copy, skip->malformed, 1};
     return skip->malformed ? note_problem(s, frame, skip->reason) : 0;
 }
 
+/* Every damaged spot is counted; the first few are kept, by frame, as pipeline.Stats keeps them. */
 static int note_damage(FrameStats *s, const Reader *r) {
-    if (s->n_damage == s->cap_damage) {
-        Problem *more = grown(s->damage, &s->cap_damage, sizeof *more, 8);
-        if (more == NULL) return -1;
-        s->damage = more;
+    s->damaged++;
+    if (s->n_damage < NAMED_PROBLEMS) {
+        char *copy = strdup(r->message);
+        if (copy == NULL) return -1;
+        s->damage[s->n_damage++] = (Problem){r->damage_frame, copy};
     }
-    char *copy = strdup(r->message);
-    if (copy == NULL) return -1;
-    s->damage[s->n_damage++] = (Problem){r->damage_frame, copy};
     return note_problem(s, r->damage_frame, r->message);
 }
 
-static void count_link(FrameStats *s, uint32_t linktype) {
-    for (size_t i = 0; i < s->n_links; i++) {
-        if (s->links[i].linktype == linktype) {
-            s->links[i].count++;
-            return;
-        }
+static LinkCount *find_link(const FrameStats *s, uint32_t linktype, uint64_t hash) {
+    if (s->link_index.cap == 0) return NULL;
+    const Index *ix = &s->link_index;
+    for (size_t at = (size_t)hash & (ix->cap - 1); ix->slots[at]; at = (at + 1) & (ix->cap - 1)) {
+        LinkCount *link = &s->links[ix->slots[at] - 1];
+        if (link->linktype == linktype) return link;
     }
-    if (s->n_links < sizeof s->links / sizeof s->links[0]) {
-        s->links[s->n_links].linktype = linktype;
-        s->links[s->n_links++].count = 1;
+    return NULL;
+}
+
+static int count_link(FrameStats *s, uint32_t linktype) {
+    if (s->n_links && s->links[s->last_link].linktype == linktype) {  /* nearly always: one link type */
+        s->links[s->last_link].count++;
+        return 0;
     }
+    uint64_t hash = hash_link(linktype);
+    LinkCount *found = find_link(s, linktype, hash);
+    if (found != NULL) {
+        found->count++;
+        s->last_link = (size_t)(found - s->links);
+        return 0;
+    }
+    if (index_room(&s->link_index, s->n_links, s->links, sizeof *s->links)) return -1;
+    if (s->n_links == s->cap_links) {
+        LinkCount *more = grown(s->links, &s->cap_links, sizeof *more, 4);
+        if (more == NULL) return -1;
+        s->links = more;
+    }
+    s->link_index.slots[index_empty_from(&s->link_index, hash)] = (uint32_t)(s->n_links + 1);
+    s->links[s->n_links] = (LinkCount){hash, linktype, 1};
+    s->last_link = s->n_links++;
+    return 0;
 }
 
 /* Fill `batch` with up to BATCH_PACKETS decoded packets; mark how reading ended, if it did. */
@@ -88,7 +161,10 @@ static void fill_batch(Feeder *f, Batch *batch) {
             return;
         }
         f->stats.frames++;
-        count_link(&f->stats, frame.linktype);
+        if (count_link(&f->stats, frame.linktype)) {
+            batch->last = READ_FAILED;
+            return;
+        }
         Packet *p = &batch->packets[batch->count];
         if (decode_frame(&frame, p, &skip)) {
             if (note_skip(&f->stats, frame.number, &skip)) {
@@ -205,7 +281,9 @@ void feeder_close(Feeder *f) {
     for (size_t i = 0; i < s->n_problems; i++) free(s->problems[i].what);
     for (size_t i = 0; i < s->n_damage; i++) free(s->damage[i].what);
     free(s->reasons);
-    free(s->damage);
+    free(s->reason_index.slots);
+    free(s->links);
+    free(s->link_index.slots);
     free(f->ring);
     free(f->inline_batch);
     reader_close(&f->reader);

@@ -10,11 +10,26 @@
 #define BATCH_PACKETS 4096
 #define BATCHES 4
 
+/* Reasons and link types are counted through an Index (feeder.c): an open-addressing
+ * table of item numbers, so a capture with 65,000 distinct link types costs a probe or
+ * two per frame, not a scan. Each item starts with its hash, for rehashing. */
 typedef struct {
+    uint32_t *slots;   /* item index + 1; 0: empty */
+    size_t cap;        /* 0 or a power of two, at least twice the items */
+} Index;
+
+typedef struct {
+    uint64_t hash;
     char *reason;
     int malformed;
     int64_t count;
 } Reason;
+
+typedef struct {
+    uint64_t hash;
+    uint32_t linktype;
+    int64_t count;
+} LinkCount;
 
 typedef struct {
     int64_t frame;
@@ -24,13 +39,16 @@ typedef struct {
 typedef struct {  /* what pipeline.Stats counts */
     int64_t frames, segments;
     Reason *reasons;
-    size_t n_reasons, cap_reasons;
+    size_t n_reasons, cap_reasons, last_reason;
+    Index reason_index;
     Problem problems[NAMED_PROBLEMS];  /* the first bad frames, malformed or damaged */
     size_t n_problems;
-    Problem *damage;
-    size_t n_damage, cap_damage;
-    struct { uint32_t linktype; int64_t count; } links[32];
-    size_t n_links;
+    Problem damage[NAMED_PROBLEMS];    /* the first damaged spots (pipeline.Stats.damage) ... */
+    size_t n_damage;
+    int64_t damaged;                   /* ... and how many there were (Stats.damaged) */
+    LinkCount *links;
+    size_t n_links, cap_links, last_link;
+    Index link_index;
 } FrameStats;
 
 typedef struct {

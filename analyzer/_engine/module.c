@@ -21,6 +21,7 @@
 
 
 static int configured;
+static int running;  /* runs in progress: their threads read the tables configure() would replace */
 
 /* ---- configure ---------------------------------------------------------------- */
 
@@ -43,6 +44,32 @@ static int copy_names(PyObject *seq, size_t count, size_t width, char *out) {
     return 0;
 }
 
+/* decode.LINKTYPE_NAMES into decode.c's table, which it replaces; a key that is not a
+ * link type (an int from 0 to 2**32 - 1) or a name too long to report raises ValueError. */
+static int copy_linktype_names(PyObject *linktypes) {
+    clear_linktype_names();
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(linktypes, &pos, &key, &value)) {
+        unsigned long linktype = PyLong_Check(key) ? PyLong_AsUnsignedLong(key) : (unsigned long)-1;
+        if ((linktype == (unsigned long)-1 && PyErr_Occurred()) || linktype > UINT32_MAX || !PyLong_Check(key)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "link type names: the key %R is not a link type (0 to 4294967295)", key);
+            return -1;
+        }
+        const char *name = PyUnicode_AsUTF8(value);
+        if (name == NULL) return -1;
+        int status = set_linktype_name((uint32_t)linktype, name);
+        if (status > 0)
+            PyErr_Format(PyExc_ValueError, "link type %lu: the name %R is longer than %d bytes", linktype, value,
+                         LINKTYPE_NAME_MAX);
+        else if (status < 0)
+            PyErr_NoMemory();
+        if (status) return -1;
+    }
+    return 0;
+}
+
 static PyObject *configure(PyObject *self, PyObject *args) {
     Py_buffer step, send, receive;
     unsigned int synchronized;
@@ -52,6 +79,11 @@ static PyObject *configure(PyObject *self, PyObject *args) {
                           &PyDict_Type, &linktypes, &mapped_dotted))
         return NULL;
     PyObject *result = NULL;
+    if (running) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() while the engine is analyzing a capture");
+        goto done;
+    }
+    configured = 0;  /* until the new tables are all in: a failed configure() leaves the engine refusing to run */
     if ((size_t)step.len != sizeof machine.step || (size_t)send.len != sizeof machine.send ||
         (size_t)receive.len != sizeof machine.receive) {
         PyErr_SetString(PyExc_ValueError, "tables of the wrong size");
@@ -66,13 +98,7 @@ static PyObject *configure(PyObject *self, PyObject *args) {
         copy_names(events, N_EVENTS, sizeof machine.event_names[0], &machine.event_names[0][0]))
         goto done;
     for (int i = 0; i < N_STATES; i++) machine.state_name_lengths[i] = (uint8_t)strlen(machine.state_names[i]);
-    PyObject *key, *value;
-    Py_ssize_t pos = 0;
-    while (PyDict_Next(linktypes, &pos, &key, &value)) {
-        const char *name = PyUnicode_AsUTF8(value);
-        if (name == NULL) goto done;
-        set_linktype_name((uint32_t)PyLong_AsUnsignedLong(key), name);
-    }
+    if (copy_linktype_names(linktypes)) goto done;
     configured = 1;
     result = Py_NewRef(Py_None);
 done:
@@ -99,7 +125,12 @@ static long fill(void *ctx, uint8_t *dst, size_t n) {
     if (got == NULL) return -1;
     long count = got == Py_None ? 0 : PyLong_AsLong(got);
     Py_DECREF(got);
-    return count < 0 && PyErr_Occurred() ? -1 : count;
+    if (count == -1 && PyErr_Occurred()) return -1;
+    if (count < 0 || (unsigned long)count > n) {  /* the reader would read past its buffer */
+        PyErr_Format(PyExc_ValueError, "readinto() returned %ld for a buffer of %zu bytes", count, n);
+        return -1;
+    }
+    return count;
 }
 
 static int write_python(void *ctx, const char *data, size_t len) {
@@ -212,11 +243,12 @@ static PyObject *result(Run *run, const char *error) {
     const char *states[N_STATES];
     for (int i = 0; i < N_STATES; i++) states[i] = machine.state_names[i];
     return Py_BuildValue(
-        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L}",
+        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L}",
         "frames", (long long)stats->frames, "segments", (long long)stats->segments,
         "connections", (long long)census->connections, "skipped", reasons(stats, 0), "malformed",
         reasons(stats, 1), "problems", problems(stats->problems, stats->n_problems), "damage",
-        problems(stats->damage, stats->n_damage), "linktypes", linktypes(stats),
+        problems(stats->damage, stats->n_damage), "damaged", (long long)stats->damaged,
+        "linktypes", linktypes(stats),
         "open", counts(census->open, OPEN_LABELS, 6), "close", counts(census->close, CLOSE_LABELS, 7),
         "closer", counts(census->closer, closers, 4), "final_client", counts(census->final[0], states, N_STATES),
         "final_server", counts(census->final[1], states, N_STATES), "half_close", (long long)census->half_close,
@@ -239,6 +271,7 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "the engine is not configured: call configure() first");
         return NULL;
     }
+    running++;
     run.sink.style.capture = capture;
     run.sink.style.capture_len = (size_t)capture_len;
     run.sink.write = write_python;
@@ -272,6 +305,7 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     if (tracker_ready) tracker_free(&tracker);  /* connections still open after an error */
     sink_free(&run.sink);
     feeder_close(&run.feeder);
+    running--;
     return out;
 }
 

@@ -67,6 +67,13 @@ static inline void buf_int(Buffer *b, int64_t v) {
     }
 }
 
+/* How much of a buffer of `size` bytes snprintf filled, given what it returned (what it
+ * wanted to write): never more than the buffer holds, never negative. */
+static inline size_t fitted(int len, size_t size) {
+    if (len < 0) return 0;
+    return (size_t)len < size ? (size_t)len : size - 1;
+}
+
 /* ---- floats, as repr() prints them ------------------------------------------------ */
 
 /* x = m / 2**shift with m a 53-bit integer, for normal positive x. */
@@ -121,7 +128,10 @@ static size_t fast_repr(char *out, double x, Buffer *cache) {
     } else if (inside == -1 || nearest_decimal(m, shift, k, &n) != 1) {
         return 0;  /* on an edge: leave it to slow_repr */
     }
-    uint64_t whole = n / POW10[k], fraction = n % POW10[k];
+    /* x >= 1e-4 makes shift <= 66, so k <= 20; POW10 stops at 10**19. At k = 20, n < 2**64 < 10**20:
+     * no whole part (x < 1.2207e-4 needs 17 digits there). */
+    if (k > 20) return 0;
+    uint64_t whole = k < 20 ? n / POW10[k] : 0, fraction = k < 20 ? n % POW10[k] : n;
     if (whole + 1 != cache->whole_plus_one) {
         cache->whole_len = format_uint(cache->whole_text, whole);
         cache->whole_plus_one = whole + 1;
@@ -194,7 +204,7 @@ static int slow_repr(Buffer *b, double x) {
         }
         char exponent[8];
         int len = snprintf(exponent, sizeof exponent, "e%c%02d", point - 1 < 0 ? '-' : '+', abs(point - 1));
-        buf_put(b, exponent, (size_t)len);
+        buf_put(b, exponent, fitted(len, sizeof exponent));
     } else if (point <= 0) {
         LIT(b, "0.");
         for (int i = 0; i < -point; i++) buf_putc(b, '0');
@@ -585,8 +595,8 @@ static int write_table_row(Buffer *b, const Conn *c, const Labels *l, const Outp
     const Endpoint *client = &c->ep[ROLE_CLIENT], *server = &c->ep[ROLE_SERVER];
     char text[96];
     Buffer name = {0};
-    int len = sprintf(text, "%lld", (long long)c->id);
-    cell(b, 0, text, (size_t)len, NULL);
+    int len = snprintf(text, sizeof text, "%lld", (long long)c->id);
+    cell(b, 0, text, fitted(len, sizeof text), NULL);
     endpoint_name(&name, client, c->ip_version);
     cell(b, 1, name.data, name.len, NULL);
     name.len = 0;
@@ -598,14 +608,17 @@ static int write_table_row(Buffer *b, const Conn *c, const Labels *l, const Outp
     cell(b, 5, c->half_close ? "yes" : "", c->half_close ? 3 : 0, NULL);
     const char *closer = l->active_closer ? l->active_closer : "";
     cell(b, 6, closer, strlen(closer), NULL);
-    len = c->has_reset ? sprintf(text, "%s@%s", ROLES[c->reset_role], machine.state_names[c->reset_state]) : 0;
-    cell(b, 7, text, (size_t)len, NULL);
-    len = sprintf(text, "%s/%s", machine.state_names[client->state], machine.state_names[server->state]);
-    cell(b, 8, text, (size_t)len, NULL);
-    len = snprintf(text, sizeof text, "%.3f", c->end - c->start);
-    cell(b, 9, text, (size_t)len, NULL);
-    len = sprintf(text, "%lld", (long long)(client->packets + server->packets));
-    cell(b, 10, text, (size_t)len, NULL);
+    len = c->has_reset ? snprintf(text, sizeof text, "%s@%s", ROLES[c->reset_role],
+                                  machine.state_names[c->reset_state]) : 0;
+    cell(b, 7, text, fitted(len, sizeof text), NULL);
+    len = snprintf(text, sizeof text, "%s/%s", machine.state_names[client->state],
+                   machine.state_names[server->state]);
+    cell(b, 8, text, fitted(len, sizeof text), NULL);
+    char secs[320];  /* "%.3f" of any double: at most 309 digits, a sign, a point and 3 decimals */
+    len = snprintf(secs, sizeof secs, "%.3f", c->end - c->start);
+    cell(b, 9, secs, fitted(len, sizeof secs), NULL);
+    len = snprintf(text, sizeof text, "%lld", (long long)(client->packets + server->packets));
+    cell(b, 10, text, fitted(len, sizeof text), NULL);
     while (b->len && b->data[b->len - 1] == ' ') b->len--;  /* _line(...).rstrip() */
     buf_putc(b, '\n');
     return 0;

@@ -47,7 +47,7 @@ static long ensure(Reader *r, size_t n) {
             if (want > r->cap - r->end) want = r->cap - r->end;
         }
         long got = r->fill(r->fill_ctx, r->buf + r->end, want);
-        if (got < 0) return -1;
+        if (got < 0 || (unsigned long)got > want) return -1;  /* `fill` failed, or claims more than it was given */
         if (got == 0) r->eof = 1;
         r->end += (size_t)got;
     }
