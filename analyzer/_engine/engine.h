@@ -220,6 +220,13 @@ void conn_labels(const Conn *c, Labels *out);
 typedef int (*FinishedFn)(void *ctx, Conn *c);  /* takes ownership of c; nonzero: stop with an error */
 typedef Conn *(*NewConnFn)(void *ctx);          /* memory for a new connection; NULL: none */
 
+/* An open connection as the tracker's table, slots and heap name it: a Conn *,
+ * or, with bit 0 set, a HalfOpen * (tracker.c: a connection that has seen only
+ * its first packet, a bare SYN, kept compact until a second packet comes or it
+ * must finish). 0: none. */
+typedef uintptr_t Ref;
+typedef struct HalfOpen HalfOpen;
+
 typedef struct {
     double when;
     int64_t id;
@@ -228,15 +235,23 @@ typedef struct {
 
 typedef struct {
     uint32_t hash;
-    Conn *conn;  /* NULL: empty */
+    Ref ref;  /* 0: empty */
 } Entry;
+
+typedef struct {  /* where HalfOpen records live: slabs, and a free list through the records */
+    void **slabs;
+    size_t n_slabs, cap_slabs, left;
+    char *next;
+    HalfOpen *free;
+} HalfOpenPool;
 
 typedef struct {
     Timeouts timeouts;
+    int half_open;  /* keep bare SYNs compact (tracker_init checks that the machine allows it) */
     Entry *table;  /* the open connections, by 4-tuple */
     size_t table_size, open_count;
-    /* slots: connection pointers, reused through a free list */
-    Conn **slots;
+    /* slots: connections by number (heap entries name them so), reused through a free list */
+    Ref *slots;
     uint32_t *free_slots;
     size_t n_slots, n_free, cap_slots;
     WakeEntry *heap;
@@ -244,6 +259,7 @@ typedef struct {
     int64_t prefetched_id;  /* the head of the heap when its connection was last prefetched */
     int64_t next_id;
     double now;
+    HalfOpenPool pool;
     FinishedFn finished;
     NewConnFn new_conn;
     void *ctx;

@@ -1,0 +1,99 @@
+"""Peak memory and wall time of `synfin analyze` on a crafted SYN flood (issue 11, finding 5).
+
+    python benchmarks/bench_flood.py [--count 1000000] [--seconds 1] [--runs 3] [--engine compiled]
+                                     [--keep DIR] [--json FILE]
+
+Makes a flood of COUNT unanswered SYNs from distinct clients within SECONDS
+(tests/flood.py: struct-packed pcap, a million SYNs in about a second), then
+runs ``python -m analyzer analyze --engine ENGINE --format json FLOOD`` RUNS
+times, its output to /dev/null, and prints each run's wall time and peak RSS
+(the child's ``ru_maxrss`` from ``os.wait4``), their medians, and the peak
+per half-open connection above an empty run's (a capture of one SYN). Every
+SYN stays half-open until the handshake timeout (40 s), so at the end of the
+capture all COUNT connections are open at once. The target: a million under
+300 MB with the compiled engine (923 MB before tracker.c kept half-open
+connections compact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.flood import syn_flood  # noqa: E402  (the repository's root is on the path only now)
+
+
+@dataclass
+class Run:
+    """One run: wall seconds, peak RSS in MiB, and the connection count of its summary line."""
+
+    wall: float
+    peak_mib: float
+    summary: str
+
+
+def analyze(capture: Path, engine: str) -> Run:
+    """One timed run of synfin on `capture`, its output to /dev/null."""
+    command = [sys.executable, "-m", "analyzer", "analyze", "--engine", engine, "--format", "json", str(capture)]
+    start = time.perf_counter()
+    with open(os.devnull, "wb") as devnull:
+        child = subprocess.Popen(command, stdout=devnull, stderr=subprocess.PIPE, cwd=ROOT)
+        assert child.stderr is not None
+        stderr = child.stderr.read().decode()
+        _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"synfin failed on {capture}:\n{stderr}")
+    return Run(wall, usage.ru_maxrss / 1024, stderr.splitlines()[0] if stderr else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=1_000_000, help="SYNs in the flood (default 1000000)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="the flood's duration (default 1)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs (default 3)")
+    parser.add_argument("--engine", default="compiled", choices=("compiled", "reference"))
+    parser.add_argument("--keep", type=Path, help="write the flood here (and keep it) instead of a temporary folder")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="synfin-flood-") as scratch:
+        folder = args.keep or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        made = time.perf_counter()
+        flood = syn_flood(folder / f"flood-{args.count}.pcap", args.count, args.seconds)
+        made = time.perf_counter() - made
+        empty = analyze(syn_flood(folder / "flood-1.pcap", 1), args.engine)
+        print(f"flood: {args.count:,} SYNs in {args.seconds:g} s, {flood.stat().st_size / 2**20:.0f} MiB, "
+              f"made in {made:.1f} s; an empty run peaks at {empty.peak_mib:.0f} MiB")
+        runs = []
+        for number in range(1, args.runs + 1):
+            runs.append(analyze(flood, args.engine))
+            print(f"  run {number}: {runs[-1].wall:.2f} s, peak {runs[-1].peak_mib:.0f} MiB")
+        wall = statistics.median(r.wall for r in runs)
+        peak = statistics.median(r.peak_mib for r in runs)
+        per_connection = (peak - empty.peak_mib) * 2**20 / max(args.count, 1)
+        print(f"{args.engine}: median {wall:.2f} s, peak RSS {peak:.0f} MiB "
+              f"({per_connection:.0f} bytes per half-open connection above the empty run)")
+        print(f"  {runs[0].summary}")
+    if args.json:
+        figures = {"count": args.count, "seconds": args.seconds, "engine": args.engine, "wall_median": wall,
+                   "peak_mib_median": peak, "bytes_per_connection": per_connection,
+                   "empty_peak_mib": empty.peak_mib, "runs": [asdict(r) for r in runs]}
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
