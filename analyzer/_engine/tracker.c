@@ -101,9 +101,14 @@ static inline Conn *conn_of(Ref r) { return (Conn *)r; }
 static inline HalfOpen *half_of(Ref r) { return (HalfOpen *)(r & ~(Ref)1); }
 static inline Ref half_ref(HalfOpen *h) { return (Ref)h | 1; }
 
-static inline int64_t id_of(Ref r) { return is_half(r) ? half_of(r)->id : conn_of(r)->id; }
-static inline uint32_t slot_of(Ref r) { return is_half(r) ? half_of(r)->slot : conn_of(r)->slot; }
-static inline const Key *key_of(Ref r) { return is_half(r) ? &half_of(r)->key : &conn_of(r)->key; }
+/* Both kinds begin alike (id, key, hash, slot), so these need not look at the tag. */
+#define SAME_PLACE(field) (offsetof(HalfOpen, field) == offsetof(Conn, field))
+_Static_assert(SAME_PLACE(id) && SAME_PLACE(key) && SAME_PLACE(hash) && SAME_PLACE(slot), "a common head");
+#define HEAD_FIELD(r, type, field) ((const type *)((const char *)((r) & ~(Ref)1) + offsetof(Conn, field)))
+
+static inline int64_t id_of(Ref r) { return *HEAD_FIELD(r, int64_t, id); }
+static inline uint32_t slot_of(Ref r) { return *HEAD_FIELD(r, uint32_t, slot); }
+static inline const Key *key_of(Ref r) { return HEAD_FIELD(r, Key, key); }
 
 /* The only packet a bare SYN's connection has seen moves it to SYN_SENT/CLOSED: its
  * wake time is the handshake timeout after it (checked by tracker_init). */
@@ -159,8 +164,7 @@ static void half_fill(HalfOpen *h, int64_t id, const Packet *p) {
     h->options = p->options;
 }
 
-static void half_packet(const HalfOpen *h, Packet *p) {  /* the SYN again, as decode.c made it */
-    memset(p, 0, sizeof *p);
+static void half_packet(const HalfOpen *h, Packet *p) {  /* the SYN again, as decode.c made it: every field */
     p->frame = h->frame;
     p->ts = h->ts;
     p->ip_version = h->key.v;
