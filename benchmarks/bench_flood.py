@@ -5,10 +5,10 @@
 
 Makes a flood of COUNT unanswered SYNs from distinct clients within SECONDS
 (tests/flood.py: struct-packed pcap, a million SYNs in about a second), then
-runs ``python -m analyzer analyze --engine ENGINE --format json FLOOD`` RUNS
-times, its output to /dev/null, and prints each run's wall time and peak RSS
-(the child's ``ru_maxrss`` from ``os.wait4``), their medians, and the peak
-per half-open connection above an empty run's (a capture of one SYN). Every
+runs ``synfin analyze --engine ENGINE --format json FLOOD`` RUNS times in a
+child process, its output to /dev/null, and prints each run's wall time and
+peak RSS (the child's VmHWM: tests/flood.py, analyze_peak), their medians,
+and the peak per half-open connection above an empty run's (one SYN). Every
 SYN stays half-open until the handshake timeout (40 s), so at the end of the
 capture all COUNT connections are open at once. The target: a million under
 300 MB with the compiled engine (923 MB before tracker.c kept half-open
@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.flood import syn_flood  # noqa: E402  (the repository's root is on the path only now)
+from tests.flood import analyze_peak, syn_flood  # noqa: E402  (the repository's root is on the path only now)
 
 
 @dataclass
@@ -46,17 +44,10 @@ class Run:
 
 def analyze(capture: Path, engine: str) -> Run:
     """One timed run of synfin on `capture`, its output to /dev/null."""
-    command = [sys.executable, "-m", "analyzer", "analyze", "--engine", engine, "--format", "json", str(capture)]
     start = time.perf_counter()
-    with open(os.devnull, "wb") as devnull:
-        child = subprocess.Popen(command, stdout=devnull, stderr=subprocess.PIPE, cwd=ROOT)
-        assert child.stderr is not None
-        stderr = child.stderr.read().decode()
-        _, status, usage = os.wait4(child.pid, 0)
+    peak, stderr = analyze_peak(capture, engine)
     wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"synfin failed on {capture}:\n{stderr}")
-    return Run(wall, usage.ru_maxrss / 1024, stderr.splitlines()[0] if stderr else "")
+    return Run(wall, peak / 2**20, stderr.splitlines()[0] if stderr else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

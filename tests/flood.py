@@ -11,15 +11,20 @@ does not check them), written as a little-endian microsecond pcap.
   connection must get right mixed in: handshakes that complete, SYNs
   retransmitted, answered by RST, answered by a SYN (simultaneous open),
   SYNs with data and without options, a new ISN on a 4-tuple still half-open
-  and port reuse after the handshake timeout, IPv6, and connections whose first
-  packet is not a bare SYN.
+  and port reuse after the handshake timeout, IPv6, a host's SYNs to itself,
+  and connections whose first packet is not a bare SYN.
+- `analyze_peak(capture)`: run `synfin analyze` in a child process and say
+  its peak resident memory.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 import struct
+import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,8 +133,10 @@ def mixed_flood(count: int, seed: int = 0, handshake_timeout: float = 5.0) -> li
         server = SERVER6 if six else SERVER4
         cport, sport, isn, sisn = 20000 + i % 40000, rng.choice((80, 443, 22)), rng.getrandbits(32), rng.getrandbits(32)
         kind = rng.choices(["flood", "handshake", "retransmit", "refused", "simultaneous", "new isn",
-                            "reuse", "data", "bare", "synack first", "midstream"],
-                           [60, 10, 5, 5, 2, 3, 5, 3, 3, 2, 2])[0]
+                            "reuse", "data", "bare", "synack first", "midstream", "land"],
+                           [60, 10, 5, 5, 2, 3, 5, 3, 3, 2, 2, 1])[0]
+        if kind == "land":  # to itself: the key's two ends share the address, and sometimes the port
+            server, sport = client, rng.choice((cport, 80))
         c2s = dict(src=client, dst=server, sport=cport, dport=sport)
         s2c = dict(src=server, dst=client, sport=sport, dport=cport)
         later = us + rng.randrange(1, 3000) * 1000 // 3
@@ -163,3 +170,29 @@ def mixed_flood(count: int, seed: int = 0, handshake_timeout: float = 5.0) -> li
                     seq=isn + 99999))
     segs.sort(key=lambda item: (item[0], item[1]))
     return [seg for _, _, seg in segs]
+
+
+# `synfin ARGS`, then the peak resident set of this process's own address space (VmHWM) on standard error. Not
+# ru_maxrss: exec folds the replaced address space's peak into it, and Python starts children with vfork, so a
+# child's ru_maxrss is at least its parent's (pytest's, a few hundred MB late in the suite).
+_REPORTING_PEAK = """
+import sys
+from analyzer.cli import main
+status = main(sys.argv[1:])
+with open("/proc/self/status") as status_file:
+    peak = next(line.split()[1] for line in status_file if line.startswith("VmHWM:"))
+sys.stderr.write(f"peak-rss-kib {peak}\\n")
+sys.exit(status)
+"""
+
+
+def analyze_peak(capture: Path, engine: str = "compiled") -> tuple[int, str]:
+    """Peak RSS in bytes of `synfin analyze --engine ENGINE -f json CAPTURE` (output to /dev/null), and its
+    standard error less the line that reports the peak. Fails on a nonzero exit status."""
+    command = [sys.executable, "-c", _REPORTING_PEAK, "analyze", "--engine", engine, "-f", "json", str(capture)]
+    with open(os.devnull, "wb") as devnull:
+        done = subprocess.run(command, stdout=devnull, stderr=subprocess.PIPE, check=False)
+    lines = done.stderr.decode().splitlines(keepends=True)
+    if done.returncode != 0 or not lines or not lines[-1].startswith("peak-rss-kib "):
+        raise RuntimeError(f"synfin analyze {capture} failed ({done.returncode}):\n{''.join(lines)}")
+    return int(lines[-1].split()[1]) * 1024, "".join(lines[:-1])

@@ -5,11 +5,12 @@ A SYN flood opens a connection per packet, and each stays open until the handsha
 connections a million of them held 923 MB; tracker.c now keeps a connection that has seen only a bare SYN as a
 104-byte record and makes it a full connection when a second packet comes, its timer fires or the capture ends.
 
-- Memory: `synfin analyze` (compiled) runs in a subprocess on crafted floods (tests/flood.py) and its peak RSS
-  is read from os.wait4. What a half-open connection costs is the growth of the peak from a 50,000-SYN flood to a
-  250,000-SYN one, divided by the 200,000 more connections (the fixed part, Python and the writer's queue of
-  finished connections, cancels out): about 1,000 bytes before, about 180 now; the bound is 250. The million-SYN
-  flood of the finding (about 3 s) must stay under 300 MB in all.
+- Memory: `synfin analyze` (compiled) runs in a subprocess on crafted floods (tests/flood.py) and says its
+  peak RSS (VmHWM; tests/flood.py: analyze_peak says why not ru_maxrss). What a half-open connection costs is
+  the growth of the peak from a 50,000-SYN flood to a 250,000-SYN one, divided by the 200,000 more connections
+  (the fixed part, Python and the writer's queue of finished connections, cancels out): about 1,000 bytes
+  before, about 180 now; the bound is 250. The million-SYN flood of the finding (about 3 s) must stay under
+  300 MB in all.
 - Output: on a crafted flood mixed with every kind of second packet (tests/flood.py: mixed_flood) both engines
   give the same bytes in every format, and the summary counts every connection. With tables under which a bare
   SYN would wake at another time, the engine keeps no compact records (tracker.c checks) and still agrees.
@@ -18,10 +19,7 @@ connections a million of them held 923 MB; tracker.c now keeps a connection that
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,26 +27,13 @@ import pytest
 from analyzer import engine, fsm
 from analyzer.fsm import Event, State
 from tests.engine_compare import difference, run_engines
-from tests.flood import mixed_flood, syn_flood, write_pcap
+from tests.flood import analyze_peak, mixed_flood, syn_flood, write_pcap
 
 pytestmark = pytest.mark.skipif(not engine.available(), reason="the compiled engine is not built")
 
 BYTES_PER_HALF_OPEN = 250
 MILLION_PEAK_BYTES = 300 * 2**20
 MIXED_TIMEOUT = 5.0  # --handshake-timeout for the mixed flood, which spans four of them
-
-
-def analyze_peak(capture: Path) -> tuple[int, str]:
-    """Peak RSS in bytes of `synfin analyze --engine compiled -f json CAPTURE` (output to /dev/null), and its stderr."""
-    command = [sys.executable, "-m", "analyzer", "analyze", "--engine", "compiled", "-f", "json", str(capture)]
-    with open(os.devnull, "wb") as devnull:
-        child = subprocess.Popen(command, stdout=devnull, stderr=subprocess.PIPE)
-        assert child.stderr is not None
-        stderr = child.stderr.read().decode()
-        _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    assert child.returncode == 0, stderr
-    return usage.ru_maxrss * 1024, stderr  # ru_maxrss is in KiB on Linux
 
 
 def summary_connections(stderr: str) -> int:
