@@ -14,24 +14,29 @@
  * connections.
  *
  * Half-open connections are kept compact. A SYN flood opens a connection per
- * packet and each waits for the handshake timeout (40 s); as a Conn (850
- * bytes, with its sink slab share) a million of them held 900 MB. So a
- * connection whose first packet is a bare SYN (SYN without ACK, RST or FIN)
- * starts as a HalfOpen record instead: its key, id and slot, and that packet's
- * facts (104 bytes, from slabs of the tracker's own). The record becomes a Conn
- * (`promote`) when a second packet comes for its 4-tuple, when its handshake
- * timer fires, or at the flush at the end, by replaying the SYN through
- * conn_init and conn_add, the normal path; then the second packet, the timer
- * or the flush goes on as it would have. The Conn ends up exactly as if it had
- * been made at the SYN: it holds nothing that time alone changes before its
- * timer (conn_advance only ends TIME_WAIT), and the record keeps what the
- * tracker needs meanwhile: the id and slot its heap entry names, and its wake
- * time, the SYN's time plus the handshake timeout. That last one comes from
- * fsm.py's tables, so tracker_init checks it on a SYN replayed through a real
- * Conn and keeps no records if the tables say otherwise. The table, the slots
- * and the heap name either kind by a tagged pointer (engine.h: Ref). A flood
- * of a million SYNs holds about 170 MB; a connection that goes on costs one
- * record made and reused, and its first packet processed a little later.
+ * packet and each waits for the handshake timeout (40 s); as Conns (848 bytes
+ * each) a million of them held 900 MB. So a connection whose first packet is
+ * a bare SYN (SYN without ACK, RST or FIN) starts as a HalfOpen record
+ * instead: its key, id and slot, and that packet's facts (104 bytes, from
+ * slabs of the tracker's own). The record becomes a Conn (`promote`) when a
+ * second packet comes for its 4-tuple, when its handshake timer fires, or at
+ * the flush at the end (one at a time, as they are handed over), by replaying
+ * the SYN through conn_init and conn_add, the normal path; then the second
+ * packet, the timer or the flush goes on as it would have. The Conn ends up
+ * exactly as if it had been made at the SYN: it holds nothing that time alone
+ * changes before its timer (conn_advance only ends TIME_WAIT), and the record
+ * keeps what the tracker needs meanwhile: the id and slot its heap entry
+ * names, and its wake time, the SYN's time plus the handshake timeout. That
+ * last one comes from fsm.py's tables, so tracker_init checks it on a SYN
+ * replayed through a real Conn and keeps no records if the tables say
+ * otherwise. The table, the slots and the heap name either kind by a tagged
+ * pointer (engine.h: Ref); both kinds begin with the same fields (id, key,
+ * hash, slot), so looking a key up needs no tag. A half-open connection costs
+ * about 180 bytes in all (record, table, heap, slot): a million SYNs within a
+ * second peak at 237 MiB. A connection that goes on costs a record made and
+ * reused, and its SYN processed at its second packet instead of at once.
+ * Only the first packet is kept this way: a SYN retransmitted, or answered by
+ * a SYN-ACK, makes a Conn as before.
  */
 #include <math.h>
 #include <stddef.h>
