@@ -27,7 +27,7 @@ import pytest
 from analyzer import engine, fsm
 from analyzer.fsm import Event, State
 from tests.engine_compare import difference, run_engines
-from tests.flood import analyze_peak, mixed_flood, syn_flood, write_pcap
+from tests.flood import ACK, SERVER4, SYN, Seg, analyze_peak, client4, mixed_flood, syn_flood, write_pcap
 
 pytestmark = pytest.mark.skipif(not engine.available(), reason="the compiled engine is not built")
 
@@ -108,3 +108,22 @@ def test_a_machine_where_a_syn_wakes_otherwise_keeps_no_compact_records(mixed: P
     found = difference(outcomes["reference"], outcomes["compiled"], "json")
     assert found is None, found
     assert b'"final": {"client": "CLOSED"' in (outcomes["compiled"].output or b"")
+
+
+def test_the_flush_sorts_half_open_and_full_connections_by_id(tmp_path: Path) -> None:
+    """Open at the end: an established connection with the lowest id and a few half-open ones with ids 3,000
+    higher (the 3,000 crafted SYNs between expired), so tracker_flush sorts instead of placing by id, records and
+    full connections alike: both engines agree, and the flush hands them over in id order."""
+    server = SERVER4
+    segs = [Seg(1_000_000, client4(0), server, 40000, 80, SYN, seq=1),
+            Seg(1_000_100, server, client4(0), 80, 40000, SYN | ACK, seq=9, ack=2),
+            Seg(1_000_200, client4(0), server, 40000, 80, ACK, seq=2, ack=10, options=b"")]
+    segs += [Seg(2_000_000 + 1000 * i, client4(i), server, 1024 + i, 80, SYN, seq=i) for i in range(1, 3001)]
+    segs += [Seg(20_000_000 + i, client4(5000 + i), server, 5000 + i, 443, SYN, seq=i) for i in range(3)]
+    capture = write_pcap(tmp_path / "sparse.pcap", segs)
+    outcomes = run_engines([capture], "json", ["--handshake-timeout", "1"], tmp_path)
+    found = difference(outcomes["reference"], outcomes["compiled"], "json")
+    assert found is None, found
+    records = [json.loads(line) for line in (outcomes["compiled"].output or b"").splitlines()]
+    assert [r["id"] for r in records[-4:]] == [0, 3001, 3002, 3003]
+    assert [r["open"] for r in records[-4:]] == ["handshake", "unanswered", "unanswered", "unanswered"]
