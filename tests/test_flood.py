@@ -13,7 +13,8 @@ connections a million of them held 923 MB; tracker.c now keeps a connection that
   300 MB in all.
 - Output: on a crafted flood mixed with every kind of second packet (tests/flood.py: mixed_flood) both engines
   give the same bytes in every format, and the summary counts every connection. With tables under which a bare
-  SYN would wake at another time, the engine keeps no compact records (tracker.c checks) and still agrees.
+  SYN would wake at another time, the engine keeps no compact records (tracker.c checks) and still agrees. At the
+  end, records and full connections are handed over in id order, also when the flush has to sort them.
 """
 
 from __future__ import annotations
