@@ -5,14 +5,17 @@ is crafted: Ethernet + IPv4 (or IPv6) + TCP, checksums left at zero (synfin
 does not check them), written as a little-endian microsecond pcap.
 
 - `syn_flood(count, seconds)`: `count` SYNs from distinct (address, port)
-  pairs to one server, spread evenly over `seconds`; nothing answers them, so
-  every one is a half-open connection until the handshake timeout.
+  pairs to one server, spread evenly over `seconds`; nothing answers them (or,
+  with `answered`, the server's SYN-ACK only), so every one is a half-open
+  connection until the handshake timeout.
 - `mixed_flood(count, seed)`: a flood with the cases a compact half-open
   connection must get right mixed in: handshakes that complete, SYNs
   retransmitted, answered by RST, answered by a SYN (simultaneous open),
   SYNs with data and without options, a new ISN on a 4-tuple still half-open
   and port reuse after the handshake timeout, IPv6, a host's SYNs to itself,
   and connections whose first packet is not a bare SYN.
+- `answered_flood(count, seed)`: a flood that a server answers, with
+  SYN-ACKs (some retransmitted) and the other kinds of second packet mixed in.
 - `analyze_peak(capture)`: run `synfin analyze` in a child process and say
   its peak resident memory.
 """
@@ -83,26 +86,34 @@ def client4(index: int) -> bytes:
     return struct.pack("!I", 0x0A000000 + (index % 0xFFFFFF) + 1)
 
 
-def syn_flood(path: Path, count: int, seconds: float = 1.0, start_us: int = 1_700_000_000_000_000) -> Path:
-    """`count` unanswered SYNs from distinct clients to 192.0.2.1:80 within `seconds` (the fast path of this file).
+def syn_flood(path: Path, count: int, seconds: float = 1.0, start_us: int = 1_700_000_000_000_000,
+              answered: bool = False) -> Path:
+    """`count` SYNs from distinct clients to 192.0.2.1:80 within `seconds` (the fast path of this file), each
+    followed by the server's SYN-ACK if `answered` (as a server answers a flood, with SYN cookies or not).
 
-    The frame is a template with the client address, port and ISN patched in, so a million SYNs take seconds.
+    The frames are templates with the client address, ports and ISNs patched in, so a million SYNs take seconds.
     """
-    template = bytearray(_RECORD.size + len(frame(Seg(0, client4(0), SERVER4, 1024, 80, SYN))))
-    record_at, ip_at = 0, _RECORD.size + len(_ETHER4)
+    syn = bytearray(_RECORD.size) + frame(Seg(0, client4(0), SERVER4, 1024, 80, SYN))
+    synack = bytearray(_RECORD.size) + frame(Seg(0, SERVER4, client4(0), 80, 1024, SYN | ACK))
+    ip_at = _RECORD.size + len(_ETHER4)
     tcp_at = ip_at + 20
-    template[_RECORD.size:] = frame(Seg(0, client4(0), SERVER4, 1024, 80, SYN))
+    size = len(syn) - _RECORD.size
     step = seconds * 1_000_000 / max(count, 1)
-    size = len(template) - _RECORD.size
     with open(path, "wb") as out:
         out.write(_PCAP_HEADER)
         chunk = bytearray()
         for i in range(count):
             us = start_us + int(i * step)
-            _RECORD.pack_into(template, record_at, us // 1_000_000, us % 1_000_000, size, size)
-            template[ip_at + 12:ip_at + 16] = client4(i)
-            struct.pack_into("!HHI", template, tcp_at, 1024 + i % 64000, 80, (i * 2654435761) & 0xFFFFFFFF)
-            chunk += template
+            client, port, isn = client4(i), 1024 + i % 64000, (i * 2654435761) & 0xFFFFFFFF
+            _RECORD.pack_into(syn, 0, us // 1_000_000, us % 1_000_000, size, size)
+            syn[ip_at + 12:ip_at + 16] = client
+            struct.pack_into("!HHI", syn, tcp_at, port, 80, isn)
+            chunk += syn
+            if answered:
+                _RECORD.pack_into(synack, 0, (us + 1) // 1_000_000, (us + 1) % 1_000_000, size, size)
+                synack[ip_at + 16:ip_at + 20] = client
+                struct.pack_into("!HHII", synack, tcp_at, 80, port, isn ^ 0x5A5A5A5A, (isn + 1) & 0xFFFFFFFF)
+                chunk += synack
             if len(chunk) >= 1 << 20:
                 out.write(chunk)
                 chunk.clear()
@@ -168,6 +179,47 @@ def mixed_flood(count: int, seed: int = 0, handshake_timeout: float = 5.0) -> li
         elif kind == "reuse":
             add(Seg(us + timeout_us + rng.randrange(0, 2) * 1000 + rng.randrange(0, 2), **c2s, flags=SYN,
                     seq=isn + 99999))
+    segs.sort(key=lambda item: (item[0], item[1]))
+    return [seg for _, _, seg in segs]
+
+
+def answered_flood(count: int, seed: int = 0, seconds: float = 2.0) -> list[Seg]:
+    """`count` SYNs within `seconds`, most answered by a SYN-ACK (a server under a flood answers each one), some
+    of those retransmitted (a few, or more times than tracker.c keeps), some completing the handshake, refused,
+    unanswered, repeated or restarted with a new ISN; some over IPv6. Sorted by time, ties in order of making."""
+    rng = random.Random(seed)
+    segs: list[tuple[int, int, Seg]] = []
+    for i in range(count):
+        us = 1_000_000 + int(i * seconds * 1_000_000 / count)
+        six = rng.random() < 0.1
+        client = ipaddress.IPv6Address(0x20010DB8_0002 << 80 | i).packed if six else client4(i)
+        server = SERVER6 if six else SERVER4
+        c2s = dict(src=client, dst=server, sport=20000 + i % 40000, dport=80)
+        s2c = dict(src=server, dst=client, sport=80, dport=20000 + i % 40000)
+        isn, sisn = rng.getrandbits(32), rng.getrandbits(32)
+        kind = rng.choices(["cookie", "retransmitting", "many", "completes", "refused", "unanswered",
+                            "syn again", "new isn"], [50, 20, 3, 10, 5, 5, 5, 2])[0]
+        made = [Seg(us, **c2s, flags=SYN, seq=isn)]
+        synack = dict(**s2c, flags=SYN | ACK, seq=sisn, ack=isn + 1)
+        if kind == "syn again":
+            made.append(Seg(us + 1_000_000, **c2s, flags=SYN, seq=isn))
+        if kind in ("cookie", "retransmitting", "many", "completes", "syn again", "new isn"):
+            made.append(Seg(us + 100, **synack))
+        if kind == "retransmitting":
+            made += [Seg(us + 100 + delay * 1_000_000, **synack) for delay in (1, 3, 7)[:rng.randrange(1, 4)]]
+        elif kind == "many":
+            made += [Seg(us + 100 + k * 200_000, **synack) for k in range(1, 11)]
+        elif kind == "completes":
+            made.append(Seg(us + 200, **c2s, flags=ACK, seq=isn + 1, ack=sisn + 1, options=b""))
+            if rng.random() < 0.5:
+                made.append(Seg(us + 300, **c2s, flags=FIN | ACK, seq=isn + 1, ack=sisn + 1, options=b""))
+                made.append(Seg(us + 400, **s2c, flags=FIN | ACK, seq=sisn + 1, ack=isn + 2, options=b""))
+                made.append(Seg(us + 500, **c2s, flags=ACK, seq=isn + 2, ack=sisn + 2, options=b""))
+        elif kind == "refused":
+            made.append(Seg(us + 100, **s2c, flags=RST | ACK, seq=0, ack=isn + 1, options=b""))
+        elif kind == "new isn":
+            made.append(Seg(us + 500_000, **c2s, flags=SYN, seq=isn + 777))
+        segs += [(seg.us, len(segs) + k, seg) for k, seg in enumerate(made)]
     segs.sort(key=lambda item: (item[0], item[1]))
     return [seg for _, _, seg in segs]
 

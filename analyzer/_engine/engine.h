@@ -190,6 +190,7 @@ typedef struct Conn {
     uint8_t syn_data, bare_syn[2], synack_seen, fin_order[2], n_fins;
     uint8_t has_reset, reset_role, reset_state, aborted, second_fin_acks_first, half_close;
     uint8_t out_of_memory;   /* a history, queue or anomaly list could not grow */
+    uint8_t in_handshake;    /* counted in the tracker's in_handshake (tracker.c) */
     int64_t first_frame, last_frame;
     double start, end, last_ts, scheduled;
     int64_t retransmits[3];  /* syn, synack, fin */
@@ -260,6 +261,8 @@ typedef struct {
     int64_t next_id;
     double now;
     HalfOpenPool pool;
+    size_t in_handshake;  /* open connections waiting on the handshake timeout (records too) */
+    Conn *spare;    /* a Conn made a record again, for the next replay (sink memory) */
     FinishedFn finished;
     NewConnFn new_conn;
     void *ctx;

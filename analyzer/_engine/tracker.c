@@ -17,7 +17,7 @@
  * packet and each waits for the handshake timeout (40 s); as Conns (848 bytes
  * each) a million of them held 900 MB. So a connection whose first packet is
  * a bare SYN (SYN without ACK, RST or FIN) starts as a HalfOpen record
- * instead: its key, id and slot, and that packet's facts (104 bytes, from
+ * instead: its key, id and slot, and that packet's facts (112 bytes, from
  * slabs of the tracker's own). The record becomes a Conn (`promote`) when a
  * second packet comes for its 4-tuple, when its handshake timer fires, or at
  * the flush at the end (one at a time, as they are handed over), by replaying
@@ -31,12 +31,22 @@
  * replayed through a real Conn and keeps no records if the tables say
  * otherwise. The table, the slots and the heap name either kind by a tagged
  * pointer (engine.h: Ref); both kinds begin with the same fields (id, key,
- * hash, slot), so looking a key up needs no tag. A half-open connection costs
- * about 180 bytes in all (record, table, heap, slot): a million SYNs within a
- * second peak at 237 MiB. A connection that goes on costs a record made and
- * reused, and its SYN processed at its second packet instead of at once.
- * Only the first packet is kept this way: a SYN retransmitted, or answered by
- * a SYN-ACK, makes a Conn as before.
+ * hash, slot), so looking a key up needs no tag.
+ *
+ * A server answers a flood, so a capture at the server has a SYN-ACK (or
+ * several) for each SYN. Under a flood (8,192 connections waiting on the
+ * handshake timeout, counted by `census`), a record made a Conn for a packet
+ * becomes a record again once the packet is through, if the connection still
+ * waits on its handshake, keeping that packet too (up to 8 after the SYN, in
+ * a small block of its own) and the wake-up the Conn scheduled
+ * (keep_or_forget). Replaying the record's packets makes that Conn again.
+ * Ordinary traffic never has that many handshakes open at once, and pays one
+ * byte test per packet.
+ *
+ * What a half-open connection costs in all (record, table, heap, slot): about
+ * 180 bytes with the SYN alone (a million SYNs within a second peak at 247
+ * MiB), about 300 with its SYN-ACK too. A connection that goes on costs a
+ * record made and reused, and its SYN processed at its second packet.
  */
 #include <math.h>
 #include <stddef.h>
@@ -83,23 +93,37 @@ static inline int same_key(const Key *x, const Key *y) {
 
 /* ---- half-open connections: a bare SYN, kept compact ------------------------- */
 
+/* A packet of a half-open connection, as conn_add reads it (its addresses from the key). */
+typedef struct {
+    int64_t frame;
+    double ts;
+    uint32_t seq, ack, payload_len;
+    uint8_t flags, has_options, from_a;  /* from_a: the sender is the key's (a, pa) */
+    Options options;
+} Facts;
+
+/* The packets after the SYN, kept under a flood (see keep_or_forget). */
+typedef struct {
+    double scheduled;  /* the Conn's, when it was made a record again */
+    uint32_t count, capacity;
+    Facts items[];
+} Later;
+
 struct HalfOpen {
     int64_t id;
     Key key;
     uint32_t hash, slot;
-    /* the SYN, as conn_init and conn_add read a Packet */
-    int64_t frame;
-    double ts;
-    uint32_t seq, ack, payload_len;
-    uint8_t flags, has_options, src_is_a;  /* src_is_a: the sender is the key's (a, pa) */
-    Options options;
+    Facts first;   /* the SYN */
+    Later *later;  /* NULL: the SYN alone */
 };
 
 #define HALF_OPEN_SLAB (1u << 20)
+#define FLOOD_HANDSHAKES 8192  /* connections in handshake from which packets after the SYN are kept too */
+#define LATER_MAX 8         /* at most this many: a SYN-ACK and its retransmissions fit */
 /* Both kinds lie at even addresses (slabs from malloc, whole records of 8-byte
  * alignment), so bit 0 of a Ref is free for the tag. */
 _Static_assert(_Alignof(HalfOpen) >= 2 && _Alignof(Conn) >= 2, "bit 0 of a Ref is free for the tag");
-_Static_assert(sizeof(HalfOpen) <= 104, "a half-open connection stays compact");
+_Static_assert(sizeof(HalfOpen) <= 112, "a half-open connection stays compact");
 
 static inline int is_half(Ref r) { return (int)(r & 1); }
 static inline Conn *conn_of(Ref r) { return (Conn *)r; }
@@ -117,10 +141,14 @@ static inline const Key *key_of(Ref r) { return HEAD_FIELD(r, Key, key); }
 
 /* The only packet a bare SYN's connection has seen moves it to SYN_SENT/CLOSED: its
  * wake time is the handshake timeout after it (checked by tracker_init). */
-static inline double half_wake(const Tracker *t, const HalfOpen *h) { return h->ts + t->timeouts.handshake; }
+static inline double half_wake(const Tracker *t, const HalfOpen *h) { return h->first.ts + t->timeouts.handshake; }
+
+static inline double half_scheduled(const Tracker *t, const HalfOpen *h) {
+    return h->later != NULL ? h->later->scheduled : half_wake(t, h);
+}
 
 static inline double scheduled_of(const Tracker *t, Ref r) {
-    return is_half(r) ? half_wake(t, half_of(r)) : conn_of(r)->scheduled;
+    return is_half(r) ? half_scheduled(t, half_of(r)) : conn_of(r)->scheduled;
 }
 
 static inline int bare_syn(const Packet *p) { return (p->flags & (F_SYN | F_ACK | F_RST | F_FIN)) == F_SYN; }
@@ -150,58 +178,87 @@ static HalfOpen *half_new(HalfOpenPool *pool) {
 }
 
 static void half_release(HalfOpenPool *pool, HalfOpen *h) {
+    free(h->later);
+    h->later = NULL;
     *(HalfOpen **)h = pool->free;
     pool->free = h;
+}
+
+static void facts_of(Facts *f, const Packet *p) {
+    f->frame = p->frame;
+    f->ts = p->ts;
+    f->seq = p->seq;
+    f->ack = p->ack;
+    f->payload_len = (uint32_t)p->payload_len;  /* at most an IP packet's length (decode.c) */
+    f->flags = p->flags;
+    f->has_options = p->has_options;
+    f->from_a = addr_equal(p->src, p->key.a) && p->sport == p->key.pa;
+    f->options = p->options;
 }
 
 static void half_fill(HalfOpen *h, int64_t id, const Packet *p) {
     h->id = id;
     h->key = p->key;
     h->hash = p->hash;
-    h->frame = p->frame;
-    h->ts = p->ts;
-    h->seq = p->seq;
-    h->ack = p->ack;
-    h->payload_len = (uint32_t)p->payload_len;  /* at most an IP packet's length (decode.c) */
-    h->flags = p->flags;
-    h->has_options = p->has_options;
-    h->src_is_a = addr_equal(p->src, p->key.a) && p->sport == p->key.pa;
-    h->options = p->options;
+    facts_of(&h->first, p);
+    h->later = NULL;
 }
 
-static void half_packet(const HalfOpen *h, Packet *p) {  /* the SYN again, as decode.c made it: every field */
-    p->frame = h->frame;
-    p->ts = h->ts;
+static void packet_of(const HalfOpen *h, const Facts *f, Packet *p) {  /* as decode.c made it: every field */
+    p->frame = f->frame;
+    p->ts = f->ts;
     p->ip_version = h->key.v;
-    p->flags = h->flags;
-    p->has_options = h->has_options;
-    memcpy(p->src, h->src_is_a ? h->key.a : h->key.b, 16);
-    memcpy(p->dst, h->src_is_a ? h->key.b : h->key.a, 16);
-    p->sport = h->src_is_a ? h->key.pa : h->key.pb;
-    p->dport = h->src_is_a ? h->key.pb : h->key.pa;
-    p->seq = h->seq;
-    p->ack = h->ack;
-    p->payload_len = h->payload_len;
-    p->options = h->options;
+    p->flags = f->flags;
+    p->has_options = f->has_options;
+    memcpy(p->src, f->from_a ? h->key.a : h->key.b, 16);
+    memcpy(p->dst, f->from_a ? h->key.b : h->key.a, 16);
+    p->sport = f->from_a ? h->key.pa : h->key.pb;
+    p->dport = f->from_a ? h->key.pb : h->key.pa;
+    p->seq = f->seq;
+    p->ack = f->ack;
+    p->payload_len = f->payload_len;
+    p->options = f->options;
     p->key = h->key;
     p->hash = h->hash;
 }
 
-/* The Conn a bare SYN would have made: its SYN replayed through the normal path.
- * Not yet in the table or the slots (promote puts it there); NULL: out of memory. */
+/* Keep one more packet in the record, and the wake-up its Conn has scheduled; nonzero: out of memory. */
+static int later_push(HalfOpen *h, const Packet *p, double scheduled) {
+    Later *later = h->later;
+    if (later == NULL || later->count == later->capacity) {
+        uint32_t count = later ? later->count : 0, capacity = later ? 2 * later->capacity : 1;  /* <= LATER_MAX */
+        Later *bigger = realloc(later, sizeof *later + capacity * sizeof later->items[0]);
+        if (bigger == NULL) return -1;
+        bigger->count = count;
+        bigger->capacity = capacity;
+        h->later = later = bigger;
+    }
+    facts_of(&later->items[later->count++], p);
+    later->scheduled = scheduled;
+    return 0;
+}
+
+/* The Conn a record stands for: its packets replayed through the normal path.
+ * Not yet in the table or the slots; NULL: out of memory. */
 static Conn *replay(Tracker *t, const HalfOpen *h) {
     Packet p;
-    half_packet(h, &p);
-    Conn *c = t->new_conn(t->ctx);
+    packet_of(h, &h->first, &p);
+    Conn *c = t->spare != NULL ? t->spare : t->new_conn(t->ctx);
     if (c == NULL) return NULL;
-    if (conn_init(c, h->id, &p, &t->timeouts) || conn_add(c, &p)) {
+    t->spare = NULL;
+    int failed = conn_init(c, h->id, &p, &t->timeouts) || conn_add(c, &p);
+    for (uint32_t k = 0; !failed && h->later != NULL && k < h->later->count; k++) {
+        packet_of(h, &h->later->items[k], &p);
+        failed = conn_add(c, &p);
+    }
+    if (failed) {
         conn_free(c);  /* its memory is the sink's (slabs) */
         return NULL;
     }
     c->key = h->key;
     c->hash = h->hash;
     c->slot = h->slot;
-    c->scheduled = half_wake(t, h);  /* what the heap entry made for the SYN says */
+    c->scheduled = half_scheduled(t, h);  /* what the record's heap entry says */
     return c;
 }
 
@@ -349,18 +406,66 @@ static void drop_superseded(Tracker *t) {
 
 /* ---- promoting, retiring ------------------------------------------------------------ */
 
-/* Table entry i holds a HalfOpen: make it the Conn it stands for, in the table and its slot. */
-static Conn *promote(Tracker *t, size_t i) {
+/* Table entry i holds a record: put the Conn it stands for in its place (the
+ * table and its slot), and return the Conn; the record is the caller's. */
+static Conn *promote_keeping(Tracker *t, size_t i) {
     HalfOpen *h = half_of(t->table[i].ref);
     Conn *c = replay(t, h);
     if (c == NULL) return NULL;
     t->table[i].ref = (Ref)c;
     t->slots[c->slot] = (Ref)c;
-    half_release(&t->pool, h);
+    c->in_handshake = 1;  /* as every record is counted */
     return c;
 }
 
+static Conn *promote(Tracker *t, size_t i) {
+    HalfOpen *h = half_of(t->table[i].ref);
+    Conn *c = promote_keeping(t, i);
+    if (c != NULL) half_release(&t->pool, h);
+    return c;
+}
+
+/* Under a flood (FLOOD_HANDSHAKES connections waiting on the handshake
+ * timeout), a record made a Conn for packet p becomes a record again, p kept
+ * too, while the connection still waits on its handshake, up to LATER_MAX
+ * packets after the SYN: a flood answered by SYN-ACKs stays compact. By then
+ * the Conn has done all the tracker asks of it for p (its wake-up is
+ * scheduled), and it is the Conn its packets, replayed, will make again.
+ * Otherwise the record goes. */
+static void keep_or_forget(Tracker *t, size_t i, Conn *c, HalfOpen *h, const Packet *p) {
+    uint32_t kept = h->later != NULL ? h->later->count : 0;
+    if (t->in_handshake >= FLOOD_HANDSHAKES && c->in_handshake && kept < LATER_MAX && !c->out_of_memory &&
+        later_push(h, p, c->scheduled) == 0) {
+        t->table[i].ref = half_ref(h);
+        t->slots[h->slot] = half_ref(h);
+        conn_free(c);
+        t->spare = c;  /* the next replay's */
+        return;
+    }
+    half_release(&t->pool, h);
+}
+
+/* Waiting on the handshake timeout, as conn_wake_time decides: not both ends
+ * gone (CLOSED or LISTEN), and not synchronized. Only a gauge of a flood for
+ * keep_or_forget: what it says changes no output. */
+static inline int in_handshake(const Conn *c) {
+    const unsigned gone = 1u << ST_CLOSED | 1u << ST_LISTEN;
+    int both_gone = (gone >> c->ep[0].state) & (gone >> c->ep[1].state) & 1;
+    return !both_gone && !(c->ep[0].syn_acked && c->ep[1].syn_acked);
+}
+
+/* Count c in or out of in_handshake, as it now is. */
+static inline void census(Tracker *t, Conn *c) {
+    uint8_t now = (uint8_t)in_handshake(c);
+    if (now != c->in_handshake) {
+        if (now) t->in_handshake++;
+        else t->in_handshake--;
+        c->in_handshake = now;
+    }
+}
+
 static int retire(Tracker *t, Conn *c) {
+    if (c->in_handshake) t->in_handshake--;
     size_t i = table_find(t, &c->key, c->hash);
     if (t->table[i].ref == (Ref)c) {
         table_delete(t, i);
@@ -385,6 +490,7 @@ static int expire(Tracker *t, double now) {
         if (wake <= now) {
             if (retire(t, c)) return -1;
         } else {
+            if (c->in_handshake) census(t, c);
             c->scheduled = wake;
             if (heap_push(t, wake, c->id, c->slot)) return -1;
         }
@@ -451,6 +557,7 @@ static int add_half_open(Tracker *t, size_t i, const Packet *p) {
     }
     t->table[i] = (Entry){p->hash, half_ref(h)};
     t->open_count++;
+    t->in_handshake++;  /* SYN_SENT/CLOSED: the self-check saw it wait on the handshake timeout */
     double wake = half_wake(t, h);
     if (wake < INFINITY) {  /* as a Conn's first wake-up, against its scheduled = inf */
         if (heap_push(t, wake, h->id, h->slot)) return -1;
@@ -479,15 +586,21 @@ int tracker_add(Tracker *t, const Packet *p) {
     prefetch_next_wake(t);
     size_t i = table_find(t, &p->key, p->hash);
     Conn *c = NULL;
-    if (t->table[i].ref != 0) {
-        c = is_half(t->table[i].ref) ? promote(t, i) : conn_of(t->table[i].ref);
+    HalfOpen *was = NULL;  /* the record c was made from, for this packet */
+    Ref r = t->table[i].ref;
+    if (r != 0) {
+        if (is_half(r)) was = half_of(r);
+        c = was != NULL ? promote_keeping(t, i) : conn_of(r);
         if (c == NULL) return -1;
     }
     if (c != NULL && conn_starts_anew(c, p)) {
+        if (was != NULL) half_release(&t->pool, was);
+        was = NULL;
         if (retire(t, c)) return -1;
         c = NULL;
         i = table_find(t, &p->key, p->hash);
     }
+    int fresh = c == NULL;
     if (c == NULL) {
         if (2 * (t->open_count + 1) > t->table_size) {
             if (table_resize(t, t->table_size * 2)) return -1;
@@ -497,14 +610,19 @@ int tracker_add(Tracker *t, const Packet *p) {
         c = add_conn(t, i, p);
         if (c == NULL) return -1;
     }
-    if (conn_add(c, p)) return -1;
+    if (conn_add(c, p)) goto failed;
+    if (c->in_handshake || fresh) census(t, c);  /* out of the handshake, a connection stays out */
     double wake = conn_wake_time(c);
     if (wake < c->scheduled) {
         c->scheduled = wake;
-        if (heap_push(t, wake, c->id, c->slot)) return -1;
+        if (heap_push(t, wake, c->id, c->slot)) goto failed;
         drop_superseded(t);
     }
+    if (was != NULL) keep_or_forget(t, i, c, was, p);  /* the table is as it was after the lookup: i is c's */
     return 0;
+failed:
+    if (was != NULL) half_release(&t->pool, was);
+    return -1;
 }
 
 static int by_id(const void *x, const void *y) {
@@ -553,20 +671,25 @@ int tracker_flush(Tracker *t) {
         slot_free(t, slot_of(r));
     }
     t->open_count = 0;
+    t->in_handshake = 0;
     if (!dense) qsort(in_order, n, sizeof *in_order, by_id);
     size_t count = dense ? span : n, i = 0;
     int status = 0;
     for (; i < count && status == 0; i++)
         if (in_order[i] != 0) status = flush_one(t, in_order[i]);
-    for (; i < count; i++)  /* after an error: never handed over, so still ours to release */
-        if (in_order[i] != 0 && !is_half(in_order[i])) conn_free(conn_of(in_order[i]));
+    for (; i < count; i++) {  /* after an error: never handed over, so still ours to release */
+        if (in_order[i] != 0 && is_half(in_order[i])) half_release(&t->pool, half_of(in_order[i]));
+        else if (in_order[i] != 0) conn_free(conn_of(in_order[i]));
+    }
     free(in_order);
     return status;
 }
 
 void tracker_free(Tracker *t) {
     for (size_t i = 0; i < t->n_slots; i++) {  /* the Conn itself is the sink's (slabs) */
-        if (t->slots[i] != 0 && !is_half(t->slots[i])) conn_free(conn_of(t->slots[i]));
+        Ref r = t->slots[i];
+        if (r != 0 && is_half(r)) free(half_of(r)->later);
+        else if (r != 0) conn_free(conn_of(r));
     }
     for (size_t i = 0; i < t->pool.n_slabs; i++) free(t->pool.slabs[i]);
     free(t->pool.slabs);
