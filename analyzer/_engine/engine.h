@@ -193,6 +193,7 @@ typedef struct Conn {
     uint8_t syn_data, bare_syn[2], synack_seen, fin_order[2], n_fins;
     uint8_t has_reset, reset_role, reset_state, aborted, second_fin_acks_first, half_close;
     uint8_t out_of_memory;   /* a history, queue or anomaly list could not grow */
+    uint8_t in_handshake;    /* counted in the tracker's in_handshake (tracker.c) */
     int64_t first_frame, last_frame;
     double start, end, last_ts, scheduled;
     int64_t retransmits[3];  /* syn, synack, fin */
@@ -223,6 +224,13 @@ void conn_labels(const Conn *c, Labels *out);
 typedef int (*FinishedFn)(void *ctx, Conn *c);  /* takes ownership of c; nonzero: stop with an error */
 typedef Conn *(*NewConnFn)(void *ctx);          /* memory for a new connection; NULL: none */
 
+/* An open connection as the tracker's table, slots and heap name it: a Conn *,
+ * or, with bit 0 set, a HalfOpen * (tracker.c: a connection that has seen only
+ * its first packet, a bare SYN, kept compact until a second packet comes or it
+ * must finish). 0: none. */
+typedef uintptr_t Ref;
+typedef struct HalfOpen HalfOpen;
+
 typedef struct {
     double when;
     int64_t id;
@@ -231,15 +239,23 @@ typedef struct {
 
 typedef struct {
     uint32_t hash;
-    Conn *conn;  /* NULL: empty */
+    Ref ref;  /* 0: empty */
 } Entry;
+
+typedef struct {  /* where HalfOpen records live: slabs, and a free list through the records */
+    void **slabs;
+    size_t n_slabs, cap_slabs, left;
+    char *next;
+    HalfOpen *free;
+} HalfOpenPool;
 
 typedef struct {
     Timeouts timeouts;
+    int half_open;  /* keep bare SYNs compact (tracker_init checks that the machine allows it) */
     Entry *table;  /* the open connections, by 4-tuple */
     size_t table_size, open_count;
-    /* slots: connection pointers, reused through a free list */
-    Conn **slots;
+    /* slots: connections by number (heap entries name them so), reused through a free list */
+    Ref *slots;
     uint32_t *free_slots;
     size_t n_slots, n_free, cap_slots;
     WakeEntry *heap;
@@ -247,6 +263,9 @@ typedef struct {
     int64_t prefetched_id;  /* the head of the heap when its connection was last prefetched */
     int64_t next_id;
     double now;
+    HalfOpenPool pool;
+    size_t in_handshake;  /* open connections waiting on the handshake timeout (records too) */
+    Conn *spare;    /* a Conn made a record again, for the next replay (sink memory) */
     FinishedFn finished;
     NewConnFn new_conn;
     void *ctx;

@@ -12,8 +12,44 @@
  * retired, is recognised as stale and skipped. The heap is rebuilt when
  * stale entries outnumber the live ones, which bounds memory by the open
  * connections.
+ *
+ * Half-open connections are kept compact. A SYN flood opens a connection per
+ * packet and each waits for the handshake timeout (40 s); as Conns (848 bytes
+ * each) a million of them held 900 MB. So a connection whose first packet is
+ * a bare SYN (SYN without ACK, RST or FIN) starts as a HalfOpen record
+ * instead: its key, id and slot, and that packet's facts (112 bytes, from
+ * slabs of the tracker's own). The record becomes a Conn (`promote`) when a
+ * second packet comes for its 4-tuple, when its handshake timer fires, or at
+ * the flush at the end (one at a time, as they are handed over), by replaying
+ * the SYN through conn_init and conn_add, the normal path; then the second
+ * packet, the timer or the flush goes on as it would have. The Conn ends up
+ * exactly as if it had been made at the SYN: it holds nothing that time alone
+ * changes before its timer (conn_advance only ends TIME_WAIT), and the record
+ * keeps what the tracker needs meanwhile: the id and slot its heap entry
+ * names, and its wake time, the SYN's time plus the handshake timeout. That
+ * last one comes from fsm.py's tables, so tracker_init checks it on a SYN
+ * replayed through a real Conn and keeps no records if the tables say
+ * otherwise. The table, the slots and the heap name either kind by a tagged
+ * pointer (engine.h: Ref); both kinds begin with the same fields (id, key,
+ * hash, slot), so looking a key up needs no tag.
+ *
+ * A server answers a flood, so a capture at the server has a SYN-ACK (or
+ * several) for each SYN. Under a flood (8,192 connections waiting on the
+ * handshake timeout, counted by `census`), a record made a Conn for a packet
+ * becomes a record again once the packet is through, if the connection still
+ * waits on its handshake, keeping that packet too (up to 8 after the SYN, in
+ * a small block of its own) and the wake-up the Conn scheduled
+ * (keep_or_forget). Replaying the record's packets makes that Conn again.
+ * Ordinary traffic never has that many handshakes open at once, and pays one
+ * byte test per packet.
+ *
+ * What a half-open connection costs in all (record, table, heap, slot): about
+ * 180 bytes with the SYN alone (a million SYNs within a second peak at 247
+ * MiB), about 300 with its SYN-ACK too. A connection that goes on costs a
+ * record made and reused, and its SYN processed at its second packet.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,6 +91,191 @@ static inline int same_key(const Key *x, const Key *y) {
     return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0;
 }
 
+/* ---- half-open connections: a bare SYN, kept compact ------------------------- */
+
+/* A packet of a half-open connection, as conn_add reads it (its addresses from the key). */
+typedef struct {
+    int64_t frame;
+    double ts;
+    uint32_t seq, ack, payload_len;
+    uint8_t flags, has_options, from_a;  /* from_a: the sender is the key's (a, pa) */
+    Options options;
+} Facts;
+
+/* The packets after the SYN, kept under a flood (see keep_or_forget). */
+typedef struct {
+    double scheduled;  /* the Conn's, when it was made a record again */
+    uint32_t count, capacity;
+    Facts items[];
+} Later;
+
+struct HalfOpen {
+    int64_t id;
+    Key key;
+    uint32_t hash, slot;
+    Facts first;   /* the SYN */
+    Later *later;  /* NULL: the SYN alone */
+};
+
+#define HALF_OPEN_SLAB (1u << 20)
+#define FLOOD_HANDSHAKES 8192  /* connections in handshake from which packets after the SYN are kept too */
+#define LATER_MAX 8         /* at most this many: a SYN-ACK and its retransmissions fit */
+/* Both kinds lie at even addresses (slabs from malloc, whole records of 8-byte
+ * alignment), so bit 0 of a Ref is free for the tag. */
+_Static_assert(_Alignof(HalfOpen) >= 2 && _Alignof(Conn) >= 2, "bit 0 of a Ref is free for the tag");
+_Static_assert(sizeof(HalfOpen) <= 112, "a half-open connection stays compact");
+
+static inline int is_half(Ref r) { return (int)(r & 1); }
+static inline Conn *conn_of(Ref r) { return (Conn *)r; }
+static inline HalfOpen *half_of(Ref r) { return (HalfOpen *)(r & ~(Ref)1); }
+static inline Ref half_ref(HalfOpen *h) { return (Ref)h | 1; }
+
+/* Both kinds begin alike (id, key, hash, slot), so these need not look at the tag. */
+#define SAME_PLACE(field) (offsetof(HalfOpen, field) == offsetof(Conn, field))
+_Static_assert(SAME_PLACE(id) && SAME_PLACE(key) && SAME_PLACE(hash) && SAME_PLACE(slot), "a common head");
+#define HEAD_FIELD(r, type, field) ((const type *)((const char *)((r) & ~(Ref)1) + offsetof(Conn, field)))
+
+static inline int64_t id_of(Ref r) { return *HEAD_FIELD(r, int64_t, id); }
+static inline uint32_t slot_of(Ref r) { return *HEAD_FIELD(r, uint32_t, slot); }
+static inline const Key *key_of(Ref r) { return HEAD_FIELD(r, Key, key); }
+
+/* The only packet a bare SYN's connection has seen moves it to SYN_SENT/CLOSED: its
+ * wake time is the handshake timeout after it (checked by tracker_init). */
+static inline double half_wake(const Tracker *t, const HalfOpen *h) { return h->first.ts + t->timeouts.handshake; }
+
+static inline double half_scheduled(const Tracker *t, const HalfOpen *h) {
+    return h->later != NULL ? h->later->scheduled : half_wake(t, h);
+}
+
+static inline double scheduled_of(const Tracker *t, Ref r) {
+    return is_half(r) ? half_scheduled(t, half_of(r)) : conn_of(r)->scheduled;
+}
+
+static inline int bare_syn(const Packet *p) { return (p->flags & (F_SYN | F_ACK | F_RST | F_FIN)) == F_SYN; }
+
+static HalfOpen *half_new(HalfOpenPool *pool) {
+    HalfOpen *h = pool->free;
+    if (h != NULL) {
+        pool->free = *(HalfOpen **)h;
+        return h;
+    }
+    if (pool->left < sizeof *h) {
+        if (pool->n_slabs == pool->cap_slabs) {
+            void **slabs = grown(pool->slabs, &pool->cap_slabs, sizeof *slabs, 64);
+            if (slabs == NULL) return NULL;
+            pool->slabs = slabs;
+        }
+        char *slab = malloc(HALF_OPEN_SLAB);
+        if (slab == NULL) return NULL;
+        pool->slabs[pool->n_slabs++] = slab;
+        pool->next = slab;
+        pool->left = HALF_OPEN_SLAB;
+    }
+    h = (HalfOpen *)pool->next;
+    pool->next += sizeof *h;
+    pool->left -= sizeof *h;
+    return h;
+}
+
+static void half_release(HalfOpenPool *pool, HalfOpen *h) {
+    free(h->later);
+    h->later = NULL;
+    *(HalfOpen **)h = pool->free;
+    pool->free = h;
+}
+
+static void facts_of(Facts *f, const Packet *p) {
+    f->frame = p->frame;
+    f->ts = p->ts;
+    f->seq = p->seq;
+    f->ack = p->ack;
+    f->payload_len = (uint32_t)p->payload_len;  /* at most an IP packet's length (decode.c) */
+    f->flags = p->flags;
+    f->has_options = p->has_options;
+    f->from_a = addr_equal(p->src, p->key.a) && p->sport == p->key.pa;
+    f->options = p->options;
+}
+
+static void half_fill(HalfOpen *h, int64_t id, const Packet *p) {
+    h->id = id;
+    h->key = p->key;
+    h->hash = p->hash;
+    facts_of(&h->first, p);
+    h->later = NULL;
+}
+
+static void packet_of(const HalfOpen *h, const Facts *f, Packet *p) {  /* as decode.c made it: every field */
+    p->frame = f->frame;
+    p->ts = f->ts;
+    p->ip_version = h->key.v;
+    p->flags = f->flags;
+    p->has_options = f->has_options;
+    memcpy(p->src, f->from_a ? h->key.a : h->key.b, 16);
+    memcpy(p->dst, f->from_a ? h->key.b : h->key.a, 16);
+    p->sport = f->from_a ? h->key.pa : h->key.pb;
+    p->dport = f->from_a ? h->key.pb : h->key.pa;
+    p->seq = f->seq;
+    p->ack = f->ack;
+    p->payload_len = f->payload_len;
+    p->options = f->options;
+    p->key = h->key;
+    p->hash = h->hash;
+}
+
+/* Keep one more packet in the record, and the wake-up its Conn has scheduled; nonzero: out of memory. */
+static int later_push(HalfOpen *h, const Packet *p, double scheduled) {
+    Later *later = h->later;
+    if (later == NULL || later->count == later->capacity) {
+        uint32_t count = later ? later->count : 0, capacity = later ? 2 * later->capacity : 1;  /* <= LATER_MAX */
+        Later *bigger = realloc(later, sizeof *later + capacity * sizeof later->items[0]);
+        if (bigger == NULL) return -1;
+        bigger->count = count;
+        bigger->capacity = capacity;
+        h->later = later = bigger;
+    }
+    facts_of(&later->items[later->count++], p);
+    later->scheduled = scheduled;
+    return 0;
+}
+
+/* The Conn a record stands for: its packets replayed through the normal path.
+ * Not yet in the table or the slots; NULL: out of memory. */
+static Conn *replay(Tracker *t, const HalfOpen *h) {
+    Packet p;
+    packet_of(h, &h->first, &p);
+    Conn *c = t->spare != NULL ? t->spare : t->new_conn(t->ctx);
+    if (c == NULL) return NULL;
+    t->spare = NULL;
+    int failed = conn_init(c, h->id, &p, &t->timeouts) || conn_add(c, &p);
+    for (uint32_t k = 0; !failed && h->later != NULL && k < h->later->count; k++) {
+        packet_of(h, &h->later->items[k], &p);
+        failed = conn_add(c, &p);
+    }
+    if (failed) {
+        conn_free(c);  /* its memory is the sink's (slabs) */
+        return NULL;
+    }
+    c->key = h->key;
+    c->hash = h->hash;
+    c->slot = h->slot;
+    c->scheduled = half_scheduled(t, h);  /* what the record's heap entry says */
+    return c;
+}
+
+/* Does a bare SYN's Conn wake when half_wake says, under the machine and timeouts of this run? */
+static int half_open_allowed(const Timeouts *timeouts) {
+    Packet syn = {.frame = 1, .ts = 1.0, .ip_version = 4, .flags = F_SYN, .sport = 40000, .dport = 80, .seq = 7};
+    syn.src[15] = 1;
+    syn.dst[15] = 2;
+    Conn *c = malloc(sizeof *c);
+    if (c == NULL) return 0;
+    int allowed = conn_init(c, 0, &syn, timeouts) == 0 && conn_add(c, &syn) == 0 &&
+                  conn_wake_time(c) == syn.ts + timeouts->handshake;
+    conn_free(c);
+    free(c);
+    return allowed;
+}
+
 /* ---- the hash table --------------------------------------------------------- */
 
 static int table_resize(Tracker *t, size_t size) {
@@ -63,9 +284,9 @@ static int table_resize(Tracker *t, size_t size) {
     Entry *table = calloc(size, sizeof *table);
     if (table == NULL) return -1;
     for (size_t i = 0; i < old_size; i++) {
-        if (old[i].conn == NULL) continue;
+        if (old[i].ref == 0) continue;
         size_t j = old[i].hash & (size - 1);
-        while (table[j].conn != NULL) j = (j + 1) & (size - 1);
+        while (table[j].ref != 0) j = (j + 1) & (size - 1);
         table[j] = old[i];
     }
     free(old);
@@ -78,7 +299,7 @@ static size_t table_find(const Tracker *t, const Key *key, uint32_t hash) {
     size_t mask = t->table_size - 1;
     for (size_t i = hash & mask;; i = (i + 1) & mask) {
         const Entry *entry = &t->table[i];
-        if (entry->conn == NULL || (entry->hash == hash && same_key(&entry->conn->key, key))) return i;
+        if (entry->ref == 0 || (entry->hash == hash && same_key(key_of(entry->ref), key))) return i;
     }
 }
 
@@ -86,10 +307,10 @@ static void table_delete(Tracker *t, size_t i) {
     size_t mask = t->table_size - 1;
     size_t j = i;
     for (;;) {
-        t->table[i].conn = NULL;
+        t->table[i].ref = 0;
         for (;;) {
             j = (j + 1) & mask;
-            if (t->table[j].conn == NULL) return;
+            if (t->table[j].ref == 0) return;
             size_t home = t->table[j].hash & mask;
             /* move j back to i unless its home lies cyclically in (i, j] */
             if (i <= j ? (i < home && home <= j) : (i < home || home <= j)) continue;
@@ -102,23 +323,29 @@ static void table_delete(Tracker *t, size_t i) {
 
 /* ---- slots -------------------------------------------------------------------- */
 
-static int slot_take(Tracker *t, Conn *c) {
+/* A free slot for `ref` (its number in *slot); nonzero: out of memory. */
+static int slot_take(Tracker *t, Ref ref, uint32_t *slot) {
     if (t->n_free) {
-        c->slot = t->free_slots[--t->n_free];
+        *slot = t->free_slots[--t->n_free];
     } else {
         if (t->n_slots == t->cap_slots) {  /* the free list can hold every slot: grow both alike */
             size_t cap_free = t->cap_slots;
             uint32_t *free_slots = grown(t->free_slots, &cap_free, sizeof *free_slots, 1024);
             if (free_slots == NULL) return -1;
             t->free_slots = free_slots;
-            Conn **slots = grown(t->slots, &t->cap_slots, sizeof *slots, 1024);
+            Ref *slots = grown(t->slots, &t->cap_slots, sizeof *slots, 1024);
             if (slots == NULL) return -1;
             t->slots = slots;
         }
-        c->slot = (uint32_t)t->n_slots++;
+        *slot = (uint32_t)t->n_slots++;
     }
-    t->slots[c->slot] = c;
+    t->slots[*slot] = ref;
     return 0;
+}
+
+static inline void slot_free(Tracker *t, uint32_t slot) {
+    t->slots[slot] = 0;
+    t->free_slots[t->n_free++] = slot;
 }
 
 /* ---- the wake-up heap, ordered by (when, id) as Python's tuples are ------------ */
@@ -140,14 +367,14 @@ static void sift_down(WakeEntry *heap, size_t len, size_t i) {
     heap[i] = item;
 }
 
-static int heap_push(Tracker *t, double when, const Conn *c) {
+static int heap_push(Tracker *t, double when, int64_t id, uint32_t slot) {
     if (t->heap_len == t->heap_cap) {
         WakeEntry *heap = grown(t->heap, &t->heap_cap, sizeof *heap, 1024);
         if (heap == NULL) return -1;
         t->heap = heap;
     }
     size_t i = t->heap_len++;
-    WakeEntry item = {when, c->id, c->slot};
+    WakeEntry item = {when, id, slot};
     while (i > 0) {
         size_t parent = (i - 1) / 2;
         if (!before(&item, &t->heap[parent])) break;
@@ -169,24 +396,82 @@ static void drop_superseded(Tracker *t) {
     if (t->heap_len <= 2 * t->open_count + 64) return;
     size_t n = 0;
     for (size_t i = 0; i < t->table_size; i++) {
-        const Conn *c = t->table[i].conn;
-        if (c == NULL) continue;
-        t->heap[n++] = (WakeEntry){c->scheduled, c->id, c->slot};
+        Ref r = t->table[i].ref;
+        if (r == 0) continue;
+        t->heap[n++] = (WakeEntry){scheduled_of(t, r), id_of(r), slot_of(r)};
     }
     t->heap_len = n;
     for (size_t i = n / 2; i-- > 0;) sift_down(t->heap, n, i);
 }
 
-/* ---- retiring --------------------------------------------------------------------- */
+/* ---- promoting, retiring ------------------------------------------------------------ */
+
+/* Table entry i holds a record: put the Conn it stands for in its place (the
+ * table and its slot), and return the Conn; the record is the caller's. */
+static Conn *promote_keeping(Tracker *t, size_t i) {
+    HalfOpen *h = half_of(t->table[i].ref);
+    Conn *c = replay(t, h);
+    if (c == NULL) return NULL;
+    t->table[i].ref = (Ref)c;
+    t->slots[c->slot] = (Ref)c;
+    c->in_handshake = 1;  /* as every record is counted */
+    return c;
+}
+
+static Conn *promote(Tracker *t, size_t i) {
+    HalfOpen *h = half_of(t->table[i].ref);
+    Conn *c = promote_keeping(t, i);
+    if (c != NULL) half_release(&t->pool, h);
+    return c;
+}
+
+/* Under a flood (FLOOD_HANDSHAKES connections waiting on the handshake
+ * timeout), a record made a Conn for packet p becomes a record again, p kept
+ * too, while the connection still waits on its handshake, up to LATER_MAX
+ * packets after the SYN: a flood answered by SYN-ACKs stays compact. By then
+ * the Conn has done all the tracker asks of it for p (its wake-up is
+ * scheduled), and it is the Conn its packets, replayed, will make again.
+ * Otherwise the record goes. */
+static void keep_or_forget(Tracker *t, size_t i, Conn *c, HalfOpen *h, const Packet *p) {
+    uint32_t kept = h->later != NULL ? h->later->count : 0;
+    if (t->in_handshake >= FLOOD_HANDSHAKES && c->in_handshake && kept < LATER_MAX && !c->out_of_memory &&
+        later_push(h, p, c->scheduled) == 0) {
+        t->table[i].ref = half_ref(h);
+        t->slots[h->slot] = half_ref(h);
+        conn_free(c);
+        t->spare = c;  /* the next replay's */
+        return;
+    }
+    half_release(&t->pool, h);
+}
+
+/* Waiting on the handshake timeout, as conn_wake_time decides: not both ends
+ * gone (CLOSED or LISTEN), and not synchronized. Only a gauge of a flood for
+ * keep_or_forget: what it says changes no output. */
+static inline int in_handshake(const Conn *c) {
+    const unsigned gone = 1u << ST_CLOSED | 1u << ST_LISTEN;
+    int both_gone = (gone >> c->ep[0].state) & (gone >> c->ep[1].state) & 1;
+    return !both_gone && !(c->ep[0].syn_acked && c->ep[1].syn_acked);
+}
+
+/* Count c in or out of in_handshake, as it now is. */
+static inline void census(Tracker *t, Conn *c) {
+    uint8_t now = (uint8_t)in_handshake(c);
+    if (now != c->in_handshake) {
+        if (now) t->in_handshake++;
+        else t->in_handshake--;
+        c->in_handshake = now;
+    }
+}
 
 static int retire(Tracker *t, Conn *c) {
+    if (c->in_handshake) t->in_handshake--;
     size_t i = table_find(t, &c->key, c->hash);
-    if (t->table[i].conn == c) {
+    if (t->table[i].ref == (Ref)c) {
         table_delete(t, i);
         t->open_count--;
     }
-    t->slots[c->slot] = NULL;
-    t->free_slots[t->n_free++] = c->slot;
+    slot_free(t, c->slot);
     c->scheduled = NAN;
     return t->finished(t->ctx, c);  /* it is theirs now: finished, written and freed there */
 }
@@ -196,15 +481,18 @@ static int expire(Tracker *t, double now) {
     t->now = now;
     while (t->heap_len && t->heap[0].when <= now) {
         WakeEntry entry = heap_pop(t);
-        Conn *c = t->slots[entry.slot];
-        if (c == NULL || c->id != entry.id || c->scheduled != entry.when) continue;
+        Ref r = t->slots[entry.slot];
+        if (r == 0 || id_of(r) != entry.id || scheduled_of(t, r) != entry.when) continue;
+        Conn *c = is_half(r) ? promote(t, table_find(t, &half_of(r)->key, half_of(r)->hash)) : conn_of(r);
+        if (c == NULL) return -1;
         conn_advance(c, now);
         double wake = conn_wake_time(c);
         if (wake <= now) {
             if (retire(t, c)) return -1;
         } else {
+            if (c->in_handshake) census(t, c);
             c->scheduled = wake;
-            if (heap_push(t, wake, c)) return -1;
+            if (heap_push(t, wake, c->id, c->slot)) return -1;
         }
     }
     return 0;
@@ -215,6 +503,7 @@ static int expire(Tracker *t, double now) {
 int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, NewConnFn new_conn, void *ctx) {
     memset(t, 0, sizeof *t);
     t->timeouts = *timeouts;
+    t->half_open = half_open_allowed(&t->timeouts);
     t->finished = finished;
     t->new_conn = new_conn;
     t->ctx = ctx;
@@ -223,14 +512,24 @@ int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, NewC
     return table_resize(t, 1024);
 }
 
-static inline void prefetch_conn(const Conn *c) {
-    for (size_t line = 0; line < sizeof(Conn); line += 64) __builtin_prefetch((const char *)c + line);
+/* Every cache line of a connection (a segment touches most of a Conn). Inlined
+ * always: as a function of its own GCC finds it has no side effects and drops
+ * the call, prefetches and all. */
+static inline __attribute__((always_inline)) void prefetch_ref(Ref r) {
+    if (is_half(r)) {
+        const char *at = (const char *)half_of(r);  /* 104 bytes: two lines, or three */
+        __builtin_prefetch(at);
+        __builtin_prefetch(at + 64);
+        __builtin_prefetch(at + sizeof(HalfOpen) - 1);
+    } else {
+        for (size_t line = 0; line < sizeof(Conn); line += 64) __builtin_prefetch((const char *)r + line);
+    }
 }
 
 void tracker_prefetch(const Tracker *t, const Packet *p, int conn_too) {
     const Entry *home = &t->table[p->hash & (t->table_size - 1)];
     __builtin_prefetch(home);
-    if (conn_too && home->conn != NULL) prefetch_conn(home->conn);
+    if (conn_too && home->ref != 0) prefetch_ref(home->ref);
 }
 
 /* The connection whose wake-up comes next has usually not been touched for a
@@ -238,8 +537,8 @@ void tracker_prefetch(const Tracker *t, const Packet *p, int conn_too) {
 static inline void prefetch_next_wake(Tracker *t) {
     if (t->heap_len == 0 || t->heap[0].id == t->prefetched_id) return;
     t->prefetched_id = t->heap[0].id;
-    const Conn *c = t->slots[t->heap[0].slot];
-    if (c != NULL) prefetch_conn(c);
+    Ref r = t->slots[t->heap[0].slot];
+    if (r != 0) prefetch_ref(r);
 }
 
 void packet_key(Packet *p) {
@@ -247,45 +546,101 @@ void packet_key(Packet *p) {
     p->hash = hash_key(&p->key);
 }
 
-int tracker_add(Tracker *t, const Packet *p) {
-    if (expire(t, p->ts)) return -1;
-    prefetch_next_wake(t);
-    size_t i = table_find(t, &p->key, p->hash);
-    Conn *c = t->table[i].conn;
-    if (c != NULL && conn_starts_anew(c, p)) {
-        if (retire(t, c)) return -1;
-        c = NULL;
-        i = table_find(t, &p->key, p->hash);
+/* A new connection's first packet, a bare SYN, into table entry i as a HalfOpen. */
+static int add_half_open(Tracker *t, size_t i, const Packet *p) {
+    HalfOpen *h = half_new(&t->pool);
+    if (h == NULL) return -1;
+    half_fill(h, t->next_id++, p);
+    if (slot_take(t, half_ref(h), &h->slot)) {
+        half_release(&t->pool, h);
+        return -1;
     }
-    if (c == NULL) {
-        if (2 * (t->open_count + 1) > t->table_size) {
-            if (table_resize(t, t->table_size * 2)) return -1;
-            i = table_find(t, &p->key, p->hash);
-        }
-        c = t->new_conn(t->ctx);
-        if (c == NULL) return -1;
-        if (conn_init(c, t->next_id++, p, &t->timeouts) || slot_take(t, c)) {
-            conn_free(c);  /* its memory is the sink's (slabs) */
-            return -1;
-        }
-        c->key = p->key;
-        c->hash = p->hash;
-        t->table[i] = (Entry){p->hash, c};
-        t->open_count++;
-    }
-    if (conn_add(c, p)) return -1;
-    double wake = conn_wake_time(c);
-    if (wake < c->scheduled) {
-        c->scheduled = wake;
-        if (heap_push(t, wake, c)) return -1;
+    t->table[i] = (Entry){p->hash, half_ref(h)};
+    t->open_count++;
+    t->in_handshake++;  /* SYN_SENT/CLOSED: the self-check saw it wait on the handshake timeout */
+    double wake = half_wake(t, h);
+    if (wake < INFINITY) {  /* as a Conn's first wake-up, against its scheduled = inf */
+        if (heap_push(t, wake, h->id, h->slot)) return -1;
         drop_superseded(t);
     }
     return 0;
 }
 
+/* A new connection's first packet, of any kind, into table entry i as a Conn; NULL: out of memory. */
+static Conn *add_conn(Tracker *t, size_t i, const Packet *p) {
+    Conn *c = t->new_conn(t->ctx);
+    if (c == NULL) return NULL;
+    if (conn_init(c, t->next_id++, p, &t->timeouts) || slot_take(t, (Ref)c, &c->slot)) {
+        conn_free(c);  /* its memory is the sink's (slabs) */
+        return NULL;
+    }
+    c->key = p->key;
+    c->hash = p->hash;
+    t->table[i] = (Entry){p->hash, (Ref)c};
+    t->open_count++;
+    return c;
+}
+
+int tracker_add(Tracker *t, const Packet *p) {
+    if (expire(t, p->ts)) return -1;
+    prefetch_next_wake(t);
+    size_t i = table_find(t, &p->key, p->hash);
+    Conn *c = NULL;
+    HalfOpen *was = NULL;  /* the record c was made from, for this packet */
+    Ref r = t->table[i].ref;
+    if (r != 0) {
+        if (is_half(r)) was = half_of(r);
+        c = was != NULL ? promote_keeping(t, i) : conn_of(r);
+        if (c == NULL) return -1;
+    }
+    if (c != NULL && conn_starts_anew(c, p)) {
+        if (was != NULL) half_release(&t->pool, was);
+        was = NULL;
+        if (retire(t, c)) return -1;
+        c = NULL;
+        i = table_find(t, &p->key, p->hash);
+    }
+    int fresh = c == NULL;
+    if (c == NULL) {
+        if (2 * (t->open_count + 1) > t->table_size) {
+            if (table_resize(t, t->table_size * 2)) return -1;
+            i = table_find(t, &p->key, p->hash);
+        }
+        if (t->half_open && bare_syn(p)) return add_half_open(t, i, p);
+        c = add_conn(t, i, p);
+        if (c == NULL) return -1;
+    }
+    if (conn_add(c, p)) goto failed;
+    if (c->in_handshake || fresh) census(t, c);  /* out of the handshake, a connection stays out */
+    double wake = conn_wake_time(c);
+    if (wake < c->scheduled) {
+        c->scheduled = wake;
+        if (heap_push(t, wake, c->id, c->slot)) goto failed;
+        drop_superseded(t);
+    }
+    if (was != NULL) keep_or_forget(t, i, c, was, p);  /* the table is as it was after the lookup: i is c's */
+    return 0;
+failed:
+    if (was != NULL) half_release(&t->pool, was);
+    return -1;
+}
+
 static int by_id(const void *x, const void *y) {
-    int64_t a = (*(Conn *const *)x)->id, b = (*(Conn *const *)y)->id;
+    int64_t a = id_of(*(const Ref *)x), b = id_of(*(const Ref *)y);
     return (a > b) - (a < b);
+}
+
+/* Hand over `r` at the flush: a HalfOpen is replayed into a Conn first, one at
+ * a time, so a flood's records never all become Conns at once. */
+static int flush_one(Tracker *t, Ref r) {
+    Conn *c = conn_of(r);
+    if (is_half(r)) {
+        c = replay(t, half_of(r));
+        half_release(&t->pool, half_of(r));
+        if (c == NULL) return -1;
+    }
+    c->scheduled = NAN;
+    return t->finished(t->ctx, c);
 }
 
 /* Hand over every open connection, in order of first packet (id), as the
@@ -296,42 +651,48 @@ int tracker_flush(Tracker *t) {
     size_t n = t->open_count;
     int64_t low = INT64_MAX, high = -1;
     for (size_t i = 0; i < t->table_size; i++) {
-        const Conn *c = t->table[i].conn;
-        if (c == NULL) continue;
-        if (c->id < low) low = c->id;
-        if (c->id > high) high = c->id;
+        Ref r = t->table[i].ref;
+        if (r == 0) continue;
+        int64_t id = id_of(r);
+        if (id < low) low = id;
+        if (id > high) high = id;
     }
     if (high < 0) return 0;
     size_t span = (size_t)(high - low + 1);
     int dense = span <= 4 * n + 1024;
-    Conn **in_order = calloc(dense ? span : n, sizeof *in_order);
+    Ref *in_order = calloc(dense ? span : n, sizeof *in_order);
     if (in_order == NULL) return -1;
     size_t k = 0;
     for (size_t i = 0; i < t->table_size; i++) {
-        Conn *c = t->table[i].conn;
-        if (c == NULL) continue;
-        in_order[dense ? (size_t)(c->id - low) : k++] = c;
-        t->table[i].conn = NULL;
-        t->slots[c->slot] = NULL;
-        t->free_slots[t->n_free++] = c->slot;
-        c->scheduled = NAN;
+        Ref r = t->table[i].ref;
+        if (r == 0) continue;
+        in_order[dense ? (size_t)(id_of(r) - low) : k++] = r;
+        t->table[i].ref = 0;
+        slot_free(t, slot_of(r));
     }
     t->open_count = 0;
+    t->in_handshake = 0;
     if (!dense) qsort(in_order, n, sizeof *in_order, by_id);
     size_t count = dense ? span : n, i = 0;
     int status = 0;
     for (; i < count && status == 0; i++)
-        if (in_order[i] != NULL) status = t->finished(t->ctx, in_order[i]);
-    for (; i < count; i++)  /* after an error: never handed over, so still ours to release */
-        if (in_order[i] != NULL) conn_free(in_order[i]);
+        if (in_order[i] != 0) status = flush_one(t, in_order[i]);
+    for (; i < count; i++) {  /* after an error: never handed over, so still ours to release */
+        if (in_order[i] != 0 && is_half(in_order[i])) half_release(&t->pool, half_of(in_order[i]));
+        else if (in_order[i] != 0) conn_free(conn_of(in_order[i]));
+    }
     free(in_order);
     return status;
 }
 
 void tracker_free(Tracker *t) {
-    for (size_t i = 0; i < t->n_slots; i++) {
-        if (t->slots[i] != NULL) conn_free(t->slots[i]);  /* the Conn itself is the sink's (slabs) */
+    for (size_t i = 0; i < t->n_slots; i++) {  /* the Conn itself is the sink's (slabs) */
+        Ref r = t->slots[i];
+        if (r != 0 && is_half(r)) free(half_of(r)->later);
+        else if (r != 0) conn_free(conn_of(r));
     }
+    for (size_t i = 0; i < t->pool.n_slabs; i++) free(t->pool.slabs[i]);
+    free(t->pool.slabs);
     free(t->slots);
     free(t->free_slots);
     free(t->table);
