@@ -41,7 +41,10 @@ static inline void name_this_thread(const char *name) {
 /* `items`, holding *cap, reallocated for twice as many (`first` when empty);
  * NULL, and nothing changed, when out of memory. */
 static inline void *grown(void *items, size_t *cap, size_t size, size_t first) {
+    /* Doubling that would overflow size_t (in the count or in bytes) fails as malloc does. */
+    if (size == 0 || *cap > SIZE_MAX / 2 / size) return NULL;
     size_t more = *cap ? *cap * 2 : first;
+    if (more > SIZE_MAX / size) return NULL;
     void *bigger = realloc(items, more * size);
     if (bigger != NULL) *cap = more;
     return bigger;
