@@ -9,6 +9,7 @@ APT_PKGS := tcpdump tshark tcptrace nftables iproute2 ethtool gcc libc6-dev liba
 # analyzer/ out). Python is not instrumented, so the sanitizer runtimes are preloaded. SYNFIN_SANITIZED=1 tells
 # tests that measure memory or time (meaningless under ASan's shadow memory and quarantine) to skip themselves.
 SAN_DIR      := build/sanitize
+SAN_ENGINE   ?= analyzer/_engine
 FUZZ_SECONDS ?= 120
 FUZZ_SEED    ?= 1
 FUZZ_OUT     ?= build/fuzz-out
@@ -60,7 +61,7 @@ test: $(PY) apt-deps
 
 sanitize-build: $(PY)
 	@command -v gcc >/dev/null || { echo "make sanitize needs gcc (make apt-deps)"; exit 1; }
-	$(PY) -m tests.fuzz.build --out $(SAN_DIR)
+	$(PY) -m tests.fuzz.build --out $(SAN_DIR) --engine $(SAN_ENGINE)
 	$(SAN_ENV) $(PY) -m tests.fuzz.build --out $(SAN_DIR) --check
 
 ## make sanitize: the engine under ASan+UBSan: the engine tests (samples, crafted and damaged captures; not the
