@@ -11,7 +11,9 @@
   on it; skipped on the normal build) is filled by the engine and differs
   between different captures.
 * A short run from a fixed seed (a few hundred executions) finds no
-  difference between the engines and no traceback.
+  difference between the engines and no traceback; an engine made to differ
+  by one byte is caught.
+* The supervisor keeps the input of a worker that crashed or hung.
 
 The captures mutated here are samples/ and crafted captures (tests/crafting.py).
 """
@@ -20,7 +22,10 @@ from __future__ import annotations
 
 import gzip
 import random
+import signal
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -30,6 +35,7 @@ import pytest
 from analyzer import engine
 from analyzer.capture import CaptureDamage, RawFrame, read_frames
 from tests.engine_compare import run_cli
+from tests.fuzz import __main__ as supervisor
 from tests.fuzz import mutate as m
 from tests.fuzz.harness import Coverage, Fuzzer, Input, seeds
 from tests.fuzz.layout import layout, network_offset, transport_offset
@@ -277,3 +283,24 @@ def test_a_mismatch_is_reported_and_saved(tmp_path: Path, monkeypatch: pytest.Mo
     saved = fuzzer.stats.findings[0].saved
     assert saved is not None and saved.read_bytes() == ETHERNET_PCAP
     assert "OPEN" in saved.with_suffix(".txt").read_text()
+
+
+# -- the supervisor -------------------------------------------------------------------------------------------------
+
+
+def test_supervisor_keeps_the_input_of_a_crash_and_of_a_hang(tmp_path: Path) -> None:
+    """A worker that dies by a signal (as on a sanitizer report) or stops changing its current input is seen as
+    such, and the input it was running is kept as the reproducer, with its options."""
+    current = tmp_path / "work" / "current.pcap"
+    current.parent.mkdir()
+    current.write_bytes(ETHERNET_PCAP)
+    (current.parent / "current.options").write_text("--msl 0")
+    log = tmp_path / "worker.log"
+    log.write_text("")
+    crashing = subprocess.Popen([sys.executable, "-c", "import os; os.abort()"])
+    assert supervisor._watch(crashing, current, 30.0, log) == -signal.SIGABRT
+    hanging = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert supervisor._watch(hanging, current, 1.5, log) == "hang"
+    kept = supervisor._keep(tmp_path, current, "crash", "the worker's last words")
+    assert kept.read_bytes() == ETHERNET_PCAP and kept.name.startswith("crash-")
+    assert kept.with_suffix(".txt").read_text().startswith("options: --msl 0\n")
