@@ -76,6 +76,15 @@ def check(out: Path) -> int:
     return 0
 
 
+def instrumented_blocks(extension: Path) -> int | None:
+    """How many calls to the coverage hook the build has (its basic blocks); None without objdump."""
+    try:
+        listing = subprocess.run(["objdump", "-d", str(extension)], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sum("call" in line and "<__sanitizer_cov_trace_pc" in line for line in listing.stdout.splitlines())
+
+
 def _gcc(args: list[str]) -> None:
     done = subprocess.run(["gcc", *args], capture_output=True, text=True)
     if done.returncode != 0:
@@ -93,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return check(args.out.resolve())
     extension = build(args.out.resolve(), sanitize=not args.no_sanitize, engine=args.engine.resolve())
-    print(f"built {extension.relative_to(ROOT) if extension.is_relative_to(ROOT) else extension}")
+    blocks = instrumented_blocks(extension)
+    print(f"built {extension.relative_to(ROOT) if extension.is_relative_to(ROOT) else extension}"
+          f"{f' ({blocks} instrumented blocks)' if blocks else ''}")
     return 0
 
 

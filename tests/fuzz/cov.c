@@ -7,9 +7,13 @@
  * The previous block is per thread (the engine reads and writes on threads of its own); two threads may
  * race on a map byte, which costs at most a count, never memory safety: the index is always masked.
  *
- * The fuzzer (tests/fuzz/harness.py) reaches the map through ctypes on the extension's .so:
- *   synfin_cov_map()   the map's address; synfin_cov_size() its size in bytes;
- *   synfin_cov_reset() zeroes it before an input.
+ * A second map marks the blocks themselves (by the hash of their address), so that a run can say how
+ * many of the build's instrumented blocks it reached.
+ *
+ * The fuzzer (tests/fuzz/harness.py) reaches the maps through ctypes on the extension's .so:
+ *   synfin_cov_map()    the edge map's address; synfin_cov_size() its size in bytes (both maps);
+ *   synfin_cov_blocks() the block map's address;
+ *   synfin_cov_reset()  zeroes both before an input.
  * No change to analyzer/_engine/module.c is needed: these are ordinary exported symbols.
  */
 #include <stddef.h>
@@ -20,6 +24,7 @@
 #define MAP_SIZE ((size_t)1 << MAP_BITS)
 
 static unsigned char map[MAP_SIZE];
+static unsigned char blocks[MAP_SIZE];
 static __thread uintptr_t previous;
 
 static inline uintptr_t scramble(uintptr_t pc) {
@@ -32,14 +37,18 @@ __attribute__((visibility("default"))) void __sanitizer_cov_trace_pc(void) {
     uintptr_t here = scramble((uintptr_t)__builtin_return_address(0));
     size_t slot = (size_t)((here ^ previous) & (MAP_SIZE - 1));
     if (map[slot] != 255) map[slot]++;
+    blocks[here & (MAP_SIZE - 1)] = 1;
     previous = here >> 1;
 }
 
 __attribute__((visibility("default"))) unsigned char *synfin_cov_map(void) { return map; }
 
+__attribute__((visibility("default"))) unsigned char *synfin_cov_blocks(void) { return blocks; }
+
 __attribute__((visibility("default"))) size_t synfin_cov_size(void) { return MAP_SIZE; }
 
 __attribute__((visibility("default"))) void synfin_cov_reset(void) {
     memset(map, 0, sizeof map);
+    memset(blocks, 0, sizeof blocks);
     previous = 0;
 }

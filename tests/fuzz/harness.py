@@ -51,11 +51,14 @@ class Coverage:
 
         lib = ctypes.CDLL(_engine.__file__)
         lib.synfin_cov_map.restype = ctypes.POINTER(ctypes.c_ubyte)
+        lib.synfin_cov_blocks.restype = ctypes.POINTER(ctypes.c_ubyte)
         lib.synfin_cov_size.restype = ctypes.c_size_t
         self._lib = lib
         self.size = lib.synfin_cov_size()
         self._map = lib.synfin_cov_map()
+        self._blocks = lib.synfin_cov_blocks()
         self.seen = 0  # every (edge, bucket) seen so far, as the bits of one big integer
+        self.blocks_seen = 0  # every block slot reached so far, likewise
 
     @staticmethod
     def present() -> bool:
@@ -70,7 +73,8 @@ class Coverage:
         self._lib.synfin_cov_reset()
 
     def snapshot(self) -> bytes:
-        """The map after an input: hit counts per edge slot."""
+        """The map after an input: hit counts per edge slot (and the blocks reached are added up)."""
+        self.blocks_seen |= int.from_bytes(ctypes.string_at(self._blocks, self.size), "little")
         return ctypes.string_at(self._map, self.size)
 
     def merge(self, snapshot: bytes) -> bool:
@@ -83,6 +87,10 @@ class Coverage:
     def edges(self) -> int:
         """Edge slots hit by any input so far."""
         return self.size - self.seen.to_bytes(self.size, "little").count(0)
+
+    def blocks(self) -> int:
+        """Block slots reached by any input so far."""
+        return self.size - self.blocks_seen.to_bytes(self.size, "little").count(0)
 
 
 @dataclass(frozen=True)
@@ -109,13 +117,14 @@ class Stats:
     accepted: int = 0  # inputs the engines read to the end (exit status 0)
     corpus: int = 0
     edges: int = 0
+    blocks: int = 0
     seconds: float = 0.0
     findings: list[Finding] = field(default_factory=list)
 
     def line(self) -> str:
         rate = self.executions / self.seconds if self.seconds else 0.0
         return (f"{self.executions} executions ({rate:.1f}/s), {self.accepted} accepted, corpus {self.corpus}, "
-                f"edges {self.edges}, findings {len(self.findings)}")
+                f"edges {self.edges}, blocks {self.blocks}, findings {len(self.findings)}")
 
 
 def seeds(crafted_count: int = 480, damaged: bool = True) -> Iterator[Input]:
@@ -259,4 +268,5 @@ class Fuzzer:
     def _update(self) -> None:
         self.stats.corpus = len(self.corpus)
         self.stats.edges = self.coverage.edges() if self.coverage is not None else 0
+        self.stats.blocks = self.coverage.blocks() if self.coverage is not None else 0
         self.stats.seconds = time.monotonic() - self._start
