@@ -245,8 +245,16 @@ class Fuzzer:
         parent = self.rng.choice(self.corpus)
         others = [c.content for c in self.rng.sample(self.corpus, min(4, len(self.corpus)))]
         content, how = mutate(self.rng, parent.content, others)
-        options = parent.options if self.rng.random() < 0.9 else tuple(self.rng.choice(OPTION_SETS))
+        options = parent.options if self.rng.random() < 0.9 else self._options()
         self.execute(Input(content[:MAX_INPUT], options, f"mutant ({how}) of {parent.origin}"[:300]))
+
+    def _options(self) -> tuple[str, ...]:
+        """Timing options: one of the usual sets, or timers drawn from their edges (zero, tiny, huge)."""
+        if self.rng.random() < 0.5:
+            return tuple(self.rng.choice(OPTION_SETS))
+        values = ("0", "1e-9", "0.000105", "0.01", "1", "30", "1e9")
+        return tuple(word for option in ("--msl", "--idle-timeout", "--handshake-timeout")
+                     if self.rng.random() < 0.7 for word in (option, self.rng.choice(values)))
 
     def run(self, seconds: float | None = None, executions: int | None = None, report_every: float = 30.0) -> Stats:
         """Mutate until `seconds` have passed or `executions` (counting the seeds) were made."""
