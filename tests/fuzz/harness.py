@@ -17,8 +17,10 @@ always on disk (`current.pcap` in the work directory) so the supervisor
 
 Coverage comes from the fuzz build of the engine (tests/fuzz/build.py:
 gcc's -fsanitize-coverage=trace-pc and tests/fuzz/cov.c), read through
-ctypes. With the normal build there is no map and the loop still runs,
-unguided (every input is new to it).
+ctypes: the edge map (AFL-style, hit counts in buckets) decides what joins
+the corpus, the block map says how much of the engine was reached. With the
+normal build there is no map and the loop still runs, unguided: the corpus
+is the seeds, every input a mutant of one of them.
 """
 
 from __future__ import annotations
