@@ -21,6 +21,7 @@ The captures mutated here are samples/ and crafted captures (tests/crafting.py).
 from __future__ import annotations
 
 import gzip
+import os
 import random
 import signal
 import struct
@@ -273,8 +274,13 @@ def test_a_mismatch_is_reported_and_saved(tmp_path: Path, monkeypatch: pytest.Mo
     real = engine._writer
 
     def one_byte_off(out: IO[str]) -> tuple[Callable[[bytes], object], int]:
-        write, _ = real(out)
-        return (lambda data: write(data.replace(b'"open"', b'"OPEN"'))), -1
+        write, fd = real(out)  # an -o file's descriptor, or standard output's callback
+
+        def send(data: bytes) -> object:
+            data = data.replace(b'"open"', b'"OPEN"')
+            return os.write(fd, data) if fd >= 0 else write(data)
+
+        return send, -1
 
     monkeypatch.setattr(engine, "_writer", one_byte_off)
     fuzzer = Fuzzer(tmp_path, findings_dir=tmp_path / "findings")

@@ -2,8 +2,8 @@
 
 For each input (a capture's bytes plus the timing options to analyze it
 with) the oracle runs `synfin analyze` in this process with the compiled
-engine and with the Python reference, as JSON and as the table (which ends
-with the summary), and asks:
+engine and with the Python reference, as JSON to an -o file and as the
+table (which ends with the summary) to standard output, and asks:
 
 * did either raise (a traceback for a user)? `run_cli` turns an exception
   that escapes `main` into a "raised ..." status;
@@ -202,7 +202,12 @@ class Fuzzer:
         return grew
 
     def _run(self, which: str, fmt: str, item: Input) -> Outcome:
-        return run_cli(["analyze", "--engine", which, "-f", fmt, *item.options, str(self.current)])
+        """The JSON run writes to an -o file (the engine's writer thread), the table to standard output (its
+        callback path)."""
+        target = self.workdir / f"out-{which}.json" if fmt == "json" else None
+        if target is not None:
+            target.unlink(missing_ok=True)
+        return run_cli(["analyze", "--engine", which, "-f", fmt, *item.options, str(self.current)], target)
 
     def _judge(self, item: Input, fmt: str, reference: Outcome, compiled: Outcome) -> None:
         raised = [o.status for o in (reference, compiled)
