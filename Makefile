@@ -3,9 +3,24 @@ VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 DEMO    ?= samples/busy.pcap
-APT_PKGS := tcpdump tshark tcptrace nftables iproute2 ethtool gcc libc6-dev
+APT_PKGS := tcpdump tshark tcptrace nftables iproute2 ethtool gcc libc6-dev libasan8 libubsan1
+# make sanitize / make fuzz: the engine built with ASan+UBSan and edge coverage (tests/fuzz/build.py), run
+# from build/sanitize/ (a copy of the package, first on the path; PYTHONSAFEPATH keeps the current directory's
+# analyzer/ out). Python is not instrumented, so the sanitizer runtimes are preloaded. SYNFIN_SANITIZED=1 tells
+# tests that measure memory or time (meaningless under ASan's shadow memory and quarantine) to skip themselves.
+SAN_DIR      := build/sanitize
+SAN_ENGINE   ?= analyzer/_engine
+FUZZ_SECONDS ?= 120
+FUZZ_SEED    ?= 1
+FUZZ_OUT     ?= build/fuzz-out
+TEST_FUZZ_SECONDS ?= 90
+SAN_TESTS    := tests/test_engine.py tests/test_bad_input.py $(wildcard tests/test_hardening.py) tests/test_fuzz.py
+SAN_ENV = PYTHONPATH=$(CURDIR)/$(SAN_DIR):$(CURDIR) PYTHONSAFEPATH=1 SYNFIN_SANITIZED=1 \
+  LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so)" \
+  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
+  UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1
 
-.PHONY: demo test venv cc apt-deps lint samples pictures clean
+.PHONY: demo test venv cc apt-deps lint samples pictures clean sanitize fuzz sanitize-build
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,17 +43,36 @@ demo: venv
 ## apt-deps: the Debian packages the tests use (real captures, peers to cross-check, gcc for the engine)
 apt-deps:
 	@missing=""; for c in tcpdump tshark tcptrace nft ip ethtool gcc; do command -v $$c >/dev/null || missing=1; done; \
+	for lib in libasan.so libubsan.so; do [ -e "$$(gcc -print-file-name=$$lib 2>/dev/null)" ] || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
 	  else echo "note: not root, cannot apt-get install $(APT_PKGS); the tests that need them will be skipped"; fi; \
 	fi
 
-## make test: install everything the tests need and run the whole suite
+## make test: install everything the tests need and run the whole suite, then the sanitizer run (90 s of fuzzing)
 test: $(PY) apt-deps
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m ruff check analyzer tests samples docs notebooks benchmarks
 	$(PY) -m pytest -q
+	@if command -v gcc >/dev/null && [ -e "$$(gcc -print-file-name=libasan.so)" ]; then \
+	  $(MAKE) --no-print-directory sanitize FUZZ_SECONDS=$(TEST_FUZZ_SECONDS); \
+	else echo "note: no gcc with libasan/libubsan (make apt-deps as root): the sanitizer run is skipped"; fi
+
+sanitize-build: $(PY)
+	@command -v gcc >/dev/null || { echo "make sanitize needs gcc (make apt-deps)"; exit 1; }
+	$(PY) -m tests.fuzz.build --out $(SAN_DIR) --engine $(SAN_ENGINE)
+	$(SAN_ENV) $(PY) -m tests.fuzz.build --out $(SAN_DIR) --check
+
+## make sanitize: the engine under ASan+UBSan: the engine tests (samples, crafted and damaged captures; not the
+## kernel-traffic ones, whose tcpdump and netns helpers would inherit the preloaded runtimes), then fuzzing
+sanitize: sanitize-build
+	$(SAN_ENV) $(PY) -m pytest -q -p no:cacheprovider --import-mode=append --capture=sys -m "not kernel and not big" $(SAN_TESTS)
+	$(SAN_ENV) $(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --out $(FUZZ_OUT)
+
+## make fuzz FUZZ_SECONDS=600: only the fuzzer, on the sanitized engine (findings in $(FUZZ_OUT)/findings)
+fuzz: sanitize-build
+	$(SAN_ENV) $(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --out $(FUZZ_OUT)
 
 lint: $(PY)
 	$(PY) -m ruff check analyzer tests samples docs notebooks benchmarks
