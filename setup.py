@@ -15,7 +15,7 @@ setup(
         Extension(
             "analyzer._engine",
             sources=SOURCES,
-            depends=["analyzer/_engine/engine.h", "analyzer/_engine/reader.h"],
+            depends=["analyzer/_engine/engine.h", "analyzer/_engine/reader.h", "analyzer/_engine/halfopen.h"],
             # -ffp-contract=off: no fused multiply-add, so timestamps are computed
             # with exactly the roundings Python uses (see output.c).
             extra_compile_args=["-O2", "-ffp-contract=off", "-std=gnu11", "-Wall", "-Wextra",

@@ -18,9 +18,10 @@
  * each) a million of them held 900 MB. So a connection whose first packet is
  * a bare SYN (SYN without ACK, RST or FIN) starts as a HalfOpen record
  * instead: its key, id and slot, and that packet's facts (112 bytes, from
- * slabs of the tracker's own). The record becomes a Conn (`promote`) when a
- * second packet comes for its 4-tuple, when its handshake timer fires, or at
- * the flush at the end (one at a time, as they are handed over), by replaying
+ * slabs of the tracker's own: halfopen.c). The record becomes a Conn
+ * (`promote`) when a second packet comes for its 4-tuple, when its handshake
+ * timer fires, or at the flush at the end (one at a time, as they are handed
+ * over), by replaying
  * the SYN through conn_init and conn_add, the normal path; then the second
  * packet, the timer or the flush goes on as it would have. The Conn ends up
  * exactly as if it had been made at the SYN: it holds nothing that time alone
@@ -54,6 +55,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "halfopen.h"
 
 /* ---- keys ------------------------------------------------------------------ */
 
@@ -91,53 +93,7 @@ static inline int same_key(const Key *x, const Key *y) {
     return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0;
 }
 
-/* ---- half-open connections: a bare SYN, kept compact ------------------------- */
-
-/* A packet of a half-open connection, as conn_add reads it (its addresses from the key). */
-typedef struct {
-    int64_t frame;
-    double ts;
-    uint32_t seq, ack, payload_len;
-    uint8_t flags, has_options, from_a;  /* from_a: the sender is the key's (a, pa) */
-    Options options;
-} Facts;
-
-/* The packets after the SYN, kept under a flood (see keep_or_forget). */
-typedef struct {
-    double scheduled;  /* the Conn's, when it was made a record again */
-    uint32_t count, capacity;
-    Facts items[];
-} Later;
-
-struct HalfOpen {
-    int64_t id;
-    Key key;
-    uint32_t hash, slot;
-    Facts first;   /* the SYN */
-    Later *later;  /* NULL: the SYN alone */
-};
-
-#define HALF_OPEN_SLAB (1u << 20)
-#define FLOOD_HANDSHAKES 8192  /* connections in handshake from which packets after the SYN are kept too */
-#define LATER_MAX 8         /* at most this many: a SYN-ACK and its retransmissions fit */
-/* Both kinds lie at even addresses (slabs from malloc, whole records of 8-byte
- * alignment), so bit 0 of a Ref is free for the tag. */
-_Static_assert(_Alignof(HalfOpen) >= 2 && _Alignof(Conn) >= 2, "bit 0 of a Ref is free for the tag");
-_Static_assert(sizeof(HalfOpen) <= 112, "a half-open connection stays compact");
-
-static inline int is_half(Ref r) { return (int)(r & 1); }
-static inline Conn *conn_of(Ref r) { return (Conn *)r; }
-static inline HalfOpen *half_of(Ref r) { return (HalfOpen *)(r & ~(Ref)1); }
-static inline Ref half_ref(HalfOpen *h) { return (Ref)h | 1; }
-
-/* Both kinds begin alike (id, key, hash, slot), so these need not look at the tag. */
-#define SAME_PLACE(field) (offsetof(HalfOpen, field) == offsetof(Conn, field))
-_Static_assert(SAME_PLACE(id) && SAME_PLACE(key) && SAME_PLACE(hash) && SAME_PLACE(slot), "a common head");
-#define HEAD_FIELD(r, type, field) ((const type *)((const char *)((r) & ~(Ref)1) + offsetof(Conn, field)))
-
-static inline int64_t id_of(Ref r) { return *HEAD_FIELD(r, int64_t, id); }
-static inline uint32_t slot_of(Ref r) { return *HEAD_FIELD(r, uint32_t, slot); }
-static inline const Key *key_of(Ref r) { return HEAD_FIELD(r, Key, key); }
+/* ---- half-open connections: the records of halfopen.h ----------------------- */
 
 /* The only packet a bare SYN's connection has seen moves it to SYN_SENT/CLOSED: its
  * wake time is the handshake timeout after it (checked by tracker_init). */
@@ -151,104 +107,17 @@ static inline double scheduled_of(const Tracker *t, Ref r) {
     return is_half(r) ? half_scheduled(t, half_of(r)) : conn_of(r)->scheduled;
 }
 
-static inline int bare_syn(const Packet *p) { return (p->flags & (F_SYN | F_ACK | F_RST | F_FIN)) == F_SYN; }
-
-static HalfOpen *half_new(HalfOpenPool *pool) {
-    HalfOpen *h = pool->free;
-    if (h != NULL) {
-        pool->free = *(HalfOpen **)h;
-        return h;
-    }
-    if (pool->left < sizeof *h) {
-        if (pool->n_slabs == pool->cap_slabs) {
-            void **slabs = grown(pool->slabs, &pool->cap_slabs, sizeof *slabs, 64);
-            if (slabs == NULL) return NULL;
-            pool->slabs = slabs;
-        }
-        char *slab = malloc(HALF_OPEN_SLAB);
-        if (slab == NULL) return NULL;
-        pool->slabs[pool->n_slabs++] = slab;
-        pool->next = slab;
-        pool->left = HALF_OPEN_SLAB;
-    }
-    h = (HalfOpen *)pool->next;
-    pool->next += sizeof *h;
-    pool->left -= sizeof *h;
-    return h;
-}
-
-static void half_release(HalfOpenPool *pool, HalfOpen *h) {
-    free(h->later);
-    h->later = NULL;
-    *(HalfOpen **)h = pool->free;
-    pool->free = h;
-}
-
-static void facts_of(Facts *f, const Packet *p) {
-    f->frame = p->frame;
-    f->ts = p->ts;
-    f->seq = p->seq;
-    f->ack = p->ack;
-    f->payload_len = (uint32_t)p->payload_len;  /* at most an IP packet's length (decode.c) */
-    f->flags = p->flags;
-    f->has_options = p->has_options;
-    f->from_a = addr_equal(p->src, p->key.a) && p->sport == p->key.pa;
-    f->options = p->options;
-}
-
-static void half_fill(HalfOpen *h, int64_t id, const Packet *p) {
-    h->id = id;
-    h->key = p->key;
-    h->hash = p->hash;
-    facts_of(&h->first, p);
-    h->later = NULL;
-}
-
-static void packet_of(const HalfOpen *h, const Facts *f, Packet *p) {  /* as decode.c made it: every field */
-    p->frame = f->frame;
-    p->ts = f->ts;
-    p->ip_version = h->key.v;
-    p->flags = f->flags;
-    p->has_options = f->has_options;
-    memcpy(p->src, f->from_a ? h->key.a : h->key.b, 16);
-    memcpy(p->dst, f->from_a ? h->key.b : h->key.a, 16);
-    p->sport = f->from_a ? h->key.pa : h->key.pb;
-    p->dport = f->from_a ? h->key.pb : h->key.pa;
-    p->seq = f->seq;
-    p->ack = f->ack;
-    p->payload_len = f->payload_len;
-    p->options = f->options;
-    p->key = h->key;
-    p->hash = h->hash;
-}
-
-/* Keep one more packet in the record, and the wake-up its Conn has scheduled; nonzero: out of memory. */
-static int later_push(HalfOpen *h, const Packet *p, double scheduled) {
-    Later *later = h->later;
-    if (later == NULL || later->count == later->capacity) {
-        uint32_t count = later ? later->count : 0, capacity = later ? 2 * later->capacity : 1;  /* <= LATER_MAX */
-        Later *bigger = realloc(later, sizeof *later + capacity * sizeof later->items[0]);
-        if (bigger == NULL) return -1;
-        bigger->count = count;
-        bigger->capacity = capacity;
-        h->later = later = bigger;
-    }
-    facts_of(&later->items[later->count++], p);
-    later->scheduled = scheduled;
-    return 0;
-}
-
 /* The Conn a record stands for: its packets replayed through the normal path.
  * Not yet in the table or the slots; NULL: out of memory. */
 static Conn *replay(Tracker *t, const HalfOpen *h) {
     Packet p;
-    packet_of(h, &h->first, &p);
+    half_packet(h, 0, &p);
     Conn *c = t->spare != NULL ? t->spare : t->new_conn(t->ctx);
     if (c == NULL) return NULL;
     t->spare = NULL;
     int failed = conn_init(c, h->id, &p, &t->timeouts) || conn_add(c, &p);
-    for (uint32_t k = 0; !failed && h->later != NULL && k < h->later->count; k++) {
-        packet_of(h, &h->later->items[k], &p);
+    for (uint32_t k = 1; !failed && k < half_count(h); k++) {
+        half_packet(h, k, &p);
         failed = conn_add(c, &p);
     }
     if (failed) {
@@ -260,20 +129,6 @@ static Conn *replay(Tracker *t, const HalfOpen *h) {
     c->slot = h->slot;
     c->scheduled = half_scheduled(t, h);  /* what the record's heap entry says */
     return c;
-}
-
-/* Does a bare SYN's Conn wake when half_wake says, under the machine and timeouts of this run? */
-static int half_open_allowed(const Timeouts *timeouts) {
-    Packet syn = {.frame = 1, .ts = 1.0, .ip_version = 4, .flags = F_SYN, .sport = 40000, .dport = 80, .seq = 7};
-    syn.src[15] = 1;
-    syn.dst[15] = 2;
-    Conn *c = malloc(sizeof *c);
-    if (c == NULL) return 0;
-    int allowed = conn_init(c, 0, &syn, timeouts) == 0 && conn_add(c, &syn) == 0 &&
-                  conn_wake_time(c) == syn.ts + timeouts->handshake;
-    conn_free(c);
-    free(c);
-    return allowed;
 }
 
 /* ---- the hash table --------------------------------------------------------- */
@@ -433,7 +288,7 @@ static Conn *promote(Tracker *t, size_t i) {
  * scheduled), and it is the Conn its packets, replayed, will make again.
  * Otherwise the record goes. */
 static void keep_or_forget(Tracker *t, size_t i, Conn *c, HalfOpen *h, const Packet *p) {
-    uint32_t kept = h->later != NULL ? h->later->count : 0;
+    uint32_t kept = half_count(h) - 1;  /* packets kept after the SYN */
     if (t->in_handshake >= FLOOD_HANDSHAKES && c->in_handshake && kept < LATER_MAX && !c->out_of_memory &&
         later_push(h, p, c->scheduled) == 0) {
         t->table[i].ref = half_ref(h);
@@ -691,8 +546,7 @@ void tracker_free(Tracker *t) {
         if (r != 0 && is_half(r)) free(half_of(r)->later);
         else if (r != 0) conn_free(conn_of(r));
     }
-    for (size_t i = 0; i < t->pool.n_slabs; i++) free(t->pool.slabs[i]);
-    free(t->pool.slabs);
+    half_pool_free(&t->pool);
     free(t->slots);
     free(t->free_slots);
     free(t->table);
