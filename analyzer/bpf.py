@@ -35,9 +35,10 @@ LINKTYPE_ETHERNET = 1
 # reported), then Linux cooked v1 and v2, raw IP, loopback, 802.11 with radiotap.
 CHECK_LINKTYPES = (LINKTYPE_ETHERNET, 113, 276, LINKTYPE_RAW, 0, 127)
 # Words that start a BPF expression (pcap-filter(7)): a capture argument that is one of them is an expression.
-KEYWORDS = frozenset(
-    "host net port portrange src dst ether ip ip6 arp rarp tcp udp icmp icmp6 sctp vlan mpls pppoed pppoes "
-    "gateway proto less greater broadcast multicast inbound outbound not and or wlan link decnet".split())
+KEYWORDS = frozenset((
+    "host", "net", "port", "portrange", "src", "dst", "ether", "ip", "ip6", "arp", "rarp", "tcp", "udp", "icmp",
+    "icmp6", "sctp", "vlan", "mpls", "pppoed", "pppoes", "gateway", "proto", "less", "greater", "broadcast",
+    "multicast", "inbound", "outbound", "not", "and", "or", "wlan", "link", "decnet"))
 
 
 class FilterError(ValueError):
