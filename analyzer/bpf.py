@@ -39,6 +39,7 @@ KEYWORDS = frozenset((
     "host", "net", "port", "portrange", "src", "dst", "ether", "ip", "ip6", "arp", "rarp", "tcp", "udp", "icmp",
     "icmp6", "sctp", "vlan", "mpls", "pppoed", "pppoes", "gateway", "proto", "less", "greater", "broadcast",
     "multicast", "inbound", "outbound", "not", "and", "or", "wlan", "link", "decnet"))
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".gz", ".dump", ".dmp")
 
 
 class FilterError(ValueError):
@@ -113,12 +114,16 @@ def check(expression: str) -> None:
 
 
 def looks_like_filter(text: str) -> bool:
-    """Whether a capture argument that is not a file is a filter expression given where a file goes: it has
-    spaces, parentheses or operators, or it is a BPF keyword ("tcp", "vlan"). Nothing is compiled here, so
-    no host name is looked up."""
-    if re.search(r"[\s()!&|]", text.strip()):
+    """Whether a capture argument that is not a file is a filter expression given where a file goes: it starts
+    with a BPF keyword ("tcp", "host 10.0.0.1", "not port 22"), "(" or "!", or it has several words one of
+    which is a keyword ("10.0.0.1 and port 80"); never a name ending as captures do ("old and new.pcap",
+    "capture (1).pcap"). Nothing is compiled here, so no host name is looked up."""
+    words = re.split(r"[\s()]+", text.strip().lower())
+    if not words or text.lower().endswith(CAPTURE_SUFFIXES):
+        return False
+    if text.lstrip().startswith(("(", "!")) or words[0] in KEYWORDS:
         return True
-    return text.strip().lower() in KEYWORDS
+    return len(text.split()) > 1 and any(word in KEYWORDS for word in words)
 
 
 class BpfFilter:

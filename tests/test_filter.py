@@ -15,10 +15,12 @@ also runs under `make sanitize`.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,13 +200,10 @@ def test_vlan_frames_as_tcpdump(tmp_path: Path) -> None:
             _without_frames(r) for r in _records(theirs.stdout)], expression
 
 
-@pytest.mark.parametrize("command", ["analyze", "ladder"])
-@pytest.mark.parametrize("engine_name", ["reference", "compiled"])
-def test_bad_expression(command: str, engine_name: str) -> None:
-    if command == "ladder" and engine_name == "compiled":
-        pytest.skip("ladder has no --engine")
-    extra = ["--engine", engine_name] if command == "analyze" else []
-    run = run_cli([command, *extra, "--filter", "tcp prt 80", str(BUSY)])
+@pytest.mark.parametrize("command", [["analyze", "--engine", "reference"], ["analyze", "--engine", "compiled"],
+                                     ["ladder", "--text"]])
+def test_bad_expression(command: list[str]) -> None:
+    run = run_cli([*command, "--filter", "tcp prt 80", str(BUSY)])
     assert run.status == 2 and run.stdout == b""
     assert run.stderr == "synfin: bad filter 'tcp prt 80': can't parse filter expression: syntax error\n"
 
@@ -237,6 +236,11 @@ def test_a_missing_file_is_still_a_missing_file(tmp_path: Path) -> None:
     assert run.status == 2 and "cannot open" in run.stderr and "--filter" not in run.stderr
     assert not looks_like_filter("capture.pcap") and not looks_like_filter("./tcp.pcap")
     assert looks_like_filter("tcp") and looks_like_filter("host 10.0.0.1") and looks_like_filter("(port 80)")
+    assert looks_like_filter("10.0.0.1 and port 80") and looks_like_filter("!tcp")
+    for name in ("my capture.pcap", "capture (1).pcap", "old and new.pcapng", "tcp.pcap", "10.0.0.1"):
+        assert not looks_like_filter(name), name
+    spaced = run_cli(["analyze", str(tmp_path / "my capture.pcap")])
+    assert spaced.status == 2 and "cannot open" in spaced.stderr and "--filter" not in spaced.stderr
 
 
 @needs_engine
@@ -283,3 +287,22 @@ def test_filter_object_counts_link_types_it_cannot_apply_to() -> None:
     raw = RawFrame(1, 0.0, LINKTYPE_RAW, bytes(frame(handshake_packets()[0], LINKTYPE_RAW)), 44)
     assert not bpf.matches(raw)
     assert bpf.failed == (LINKTYPE_RAW, "no VLAN support for Raw IP")
+
+
+@needs_engine
+def test_filter_on_gzip_several_captures_and_a_pipe(tmp_path: Path) -> None:
+    """Each capture of a run is filtered alike, gzip too; a pipe into standard input as a file."""
+    zipped = tmp_path / "busy.pcap.gz"
+    zipped.write_bytes(gzip.compress(BUSY.read_bytes(), mtime=0))
+    for fmt in ("csv", "table"):
+        runs = run_engines([BUSY, zipped], fmt, ["--filter", "port 9103 or port 9109"], tmp_path)
+        assert difference(runs["reference"], runs["compiled"], fmt) is None
+        shown = runs["compiled"].stderr + (runs["compiled"].output or b"").decode()  # the table's summary: -o
+        assert shown.count("2900 frames not matching the filter") == 2
+    from_file = run_cli(["analyze", "-f", "json", "--filter", "port 9103", str(BUSY)])
+    with BUSY.open("rb") as source:
+        cat = subprocess.Popen(["cat"], stdin=source, stdout=subprocess.PIPE)
+        piped = subprocess.run([sys.executable, "-m", "analyzer", "analyze", "-f", "json", "--filter", "port 9103",
+                                "-"], stdin=cat.stdout, capture_output=True, check=True, timeout=60)
+        cat.wait()
+    assert piped.stdout == from_file.stdout and len(_records(piped.stdout)) == 40
