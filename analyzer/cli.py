@@ -93,11 +93,13 @@ def check_filter_args(args: argparse.Namespace, captures: list[str | Path], err:
 def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = commands.add_parser(
         "analyze", help="analyze capture files (pcap, pcapng, gzip)",
-        description="Report how every TCP connection in the captures opened and closed.")
+        description="Report how every TCP connection in the captures opened and closed (with --filter, in "
+                    "the frames a BPF expression selects, as tcpdump -r FILE EXPR does).")
     parser.add_argument("captures", nargs="+", type=capture_path, metavar="CAPTURE",
                         help="pcap or pcapng file, optionally gzip-compressed; a named pipe or <(command) "
                              "works too; - reads standard input (called 'standard input' in messages and "
-                             "the summary, '-' in the capture column; ./- is a file named -)")
+                             "the summary, '-' in the capture column; ./- is a file named -). A filter expression "
+                             "goes in --filter, never here")
     add_filter_option(parser)
     parser.add_argument("-f", "--format", choices=("table", "json", "csv"), default="table",
                         help="table (default), JSON Lines (one object per connection) or CSV")

@@ -32,6 +32,7 @@ from analyzer.pipeline import Stats
 from tests.crafting import crafted
 from tests.engine_compare import difference, run_cli, run_engines
 from tests.pcapwrite import LINKTYPE_ETHERNET, LINKTYPE_RAW, frame, handshake_packets, write_pcap, write_pcapng
+from tests.test_engine import BAD_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -303,3 +304,27 @@ def test_filter_on_gzip_several_captures_and_a_pipe(tmp_path: Path) -> None:
                                 "-"], stdin=cat.stdout, capture_output=True, check=True, timeout=60)
         cat.wait()
     assert piped.stdout == from_file.stdout and len(_records(piped.stdout)) == 40
+
+
+@needs_engine
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_damaged_files_with_a_filter(tmp_path: Path, name: str) -> None:
+    """tests/test_engine.py's damaged captures (random records: lengths that lie, captured longer than on the
+    wire) through a filter that looks at the TCP header and the length: both engines alike."""
+    content, suffix = BAD_FILES[name]
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(content)
+    runs = run_engines([path], "json", ["--filter", "tcp[13] & 2 != 0 or greater 1000 or less 60"], tmp_path,
+                       to_file=False)
+    assert difference(runs["reference"], runs["compiled"], "json") is None
+
+
+@needs_engine
+def test_a_link_type_libpcap_does_not_know(tmp_path: Path) -> None:
+    """Crafted: frames of link type 9999 (no DLT): no filter applies to them; the summary says why."""
+    frames = [frame(p, LINKTYPE_RAW) for p in handshake_packets()]
+    capture = write_pcap(tmp_path / "crafted-linktype-9999.pcap", frames, 9999)
+    runs = run_engines([capture], "json", ["--filter", "tcp"], tmp_path, to_file=False)
+    assert difference(runs["reference"], runs["compiled"], "json") is None
+    assert "7 frames not matching the filter (it cannot apply to link type linktype 9999: unknown data link " \
+           "type 9999" in runs["compiled"].stderr
