@@ -6,7 +6,9 @@ C, from the capture's bytes to the output's text, at millions a second:
 reading (capture.py), decoding (decode.py), the connection table
 (tracker.py), the two endpoint machines and their evidence rules
 (connection.py), the labels (labels.py) and the three output formats
-(report.py). Each C file names the Python module it follows.
+(report.py); with --filter, libpcap's BPF on each frame (bpf.py, filter.c:
+only when the engine was built with libpcap, see filters_available()). Each
+C file names the Python module it follows.
 
 One set of TCP rules
 ====================
