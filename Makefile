@@ -3,7 +3,7 @@ VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 DEMO    ?= samples/busy.pcap
-APT_PKGS := tcpdump tshark tcptrace nftables iproute2 ethtool gcc libc6-dev libasan8 libubsan1
+APT_PKGS := tcpdump tshark tcptrace nftables iproute2 ethtool gcc libc6-dev libasan8 libubsan1 libpcap-dev
 # make sanitize / make fuzz: the engine built with ASan+UBSan and edge coverage (tests/fuzz/build.py), run
 # from build/sanitize/ (a copy of the package, first on the path; PYTHONSAFEPATH keeps the current directory's
 # analyzer/ out). Python is not instrumented, so the sanitizer runtimes are preloaded. SYNFIN_SANITIZED=1 tells
@@ -14,7 +14,8 @@ FUZZ_SECONDS ?= 120
 FUZZ_SEED    ?= 1
 FUZZ_OUT     ?= build/fuzz-out
 TEST_FUZZ_SECONDS ?= 90
-SAN_TESTS    := tests/test_engine.py tests/test_bad_input.py tests/test_hardening.py tests/test_flood.py tests/test_pipes.py tests/test_fuzz.py
+SAN_TESTS    := tests/test_engine.py tests/test_bad_input.py tests/test_hardening.py tests/test_flood.py tests/test_pipes.py \
+                tests/test_filter.py tests/test_fuzz.py
 SAN_ENV = PYTHONPATH=$(CURDIR)/$(SAN_DIR):$(CURDIR) PYTHONSAFEPATH=1 SYNFIN_SANITIZED=1 \
   LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so)" \
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
@@ -40,10 +41,12 @@ cc:
 demo: venv
 	$(VENV)/bin/synfin analyze $(DEMO)
 
-## apt-deps: the Debian packages the tests use (real captures, peers to cross-check, gcc for the engine)
+## apt-deps: the Debian packages the tests use (real captures, peers to cross-check, gcc for the engine,
+## libpcap-dev for its BPF filters: without it the engine builds without them)
 apt-deps:
 	@missing=""; for c in tcpdump tshark tcptrace nft ip ethtool gcc; do command -v $$c >/dev/null || missing=1; done; \
 	for lib in libasan.so libubsan.so; do [ -e "$$(gcc -print-file-name=$$lib 2>/dev/null)" ] || missing=1; done; \
+	printf '#include <pcap.h>\nint main(void){return !pcap_open_dead(1,9);}\n' | gcc -x c - -lpcap -o /dev/null 2>/dev/null || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \

@@ -6,12 +6,14 @@ The public API::
     for conn in analyzer.analyze("capture.pcap"):
         print(conn.id, conn.labels["open"], conn.labels["close"])
     df = analyzer.to_dataframe(analyzer.analyze("capture.pcap"))
+    web = analyzer.analyze("capture.pcap", bpf="tcp port 443")  # frames as tcpdump -r selects them
 
 A capture is a path (pcap or pcapng, optionally gzip-compressed; a named pipe
 reads as a file does) or the string "-" for standard input, as on the command
 line (a pathlib.Path is always a file: Path("-") is a file named -).
 """
 
+from analyzer.bpf import FilterError
 from analyzer.capture import CaptureError
 from analyzer.connection import Anomaly, Connection, Timeouts
 from analyzer.fsm import Event, State
@@ -33,6 +35,7 @@ __all__ = [
     "CaptureError",
     "Connection",
     "Event",
+    "FilterError",
     "State",
     "Stats",
     "Timeouts",

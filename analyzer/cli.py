@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import stat
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from analyzer import __version__, engine
+from analyzer.bpf import FilterError, looks_like_filter
+from analyzer.bpf import check as check_filter
 from analyzer.capture import STDIN, CaptureError, capture_name, capture_path, is_stdin
 from analyzer.connection import Timeouts
 from analyzer.ladder_cli import add_ladder
@@ -52,14 +55,52 @@ def add_timing_options(parser: argparse.ArgumentParser) -> None:
                         help="forget a handshake that never completes after this long idle (default 40)")
 
 
+def add_filter_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--filter", dest="bpf", metavar="EXPR",
+                        help="analyze only the frames this BPF expression matches, as tcpdump -r FILE EXPR "
+                             "selects them (pcap-filter(7), e.g. 'tcp port 443', 'vlan and host 10.0.0.1'); "
+                             "frame numbers stay the file's. Quote it: it is one argument")
+
+
+def filter_misplaced(captures: list[str | Path]) -> str | None:
+    """The error for a filter expression given where a capture goes (`synfin analyze x.pcap 'tcp port 80'`):
+    an argument that is no file and looks like an expression, named with the rest of the arguments after it;
+    None if there is none. Checked before anything is read."""
+    missing = [str(c) for c in captures if not is_stdin(c) and not os.path.lexists(c)]
+    first = next((i for i, text in enumerate(missing) if looks_like_filter(text)), None)
+    if first is None:
+        return None
+    expression = " ".join(missing[first:])
+    return (f"synfin: {missing[first]!r} is not a file but looks like a filter expression: "
+            f"use --filter {shlex.quote(expression)}")
+
+
+def check_filter_args(args: argparse.Namespace, captures: list[str | Path], err: Styled) -> bool:
+    """Before reading anything: no expression where a capture goes, and a --filter libpcap compiles. False
+    (and a one-line message on `err`) if not."""
+    problem = filter_misplaced(captures)
+    if problem is None and args.bpf is not None:
+        try:
+            check_filter(args.bpf)
+        except FilterError as bad:
+            problem = f"synfin: {bad}"
+    if problem is not None:
+        err.line((problem, "red"))
+        return False
+    return True
+
+
 def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = commands.add_parser(
         "analyze", help="analyze capture files (pcap, pcapng, gzip)",
-        description="Report how every TCP connection in the captures opened and closed.")
+        description="Report how every TCP connection in the captures opened and closed (with --filter, in "
+                    "the frames a BPF expression selects, as tcpdump -r FILE EXPR does).")
     parser.add_argument("captures", nargs="+", type=capture_path, metavar="CAPTURE",
                         help="pcap or pcapng file, optionally gzip-compressed; a named pipe or <(command) "
                              "works too; - reads standard input (called 'standard input' in messages and "
-                             "the summary, '-' in the capture column; ./- is a file named -)")
+                             "the summary, '-' in the capture column; ./- is a file named -). A filter expression "
+                             "goes in --filter, never here")
+    add_filter_option(parser)
     parser.add_argument("-f", "--format", choices=("table", "json", "csv"), default="table",
                         help="table (default), JSON Lines (one object per connection) or CSV")
     parser.add_argument("-o", "--output", type=Path, metavar="FILE",
@@ -88,13 +129,22 @@ def main(argv: list[str] | None = None) -> int:
 def run_analyze(args: argparse.Namespace) -> int:
     err = Styled()  # standard error
     status = 0
+    if not check_filter_args(args, args.captures, err):
+        return EXIT_BAD_INPUT
     if args.engine == "compiled" and not engine.available():
         err.line(("synfin: the compiled engine is not built (was a C compiler present at install?); "
                   "use --engine reference", "red"))
         return EXIT_BAD_INPUT
-    args.compiled = args.engine == "compiled" or (args.engine == "auto" and engine.available())
+    if args.engine == "compiled" and args.bpf is not None and not engine.filters_available():
+        err.line(("synfin: the compiled engine was built without libpcap (libpcap-dev), so it cannot filter; "
+                  "use --engine reference", "red"))
+        return EXIT_BAD_INPUT
+    usable = engine.available() and (args.bpf is None or engine.filters_available())
+    args.compiled = args.engine == "compiled" or (args.engine == "auto" and usable)
     if args.engine == "auto" and not args.compiled:
-        err.line(("synfin: note: the compiled engine is not built; using the reference pipeline, "
+        why = ("was built without libpcap (libpcap-dev), so it cannot filter" if engine.available()
+               else "is not built")
+        err.line((f"synfin: note: the compiled engine {why}; using the reference pipeline, "
                   "which is slow on large captures", "yellow"))
     with ExitStack() as stack:
         out: IO[str] = (stack.enter_context(open(args.output, "w", encoding="utf-8"))
@@ -125,7 +175,7 @@ def _analyze_one(args: argparse.Namespace, path: str | Path, out: IO[str], table
             elif args.format == "csv" and index == 0:
                 out.write(csv_header())
             timeouts = Timeouts(msl=args.msl, idle=args.idle_timeout, handshake=args.handshake_timeout)
-            counts = engine.run(path, out, args.format, timeouts, capture, colour, progress)
+            counts = engine.run(path, out, args.format, timeouts, capture, colour, progress, args.bpf)
             engine.stats_from(counts, stats)
             engine.census_from(counts, census)
         else:
@@ -139,7 +189,7 @@ def _analyze_reference(args: argparse.Namespace, path: str | Path, out: IO[str],
     """The Python pipeline: a Connection object per connection, written by report.py."""
     conns = census.count(analyze(path, msl=args.msl, idle_timeout=args.idle_timeout,
                                  handshake_timeout=args.handshake_timeout,
-                                 stats=stats, progress=progress))
+                                 stats=stats, progress=progress, bpf=args.bpf))
     if args.format == "json":
         write_json(conns, out, capture)
     elif args.format == "csv":

@@ -6,7 +6,9 @@ C, from the capture's bytes to the output's text, at millions a second:
 reading (capture.py), decoding (decode.py), the connection table
 (tracker.py), the two endpoint machines and their evidence rules
 (connection.py), the labels (labels.py) and the three output formats
-(report.py). Each C file names the Python module it follows.
+(report.py); with --filter, libpcap's BPF on each frame (bpf.py, filter.c:
+only when the engine was built with libpcap, see filters_available()). Each
+C file names the Python module it follows.
 
 One set of TCP rules
 ====================
@@ -37,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from analyzer.bpf import check as check_filter
 from analyzer.capture import CaptureDamage, CaptureError, OpenCapture, Progress, check_head, open_capture
 from analyzer.connection import Timeouts
 from analyzer.decode import LINKTYPE_NAMES
@@ -58,6 +61,11 @@ _configured = False
 def available() -> bool:
     """Whether the compiled engine was built."""
     return _engine is not None
+
+
+def filters_available() -> bool:
+    """Whether the compiled engine was built with libpcap, and so runs BPF filters (analyzer/_engine/filter.c)."""
+    return _engine is not None and bool(getattr(_engine, "FILTERS", 0))
 
 
 def machine_tables() -> tuple[bytes, bytes, bytes, int]:
@@ -111,9 +119,10 @@ def _configure() -> None:
 
 
 def run(path: str | Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | None = None,
-        colour: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+        colour: bool = False, progress: Progress | None = None, bpf: str | None = None) -> dict[str, Any]:
     """Analyze the capture at `path` ("-": standard input), writing its connections to `out` as `fmt`; return
-    the counts.
+    the counts. With `bpf`, a BPF expression, only the frames it matches (analyzer/bpf.py; checked here first,
+    bpf.FilterError if it is bad; the engine must have been built with libpcap: filters_available()).
 
     The capture is opened once (capture.open_capture), and read in one of two ways. A plain file that can
     seek is read by the engine's own thread from the file descriptor, rewound to where the capture starts:
@@ -127,6 +136,10 @@ def run(path: str | Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: s
     if _engine is None:
         raise RuntimeError("the compiled engine is not built (no C compiler at install time)")
     _configure()
+    if bpf is not None:
+        check_filter(bpf)
+        if not filters_available():
+            raise RuntimeError("the compiled engine was built without libpcap: no filters")
     opened = open_capture(path)
     try:
         check_head(opened)
@@ -134,7 +147,8 @@ def run(path: str | Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: s
         write, fd_out = _writer(out)
         try:
             counts = _engine.run(_reader(opened, progress), opened.own_fd(), progress, write, fd_out,
-                                 FORMATS[fmt], limits, _quoted(capture, fmt), colour)
+                                 FORMATS[fmt], limits, _quoted(capture, fmt), colour,
+                                 *(() if bpf is None else (bpf.encode(),)))
         except (OSError, EOFError, zlib.error) as err:  # as capture.read_frames
             if isinstance(err, BrokenPipeError):
                 raise
@@ -197,6 +211,8 @@ def stats_from(counts: dict[str, Any], stats: Any) -> None:
     stats.damage = [CaptureDamage(frame, what) for frame, what in counts["damage"]]  # the first few
     stats.damaged = counts["damaged"]
     stats.linktypes = Counter(counts["linktypes"])
+    stats.unmatched = counts["unmatched"]
+    stats.filter_failed = counts["filter_failed"]
 
 
 def census_from(counts: dict[str, Any], census: Any) -> None:

@@ -53,11 +53,13 @@ examples:
   synfin ladder slow.pcap --time sequential    one row per segment, pauses not shown
   synfin ladder x.pcap --conn 0 --text         paste into a ticket
   synfin ladder x.pcap --conn 0 --mermaid > ladder.mmd
-  zcat x.pcap.gz | synfin ladder - --text      standard input ("-"), or a pipe: <(ssh h cat x.pcap)"""
+  zcat x.pcap.gz | synfin ladder - --text      standard input ("-"), or a pipe: <(ssh h cat x.pcap)
+  synfin ladder x.pcap --filter 'port 443'     only the frames a BPF expression matches (connection ids
+                                               as `synfin analyze --filter 'port 443'` numbers them)"""
 
 
 def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from analyzer.cli import add_timing_options  # here: analyzer.cli imports this module
+    from analyzer.cli import add_filter_option, add_timing_options  # here: analyzer.cli imports this module
 
     parser = commands.add_parser(
         "ladder", help="draw connections as ladder diagrams (PNG, SVG, PDF, text, Mermaid)",
@@ -79,6 +81,7 @@ def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--all-segments", action="store_true",
                         help="draw every segment; by default long runs of data and ACKs collapse into "
                              "one block ('… 1,204 segments, 1.6 MB …')")
+    add_filter_option(parser)
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--text", action="store_true", help="print a box-drawing ladder instead of a picture")
     form.add_argument("--mermaid", action="store_true", help="print a Mermaid sequenceDiagram instead")
@@ -91,7 +94,11 @@ class LadderError(Exception):
 
 
 def run_ladder(args: argparse.Namespace) -> int:
+    from analyzer.cli import check_filter_args
+
     err = Styled()  # standard error
+    if not check_filter_args(args, [args.capture], err):
+        return EXIT_BAD_INPUT
     try:
         _check_output(args)
         wanted = _wanted(args.conn)
@@ -139,7 +146,7 @@ def _select(args: argparse.Namespace, wanted: set[int] | None) -> list[Connectio
     seen: list[int] = []
     kept: list[Connection] = []
     for conn in analyze(args.capture, msl=args.msl, idle_timeout=args.idle_timeout,
-                        handshake_timeout=args.handshake_timeout, keep_segments=True):
+                        handshake_timeout=args.handshake_timeout, keep_segments=True, bpf=args.bpf):
         seen.append(conn.id)
         if wanted is None or conn.id in wanted:
             kept.append(conn)

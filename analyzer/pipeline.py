@@ -7,7 +7,9 @@ raised: a frame that cannot be decoded is skipped and counted in `Stats`, and
 the first few are named by frame number. Whatever the capture, `Stats` stays
 small: damaged spots are counted and only the first few kept (a hostile file
 can hold millions), and skip reasons and link types are counters keyed by a
-sentence or a number, at most one per link type in the file.
+sentence or a number, at most one per link type in the file. With a BPF
+filter (analyzer/bpf.py), the frames it rejects are only counted (`unmatched`),
+before anything else looks at them, as if tcpdump had left them out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analyzer.bpf import BpfFilter
 from analyzer.capture import CaptureDamage, Progress, RawFrame, read_frames
 from analyzer.connection import Connection, Timeouts
 from analyzer.decode import Segment, Skip, decode
@@ -38,6 +41,8 @@ class Stats:
     damage: list[CaptureDamage] = field(default_factory=list)  # the first NAMED_PROBLEMS damaged spots
     damaged: int = 0  # all of them
     linktypes: Counter[int] = field(default_factory=Counter)
+    unmatched: int = 0  # frames the filter rejected (not counted in `frames`)
+    filter_failed: tuple[int, str] | None = None  # a link type the filter cannot apply to, and libpcap's reason
 
     def note_skip(self, frame: int, skip: Skip) -> None:
         if skip.malformed:
@@ -65,6 +70,7 @@ class Options:
 
     timeouts: Timeouts = field(default_factory=Timeouts)
     keep_segments: bool = False
+    bpf: BpfFilter | None = None  # analyze only the frames it matches
 
 
 class Pipeline:
@@ -79,6 +85,7 @@ class Pipeline:
     def __init__(self, stats: Stats, options: Options,
                  on_segment: Callable[[Connection, Segment], None] | None = None) -> None:
         self.stats = stats
+        self.bpf = options.bpf
         self.tracker = Tracker(options.timeouts, options.keep_segments, on_segment)
 
     def feed(self, frame: RawFrame | CaptureDamage) -> list[Connection]:
@@ -86,6 +93,10 @@ class Pipeline:
         stats = self.stats
         if isinstance(frame, CaptureDamage):
             stats.note_damage(frame)
+            return []
+        if self.bpf is not None and not self.bpf.matches(frame):
+            stats.unmatched += 1
+            stats.filter_failed = self.bpf.failed
             return []
         stats.frames += 1
         stats.linktypes[frame.linktype] += 1
@@ -121,13 +132,17 @@ def run_frames(frames: Iterable[RawFrame | CaptureDamage], stats: Stats, options
 
 def analyze(path: str | Path, *, msl: float = 30.0, idle_timeout: float = 900.0,
             handshake_timeout: float = 40.0, keep_segments: bool = False,
-            stats: Stats | None = None, progress: Progress | None = None) -> Iterator[Connection]:
+            stats: Stats | None = None, progress: Progress | None = None,
+            bpf: str | None = None) -> Iterator[Connection]:
     """Analyze one capture file; yield its connections as they finish.
 
     Pass a `Stats` to read the frame counts and skipped frames afterwards.
-    Raises `CaptureError` if the file is not a readable capture.
+    `bpf`, a BPF expression as tcpdump takes it ("tcp port 443"), analyzes only
+    the frames it matches (analyzer/bpf.py); frame numbers stay the file's.
+    Raises `CaptureError` if the file is not a readable capture, and
+    `bpf.FilterError` (at once, before reading) if the expression is bad.
     """
     options = Options(Timeouts(msl=msl, idle=idle_timeout, handshake=handshake_timeout),
-                      keep_segments)
+                      keep_segments, BpfFilter(bpf) if bpf is not None else None)
     frames = read_frames(path, progress)  # as given: the string "-" is standard input
     return run_frames(frames, stats if stats is not None else Stats(), options)

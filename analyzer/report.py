@@ -238,9 +238,19 @@ def write_summary(capture: str, stats: Stats, census: Census, out: Styled) -> No
         out.line(f"  anomalies: {census.anomalies} (see the JSON output)")
     if stats.skipped:
         out.line("  skipped: " + _skipped(stats.skipped))
+    if stats.unmatched:
+        out.line(f"  {_plural(stats.unmatched, 'frame')} not matching the filter" + _filter_failed(stats))
     if stats.bad_frames:
         named = "; ".join(f"frame {frame}: {what}" for frame, what in stats.problem_frames)
         out.line("  ", (f"bad frames: {stats.bad_frames}", "yellow"), f" (first: {named})")
+
+
+def _filter_failed(stats: Stats) -> str:
+    """Why frames of a link type could not match at all (libpcap cannot compile the filter for it), if so."""
+    if stats.filter_failed is None:
+        return ""
+    linktype, reason = stats.filter_failed
+    return f" (it cannot apply to link type {linktype_name(linktype)}: {reason})"
 
 
 def _plural(count: int, noun: str) -> str:

@@ -5,7 +5,8 @@
  * (which keeps the state machines on the caller's thread); memory stays at
  * BATCHES batches. A gzip capture is read through Python on the caller's
  * thread instead, one batch at a time. The counts of pipeline.Stats (frames,
- * segments, skip reasons, bad frames, link types) are kept here.
+ * segments, skip reasons, bad frames, link types, frames the filter rejected)
+ * are kept here.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -160,6 +161,17 @@ static void fill_batch(Feeder *f, Batch *batch) {
             batch->last = status;
             return;
         }
+        if (f->filter != NULL) {
+            int match = filter_match(f->filter, &frame);
+            if (match < 0) {
+                batch->last = READ_FAILED;
+                return;
+            }
+            if (match == 0) {
+                f->stats.unmatched++;
+                continue;
+            }
+        }
         f->stats.frames++;
         if (count_link(&f->stats, frame.linktype)) {
             batch->last = READ_FAILED;
@@ -218,8 +230,9 @@ static void *reader_main(void *arg) {
 
 /* ---- the public face ---------------------------------------------------------------------- */
 
-int feeder_open(Feeder *f, int fd, FillFn fill, void *fill_ctx) {
+int feeder_open(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter) {
     memset(f, 0, sizeof *f);
+    f->filter = filter;
     f->reader.fd = fd;
     f->reader.read_size = fd >= 0 ? 0 : PYTHON_BLOCK;
     int status = fd >= 0 ? reader_open(&f->reader, read_fd, f) : reader_open(&f->reader, fill, fill_ctx);

@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 
+#include "filter.h"
 #include "reader.h"
 
 #define NAMED_PROBLEMS 5   /* pipeline.NAMED_PROBLEMS */
@@ -38,6 +39,7 @@ typedef struct {
 
 typedef struct {  /* what pipeline.Stats counts */
     int64_t frames, segments;
+    int64_t unmatched;                 /* frames the filter rejected (Stats.unmatched) */
     Reason *reasons;
     size_t n_reasons, cap_reasons, last_reason;
     Index reason_index;
@@ -59,6 +61,7 @@ typedef struct {
 
 typedef struct {
     Reader reader;
+    Filter *filter;          /* NULL: every frame */
     FrameStats stats;
     char message[160];       /* READ_ERROR: why the file cannot be read */
     int threaded, stop, finished;
@@ -73,8 +76,9 @@ typedef struct {
 } Feeder;
 
 /* Start reading. With `fd` >= 0 a thread reads it with read(2); otherwise
- * batches are read on demand through `fill`. READ_FRAME, READ_ERROR or READ_FAILED. */
-int feeder_open(Feeder *f, int fd, FillFn fill, void *fill_ctx);
+ * batches are read on demand through `fill`. Frames that `filter` (if not NULL) rejects
+ * are only counted. READ_FRAME, READ_ERROR or READ_FAILED. */
+int feeder_open(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter);
 Batch *feeder_next(Feeder *f);   /* the next batch (NULL: out of memory) */
 void feeder_done(Feeder *f);     /* the caller is through with the batch feeder_next gave */
 void feeder_stop(Feeder *f);     /* stop the thread (its counts stay) */

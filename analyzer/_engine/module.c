@@ -2,12 +2,14 @@
  *
  *   configure(step, send, receive, synchronized, state_names, event_names, linktype_names, mapped_dotted)
  *       hands over the state machine of fsm.py as tables (see analyzer/engine.py);
- *   run(readinto, fd_in, progress, write, fd_out, format, timeouts, capture, colour) -> dict
+ *   run(readinto, fd_in, progress, write, fd_out, format, timeouts, capture, colour[, filter]) -> dict
  *       reads a whole capture (from file descriptor fd_in on a thread of its
  *       own, or, if fd_in is -1, through `readinto`), writes every finished
  *       connection to fd_out from another thread (or, if fd_out is -1,
  *       through `write` in ~1 MB pieces), and returns the counts that Stats
- *       and Census hold in the Python path.
+ *       and Census hold in the Python path. With `filter` (a BPF expression,
+ *       bytes), only the frames it matches are analyzed (filter.c);
+ *   FILTERS: 1 if the engine was built with libpcap (filters), else 0.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -17,6 +19,7 @@
 
 #include "engine.h"
 #include "feeder.h"
+#include "filter.h"
 #include "sink.h"
 
 
@@ -114,6 +117,8 @@ typedef struct {
     PyObject *readinto, *progress, *write;
     Sink sink;
     Feeder feeder;
+    Filter filter;
+    int filtered;
 } Run;
 
 static long fill(void *ctx, uint8_t *dst, size_t n) {
@@ -236,6 +241,12 @@ static PyObject *linktypes(const FrameStats *stats) {
     return dict;
 }
 
+/* The first link type the filter could not be compiled for, and libpcap's reason: (linktype, reason) or None. */
+static PyObject *filter_failed(const Run *run) {
+    if (!run->filtered || !run->filter.failed) return Py_NewRef(Py_None);
+    return Py_BuildValue("(ks)", (unsigned long)run->filter.failed_linktype, run->filter.failed_reason);
+}
+
 static PyObject *result(Run *run, const char *error) {
     static const char *const closers[] = {"client", "server", "both", "None"};
     const Census *census = &run->sink.census;
@@ -243,7 +254,7 @@ static PyObject *result(Run *run, const char *error) {
     const char *states[N_STATES];
     for (int i = 0; i < N_STATES; i++) states[i] = machine.state_names[i];
     return Py_BuildValue(
-        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L}",
+        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L,s:L,s:N}",
         "frames", (long long)stats->frames, "segments", (long long)stats->segments,
         "connections", (long long)census->connections, "skipped", reasons(stats, 0), "malformed",
         reasons(stats, 1), "problems", problems(stats->problems, stats->n_problems), "damage",
@@ -253,7 +264,8 @@ static PyObject *result(Run *run, const char *error) {
         "closer", counts(census->closer, closers, 4), "final_client", counts(census->final[0], states, N_STATES),
         "final_server", counts(census->final[1], states, N_STATES), "half_close", (long long)census->half_close,
         "anomalies", (long long)census->anomalies, "error", error,
-        "formatted_by_tracker", (long long)run->sink.helped);
+        "formatted_by_tracker", (long long)run->sink.helped, "unmatched", (long long)stats->unmatched,
+        "filter_failed", filter_failed(run));
 }
 
 static PyObject *run_capture(PyObject *self, PyObject *args) {
@@ -261,15 +273,24 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     Timeouts timeouts;
     const char *capture = NULL;
     Py_ssize_t capture_len = 0;
+    const char *expression = NULL;
     int fd_in;
     run.sink.fd = -1;
-    if (!PyArg_ParseTuple(args, "OiOOii(dddd)z#p", &run.readinto, &fd_in, &run.progress, &run.write, &run.sink.fd,
-                          &run.sink.style.format, &timeouts.msl, &timeouts.idle, &timeouts.handshake,
-                          &timeouts.close_linger, &capture, &capture_len, &run.sink.style.colour))
+    if (!PyArg_ParseTuple(args, "OiOOii(dddd)z#p|y", &run.readinto, &fd_in, &run.progress, &run.write,
+                          &run.sink.fd, &run.sink.style.format, &timeouts.msl, &timeouts.idle, &timeouts.handshake,
+                          &timeouts.close_linger, &capture, &capture_len, &run.sink.style.colour, &expression))
         return NULL;
     if (!configured) {
         PyErr_SetString(PyExc_RuntimeError, "the engine is not configured: call configure() first");
         return NULL;
+    }
+    if (expression != NULL && !FILTERS_BUILT) {
+        PyErr_SetString(PyExc_ValueError, "the engine was built without libpcap: no filters");
+        return NULL;
+    }
+    if (expression != NULL) {
+        if (filter_init(&run.filter, expression)) return PyErr_NoMemory();
+        run.filtered = 1;
     }
     running++;
     run.sink.style.capture = capture;
@@ -279,7 +300,7 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     Tracker tracker;
     PyObject *out = NULL;
     int tracker_ready = 0, ended = 0;
-    int status = feeder_open(&run.feeder, fd_in, fill, &run);
+    int status = feeder_open(&run.feeder, fd_in, fill, &run, run.filtered ? &run.filter : NULL);
     if (status == READ_ERROR) {
         status = 0;
         ended = READ_ERROR;
@@ -305,6 +326,7 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     if (tracker_ready) tracker_free(&tracker);  /* connections still open after an error */
     sink_free(&run.sink);
     feeder_close(&run.feeder);
+    if (run.filtered) filter_free(&run.filter);
     running--;
     return out;
 }
@@ -334,4 +356,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "analyzer._engine",
                                     "synfin's compiled engine (see analyzer/engine.py).", -1, methods};
 
-PyMODINIT_FUNC PyInit__engine(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__engine(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "FILTERS", FILTERS_BUILT)) Py_CLEAR(m);
+    return m;
+}

@@ -24,6 +24,7 @@ here). The Makefile's `sanitize` and `fuzz` targets do all of this.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,8 @@ def build(out: Path, sanitize: bool = True, engine: Path = ENGINE) -> Path:
     objects = out / "objects"
     objects.mkdir(parents=True, exist_ok=True)
     include = ["-I", sysconfig.get_paths()["include"], "-I", str(engine)]
-    flags = [*COMMON, "-O1", *(SANITIZE if sanitize else [])]
+    pcap = _have_pcap()  # as setup.py: filters (filter.c) when libpcap-dev is there
+    flags = [*COMMON, "-O1", *(SANITIZE if sanitize else []), *(["-DSYNFIN_HAVE_PCAP=1"] if pcap else [])]
     built = []
     for source in sorted(engine.glob("*.c")):
         target = objects / (source.stem + ".o")
@@ -58,7 +60,7 @@ def build(out: Path, sanitize: bool = True, engine: Path = ENGINE) -> Path:
     cov = objects / "cov.o"
     _gcc([*COMMON, "-O2", "-c", str(COV), "-o", str(cov)])  # not instrumented: it is the instrumentation
     extension = package / ("_engine" + sysconfig.get_config_var("EXT_SUFFIX"))
-    _gcc([*flags, "-shared", *built, str(cov), "-o", str(extension), "-lm"])
+    _gcc([*flags, "-shared", *built, str(cov), "-o", str(extension), "-lm", *(["-lpcap"] if pcap else [])])
     return extension
 
 
@@ -83,6 +85,14 @@ def instrumented_blocks(extension: Path) -> int | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return sum("call" in line and "<__sanitizer_cov_trace_pc" in line for line in listing.stdout.splitlines())
+
+
+def _have_pcap() -> bool:
+    """Whether a program using libpcap compiles and links here (setup.py's test, with gcc)."""
+    probe = "#include <pcap.h>\nint main(void) { return pcap_open_dead(1, 65535) == 0; }\n"
+    done = subprocess.run(["gcc", "-x", "c", "-", "-lpcap", "-o", os.devnull], input=probe, capture_output=True,
+                          text=True)
+    return done.returncode == 0
 
 
 def _gcc(args: list[str]) -> None:
