@@ -47,7 +47,7 @@ class Tracker:
         key = connection_key(seg)
         conn = self.open.get(key)
         if conn is not None and conn.starts_anew(seg):
-            finished.append(self._retire(key, conn))
+            finished.append(self._retire(key, conn, seg.ts))
             conn = None
         if conn is None:
             conn = Connection(self._next_id, seg, self.timeouts, self.keep_segments)
@@ -76,7 +76,7 @@ class Tracker:
             conn.advance(now)
             wake = conn.wake_time()
             if wake <= now:
-                yield self._retire(connection_key_of(conn), conn)
+                yield self._retire(connection_key_of(conn), conn, wake)
             else:
                 conn.scheduled = wake
                 heapq.heappush(heap, (wake, conn.id, conn))
@@ -98,13 +98,14 @@ class Tracker:
     def flush(self) -> list[Connection]:
         """End of input: finish everything still open, in order of first packet."""
         remaining = sorted(self.open.items(), key=lambda item: item[1].id)
-        return [self._retire(key, conn) for key, conn in remaining]
+        return [self._retire(key, conn, self.now) for key, conn in remaining]
 
-    def _retire(self, key: Key, conn: Connection) -> Connection:
+    def _retire(self, key: Key, conn: Connection, at: float) -> Connection:
+        """Finish `conn` at packet time `at`: its timer's, the reusing SYN's, or the capture's end."""
         if self.open.get(key) is conn:
             del self.open[key]
         conn.scheduled = float("nan")  # any heap entry left for it is now stale
-        conn.finish()
+        conn.finish(at)
         return conn
 
 
