@@ -188,9 +188,10 @@ def _cells(conn: Connection) -> list[str]:
 
 def _secs(conn: Connection) -> str:
     """First to last segment once both ends are gone; otherwise the connection was still
-    there when it was finished (capture end, or a timer), and the time to then, with a "+"."""
+    there when it was finished (capture end, or a timer), and the time to then, with a "+"
+    (the other rows end in a space, so the decimal points line up)."""
     if conn.client.state in GONE and conn.server.state in GONE:
-        return f"{conn.end - conn.start:.3f}"
+        return f"{conn.end - conn.start:.3f} "
     return f"{conn.finished_at - conn.start:.3f}+"
 
 

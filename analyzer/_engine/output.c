@@ -266,7 +266,60 @@ static int buf_round(Buffer *b, double x, int digits) {
 
 int buf_round9(Buffer *b, double x) { return buf_round(b, x, 9); }
 
-int buf_round6(Buffer *b, double x) { return buf_round(b, x, 6); }
+/* repr(round(x, 6)), the timing figures, without going through repr: x rounds (exactly,
+ * half-even) to n microseconds, and for n < 10**15 the decimal n / 10**6 has at most 15
+ * significant digits (DBL_DIG), so it is the shortest that reads back as the double nearest
+ * it: repr prints exactly those digits, in fixed notation from 1e-4 up and as d.ddde-0X below
+ * (Python's repr switches at a decimal exponent under -4). */
+int buf_round6(Buffer *b, double x) {
+    double magnitude = fabs(x);
+    if (!(magnitude < 9e6)) return buf_round(b, x, 6);  /* large, inf or nan: the general way */
+    uint64_t n = 0;
+    if (magnitude >= 1e-9) {  /* below, it rounds to 0; from it, shift <= 82 */
+        uint64_t m;
+        int shift;
+        split(magnitude, &m, &shift);
+        u128 scaled = (u128)m * POW10[6];
+        u128 q = scaled >> shift, rest = scaled - (q << shift), half = (u128)1 << (shift - 1);
+        if (rest > half || (rest == half && (q & 1))) q++;
+        n = (uint64_t)q;
+    }
+    if (b->len + 40 > b->cap && buf_reserve(b, 40)) return -1;
+    if (signbit(x)) buf_putc(b, '-');  /* round keeps the sign, even of a zero */
+    if (n == 0) {
+        LIT(b, "0.0");
+        return 0;
+    }
+    if (n >= 100) {  /* fixed: whole part, point, the six decimals less trailing zeros (at least one) */
+        uint64_t whole = n / POW10[6], fraction = n % POW10[6];
+        char text[24];
+        b->len += format_uint(b->data + b->len, whole);
+        buf_putc(b, '.');
+        int keep = 6;
+        while (keep > 1 && fraction % 10 == 0) {
+            fraction /= 10;
+            keep--;
+        }
+        for (int i = keep - 1; i >= 0; i--) {
+            text[i] = (char)('0' + fraction % 10);
+            fraction /= 10;
+        }
+        buf_put(b, text, (size_t)keep);
+        return 0;
+    }
+    /* n < 100: 1e-06 ... 9.9e-05 */
+    char digits[24];
+    size_t count = format_uint(digits, n), used = count;
+    while (used > 1 && digits[used - 1] == '0') used--;
+    buf_putc(b, digits[0]);
+    if (used > 1) {
+        buf_putc(b, '.');
+        buf_put(b, digits + 1, used - 1);
+    }
+    LIT(b, "e-0");
+    buf_putc(b, (char)('0' + (6 - (int)(count - 1))));
+    return 0;
+}
 
 static inline void put_state(Buffer *b, uint8_t state) {
     buf_put(b, machine.state_names[state], machine.state_name_lengths[state]);
@@ -715,10 +768,10 @@ static int write_table_row(Buffer *b, const Conn *c, const Labels *l, const Outp
     len = snprintf(text, sizeof text, "%s/%s", machine.state_names[client->state],
                    machine.state_names[server->state]);
     cell(b, 8, text, fitted(len, sizeof text), NULL);
-    char secs[320];  /* "%.3f+" of any double: at most 309 digits, a sign, a point, 3 decimals, "+" */
+    char secs[320];  /* "%.3f+" of any double: at most 309 digits, a sign, a point, 3 decimals, "+" or " " */
     /* report._secs: first to last segment once both ends are gone; else to when it was finished, "+" */
     int gone = in_gone(client->state) && in_gone(server->state);
-    len = gone ? snprintf(secs, sizeof secs, "%.3f", c->end - c->start)
+    len = gone ? snprintf(secs, sizeof secs, "%.3f ", c->end - c->start)
                : snprintf(secs, sizeof secs, "%.3f+", c->finished_at - c->start);
     cell(b, 9, secs, fitted(len, sizeof secs), NULL);
     len = snprintf(text, sizeof text, "%lld", (long long)(client->packets + server->packets));
