@@ -201,14 +201,15 @@ typedef struct Conn {
     uint8_t hs_stage;        /* the handshake noted so far: HS_NONE ... HS_ACK (connection.py) */
     int64_t first_frame, last_frame;
     double start, end, last_ts, scheduled;
-    double hs_ts[3];         /* [HS_SYN - 1]: the last SYN, [HS_SYNACK - 1]: the last SYN,ACK, [HS_ACK - 1] */
-    double finished_at;      /* packet time the tracker finished it at: a timer, a reuse, the capture's end */
     int64_t retransmits[3];  /* syn, synack, fin */
     int64_t keepalives;
     Endpoint ep[2];          /* [ROLE_CLIENT], [ROLE_SERVER] */
     uint32_t n_anomalies, cap_anomalies;
     Anomaly *anomalies;
     const Timeouts *timeouts;
+    /* last, out of the way of the fields every segment reads (a handshake's three segments write them) */
+    double hs_ts[3];         /* [HS_SYN - 1]: the last SYN, [HS_SYNACK - 1]: the last SYN,ACK, [HS_ACK - 1] */
+    double finished_at;      /* packet time the tracker finished it at: a timer, a reuse, the capture's end */
 } Conn;
 
 typedef struct {  /* the labels of a finished connection (labels.py) */
