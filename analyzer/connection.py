@@ -27,6 +27,19 @@ Retransmitted SYNs and SYN,ACKs are counted and otherwise ignored; a
 retransmitted FIN is counted and then read as the ACK it also carries. A
 retransmission of a SYN or FIN still unreceived re-dates it: the earlier copy
 went unanswered, so the receiver is taken to have got the later one.
+
+Timing figures
+==============
+
+The handshake's three segments are noted as they pass (`_note_handshake`):
+the client's bare SYN, the server's SYN,ACK, and the client's first ACK that
+covers the server's SYN. A retransmitted SYN is ambiguous (Karn): the figure
+takes the *last* SYN sent before the SYN,ACK, the copy the SYN,ACK most
+plausibly answers (the one the server's SYN_RCVD is dated by, too), and the
+last SYN,ACK before the ACK; `retransmits` says when that choice was made.
+`finished_at` is the packet time the tracker finished the connection at: the
+timer that ran out, the SYN that reused its 4-tuple, or the capture's last
+segment (the flush). Time in each state and the final state's age run to it.
 """
 
 from __future__ import annotations
@@ -81,10 +94,10 @@ class Connection:
     """Everything known about one connection; fed one segment at a time."""
 
     __slots__ = (
-        "__weakref__", "aborted", "anomalies", "bare_syns", "client", "end", "fin_order", "first_frame", "half_close",
-        "id", "ip_version", "keepalives", "labels", "last_frame", "last_ts", "notes", "reset",
-        "retransmits", "roles_inferred", "scheduled", "second_fin_acks_first", "server", "start",
-        "syn_data", "synack_seen", "timeouts",
+        "__weakref__", "aborted", "anomalies", "bare_syns", "client", "end", "fin_order", "finished_at",
+        "first_frame", "half_close", "hs_ack_ts", "hs_syn_ts", "hs_synack_ts", "id", "ip_version", "keepalives",
+        "labels", "last_frame", "last_ts", "notes", "reset", "retransmits", "roles_inferred", "scheduled",
+        "second_fin_acks_first", "server", "start", "syn_data", "synack_seen", "timeouts",
     )
 
     def __init__(self, conn_id: int, first: Segment, timeouts: Timeouts,
@@ -112,6 +125,11 @@ class Connection:
         self.notes: list[SegmentNote] | None = [] if keep_segments else None
         self.scheduled = float("inf")
         self.labels: dict[str, object] = {}
+        # the handshake's SYN, SYN,ACK and ACK times (module docstring, "Timing figures")
+        self.hs_syn_ts: float | None = None
+        self.hs_synack_ts: float | None = None
+        self.hs_ack_ts: float | None = None
+        self.finished_at = first.ts
         self._begin(first)
 
     # -- set-up ---------------------------------------------------------
@@ -143,6 +161,8 @@ class Connection:
         sender, receiver, role = self.sides(seg)
         self._touch(seg, sender)
         kind, flags = self._classify(seg, sender, role)
+        if self.hs_ack_ts is None:
+            self._note_handshake(seg, flags, role)
         if kind != "keepalive":
             sender.payload_bytes += seg.payload_len
         if self.notes is not None:
@@ -162,6 +182,20 @@ class Connection:
         sender.unreceived.append(seg)
         if not flags & (SYN | FIN):
             self._deliver_all(sender, receiver, seg)
+
+    def _note_handshake(self, seg: Segment, flags: int, role: str) -> None:
+        """Note the times of the handshake's SYN (the last copy), SYN,ACK (the last) and ACK."""
+        if flags & RST:
+            return
+        if flags & SYN:
+            if not flags & ACK:
+                if role == CLIENT and self.hs_synack_ts is None:
+                    self.hs_syn_ts = seg.ts
+            elif role == SERVER and self.hs_syn_ts is not None:
+                self.hs_synack_ts = seg.ts
+        elif (flags & ACK and role == CLIENT and self.hs_synack_ts is not None
+              and seq_ge(seg.ack, self.server.syn_end)):
+            self.hs_ack_ts = seg.ts
 
     @staticmethod
     def _redate_unreceived(sender: Endpoint, copy: Segment) -> None:
@@ -342,8 +376,13 @@ class Connection:
         crossing = role == SERVER and self.client.state is State.SYN_SENT and self.server.last_sent_frame == 0
         return not crossing
 
-    def finish(self) -> None:
-        """End of the road: hand over what is still unreceived (never a SYN), then label."""
+    def finish(self, at: float | None = None) -> None:
+        """End of the road: hand over what is still unreceived (never a SYN), then label.
+
+        `at` is the packet time it ends at (the tracker's: a timer, a reused
+        4-tuple, the capture's end); the last segment's time if not given.
+        """
+        self.finished_at = self.last_ts if at is None else at
         self.advance(self.last_ts)
         for sender, receiver in ((self.client, self.server), (self.server, self.client)):
             while sender.unreceived:

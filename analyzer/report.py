@@ -14,9 +14,10 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING, Any
 
-from analyzer.connection import Connection
+from analyzer.connection import GONE, Connection
 from analyzer.decode import linktype_name
 from analyzer.endpoint import Endpoint
+from analyzer.fsm import State
 from analyzer.labels import CLOSE_LABELS, OPEN_LABELS
 from analyzer.pipeline import Stats
 from analyzer.styled import Styled
@@ -32,6 +33,38 @@ def endpoint_name(ep: Endpoint) -> str:
 
 def _history(ep: Endpoint) -> list[list[Any]]:
     return [[str(t.state), t.ts, t.frame] for t in ep.history]
+
+
+#: timing figures are rounded to microseconds: capture timestamps are doubles, whose
+#: resolution at today's epoch (2**-22 s, 0.24 us) makes finer digits noise
+PRECISION = 6
+
+
+def handshake_rtt(conn: Connection) -> dict[str, float] | None:
+    """SYN -> SYN,ACK (the server side), SYN,ACK -> ACK (the client side) and SYN -> ACK,
+    at the capture point; None without a complete three-way handshake."""
+    syn, synack, ack = conn.hs_syn_ts, conn.hs_synack_ts, conn.hs_ack_ts
+    if conn.labels["open"] != "handshake" or syn is None or synack is None or ack is None:
+        return None
+    return {"server": round(synack - syn, PRECISION), "client": round(ack - synack, PRECISION),
+            "total": round(ack - syn, PRECISION)}
+
+
+def final_age(ep: Endpoint, until: float) -> float | None:
+    """How long the endpoint's last state had lasted at `until`; None if it never changed state."""
+    return round(until - ep.history[-1].ts, PRECISION) if ep.history else None
+
+
+def state_time(ep: Endpoint, until: float) -> dict[str, float]:
+    """Seconds spent in each state (every visit counts), the last one until `until`; in order
+    of first visit. Summed visit by visit, as output.c does, so the doubles agree."""
+    totals: dict[str, float] = {}
+    history = ep.history
+    for index, step in enumerate(history):
+        stop = history[index + 1].ts if index + 1 < len(history) else until
+        name = str(step.state)
+        totals[name] = totals.get(name, 0.0) + (stop - step.ts)
+    return {name: round(total, PRECISION) for name, total in totals.items()}
 
 
 def record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
@@ -62,6 +95,11 @@ def record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
         "payload_bytes": {"client": conn.client.payload_bytes, "server": conn.server.payload_bytes},
         "options": {"client": dict(conn.client.options), "server": dict(conn.server.options)},
         "anomalies": [{"frame": a.frame, "what": a.what} for a in conn.anomalies],
+        "handshake_rtt": handshake_rtt(conn),
+        "final_age": {"client": final_age(conn.client, conn.finished_at),
+                      "server": final_age(conn.server, conn.finished_at)},
+        "state_time": {"client": state_time(conn.client, conn.finished_at),
+                       "server": state_time(conn.server, conn.finished_at)},
     }
     if capture is not None:
         out["capture"] = capture
@@ -80,7 +118,13 @@ CSV_FIELDS = [
     "roles_inferred", "final_client", "final_server", "states_client", "states_server",
     "retransmits_syn", "retransmits_synack", "retransmits_fin", "keepalives", "syn_data",
     "packets_client", "packets_server", "payload_bytes_client", "payload_bytes_server", "anomalies",
+    "handshake_rtt", "handshake_rtt_server", "handshake_rtt_client", "final_age_client", "final_age_server",
 ]
+#: time in each state: a column per side and state, in fsm.State order (empty: never in it)
+STATE_TIME_FIELDS = [f"state_time_{side}_{state}" for side in ("client", "server") for state in State]
+CSV_FIELDS += STATE_TIME_FIELDS
+#: the columns in seconds that may be empty (null)
+TIMING_FIELDS = CSV_FIELDS[CSV_FIELDS.index("handshake_rtt"):]
 
 
 def flat_record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
@@ -97,6 +141,13 @@ def flat_record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
     for kind, count in rec["retransmits"].items():
         row[f"retransmits_{kind}"] = count
     row["anomalies"] = len(rec["anomalies"])
+    rtt = rec["handshake_rtt"] or {}
+    row["handshake_rtt"] = rtt.get("total")
+    for side in ("client", "server"):
+        row[f"handshake_rtt_{side}"] = rtt.get(side)
+        row[f"final_age_{side}"] = rec["final_age"][side]
+        for state, secs in rec["state_time"][side].items():
+            row[f"state_time_{side}_{state}"] = secs
     return row
 
 
@@ -130,9 +181,18 @@ def _cells(conn: Connection) -> list[str]:
     return [
         str(conn.id), endpoint_name(conn.client), endpoint_name(conn.server), str(labels["open"]),
         str(labels["close"]), "yes" if labels["half_close"] else "", str(labels["active_closer"] or ""),
-        reset, f"{conn.client.state}/{conn.server.state}", f"{conn.end - conn.start:.3f}",
+        reset, f"{conn.client.state}/{conn.server.state}", _secs(conn),
         str(conn.client.packets + conn.server.packets),
     ]
+
+
+def _secs(conn: Connection) -> str:
+    """First to last segment once both ends are gone; otherwise the connection was still
+    there when it was finished (capture end, or a timer), and the time to then, with a "+"
+    (the other rows end in a space, so the decimal points line up)."""
+    if conn.client.state in GONE and conn.server.state in GONE:
+        return f"{conn.end - conn.start:.3f} "
+    return f"{conn.finished_at - conn.start:.3f}+"
 
 
 def _line(cells: list[str], styles: dict[int, str] | None = None) -> str:

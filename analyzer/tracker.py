@@ -40,14 +40,16 @@ class Tracker:
         self._heap: list[tuple[float, int, Connection]] = []
         self._next_id = 0
         self.now = float("-inf")
+        self.last_segment_ts = float("-inf")  # the capture's end, for the flush (not a live tick's clock)
 
     def add(self, seg: Segment) -> list[Connection]:
         """Feed one segment; return the connections that finished before it."""
         finished = list(self.expire(seg.ts))
+        self.last_segment_ts = max(self.last_segment_ts, seg.ts)
         key = connection_key(seg)
         conn = self.open.get(key)
         if conn is not None and conn.starts_anew(seg):
-            finished.append(self._retire(key, conn))
+            finished.append(self._retire(key, conn, seg.ts))
             conn = None
         if conn is None:
             conn = Connection(self._next_id, seg, self.timeouts, self.keep_segments)
@@ -76,7 +78,7 @@ class Tracker:
             conn.advance(now)
             wake = conn.wake_time()
             if wake <= now:
-                yield self._retire(connection_key_of(conn), conn)
+                yield self._retire(connection_key_of(conn), conn, wake)
             else:
                 conn.scheduled = wake
                 heapq.heappush(heap, (wake, conn.id, conn))
@@ -96,15 +98,17 @@ class Tracker:
             heapq.heapify(self._heap)
 
     def flush(self) -> list[Connection]:
-        """End of input: finish everything still open, in order of first packet."""
+        """End of input: finish everything still open, in order of first packet, at the time of
+        the last segment (a live capture's last tick may be later: a file has no record of it)."""
         remaining = sorted(self.open.items(), key=lambda item: item[1].id)
-        return [self._retire(key, conn) for key, conn in remaining]
+        return [self._retire(key, conn, self.last_segment_ts) for key, conn in remaining]
 
-    def _retire(self, key: Key, conn: Connection) -> Connection:
+    def _retire(self, key: Key, conn: Connection, at: float) -> Connection:
+        """Finish `conn` at packet time `at`: its timer's, the reusing SYN's, or the capture's end."""
         if self.open.get(key) is conn:
             del self.open[key]
         conn.scheduled = float("nan")  # any heap entry left for it is now stale
-        conn.finish()
+        conn.finish(at)
         return conn
 
 

@@ -144,6 +144,9 @@ def test_float_repr_is_python_repr_near_1e_minus_4() -> None:
     wrong = [(x, _engine.round9_repr(x), repr(round(x, 9))) for x in _near_the_edge()[:20_000]
              if _engine.round9_repr(x) != repr(round(x, 9))]
     assert not wrong, f"{len(wrong)} values print differently, e.g. (value, engine, repr(round)): {wrong[:10]}"
+    wrong = [(x, _engine.round6_repr(x), repr(round(x, 6))) for x in _near_the_edge()
+             if _engine.round6_repr(x) != repr(round(x, 6))]  # the timing figures switch notation at 1e-4
+    assert not wrong, f"{len(wrong)} values print differently, e.g. (value, engine, repr(round)): {wrong[:10]}"
 
 
 @compiled

@@ -197,6 +197,7 @@ int conn_init(Conn *c, int64_t id, const Packet *first, const Timeouts *timeouts
     c->first_frame = c->last_frame = first->frame;
     c->start = c->end = c->last_ts = first->ts;
     c->scheduled = __builtin_inf();
+    c->finished_at = first->ts;
     begin(c, first);
     return c->out_of_memory ? -1 : 0;
 }
@@ -266,6 +267,26 @@ static int classify(Conn *c, const Packet *p, Endpoint *sender, int role, uint8_
         return KIND_KEEPALIVE;
     }
     return KIND_NONE;
+}
+
+/* Note the times of the handshake's SYN (the last copy), SYN,ACK (the last) and ACK (note_handshake). */
+static void note_handshake(Conn *c, const Packet *p, uint8_t flags, int role) {
+    if (flags & F_RST) return;
+    if (flags & F_SYN) {
+        if (!(flags & F_ACK)) {
+            if (role == ROLE_CLIENT && c->hs_stage <= HS_SYN) {
+                c->hs_ts[HS_SYN - 1] = p->ts;
+                c->hs_stage = HS_SYN;
+            }
+        } else if (role == ROLE_SERVER && c->hs_stage >= HS_SYN) {
+            c->hs_ts[HS_SYNACK - 1] = p->ts;
+            c->hs_stage = HS_SYNACK;
+        }
+    } else if ((flags & F_ACK) && role == ROLE_CLIENT && c->hs_stage == HS_SYNACK &&
+               seq_ge(p->ack, c->ep[ROLE_SERVER].syn_end)) {
+        c->hs_ts[HS_ACK - 1] = p->ts;
+        c->hs_stage = HS_ACK;
+    }
 }
 
 /* A retransmitted SYN/FIN: the copy still unanswered was lost, the receiver got this one. */
@@ -406,6 +427,7 @@ int conn_add(Conn *c, const Packet *p) {
     if (p->ts > c->last_ts) c->last_ts = p->ts;
     uint8_t flags;
     int kind = classify(c, p, sender, role, &flags);
+    if (c->hs_stage != HS_ACK) note_handshake(c, p, flags, role);
     if (kind != KIND_KEEPALIVE) sender->payload_bytes += p->payload_len;
     if (kind == KIND_RETRANSMISSION) {
         redate_unreceived(sender, p);

@@ -181,6 +181,7 @@ typedef struct {
 } Endpoint;
 
 enum { ROLE_CLIENT, ROLE_SERVER };
+enum { HS_NONE, HS_SYN, HS_SYNACK, HS_ACK };  /* Conn.hs_stage */
 enum { AN_STARTS_AFTER_SYN, AN_SECOND_ISN, AN_SECOND_FIN, AN_FORBIDDEN, AN_RST_NOT_ACCEPTABLE };
 typedef struct { int64_t frame; uint8_t kind, role, event, state; } Anomaly;
 
@@ -197,6 +198,7 @@ typedef struct Conn {
     uint8_t has_reset, reset_role, reset_state, aborted, second_fin_acks_first, half_close;
     uint8_t out_of_memory;   /* a history, queue or anomaly list could not grow */
     uint8_t in_handshake;    /* counted in the tracker's in_handshake (tracker.c) */
+    uint8_t hs_stage;        /* the handshake noted so far: HS_NONE ... HS_ACK (connection.py) */
     int64_t first_frame, last_frame;
     double start, end, last_ts, scheduled;
     int64_t retransmits[3];  /* syn, synack, fin */
@@ -205,6 +207,9 @@ typedef struct Conn {
     uint32_t n_anomalies, cap_anomalies;
     Anomaly *anomalies;
     const Timeouts *timeouts;
+    /* last, out of the way of the fields every segment reads (a handshake's three segments write them) */
+    double hs_ts[3];         /* [HS_SYN - 1]: the last SYN, [HS_SYNACK - 1]: the last SYN,ACK, [HS_ACK - 1] */
+    double finished_at;      /* packet time the tracker finished it at: a timer, a reuse, the capture's end */
 } Conn;
 
 typedef struct {  /* the labels of a finished connection (labels.py) */
@@ -294,6 +299,7 @@ typedef struct {
 int buf_reserve(Buffer *b, size_t more);
 int buf_float(Buffer *b, double x);       /* repr(x), as Python prints it */
 int buf_round9(Buffer *b, double x);      /* repr(round(x, 9)) */
+int buf_round6(Buffer *b, double x);      /* repr(round(x, 6)): the timing figures, in microseconds */
 
 extern int ipv4_mapped_dotted;  /* write ::ffff:a.b.c.d as this Python's ipaddress does (3.13+) */
 

@@ -344,10 +344,12 @@ static PyObject *format_with(int (*format)(Buffer *, double), PyObject *arg) {
 
 static PyObject *float_repr(PyObject *self, PyObject *arg) { return format_with(buf_float, arg); }
 static PyObject *round9_repr(PyObject *self, PyObject *arg) { return format_with(buf_round9, arg); }
+static PyObject *round6_repr(PyObject *self, PyObject *arg) { return format_with(buf_round6, arg); }
 
 static PyMethodDef methods[] = {
     {"float_repr", float_repr, METH_O, "repr(x) as the engine writes it."},
     {"round9_repr", round9_repr, METH_O, "repr(round(x, 9)) as the engine writes it."},
+    {"round6_repr", round6_repr, METH_O, "repr(round(x, 6)) as the engine writes it (the timing figures)."},
     {"configure", configure, METH_VARARGS, "Hand the state machine of analyzer.fsm to the engine, as tables."},
     {"run", run_capture, METH_VARARGS, "Analyze one capture; write its connections; return the counts."},
     {NULL, NULL, 0, NULL},

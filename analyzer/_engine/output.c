@@ -243,25 +243,82 @@ int buf_float(Buffer *b, double x) {
     return slow_repr(b, x);
 }
 
-/* repr(round(x, 9)). round() rounds the exact binary value of x half-even to
- * n / 10**9; below 2**53 / 10**9 that n converts to a double exactly, and one
- * IEEE division then gives the double nearest n / 10**9, which is round's result. */
-int buf_round9(Buffer *b, double x) {
+/* repr(round(x, digits)) for digits <= 9. round() rounds the exact binary value of x half-even
+ * to n / 10**digits; below 2**53 / 10**9 that n converts to a double exactly, and one
+ * IEEE division then gives the double nearest n / 10**digits, which is round's result. */
+static int buf_round(Buffer *b, double x, int digits) {
     double magnitude = fabs(x);
     if (magnitude >= 1e-4 && magnitude < 9e6) {
         uint64_t m;
         int shift;
         split(magnitude, &m, &shift);
-        u128 scaled = (u128)m * POW10[9];
+        u128 scaled = (u128)m * POW10[digits];
         u128 n = scaled >> shift, rest = scaled - (n << shift), half = (u128)1 << (shift - 1);
         if (rest > half || (rest == half && (n & 1))) n++;
-        double rounded = (double)(uint64_t)n / 1e9;
+        double rounded = (double)(uint64_t)n / (double)POW10[digits];
         return buf_float(b, x < 0 ? -rounded : rounded);
     }
-    /* round(x, 9) rounds the exact binary value half-even, as printf does */
+    /* round(x, digits) rounds the exact binary value half-even, as printf does */
     char text[400];
-    snprintf(text, sizeof text, "%.9f", x);
+    snprintf(text, sizeof text, "%.*f", digits, x);
     return buf_float(b, strtod(text, NULL));
+}
+
+int buf_round9(Buffer *b, double x) { return buf_round(b, x, 9); }
+
+/* repr(round(x, 6)), the timing figures, without going through repr: x rounds (exactly,
+ * half-even) to n microseconds, and for n < 10**15 the decimal n / 10**6 has at most 15
+ * significant digits (DBL_DIG), so it is the shortest that reads back as the double nearest
+ * it: repr prints exactly those digits, in fixed notation from 1e-4 up and as d.ddde-0X below
+ * (Python's repr switches at a decimal exponent under -4). */
+int buf_round6(Buffer *b, double x) {
+    double magnitude = fabs(x);
+    if (!(magnitude < 9e6)) return buf_round(b, x, 6);  /* large, inf or nan: the general way */
+    uint64_t n = 0;
+    if (magnitude >= 1e-9) {  /* below, it rounds to 0; from it, shift <= 82 */
+        uint64_t m;
+        int shift;
+        split(magnitude, &m, &shift);
+        u128 scaled = (u128)m * POW10[6];
+        u128 q = scaled >> shift, rest = scaled - (q << shift), half = (u128)1 << (shift - 1);
+        if (rest > half || (rest == half && (q & 1))) q++;
+        n = (uint64_t)q;
+    }
+    if (b->len + 40 > b->cap && buf_reserve(b, 40)) return -1;
+    if (signbit(x)) buf_putc(b, '-');  /* round keeps the sign, even of a zero */
+    if (n == 0) {
+        LIT(b, "0.0");
+        return 0;
+    }
+    if (n >= 100) {  /* fixed: whole part, point, the six decimals less trailing zeros (at least one) */
+        uint64_t whole = n / POW10[6], fraction = n % POW10[6];
+        char text[24];
+        b->len += format_uint(b->data + b->len, whole);
+        buf_putc(b, '.');
+        int keep = 6;
+        while (keep > 1 && fraction % 10 == 0) {
+            fraction /= 10;
+            keep--;
+        }
+        for (int i = keep - 1; i >= 0; i--) {
+            text[i] = (char)('0' + fraction % 10);
+            fraction /= 10;
+        }
+        buf_put(b, text, (size_t)keep);
+        return 0;
+    }
+    /* n < 100: 1e-06 ... 9.9e-05 */
+    char digits[24];
+    size_t count = format_uint(digits, n), used = count;
+    while (used > 1 && digits[used - 1] == '0') used--;
+    buf_putc(b, digits[0]);
+    if (used > 1) {
+        buf_putc(b, '.');
+        buf_put(b, digits + 1, used - 1);
+    }
+    LIT(b, "e-0");
+    buf_putc(b, (char)('0' + (6 - (int)(count - 1))));
+    return 0;
 }
 
 static inline void put_state(Buffer *b, uint8_t state) {
@@ -420,6 +477,99 @@ static void json_pair(Buffer *b, const char *key, int64_t client, int64_t server
     buf_putc(b, '}');
 }
 
+/* ---- timing figures (report.handshake_rtt, final_age, state_time) ------------------------ */
+
+/* Seconds in each state, in order of first visit: summed visit by visit in history
+ * order, the last visit until `until`, as report.state_time does (same doubles). */
+typedef struct {
+    uint8_t n, order[N_STATES];
+    double total[N_STATES];
+} StateTime;
+
+static void state_time(const History *h, double until, StateTime *out) {
+    uint32_t seen = 0;
+    out->n = 0;
+    for (uint32_t i = 0; i < h->count; i++) {
+        uint8_t state = h->items[i].state;
+        double stop = i + 1 < h->count ? h->items[i + 1].ts : until;
+        if (state >= N_STATES) continue;  /* never: states come from the machine's tables */
+        if (!((seen >> state) & 1u)) {
+            seen |= 1u << state;
+            out->order[out->n++] = state;
+            out->total[state] = 0.0;
+        }
+        out->total[state] += stop - h->items[i].ts;
+    }
+}
+
+/* Whether the record has a handshake RTT: a three-way handshake, all three segments noted. */
+static int has_handshake_rtt(const Conn *c, const Labels *l) {
+    return l->open == OPEN_LABELS[0] && c->hs_stage == HS_ACK;
+}
+
+static int json_timing(Buffer *b, const Conn *c, const Labels *l) {
+    LIT(b, ", \"handshake_rtt\": ");
+    if (has_handshake_rtt(c, l)) {
+        LIT(b, "{\"server\": ");
+        if (buf_round6(b, c->hs_ts[1] - c->hs_ts[0])) return -1;
+        LIT(b, ", \"client\": ");
+        if (buf_round6(b, c->hs_ts[2] - c->hs_ts[1])) return -1;
+        LIT(b, ", \"total\": ");
+        if (buf_round6(b, c->hs_ts[2] - c->hs_ts[0])) return -1;
+        buf_putc(b, '}');
+    } else {
+        LIT(b, "null");
+    }
+    LIT(b, ", \"final_age\": {");
+    for (int role = 0; role < 2; role++) {
+        const History *h = &c->ep[role].history;
+        buf_puts(b, role ? ", \"server\": " : "\"client\": ");
+        if (h->count == 0) LIT(b, "null");
+        else if (buf_round6(b, c->finished_at - h->items[h->count - 1].ts)) return -1;
+    }
+    LIT(b, "}, \"state_time\": {");
+    for (int role = 0; role < 2; role++) {
+        StateTime times;
+        state_time(&c->ep[role].history, c->finished_at, &times);
+        buf_puts(b, role ? "}, \"server\": {" : "\"client\": {");
+        for (int i = 0; i < times.n; i++) {
+            if (i) buf_put(b, ", ", 2);
+            buf_putc(b, '"');
+            put_state(b, times.order[i]);
+            buf_put(b, "\": ", 3);
+            if (buf_round6(b, times.total[times.order[i]])) return -1;
+        }
+    }
+    buf_put(b, "}}", 2);
+    return 0;
+}
+
+static int csv_seconds(Buffer *b, int present, double secs) {
+    buf_putc(b, ',');
+    return present ? buf_round6(b, secs) : 0;
+}
+
+static int csv_timing(Buffer *b, const Conn *c, const Labels *l) {
+    int rtt = has_handshake_rtt(c, l);
+    if (csv_seconds(b, rtt, c->hs_ts[2] - c->hs_ts[0]) || csv_seconds(b, rtt, c->hs_ts[1] - c->hs_ts[0]) ||
+        csv_seconds(b, rtt, c->hs_ts[2] - c->hs_ts[1]))
+        return -1;
+    for (int role = 0; role < 2; role++) {
+        const History *h = &c->ep[role].history;
+        double last = h->count ? h->items[h->count - 1].ts : 0.0;
+        if (csv_seconds(b, h->count != 0, c->finished_at - last)) return -1;
+    }
+    for (int role = 0; role < 2; role++) {
+        StateTime times;
+        uint32_t visited = 0;
+        state_time(&c->ep[role].history, c->finished_at, &times);
+        for (int i = 0; i < times.n; i++) visited |= 1u << times.order[i];
+        for (uint8_t state = 0; state < N_STATES; state++)
+            if (csv_seconds(b, (visited >> state) & 1u, times.total[state])) return -1;
+    }
+    return 0;
+}
+
 static int write_json(Buffer *b, const Conn *c, const Labels *l, const OutputStyle *style) {
     const Endpoint *client = &c->ep[ROLE_CLIENT], *server = &c->ep[ROLE_SERVER];
     LIT(b, "{\"id\": ");
@@ -486,6 +636,7 @@ static int write_json(Buffer *b, const Conn *c, const Labels *l, const OutputSty
         LIT(b, "\"}");
     }
     buf_putc(b, ']');
+    if (json_timing(b, c, l)) return -1;
     if (style->capture) {
         LIT(b, ", \"capture\": ");
         buf_put(b, style->capture, style->capture_len);
@@ -551,6 +702,7 @@ static int write_csv(Buffer *b, const Conn *c, const Labels *l, const OutputStyl
     csv_int(b, client->payload_bytes);
     csv_int(b, server->payload_bytes);
     csv_int(b, c->n_anomalies);
+    if (csv_timing(b, c, l)) return -1;
     buf_putc(b, '\n');
     return 0;
 }
@@ -591,6 +743,8 @@ static void cell(Buffer *b, int index, const char *text, size_t len, const char 
     if (colour) LIT(b, "\x1b[0m");
 }
 
+static inline int in_gone(uint8_t state) { return state == ST_CLOSED || state == ST_LISTEN; }
+
 static int write_table_row(Buffer *b, const Conn *c, const Labels *l, const OutputStyle *style) {
     const Endpoint *client = &c->ep[ROLE_CLIENT], *server = &c->ep[ROLE_SERVER];
     char text[96];
@@ -614,8 +768,11 @@ static int write_table_row(Buffer *b, const Conn *c, const Labels *l, const Outp
     len = snprintf(text, sizeof text, "%s/%s", machine.state_names[client->state],
                    machine.state_names[server->state]);
     cell(b, 8, text, fitted(len, sizeof text), NULL);
-    char secs[320];  /* "%.3f" of any double: at most 309 digits, a sign, a point and 3 decimals */
-    len = snprintf(secs, sizeof secs, "%.3f", c->end - c->start);
+    char secs[320];  /* "%.3f+" of any double: at most 309 digits, a sign, a point, 3 decimals, "+" or " " */
+    /* report._secs: first to last segment once both ends are gone; else to when it was finished, "+" */
+    int gone = in_gone(client->state) && in_gone(server->state);
+    len = gone ? snprintf(secs, sizeof secs, "%.3f ", c->end - c->start)
+               : snprintf(secs, sizeof secs, "%.3f+", c->finished_at - c->start);
     cell(b, 9, secs, fitted(len, sizeof secs), NULL);
     len = snprintf(text, sizeof text, "%lld", (long long)(client->packets + server->packets));
     cell(b, 10, text, fitted(len, sizeof text), NULL);

@@ -319,7 +319,8 @@ static inline void census(Tracker *t, Conn *c) {
     }
 }
 
-static int retire(Tracker *t, Conn *c) {
+/* Hand c over, finished at packet time `at`: its timer's, the reusing SYN's. */
+static int retire(Tracker *t, Conn *c, double at) {
     if (c->in_handshake) t->in_handshake--;
     size_t i = table_find(t, &c->key, c->hash);
     if (t->table[i].ref == (Ref)c) {
@@ -328,6 +329,7 @@ static int retire(Tracker *t, Conn *c) {
     }
     slot_free(t, c->slot);
     c->scheduled = NAN;
+    c->finished_at = at;
     return t->finished(t->ctx, c);  /* it is theirs now: finished, written and freed there */
 }
 
@@ -343,7 +345,7 @@ static int expire(Tracker *t, double now) {
         conn_advance(c, now);
         double wake = conn_wake_time(c);
         if (wake <= now) {
-            if (retire(t, c)) return -1;
+            if (retire(t, c, wake)) return -1;
         } else {
             if (c->in_handshake) census(t, c);
             c->scheduled = wake;
@@ -451,7 +453,7 @@ int tracker_add(Tracker *t, const Packet *p) {
     if (c != NULL && conn_starts_anew(c, p)) {
         if (was != NULL) half_release(&t->pool, was);
         was = NULL;
-        if (retire(t, c)) return -1;
+        if (retire(t, c, p->ts)) return -1;
         c = NULL;
         i = table_find(t, &p->key, p->hash);
     }
@@ -495,6 +497,7 @@ static int flush_one(Tracker *t, Ref r) {
         if (c == NULL) return -1;
     }
     c->scheduled = NAN;
+    c->finished_at = t->now;  /* the capture's end: its last segment's time */
     return t->finished(t->ctx, c);
 }
 
