@@ -114,14 +114,22 @@ def _frames(summary: str) -> int:
 
 
 def test_frame_numbers_stay_the_files(tmp_path: Path) -> None:
-    """A port filter keeps whole connections: their records are the unfiltered ones but for the ids."""
+    """A port filter keeps whole connections: their records are the unfiltered ones but for the ids, and for
+    what runs to the capture's end, which is the last segment the filter kept (as in a tcpdump-prefiltered file):
+    the age of each final state and the time spent in it, never longer than without the filter."""
     everything = {(r["client"], r["server"]): r for r in _records(run_cli(["analyze", "-f", "json", str(BUSY)]).stdout)}
     run = run_cli(["analyze", "-f", "json", "--filter", "tcp port 9104", str(BUSY)])
     kept = _records(run.stdout)
     assert len(kept) == 40
+    to_the_end = ("final_age", "state_time")
     for record in kept:
         whole = dict(everything[(record["client"], record["server"])])
-        assert record | {"id": whole["id"]} == whole
+        assert ({k: v for k, v in record.items() if k not in to_the_end} | {"id": whole["id"]}
+                == {k: v for k, v in whole.items() if k not in to_the_end})
+        for side in ("client", "server"):
+            final = record["final"][side]
+            assert record["final_age"][side] <= whole["final_age"][side]
+            assert record["state_time"][side] | {final: 0} == whole["state_time"][side] | {final: 0}
     assert "2960 frames not matching the filter" in run.stderr
 
 
