@@ -57,7 +57,7 @@ def only(capture: Path, tmp_path: Path) -> dict:
 # ---- the samples, by hand ---------------------------------------------------------------------
 
 
-def test_close_wait_left_open(tmp_path):
+def test_close_wait_left_open(tmp_path: Path) -> None:
     # tshark frame times: 1 SYN, 2 SYN-ACK, 3 ACK, 8 client FIN, 9 server ACK of the FIN (the last frame)
     f1, f2, f3, f8, f9 = 1795238448.399253, 1795238448.399282, 1795238448.399301, 1795238448.401611, \
         1795238448.442314
@@ -72,7 +72,7 @@ def test_close_wait_left_open(tmp_path):
     }
 
 
-def test_handshake_fourway_client_close(tmp_path):
+def test_handshake_fourway_client_close(tmp_path: Path) -> None:
     # 1 SYN, 2 SYN-ACK, 3 ACK, 8 client FIN, 9 its ACK, 10 server FIN, 11 the last ACK (capture's end)
     f1, f2, f3, f8, f9, f10, f11 = (1795238417.445107, 1795238417.445144, 1795238417.445167, 1795238417.445879,
                                     1795238417.486327, 1795238417.746209, 1795238417.746291)
@@ -88,7 +88,7 @@ def test_handshake_fourway_client_close(tmp_path):
                                            "CLOSE_WAIT": us(f10, f8), "LAST_ACK": us(f11, f10), "CLOSED": 0.0}
 
 
-def test_syn_lost_once_counts_the_last_syn(tmp_path):
+def test_syn_lost_once_counts_the_last_syn(tmp_path: Path) -> None:
     # 1 SYN, 2 the SYN again (1.026 s later), 3 SYN-ACK, 4 ACK, 10 server FIN, 12 the last ACK
     f1, f2, f3, f4 = 1795238436.848260, 1795238437.874334, 1795238437.874398, 1795238437.874419
     rec = only(SAMPLES / "syn_lost_once.pcap", tmp_path)
@@ -100,7 +100,7 @@ def test_syn_lost_once_counts_the_last_syn(tmp_path):
     assert rec["state_time"]["client"]["SYN_SENT"] == us(f3, f1) == 1.026138
 
 
-def test_simultaneous_open_has_no_handshake_rtt(tmp_path):
+def test_simultaneous_open_has_no_handshake_rtt(tmp_path: Path) -> None:
     # 1 and 2: the two SYNs; 3, 4: the two SYN-ACKs; 13 the second FIN; 14 its ACK (the last frame)
     f1, f2, f4, f13, f14 = (1795238422.627900, 1795238422.678378, 1795238422.728766, 1795238423.230680,
                             1795238423.230716)
@@ -115,7 +115,7 @@ def test_simultaneous_open_has_no_handshake_rtt(tmp_path):
     assert rec["state_time"]["server"]["SYN_SENT"] == us(f4, f2)
 
 
-def test_midstream_has_no_handshake_rtt(tmp_path):
+def test_midstream_has_no_handshake_rtt(tmp_path: Path) -> None:
     # the capture begins in ESTABLISHED at frame 1; 34 client FIN, 36 server FIN, 37 the last ACK
     f1, f34, f36, f37 = 1795238443.962412, 1795238445.069084, 1795238445.369651, 1795238445.369678
     rec = only(SAMPLES / "midstream.pcap", tmp_path)
@@ -155,7 +155,7 @@ TSHARK_DIFFERS = {
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
 @pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: p.name)
-def test_handshake_rtt_agrees_with_tshark(capture, tmp_path):
+def test_handshake_rtt_agrees_with_tshark(capture: Path, tmp_path: Path) -> None:
     """Our SYN -> ACK total is tshark's initial RTT, connection by connection (matched by first frame)."""
     ours = {rec["first_frame"]: rec for rec in records(capture, tmp_path)}
     theirs = tshark_initial_rtts(capture)
@@ -195,7 +195,7 @@ def write(path: Path, packets: list[Ether]) -> Path:
     return path
 
 
-def test_crafted_close_wait_forty_seconds(tmp_path):
+def test_crafted_close_wait_forty_seconds(tmp_path: Path) -> None:
     """Crafted: a handshake, the client's FIN at 0.030 s, its ACK at 0.044 s, then nothing on that
     connection; another connection's SYN at 40.030 s is the capture's last frame."""
     capture = write(tmp_path / "crafted_close_wait.pcap", [
@@ -226,7 +226,7 @@ def test_crafted_close_wait_forty_seconds(tmp_path):
     assert row["state_time_server_TIME_WAIT"] == ""
 
 
-def test_crafted_unanswered_syn_ages_until_its_timer(tmp_path):
+def test_crafted_unanswered_syn_ages_until_its_timer(tmp_path: Path) -> None:
     """Crafted: a SYN never answered at 0 s; another connection's SYN at 100 s. The first is given up
     by the handshake timer (40 s after its last segment): its SYN_SENT lasted until then, not 100 s."""
     capture = write(tmp_path / "crafted_unanswered.pcap", [
@@ -241,7 +241,7 @@ def test_crafted_unanswered_syn_ages_until_its_timer(tmp_path):
     assert rows[0].split()[-2] == "40.000+"
 
 
-def test_crafted_port_reuse_ends_at_the_new_syn(tmp_path):
+def test_crafted_port_reuse_ends_at_the_new_syn(tmp_path: Path) -> None:
     """Crafted: a connection left in CLOSE_WAIT; 10 s later a SYN with a new ISN reuses the 4-tuple,
     which finishes the old connection then."""
     capture = write(tmp_path / "crafted_reuse.pcap", [
@@ -260,7 +260,7 @@ def test_crafted_port_reuse_ends_at_the_new_syn(tmp_path):
 # ---- the DataFrame --------------------------------------------------------------------------------
 
 
-def test_dataframe_columns_are_nullable_seconds():
+def test_dataframe_columns_are_nullable_seconds() -> None:
     pd = pytest.importorskip("pandas")
     frame = to_dataframe(analyzer.analyze(SAMPLES / "midstream.pcap"))
     for column in ("handshake_rtt", "handshake_rtt_server", "final_age_client", "state_time_client_ESTABLISHED"):
