@@ -37,8 +37,7 @@ int set_linktype_name(uint32_t linktype, const char *name) {
         }
     }
     if (n_names == cap_names) {
-        LinktypeName *more = cap_names > SIZE_MAX / 2 / sizeof *more ? NULL
-                                                                     : grown(names, &cap_names, sizeof *more, 16);
+        LinktypeName *more = grown(names, &cap_names, sizeof *more, 16);  /* NULL past size_t, too */
         if (more == NULL) return -1;
         names = more;
     }

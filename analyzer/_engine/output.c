@@ -243,19 +243,26 @@ int buf_float(Buffer *b, double x) {
     return slow_repr(b, x);
 }
 
+/* The exact binary value of `magnitude` (a normal double from 1e-9 up to 9e6) times
+ * 10**digits (digits <= 9), rounded half-even to an integer, as round() rounds: the
+ * product fits 128 bits and 1 <= shift <= 82 over that range. */
+static uint64_t round_half_even(double magnitude, int digits) {
+    uint64_t m;
+    int shift;
+    split(magnitude, &m, &shift);
+    u128 scaled = (u128)m * POW10[digits];
+    u128 n = scaled >> shift, rest = scaled - (n << shift), half = (u128)1 << (shift - 1);
+    if (rest > half || (rest == half && (n & 1))) n++;
+    return (uint64_t)n;
+}
+
 /* repr(round(x, digits)) for digits <= 9. round() rounds the exact binary value of x half-even
  * to n / 10**digits; below 2**53 / 10**9 that n converts to a double exactly, and one
  * IEEE division then gives the double nearest n / 10**digits, which is round's result. */
 static int buf_round(Buffer *b, double x, int digits) {
     double magnitude = fabs(x);
     if (magnitude >= 1e-4 && magnitude < 9e6) {
-        uint64_t m;
-        int shift;
-        split(magnitude, &m, &shift);
-        u128 scaled = (u128)m * POW10[digits];
-        u128 n = scaled >> shift, rest = scaled - (n << shift), half = (u128)1 << (shift - 1);
-        if (rest > half || (rest == half && (n & 1))) n++;
-        double rounded = (double)(uint64_t)n / (double)POW10[digits];
+        double rounded = (double)round_half_even(magnitude, digits) / (double)POW10[digits];
         return buf_float(b, x < 0 ? -rounded : rounded);
     }
     /* round(x, digits) rounds the exact binary value half-even, as printf does */
@@ -274,16 +281,7 @@ int buf_round9(Buffer *b, double x) { return buf_round(b, x, 9); }
 int buf_round6(Buffer *b, double x) {
     double magnitude = fabs(x);
     if (!(magnitude < 9e6)) return buf_round(b, x, 6);  /* large, inf or nan: the general way */
-    uint64_t n = 0;
-    if (magnitude >= 1e-9) {  /* below, it rounds to 0; from it, shift <= 82 */
-        uint64_t m;
-        int shift;
-        split(magnitude, &m, &shift);
-        u128 scaled = (u128)m * POW10[6];
-        u128 q = scaled >> shift, rest = scaled - (q << shift), half = (u128)1 << (shift - 1);
-        if (rest > half || (rest == half && (q & 1))) q++;
-        n = (uint64_t)q;
-    }
+    uint64_t n = magnitude >= 1e-9 ? round_half_even(magnitude, 6) : 0;  /* below 1e-9 it rounds to 0 */
     if (b->len + 40 > b->cap && buf_reserve(b, 40)) return -1;
     if (signbit(x)) buf_putc(b, '-');  /* round keeps the sign, even of a zero */
     if (n == 0) {
@@ -483,6 +481,7 @@ static void json_pair(Buffer *b, const char *key, int64_t client, int64_t server
  * order, the last visit until `until`, as report.state_time does (same doubles). */
 typedef struct {
     uint8_t n, order[N_STATES];
+    uint32_t seen;  /* bit per state visited */
     double total[N_STATES];
 } StateTime;
 
@@ -500,6 +499,7 @@ static void state_time(const History *h, double until, StateTime *out) {
         }
         out->total[state] += stop - h->items[i].ts;
     }
+    out->seen = seen;
 }
 
 /* Whether the record has a handshake RTT: a three-way handshake, all three segments noted. */
@@ -561,11 +561,9 @@ static int csv_timing(Buffer *b, const Conn *c, const Labels *l) {
     }
     for (int role = 0; role < 2; role++) {
         StateTime times;
-        uint32_t visited = 0;
         state_time(&c->ep[role].history, c->finished_at, &times);
-        for (int i = 0; i < times.n; i++) visited |= 1u << times.order[i];
         for (uint8_t state = 0; state < N_STATES; state++)
-            if (csv_seconds(b, (visited >> state) & 1u, times.total[state])) return -1;
+            if (csv_seconds(b, (times.seen >> state) & 1u, times.total[state])) return -1;
     }
     return 0;
 }

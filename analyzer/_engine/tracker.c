@@ -21,9 +21,9 @@
  * slabs of the tracker's own: halfopen.c). The record becomes a Conn
  * (`promote`) when a second packet comes for its 4-tuple, when its handshake
  * timer fires, or at the flush at the end (one at a time, as they are handed
- * over), by replaying
- * the SYN through conn_init and conn_add, the normal path; then the second
- * packet, the timer or the flush goes on as it would have. The Conn ends up
+ * over), by replaying the SYN through conn_init and conn_add, the normal
+ * path; then the second packet, the timer or the flush goes on as it would
+ * have. The Conn ends up
  * exactly as if it had been made at the SYN: it holds nothing that time alone
  * changes before its timer (conn_advance only ends TIME_WAIT), and the record
  * keeps what the tracker needs meanwhile: the id and slot its heap entry
