@@ -293,26 +293,30 @@ def _packet_block(rng: random.Random, data: bytes, lay: Layout, others: list[byt
 # -- link layer -----------------------------------------------------------------------------------------------------
 
 
-def _ethertype(rng: random.Random, data: bytes, lay: Layout, others: list[bytes]) -> bytes | None:
+def _frame_with_ethertype(rng: random.Random, data: bytes, lay: Layout) -> tuple[Frame, bytes, int] | None:
+    """A frame holding IP, its bytes, and where its EtherType (or protocol field) is; None if there is none."""
     found = _ip_frame(rng, data, lay)
     if found is None:
         return None
     frame, raw, _ = found
     kind_at = network_offset(frame.linktype, raw)[1]  # type: ignore[index]
-    if kind_at < 0:
+    return None if kind_at < 0 else (frame, raw, kind_at)
+
+
+def _ethertype(rng: random.Random, data: bytes, lay: Layout, others: list[bytes]) -> bytes | None:
+    found = _frame_with_ethertype(rng, data, lay)
+    if found is None:
         return None
+    frame, raw, kind_at = found
     return _edit_frame(data, frame, raw, kind_at, "!H",
                        rng.choice((0x0800, 0x86DD, 0x0806, 0x8100, 0x88A8, 0x9100, 0x8035, 0, rng.getrandbits(16))))
 
 
 def _vlan(rng: random.Random, data: bytes, lay: Layout, others: list[bytes]) -> bytes | None:
-    found = _ip_frame(rng, data, lay)
-    if found is None:
+    found = _frame_with_ethertype(rng, data, lay)
+    if found is None or found[0].linktype == 276:
         return None
-    frame, raw, _ = found
-    kind_at = network_offset(frame.linktype, raw)[1]  # type: ignore[index]
-    if kind_at < 0 or frame.linktype == 276:
-        return None
+    frame, raw, kind_at = found
     if rng.random() < 0.6:  # a tag in front of the EtherType
         tag = struct.pack("!HH", rng.choice(VLAN_TPIDS), rng.getrandbits(16))
         new = raw[:kind_at] + tag + raw[kind_at:]
