@@ -106,10 +106,7 @@ def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     parser.add_argument("-o", "--output", type=Path, metavar="FILE",
                         help="write connections to FILE instead of standard output")
     parser.add_argument("--no-summary", action="store_true", help="leave out the summary")
-    parser.add_argument("--engine", choices=("auto", "compiled", "reference"), default="auto",
-                        help="compiled: the C engine (fast; built at install); reference: the Python "
-                             "pipeline (slow, the one the ladder and live capture use); auto (default): "
-                             "compiled when built. Both give the same output")
+    add_engine_option(parser, ", the one live capture uses")
     add_timing_options(parser)
     parser.set_defaults(run=run_analyze)
 
@@ -126,19 +123,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def run_analyze(args: argparse.Namespace) -> int:
-    err = Styled()  # standard error
-    status = 0
-    if not check_filter_args(args, args.captures, err):
-        return EXIT_BAD_INPUT
+def add_engine_option(parser: argparse.ArgumentParser, reference_users: str) -> None:
+    parser.add_argument("--engine", choices=("auto", "compiled", "reference"), default="auto",
+                        help="compiled: the C engine (fast; built at install); reference: the Python "
+                             f"pipeline (slow{reference_users}); auto (default): compiled when built. "
+                             "Both give the same output")
+
+
+def pick_engine(args: argparse.Namespace, err: Styled) -> bool:
+    """Set args.compiled from --engine (and --filter): False, and a one-line message, if the engine asked
+    for cannot run; a note when auto falls back to the reference pipeline."""
     if args.engine == "compiled" and not engine.available():
         err.line(("synfin: the compiled engine is not built (was a C compiler present at install?); "
                   "use --engine reference", "red"))
-        return EXIT_BAD_INPUT
+        return False
     if args.engine == "compiled" and args.bpf is not None and not engine.filters_available():
         err.line(("synfin: the compiled engine was built without libpcap (libpcap-dev), so it cannot filter; "
                   "use --engine reference", "red"))
-        return EXIT_BAD_INPUT
+        return False
     usable = engine.available() and (args.bpf is None or engine.filters_available())
     args.compiled = args.engine == "compiled" or (args.engine == "auto" and usable)
     if args.engine == "auto" and not args.compiled:
@@ -146,6 +148,16 @@ def run_analyze(args: argparse.Namespace) -> int:
                else "is not built")
         err.line((f"synfin: note: the compiled engine {why}; using the reference pipeline, "
                   "which is slow on large captures", "yellow"))
+    return True
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    err = Styled()  # standard error
+    status = 0
+    if not check_filter_args(args, args.captures, err):
+        return EXIT_BAD_INPUT
+    if not pick_engine(args, err):
+        return EXIT_BAD_INPUT
     with ExitStack() as stack:
         out: IO[str] = (stack.enter_context(open(args.output, "w", encoding="utf-8"))
                         if args.output else sys.stdout)

@@ -160,6 +160,38 @@ def run(path: str | Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: s
     return counts
 
 
+def collect(path: str | Path, ids: list[int], timeouts: Timeouts, stop_early: bool = True,
+            bpf: str | None = None) -> dict[str, Any]:
+    """The frames of the connections numbered `ids` (as `run` numbers them, with `bpf` too), for the ladder.
+
+    The capture is opened and read as `run` reads it; reading stops once every one of them has finished if
+    `stop_early` (collect.c). Returns {"frames": {id: [(number, ts, linktype, data, wire_len, now), ...]},
+    "finished": {id: (finished_at, finishing frame or None)}, "connections": how many were numbered,
+    "frames_read", "stopped"}; ids never made are left out. Raises CaptureError as `run` does.
+    """
+    if _engine is None:
+        raise RuntimeError("the compiled engine is not built (no C compiler at install time)")
+    _configure()
+    if bpf is not None:
+        check_filter(bpf)
+        if not filters_available():
+            raise RuntimeError("the compiled engine was built without libpcap: no filters")
+    opened = open_capture(path)
+    try:
+        check_head(opened)
+        limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+        try:
+            found = _engine.collect(opened.stream.readinto, opened.own_fd(), limits, sorted(set(ids)), stop_early,
+                                    *(() if bpf is None else (bpf.encode(),)))
+        except (OSError, EOFError, zlib.error) as err:  # as capture.read_frames
+            raise CaptureError(f"{opened.name}: read error: {err}") from None
+    finally:
+        opened.close()
+    if found["error"]:
+        raise CaptureError(f"{opened.name}: {found['error']}")
+    return found
+
+
 def _reader(opened: OpenCapture, progress: Progress | None) -> Callable[[memoryview], int]:
     """How the engine reads through Python (gzip, pipes): the stream's readinto, reporting progress in
     bytes of the file read (compressed bytes for gzip)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analyzer.capture import CaptureError, capture_name, capture_path, is_stdin
-from analyzer.connection import Connection
+from analyzer.connection import Connection, Timeouts
 from analyzer.pipeline import analyze
 from analyzer.styled import Styled
 
@@ -59,7 +59,7 @@ examples:
 
 
 def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from analyzer.cli import add_filter_option, add_timing_options  # here: analyzer.cli imports this module
+    from analyzer.cli import add_engine_option, add_filter_option, add_timing_options  # analyzer.cli imports us
 
     parser = commands.add_parser(
         "ladder", help="draw connections as ladder diagrams (PNG, SVG, PDF, text, Mermaid)",
@@ -85,6 +85,8 @@ def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--text", action="store_true", help="print a box-drawing ladder instead of a picture")
     form.add_argument("--mermaid", action="store_true", help="print a Mermaid sequenceDiagram instead")
+    add_engine_option(parser, "; used for --conn all, and for every connection with --text, --mermaid or "
+                              "a PDF: see ladder_source.py")
     add_timing_options(parser)
     parser.set_defaults(run=run_ladder)
 
@@ -94,10 +96,10 @@ class LadderError(Exception):
 
 
 def run_ladder(args: argparse.Namespace) -> int:
-    from analyzer.cli import check_filter_args
+    from analyzer.cli import check_filter_args, pick_engine
 
     err = Styled()  # standard error
-    if not check_filter_args(args, [args.capture], err):
+    if not check_filter_args(args, [args.capture], err) or not pick_engine(args, err):
         return EXIT_BAD_INPUT
     try:
         _check_output(args)
@@ -142,7 +144,52 @@ def _wanted(ids: list[str]) -> set[int] | None:
 
 
 def _select(args: argparse.Namespace, wanted: set[int] | None) -> list[Connection]:
-    """Analyze the capture, keeping the segments of the wanted connections only."""
+    """The connections to draw, with their segments: found by the compiled engine when they are a few
+    (ladder_source.py), else by the reference pipeline over the whole capture."""
+    if args.compiled and (wanted is not None or _default_pictures(args)):
+        return _select_compiled(args, wanted)
+    return _select_reference(args, wanted)
+
+
+def _default_pictures(args: argparse.Namespace) -> bool:
+    """No --conn, and one picture file per connection: at most MAX_DEFAULT_FILES of them."""
+    return not args.conn and not (args.text or args.mermaid) and not _is_pdf(args.output)
+
+
+def _select_compiled(args: argparse.Namespace, wanted: set[int] | None) -> list[Connection]:
+    """The wanted connections (or, for the default pictures, the first MAX_DEFAULT_FILES and one more, to
+    tell that there are too many) from the engine; reading stops once the wanted ones have finished."""
+    from analyzer.ladder_source import find
+
+    ids = sorted(wanted) if wanted is not None else list(range(MAX_DEFAULT_FILES + 1))
+    found = find(args.capture, ids, _timeouts(args), args.bpf, stop_early=wanted is not None)
+    if found.count == 0:
+        raise _Nothing(f"{capture_name(args.capture)}: no TCP connections to draw")
+    seen = range(found.count)  # ids are dense: unless reading stopped early, these are all of them
+    missing = sorted(wanted - {c.id for c in found.connections}) if wanted is not None else []
+    if missing:  # never finished, so reading went on to the end: `seen` is every connection
+        raise LadderError(_no_such(args, missing, seen))
+    if wanted is None and found.count > MAX_DEFAULT_FILES:
+        raise LadderError(_too_many(args, found.count, seen))
+    return found.connections
+
+
+def _timeouts(args: argparse.Namespace) -> Timeouts:
+    return Timeouts(msl=args.msl, idle=args.idle_timeout, handshake=args.handshake_timeout)
+
+
+def _no_such(args: argparse.Namespace, missing: list[int], seen: Iterable[int]) -> str:
+    return (f"{capture_name(args.capture)}: no connection{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(map(str, missing))}; the connections there are {id_ranges(seen)}")
+
+
+def _too_many(args: argparse.Namespace, count: int, seen: Iterable[int]) -> str:
+    return (f"{capture_name(args.capture)} has {count} connections ({id_ranges(seen)}): choose some "
+            "with --conn ID ..., or draw them all with --conn all or -o FILE.pdf")
+
+
+def _select_reference(args: argparse.Namespace, wanted: set[int] | None) -> list[Connection]:
+    """Analyze the whole capture with the reference pipeline, keeping the segments of the wanted connections."""
     seen: list[int] = []
     kept: list[Connection] = []
     for conn in analyze(args.capture, msl=args.msl, idle_timeout=args.idle_timeout,
@@ -156,13 +203,9 @@ def _select(args: argparse.Namespace, wanted: set[int] | None) -> list[Connectio
         raise _Nothing(f"{capture_name(args.capture)}: no TCP connections to draw")
     missing = sorted(wanted - set(seen)) if wanted is not None else []
     if missing:
-        raise LadderError(f"{capture_name(args.capture)}: no connection{'s' if len(missing) > 1 else ''} "
-                          f"{', '.join(map(str, missing))}; "
-                          f"the connections there are {id_ranges(seen)}")
-    pictures = not (args.text or args.mermaid)
-    if pictures and not args.conn and len(kept) > MAX_DEFAULT_FILES and not _is_pdf(args.output):
-        raise LadderError(f"{capture_name(args.capture)} has {len(kept)} connections ({id_ranges(seen)}): choose some "
-                          "with --conn ID ..., or draw them all with --conn all or -o FILE.pdf")
+        raise LadderError(_no_such(args, missing, seen))
+    if _default_pictures(args) and len(kept) > MAX_DEFAULT_FILES:
+        raise LadderError(_too_many(args, len(kept), seen))
     return sorted(kept, key=lambda c: c.id)
 
 

@@ -111,9 +111,9 @@ class Pipeline:
         """No packet until time `now`: finish the connections whose timers ran out by then."""
         return self._done(list(self.tracker.expire(now)))
 
-    def close(self) -> list[Connection]:
-        """End of input: finish every connection still open."""
-        return self._done(self.tracker.flush())
+    def close(self, at: float | None = None) -> list[Connection]:
+        """End of input: finish every connection still open (at packet time `at`: Tracker.flush)."""
+        return self._done(self.tracker.flush(at))
 
     def _done(self, conns: list[Connection]) -> list[Connection]:
         self.stats.connections += len(conns)

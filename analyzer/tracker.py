@@ -97,11 +97,13 @@ class Tracker:
             self._heap = [(c.scheduled, c.id, c) for c in self.open.values()]
             heapq.heapify(self._heap)
 
-    def flush(self) -> list[Connection]:
+    def flush(self, at: float | None = None) -> list[Connection]:
         """End of input: finish everything still open, in order of first packet, at the time of
-        the last segment (a live capture's last tick may be later: a file has no record of it)."""
+        the last segment (a live capture's last tick may be later: a file has no record of it), or
+        at packet time `at` (a capture replayed in part ends where the whole one did: ladder_source)."""
+        end = self.last_segment_ts if at is None else at
         remaining = sorted(self.open.items(), key=lambda item: item[1].id)
-        return [self._retire(key, conn, self.last_segment_ts) for key, conn in remaining]
+        return [self._retire(key, conn, end) for key, conn in remaining]
 
     def _retire(self, key: Key, conn: Connection, at: float) -> Connection:
         """Finish `conn` at packet time `at`: its timer's, the reusing SYN's, or the capture's end."""

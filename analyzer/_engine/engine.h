@@ -270,6 +270,7 @@ typedef struct {
     size_t heap_len, heap_cap;
     int64_t prefetched_id;  /* the head of the heap when its connection was last prefetched */
     int64_t next_id;
+    int64_t last_id;  /* the connection tracker_add's last packet went to (collect.c) */
     double now;
     HalfOpenPool pool;
     size_t in_handshake;  /* open connections waiting on the handshake timeout (records too) */

@@ -6,7 +6,8 @@
  * BATCHES batches. A gzip capture is read through Python on the caller's
  * thread instead, one batch at a time. The counts of pipeline.Stats (frames,
  * segments, skip reasons, bad frames, link types, frames the filter rejected)
- * are kept here.
+ * are kept here. For the ladder (collect.c), each packet's frame as captured is
+ * copied into its batch too (feeder_open_raw).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -144,13 +145,34 @@ static int count_link(FrameStats *s, uint32_t linktype) {
     return 0;
 }
 
+/* keep_raw: the frame of the packet just decoded, as batch->raw->refs[batch->count]; -1: out of memory. */
+static int keep_frame(RawFrames *raw, size_t index, const Frame *frame) {
+    size_t need = frame->caplen;
+    if (need > SIZE_MAX - raw->len) return -1;
+    while (raw->len + need > raw->cap) {
+        uint8_t *more = grown(raw->data, &raw->cap, 1, RAW_BATCH_BYTES);
+        if (more == NULL) return -1;
+        raw->data = more;
+    }
+    if (need) memcpy(raw->data + raw->len, frame->data, need);
+    raw->refs[index] = (RawRef){raw->len, frame->caplen, frame->wire_len, frame->linktype};
+    raw->len += need;
+    return 0;
+}
+
+/* Whether the batch has room for another packet: BATCH_PACKETS, and with keep_raw, RAW_BATCH_BYTES. */
+static inline int batch_room(const Batch *batch) {
+    return batch->count < BATCH_PACKETS && (batch->raw == NULL || batch->raw->len < RAW_BATCH_BYTES);
+}
+
 /* Fill `batch` with up to BATCH_PACKETS decoded packets; mark how reading ended, if it did. */
 static void fill_batch(Feeder *f, Batch *batch) {
     Frame frame;
     Skip skip;
     batch->count = 0;
     batch->last = 0;
-    while (batch->count < BATCH_PACKETS) {
+    if (batch->raw != NULL) batch->raw->len = 0;
+    while (batch_room(batch)) {
         int status = reader_next(&f->reader, &frame);
         if (status == READ_DAMAGE) {
             if (note_damage(&f->stats, &f->reader) == 0) continue;
@@ -184,6 +206,10 @@ static void fill_batch(Feeder *f, Batch *batch) {
                 return;
             }
             continue;
+        }
+        if (batch->raw != NULL && keep_frame(batch->raw, batch->count, &frame)) {
+            batch->last = READ_FAILED;
+            return;
         }
         f->stats.segments++;
         packet_key(p);
@@ -230,26 +256,44 @@ static void *reader_main(void *arg) {
 
 /* ---- the public face ---------------------------------------------------------------------- */
 
-int feeder_open(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter) {
+/* keep_raw: an arena for each batch (freed by feeder_close); -1: out of memory. */
+static int give_raw(Feeder *f, Batch *batches, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        batches[i].raw = f->keep_raw ? calloc(1, sizeof *batches[i].raw) : NULL;
+        if (f->keep_raw && batches[i].raw == NULL) return -1;
+    }
+    return 0;
+}
+
+static int open_feeder(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter, int keep_raw) {
     memset(f, 0, sizeof *f);
     f->filter = filter;
+    f->keep_raw = keep_raw;
     f->reader.fd = fd;
     f->reader.read_size = fd >= 0 ? 0 : PYTHON_BLOCK;
     int status = fd >= 0 ? reader_open(&f->reader, read_fd, f) : reader_open(&f->reader, fill, fill_ctx);
     if (status == READ_ERROR) memcpy(f->message, f->reader.message, sizeof f->message);
     if (status != READ_FRAME) return status;
     if (fd < 0) {
-        f->inline_batch = malloc(sizeof *f->inline_batch);
-        return f->inline_batch ? READ_FRAME : READ_FAILED;
+        f->inline_batch = calloc(1, sizeof *f->inline_batch);
+        return f->inline_batch && give_raw(f, f->inline_batch, 1) == 0 ? READ_FRAME : READ_FAILED;
     }
-    f->ring = malloc(BATCHES * sizeof *f->ring);
-    if (f->ring == NULL) return READ_FAILED;
+    f->ring = calloc(BATCHES, sizeof *f->ring);
+    if (f->ring == NULL || give_raw(f, f->ring, BATCHES)) return READ_FAILED;
     pthread_mutex_init(&f->lock, NULL);
     pthread_cond_init(&f->filled, NULL);
     pthread_cond_init(&f->drained, NULL);
     if (pthread_create(&f->thread, NULL, reader_main, f)) return READ_FAILED;
     f->threaded = 1;
     return READ_FRAME;
+}
+
+int feeder_open(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter) {
+    return open_feeder(f, fd, fill, fill_ctx, filter, 0);
+}
+
+int feeder_open_raw(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter) {
+    return open_feeder(f, fd, fill, fill_ctx, filter, 1);
 }
 
 Batch *feeder_next(Feeder *f) {
@@ -287,6 +331,11 @@ void feeder_stop(Feeder *f) {
     }
 }
 
+static void free_raw(RawFrames *raw) {
+    if (raw != NULL) free(raw->data);
+    free(raw);
+}
+
 void feeder_close(Feeder *f) {
     feeder_stop(f);
     FrameStats *s = &f->stats;
@@ -297,6 +346,8 @@ void feeder_close(Feeder *f) {
     free(s->reason_index.slots);
     free(s->links);
     free(s->link_index.slots);
+    for (size_t i = 0; f->ring != NULL && i < BATCHES; i++) free_raw(f->ring[i].raw);
+    if (f->inline_batch != NULL) free_raw(f->inline_batch->raw);
     free(f->ring);
     free(f->inline_batch);
     reader_close(&f->reader);

@@ -53,10 +53,27 @@ typedef struct {  /* what pipeline.Stats counts */
     Index link_index;
 } FrameStats;
 
+/* With keep_raw (the ladder's collect.c): each packet's frame as captured, copied into a
+ * batch's arena, so the caller can hand the frames of the connections it wants to Python.
+ * A batch ends early once its arena holds RAW_BATCH_BYTES: memory stays at a few batches
+ * whatever the frames' sizes. */
+#define RAW_BATCH_BYTES (4u << 20)
+typedef struct {
+    size_t offset;           /* into RawFrames.data */
+    uint32_t caplen, wire_len, linktype;
+} RawRef;
+
+typedef struct {
+    RawRef refs[BATCH_PACKETS];
+    uint8_t *data;
+    size_t len, cap;
+} RawFrames;
+
 typedef struct {
     Packet packets[BATCH_PACKETS];
     size_t count;
     int last;                /* 0, or how reading ended: READ_END, READ_ERROR, READ_FAILED */
+    RawFrames *raw;          /* keep_raw: packets[i]'s frame is raw->refs[i]; else NULL */
 } Batch;
 
 typedef struct {
@@ -65,6 +82,7 @@ typedef struct {
     FrameStats stats;
     char message[160];       /* READ_ERROR: why the file cannot be read */
     int threaded, stop, finished;
+    int keep_raw;            /* copy every packet's frame into its batch (set before feeder_open's thread) */
     /* with a thread: a ring of batches, filled by the thread, drained by the caller */
     pthread_t thread;
     pthread_mutex_t lock;
@@ -79,6 +97,8 @@ typedef struct {
  * batches are read on demand through `fill`. Frames that `filter` (if not NULL) rejects
  * are only counted. READ_FRAME, READ_ERROR or READ_FAILED. */
 int feeder_open(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter);
+/* The same, keeping each packet's frame as captured (Batch.raw). */
+int feeder_open_raw(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter);
 Batch *feeder_next(Feeder *f);   /* the next batch (NULL: out of memory) */
 void feeder_done(Feeder *f);     /* the caller is through with the batch feeder_next gave */
 void feeder_stop(Feeder *f);     /* stop the thread (its counts stay) */

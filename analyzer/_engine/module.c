@@ -9,6 +9,10 @@
  *       through `write` in ~1 MB pieces), and returns the counts that Stats
  *       and Census hold in the Python path. With `filter` (a BPF expression,
  *       bytes), only the frames it matches are analyzed (filter.c);
+ *   collect(readinto, fd_in, timeouts, ids, stop_early[, filter]) -> dict
+ *       reads a capture as run() does, and returns the frames of the
+ *       connections numbered `ids`, stopping once they have all finished if
+ *       `stop_early` (collect.c: the ladder's source);
  *   FILTERS: 1 if the engine was built with libpcap (filters), else 0.
  */
 #define PY_SSIZE_T_CLEAN
@@ -17,6 +21,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "collect.h"
 #include "engine.h"
 #include "feeder.h"
 #include "filter.h"
@@ -121,11 +126,11 @@ typedef struct {
     int filtered;
 } Run;
 
-static long fill(void *ctx, uint8_t *dst, size_t n) {
-    Run *run = ctx;
+long python_fill(void *ctx, uint8_t *dst, size_t n) {
+    PyObject *readinto = ctx;
     PyObject *view = PyMemoryView_FromMemory((char *)dst, (Py_ssize_t)n, PyBUF_WRITE);
     if (view == NULL) return -1;
-    PyObject *got = PyObject_CallOneArg(run->readinto, view);
+    PyObject *got = PyObject_CallOneArg(readinto, view);
     Py_DECREF(view);
     if (got == NULL) return -1;
     long count = got == Py_None ? 0 : PyLong_AsLong(got);
@@ -300,7 +305,7 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     Tracker tracker;
     PyObject *out = NULL;
     int tracker_ready = 0, ended = 0;
-    int status = feeder_open(&run.feeder, fd_in, fill, &run, run.filtered ? &run.filter : NULL);
+    int status = feeder_open(&run.feeder, fd_in, python_fill, run.readinto, run.filtered ? &run.filter : NULL);
     if (status == READ_ERROR) {
         status = 0;
         ended = READ_ERROR;
@@ -331,6 +336,62 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* ---- the ladder's frames (collect.c) ----------------------------------------------------- */
+
+/* The wanted ids, a sorted sequence of distinct ints >= 0, as a C array (PyMem_Free it); NULL: an exception. */
+static int64_t *wanted_ids(PyObject *seq, size_t *n) {
+    PyObject *items = PySequence_Fast(seq, "the connection ids must be a sequence");
+    if (items == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
+    int64_t *ids = PyMem_Calloc(count ? (size_t)count : 1, sizeof *ids);
+    for (Py_ssize_t i = 0; ids != NULL && i < count; i++) {
+        long long id = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(items, i));
+        if ((id == -1 && PyErr_Occurred()) || id < 0 || (i > 0 && id <= ids[i - 1])) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "connection ids: sorted, distinct, >= 0");
+            PyMem_Free(ids);
+            ids = NULL;
+        } else {
+            ids[i] = id;
+        }
+    }
+    if (ids == NULL && !PyErr_Occurred()) PyErr_NoMemory();
+    Py_DECREF(items);
+    *n = (size_t)count;
+    return ids;
+}
+
+static PyObject *collect(PyObject *self, PyObject *args) {
+    PyObject *readinto, *wanted;
+    Timeouts timeouts;
+    int fd_in, stop_early;
+    const char *expression = NULL;
+    if (!PyArg_ParseTuple(args, "Oi(dddd)Op|y", &readinto, &fd_in, &timeouts.msl, &timeouts.idle,
+                          &timeouts.handshake, &timeouts.close_linger, &wanted, &stop_early, &expression))
+        return NULL;
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "the engine is not configured: call configure() first");
+        return NULL;
+    }
+    if (expression != NULL && !FILTERS_BUILT) {
+        PyErr_SetString(PyExc_ValueError, "the engine was built without libpcap: no filters");
+        return NULL;
+    }
+    size_t n;
+    int64_t *ids = wanted_ids(wanted, &n);
+    if (ids == NULL) return NULL;
+    Filter filter;
+    if (expression != NULL && filter_init(&filter, expression)) {
+        PyMem_Free(ids);
+        return PyErr_NoMemory();
+    }
+    running++;
+    PyObject *out = collect_frames(readinto, fd_in, &timeouts, ids, n, stop_early, expression ? &filter : NULL);
+    running--;
+    if (expression != NULL) filter_free(&filter);
+    PyMem_Free(ids);
+    return out;
+}
+
 /* ---- number formatting, exposed so tests can hold it to repr() ------------------------ */
 
 static PyObject *format_with(int (*format)(Buffer *, double), PyObject *arg) {
@@ -352,6 +413,7 @@ static PyMethodDef methods[] = {
     {"round6_repr", round6_repr, METH_O, "repr(round(x, 6)) as the engine writes it (the timing figures)."},
     {"configure", configure, METH_VARARGS, "Hand the state machine of analyzer.fsm to the engine, as tables."},
     {"run", run_capture, METH_VARARGS, "Analyze one capture; write its connections; return the counts."},
+    {"collect", collect, METH_VARARGS, "The frames of some connections of a capture, for the ladder (collect.c)."},
     {NULL, NULL, 0, NULL},
 };
 

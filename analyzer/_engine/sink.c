@@ -317,6 +317,11 @@ Conn *sink_new_conn(void *ctx) {
     return c;
 }
 
+void sink_recycle(Sink *sink, Conn *c) {
+    conn_free(c);
+    push_conn(&sink->spare, c);
+}
+
 void sink_free(Sink *sink) {
     if (sink->threaded) sink_finish(sink);
     for (size_t i = 0; i < sink->pending_len; i++) conn_free(sink->pending[i]);

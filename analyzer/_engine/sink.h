@@ -54,6 +54,7 @@ typedef struct {
 int sink_start(Sink *sink);
 int sink_take(void *sink, Conn *c);   /* a FinishedFn: takes ownership of c */
 Conn *sink_new_conn(void *sink);      /* a NewConnFn: a reused connection, or a new one */
+void sink_recycle(Sink *sink, Conn *c);  /* an unstarted sink (collect.c): c's memory, to reuse, unwritten */
 /* sink_free frees every connection's memory: the tracker must be freed first */
 int sink_finish(Sink *sink);          /* drain and stop; 0, an errno, or -1 */
 void sink_free(Sink *sink);

@@ -463,10 +463,14 @@ int tracker_add(Tracker *t, const Packet *p) {
             if (table_resize(t, t->table_size * 2)) return -1;
             i = table_find(t, &p->key, p->hash);
         }
-        if (t->half_open && bare_syn(p)) return add_half_open(t, i, p);
+        if (t->half_open && bare_syn(p)) {
+            t->last_id = t->next_id;
+            return add_half_open(t, i, p);
+        }
         c = add_conn(t, i, p);
         if (c == NULL) return -1;
     }
+    t->last_id = c->id;
     if (conn_add(c, p)) goto failed;
     if (c->in_handshake || fresh) census(t, c);  /* out of the handshake, a connection stays out */
     double wake = conn_wake_time(c);
