@@ -8,7 +8,9 @@ reading (capture.py), decoding (decode.py), the connection table
 (connection.py), the labels (labels.py) and the three output formats
 (report.py); with --filter, libpcap's BPF on each frame (bpf.py, filter.c:
 only when the engine was built with libpcap, see filters_available()). Each
-C file names the Python module it follows.
+C file names the Python module it follows. `collect()` finds a few
+connections' frames for the ladder and stops reading once they have finished
+(collect.c, ladder_source.py).
 
 One set of TCP rules
 ====================

@@ -7,6 +7,12 @@
     synfin ladder capture.pcap --conn 3 --mermaid    # a Mermaid sequenceDiagram
     zcat capture.pcap.gz | synfin ladder - --text    # "-": standard input (stdin-ID.png for pictures)
 
+The connections asked for by id (and, without --conn, the default pictures)
+are found by the compiled engine, which stops reading once they have
+finished, and laid out by the reference pipeline (ladder_source.py); --conn
+all, and every connection as text, Mermaid or one PDF, run the reference
+pipeline over the whole capture (as --engine reference does).
+
 Errors are one line on standard error and exit status 2: an unreadable
 capture, an unknown connection id (the ids there are are listed), an output
 name that is not .png/.svg/.pdf. Matplotlib is imported only when a picture

@@ -30,7 +30,7 @@ from pathlib import Path
 from analyzer import engine
 from analyzer.capture import RawFrame
 from analyzer.connection import Connection, Timeouts
-from analyzer.pipeline import Options, Pipeline, Stats
+from analyzer.pipeline import Options, Pipeline, Stats, analyze
 
 FrameTuple = tuple[int, float, int, bytes, int, float]  # collect.c: RawFrame's fields and the time before
 
@@ -43,6 +43,29 @@ class Found:
     count: int  # connections numbered: all of the capture's, unless reading stopped early
     frames_read: int  # frames the engine read (as Stats.frames counts them)
     stopped: bool  # reading stopped before the capture's end
+
+
+def connections(path: str | Path, ids: Iterable[int], *, msl: float = 30.0, idle_timeout: float = 900.0,
+                handshake_timeout: float = 40.0, bpf: str | None = None) -> list[Connection]:
+    """The connections numbered `ids` (as `synfin analyze` numbers them), with their segments, by id, for
+    `ladder.build`: from the engine when it is built (and, for `bpf`, has libpcap), else from the reference
+    pipeline over the whole capture. Ids the capture does not have are left out.
+
+        conn, = connections("big.pcap", [6083])
+        text(build(conn))
+    """
+    limits = Timeouts(msl=msl, idle=idle_timeout, handshake=handshake_timeout)
+    if engine.available() and (bpf is None or engine.filters_available()):
+        return find(path, ids, limits, bpf).connections
+    wanted = set(ids)
+    kept = []
+    for conn in analyze(path, msl=msl, idle_timeout=idle_timeout, handshake_timeout=handshake_timeout,
+                        keep_segments=True, bpf=bpf):
+        if conn.id in wanted:
+            kept.append(conn)
+        else:
+            conn.notes = None  # let the segments go
+    return sorted(kept, key=lambda c: c.id)
 
 
 def find(path: str | Path, ids: Iterable[int], timeouts: Timeouts, bpf: str | None = None,

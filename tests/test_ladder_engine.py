@@ -38,7 +38,7 @@ import analyzer
 from analyzer import engine, report
 from analyzer.connection import Connection, Timeouts
 from analyzer.ladder import Ladder, build
-from analyzer.ladder_source import find
+from analyzer.ladder_source import connections, find
 from tests.crafting import crafted
 from tests.engine_compare import run_cli
 from tests.flood import ACK, RST, SERVER4, SYN, Seg, client4, write_pcap
@@ -238,3 +238,17 @@ def test_too_many_for_default_pictures(tmp_path: Path) -> None:
     assert runs["compiled"] == runs["reference"]
     assert runs["compiled"].status == 2
     assert f"has {count} connections (0-{count - 1}): choose some" in runs["compiled"].stderr
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "reference"])
+def test_connections_for_notebooks(monkeypatch: pytest.MonkeyPatch, compiled: bool) -> None:
+    """ladder_source.connections: by id, with segments; the reference pipeline when the engine is not built."""
+    capture = SAMPLES / "port_reuse.pcap"
+    if not compiled:
+        monkeypatch.setattr(engine, "available", lambda: False)
+        monkeypatch.setattr(engine, "collect", None)  # never called
+    got = connections(capture, [1, 0, 5])
+    assert [c.id for c in got] == [0, 1]
+    reference = reference_connections(capture)
+    assert [build(c, "proportional", False, False) for c in got] == [
+        build(reference[i], "proportional", False, False) for i in (0, 1)]
