@@ -5,9 +5,11 @@
     synfin ladder capture.pcap -o all.pdf            # every connection, a page each
     synfin ladder capture.pcap --conn 3 --text       # box-drawing ladder on the terminal
     synfin ladder capture.pcap --conn 3 --mermaid    # a Mermaid sequenceDiagram
+    synfin ladder capture.pcap --where close=reset --text   # the connections --where matches
     zcat capture.pcap.gz | synfin ladder - --text    # "-": standard input (stdin-ID.png for pictures)
 
-Errors are one line on standard error and exit status 2: an unreadable
+With --where, no connection matching is exit status 1, as is a capture with
+no TCP connection at all. Errors are one line on standard error and exit status 2: an unreadable
 capture, an unknown connection id (the ids there are are listed), an output
 name that is not .png/.svg/.pdf. Matplotlib is imported only when a picture
 is drawn, so `--text` and `--mermaid` start fast.
@@ -16,15 +18,18 @@ is drawn, so `--text` and `--mermaid` start fast.
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analyzer.capture import CaptureError, capture_name, capture_path, is_stdin
-from analyzer.connection import Connection
+from analyzer.connection import Connection, Timeouts
 from analyzer.pipeline import analyze
 from analyzer.styled import Styled
+from analyzer.where import matching_ids
 
 if TYPE_CHECKING:
     from analyzer.ladder import Ladder
@@ -53,13 +58,15 @@ examples:
   synfin ladder slow.pcap --time sequential    one row per segment, pauses not shown
   synfin ladder x.pcap --conn 0 --text         paste into a ticket
   synfin ladder x.pcap --conn 0 --mermaid > ladder.mmd
+  synfin ladder x.pcap --where open=refused --text   the connections a --where term matches
+                                               (as `synfin analyze --where` selects them)
   zcat x.pcap.gz | synfin ladder - --text      standard input ("-"), or a pipe: <(ssh h cat x.pcap)
   synfin ladder x.pcap --filter 'port 443'     only the frames a BPF expression matches (connection ids
                                                as `synfin analyze --filter 'port 443'` numbers them)"""
 
 
 def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from analyzer.cli import add_filter_option, add_timing_options  # here: analyzer.cli imports this module
+    from analyzer.cli import add_filter_option, add_timing_options, add_where_option  # analyzer.cli imports this
 
     parser = commands.add_parser(
         "ladder", help="draw connections as ladder diagrams (PNG, SVG, PDF, text, Mermaid)",
@@ -82,6 +89,7 @@ def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="draw every segment; by default long runs of data and ACKs collapse into "
                              "one block ('… 1,204 segments, 1.6 MB …')")
     add_filter_option(parser)
+    add_where_option(parser, "; with --conn, a connection must be named there and match")
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--text", action="store_true", help="print a box-drawing ladder instead of a picture")
     form.add_argument("--mermaid", action="store_true", help="print a Mermaid sequenceDiagram instead")
@@ -94,15 +102,15 @@ class LadderError(Exception):
 
 
 def run_ladder(args: argparse.Namespace) -> int:
-    from analyzer.cli import check_filter_args
+    from analyzer.cli import check_filter_args, check_where_args
 
     err = Styled()  # standard error
-    if not check_filter_args(args, [args.capture], err):
+    if not check_filter_args(args, [args.capture], err) or not check_where_args(args, err):
         return EXIT_BAD_INPUT
     try:
         _check_output(args)
         wanted = _wanted(args.conn)
-        conns = _select(args, wanted)
+        conns = _select(args, wanted, _where_test(args))
         from analyzer.ladder import build  # matplotlib-free, but not needed by the other commands
 
         ladders = [build(c, args.time, args.absolute, args.all_segments) for c in conns]
@@ -141,14 +149,35 @@ def _wanted(ids: list[str]) -> set[int] | None:
         raise LadderError(f"--conn takes connection ids (numbers) or 'all', not {bad!r}") from None
 
 
-def _select(args: argparse.Namespace, wanted: set[int] | None) -> list[Connection]:
-    """Analyze the capture, keeping the segments of the wanted connections only."""
+def _where_test(args: argparse.Namespace) -> Callable[[Connection], bool] | None:
+    """With --where, which connections it matches: a file is read once first for their ids (where.matching_ids,
+    the compiled engine testing them), standard input or a pipe, read only once, has each tested as it comes."""
+    where = args.where_filter
+    if where is None:
+        return None
+    if not _rereadable(args.capture):
+        return where.matches  # type: ignore[no-any-return]
+    timeouts = Timeouts(msl=args.msl, idle=args.idle_timeout, handshake=args.handshake_timeout)
+    ids = set(matching_ids(args.capture, where, timeouts=timeouts, bpf=args.bpf))
+    return lambda conn: conn.id in ids
+
+
+def _rereadable(path: str | Path) -> bool:
+    try:
+        return not is_stdin(path) and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False  # the reading that follows says what is wrong
+
+
+def _select(args: argparse.Namespace, wanted: set[int] | None,
+            where: Callable[[Connection], bool] | None = None) -> list[Connection]:
+    """Analyze the capture, keeping the segments of the wanted connections (that `where` matches) only."""
     seen: list[int] = []
     kept: list[Connection] = []
     for conn in analyze(args.capture, msl=args.msl, idle_timeout=args.idle_timeout,
                         handshake_timeout=args.handshake_timeout, keep_segments=True, bpf=args.bpf):
         seen.append(conn.id)
-        if wanted is None or conn.id in wanted:
+        if (wanted is None or conn.id in wanted) and (where is None or where(conn)):
             kept.append(conn)
         else:
             conn.notes = None  # let the segments go
@@ -159,9 +188,15 @@ def _select(args: argparse.Namespace, wanted: set[int] | None) -> list[Connectio
         raise LadderError(f"{capture_name(args.capture)}: no connection{'s' if len(missing) > 1 else ''} "
                           f"{', '.join(map(str, missing))}; "
                           f"the connections there are {id_ranges(seen)}")
+    if where is not None and not kept:
+        among = f" among connections {id_ranges(wanted)}" if wanted is not None else ""
+        raise _Nothing(f"{capture_name(args.capture)}: no connection{among} matches "
+                       f"--where {args.where_filter.text}")
     pictures = not (args.text or args.mermaid)
     if pictures and not args.conn and len(kept) > MAX_DEFAULT_FILES and not _is_pdf(args.output):
-        raise LadderError(f"{capture_name(args.capture)} has {len(kept)} connections ({id_ranges(seen)}): choose some "
+        which = (f"{len(kept)} connections matching --where ({id_ranges(c.id for c in kept)})" if where is not None
+                 else f"{len(kept)} connections ({id_ranges(seen)})")
+        raise LadderError(f"{capture_name(args.capture)} has {which}: choose some "
                           "with --conn ID ..., or draw them all with --conn all or -o FILE.pdf")
     return sorted(kept, key=lambda c: c.id)
 
