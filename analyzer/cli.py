@@ -17,11 +17,12 @@ from analyzer.bpf import FilterError, looks_like_filter
 from analyzer.bpf import check as check_filter
 from analyzer.capture import STDIN, CaptureError, capture_name, capture_path, is_stdin
 from analyzer.connection import Timeouts
+from analyzer.labels import CLOSE_LABELS, OPEN_LABELS
 from analyzer.ladder_cli import add_ladder
 from analyzer.pipeline import Stats, analyze
 from analyzer.report import Census, csv_header, table_header, write_csv, write_json, write_summary, write_table
 from analyzer.styled import Styled, console_for, is_tty
-from analyzer.where import WhereError
+from analyzer.where import STATE_NAMES, WhereError
 from analyzer.where import parse as parse_where
 
 if TYPE_CHECKING:
@@ -67,12 +68,13 @@ def add_filter_option(parser: argparse.ArgumentParser) -> None:
 WHERE_HELP = (
     "only the connections this term matches: KEY=VALUE, or KEY!=VALUE for the others; VALUE may be a comma list "
     "(any of them); repeat --where (or separate terms by spaces) for terms that must all hold. Keys: "
-    "open, close (labels), closer (client, server, both, none), reset_by (client, server, none), "
-    "reset_state (a state or none), half_close (yes, no), client_state, server_state (final states), "
-    "state (either end's final state), retransmits, anomalies (yes: any), ip_version (4, 6), "
-    "client, server, endpoint (either end: ADDRESS, ADDRESS/PREFIX, PORT, ADDRESS:PORT, [IPv6]:PORT), "
-    "host (either end's address), port (either end's port). E.g. --where close=reset --where port=443, "
-    "--where 'state!=CLOSED,TIME_WAIT'")
+    f"open ({', '.join(OPEN_LABELS)}), close ({', '.join(CLOSE_LABELS)}), closer (client, server, both, none), "
+    "reset_by (client, server, none), reset_state (a state, or none), half_close (yes, no), "
+    "client_state, server_state (that end's final state), state (either end's final state; states: "
+    f"{', '.join(STATE_NAMES)}, in any case), retransmits, anomalies (yes: any; no), ip_version (4, 6), "
+    "client, server, endpoint (that end, either end: ADDRESS, ADDRESS/PREFIX, PORT, ADDRESS:PORT, "
+    "[IPv6]:PORT), host (either end's address or network), port (either end's port). E.g. --where close=reset "
+    "--where port=443, --where 'state!=CLOSED,TIME_WAIT'")
 
 
 def add_where_option(parser: argparse.ArgumentParser, what: str = "") -> None:

@@ -298,7 +298,7 @@ def write_summary(capture: str, stats: Stats, census: Census, out: Styled, where
         out.line("  active closer: " + ", ".join(f"{k} {v}" for k, v in sorted(closers.items())))
     for side in ("client", "server"):
         finals = {state: n for (who, state), n in census.final.items() if who == side}
-        out.line(f"  final {side} states: " + ", ".join(f"{s} {n}" for s, n in sorted(finals.items())))
+        out.line(f"  final {side} states: " + (", ".join(f"{s} {n}" for s, n in sorted(finals.items())) or "-"))
     if census.anomalies:
         out.line(f"  anomalies: {census.anomalies} (see the JSON output)")
     if stats.skipped:

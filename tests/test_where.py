@@ -141,6 +141,19 @@ def test_summary_counts_the_matched_connections() -> None:
     ]
 
 
+def test_summary_when_nothing_matched() -> None:
+    """Every busy.pcap connection ends with one end CLOSED, so none has neither end in CLOSED: "-" for the counts."""
+    out = run_cli(["analyze", "-f", "json", "--where", "state!=CLOSED", str(BUSY)])
+    assert out.status == 0 and out.stdout == b""
+    assert out.stderr.splitlines()[1:] == [
+        "  0 of 340 connections matched --where state!=CLOSED",
+        "  open:  -",
+        "  close: -",
+        "  final client states: -",
+        "  final server states: -",
+    ]
+
+
 def test_without_where_the_summary_is_unchanged() -> None:
     out = run_cli(["analyze", str(BUSY)])
     assert "matched --where" not in out.stdout.decode()
