@@ -12,7 +12,9 @@ file, standard output to /dev/null:
 
 round by round, so that the VM's drift falls on every variant alike. The file is read once before timing
 (page cache). Printed: median, min and max wall time per variant, the connections each wrote (from the
-summary's "N of M connections matched" line) and each run's ratio to the run without --where.
+summary's "N of M connections matched" line), the median CPU time (user + system of the process and its
+threads, which a busy shared machine disturbs less than the wall time) and each one's ratio to the run
+without --where.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shlex
 import statistics
 import subprocess
@@ -43,13 +46,17 @@ def variants(capture: Path, terms: list[str], baseline: Path | None) -> dict[str
     return commands
 
 
-def run(command: str, where: Path) -> tuple[float, str]:
-    """Wall seconds, and the summary."""
+def run(command: str, where: Path) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system, all threads: less sensitive to a busy machine), the summary."""
     env = {**os.environ, "PYTHONPATH": str(where)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, shell=True, cwd=where, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True, check=True, env=env)
-    return time.perf_counter() - start, done.stderr
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, done.stderr
 
 
 def written(summary: str) -> str:
@@ -73,20 +80,25 @@ def main(argv: list[str] | None = None) -> int:
         while warm.read(1 << 24):
             pass
     commands = variants(args.capture, terms, args.baseline)
+    load = f"{os.getloadavg()[0]:.1f}"
     times: dict[str, list[float]] = {name: [] for name in commands}
+    cpus: dict[str, list[float]] = {name: [] for name in commands}
     count: dict[str, str] = {}
     for _ in range(args.runs):
         for name, (command, where) in commands.items():
-            seconds, summary = run(command, where)
+            seconds, cpu, summary = run(command, where)
             times[name].append(seconds)
+            cpus[name].append(cpu)
             count[name] = written(summary)
-    base = statistics.median(times["no --where"])
-    print(f"{args.capture}: {args.runs} runs each, interleaved")
-    print(f"{'variant':<48} {'median s':>9} {'min':>7} {'max':>7} {'written':>9} {'/ none':>7}")
+    base, base_cpu = statistics.median(times["no --where"]), statistics.median(cpus["no --where"])
+    print(f"{args.capture}: {args.runs} runs each, interleaved; load average before and after: {load}, "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'variant':<56} {'median s':>9} {'min':>7} {'max':>7} {'/ none':>7} {'cpu s':>7} {'/ none':>7} "
+          f"{'written':>9}")
     for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:<48} {median:9.3f} {min(values):7.3f} {max(values):7.3f} {count[name]:>9} "
-              f"{median / base:7.2f}")
+        median, cpu = statistics.median(values), statistics.median(cpus[name])
+        print(f"{name:<56} {median:9.3f} {min(values):7.3f} {max(values):7.3f} {median / base:7.2f} "
+              f"{cpu:7.3f} {cpu / base_cpu:7.2f} {count[name]:>9}")
     return 0
 
 
