@@ -7,6 +7,7 @@ The public API::
         print(conn.id, conn.labels["open"], conn.labels["close"])
     df = analyzer.to_dataframe(analyzer.analyze("capture.pcap"))
     web = analyzer.analyze("capture.pcap", bpf="tcp port 443")  # frames as tcpdump -r selects them
+    resets = analyzer.analyze("capture.pcap", where="close=reset")  # connections as --where selects them
 
 A capture is a path (pcap or pcapng, optionally gzip-compressed; a named pipe
 reads as a file does) or the string "-" for standard input, as on the command
@@ -19,6 +20,7 @@ from analyzer.connection import Anomaly, Connection, Timeouts
 from analyzer.fsm import Event, State
 from analyzer.pipeline import Stats, analyze
 from analyzer.report import record
+from analyzer.where import WhereError
 
 __version__ = "0.1.0"
 
@@ -39,6 +41,7 @@ __all__ = [
     "State",
     "Stats",
     "Timeouts",
+    "WhereError",
     "__version__",
     "analyze",
     "record",

@@ -17,10 +17,13 @@ from analyzer.bpf import FilterError, looks_like_filter
 from analyzer.bpf import check as check_filter
 from analyzer.capture import STDIN, CaptureError, capture_name, capture_path, is_stdin
 from analyzer.connection import Timeouts
+from analyzer.labels import CLOSE_LABELS, OPEN_LABELS
 from analyzer.ladder_cli import add_ladder
 from analyzer.pipeline import Stats, analyze
 from analyzer.report import Census, csv_header, table_header, write_csv, write_json, write_summary, write_table
 from analyzer.styled import Styled, console_for, is_tty
+from analyzer.where import STATE_NAMES, WhereError
+from analyzer.where import parse as parse_where
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -62,6 +65,32 @@ def add_filter_option(parser: argparse.ArgumentParser) -> None:
                              "frame numbers stay the file's. Quote it: it is one argument")
 
 
+WHERE_HELP = (
+    "only the connections this term matches: KEY=VALUE, or KEY!=VALUE for the others; VALUE may be a comma list "
+    "(any of them); repeat --where (or separate terms by spaces) for terms that must all hold. Keys: "
+    f"open ({', '.join(OPEN_LABELS)}), close ({', '.join(CLOSE_LABELS)}), closer (client, server, both, none), "
+    "reset_by (client, server, none), reset_state (a state, or none), half_close (yes, no), "
+    "client_state, server_state (that end's final state), state (either end's final state; states: "
+    f"{', '.join(STATE_NAMES)}, in any case), retransmits, anomalies (yes: any; no), ip_version (4, 6), "
+    "client, server, endpoint (that end, either end: ADDRESS, ADDRESS/PREFIX, PORT, ADDRESS:PORT, "
+    "[IPv6]:PORT), host (either end's address or network), port (either end's port). E.g. --where close=reset "
+    "--where port=443, --where 'state!=CLOSED,TIME_WAIT'")
+
+
+def add_where_option(parser: argparse.ArgumentParser, what: str = "") -> None:
+    parser.add_argument("--where", action="append", metavar="KEY=VALUE", help=WHERE_HELP + what)
+
+
+def check_where_args(args: argparse.Namespace, err: Styled) -> bool:
+    """Parse --where into args.where_filter (None without one); False (and a one-line message) if a term is bad."""
+    try:
+        args.where_filter = parse_where(args.where)
+    except WhereError as bad:
+        err.line((f"synfin: {bad}", "red"))
+        return False
+    return True
+
+
 def filter_misplaced(captures: list[str | Path]) -> str | None:
     """The error for a filter expression given where a capture goes (`synfin analyze x.pcap 'tcp port 80'`):
     an argument that is no file and looks like an expression, named with the rest of the arguments after it;
@@ -101,6 +130,7 @@ def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
                              "the summary, '-' in the capture column; ./- is a file named -). A filter expression "
                              "goes in --filter, never here")
     add_filter_option(parser)
+    add_where_option(parser, "; the summary counts the connections it matched (and says how many of all)")
     parser.add_argument("-f", "--format", choices=("table", "json", "csv"), default="table",
                         help="table (default), JSON Lines (one object per connection) or CSV")
     parser.add_argument("-o", "--output", type=Path, metavar="FILE",
@@ -154,7 +184,7 @@ def pick_engine(args: argparse.Namespace, err: Styled) -> bool:
 def run_analyze(args: argparse.Namespace) -> int:
     err = Styled()  # standard error
     status = 0
-    if not check_filter_args(args, args.captures, err):
+    if not check_filter_args(args, args.captures, err) or not check_where_args(args, err):
         return EXIT_BAD_INPUT
     if not pick_engine(args, err):
         return EXIT_BAD_INPUT
@@ -187,13 +217,15 @@ def _analyze_one(args: argparse.Namespace, path: str | Path, out: IO[str], table
             elif args.format == "csv" and index == 0:
                 out.write(csv_header())
             timeouts = Timeouts(msl=args.msl, idle=args.idle_timeout, handshake=args.handshake_timeout)
-            counts = engine.run(path, out, args.format, timeouts, capture, colour, progress, args.bpf)
+            counts = engine.run(path, out, args.format, timeouts, capture, colour, progress, args.bpf,
+                                args.where_filter)
             engine.stats_from(counts, stats)
             engine.census_from(counts, census)
         else:
             _analyze_reference(args, path, out, table_console, stats, census, capture, progress, index)
     if not args.no_summary:
-        write_summary(capture_name(path), stats, census, summary)
+        where = args.where_filter.text if args.where_filter is not None else None
+        write_summary(capture_name(path), stats, census, summary, where)
 
 
 def _analyze_reference(args: argparse.Namespace, path: str | Path, out: IO[str], table_console: Console | None,
@@ -201,7 +233,7 @@ def _analyze_reference(args: argparse.Namespace, path: str | Path, out: IO[str],
     """The Python pipeline: a Connection object per connection, written by report.py."""
     conns = census.count(analyze(path, msl=args.msl, idle_timeout=args.idle_timeout,
                                  handshake_timeout=args.handshake_timeout,
-                                 stats=stats, progress=progress, bpf=args.bpf))
+                                 stats=stats, progress=progress, bpf=args.bpf, where=args.where))
     if args.format == "json":
         write_json(conns, out, capture)
     elif args.format == "csv":

@@ -7,7 +7,8 @@ reading (capture.py), decoding (decode.py), the connection table
 (tracker.py), the two endpoint machines and their evidence rules
 (connection.py), the labels (labels.py) and the three output formats
 (report.py); with --filter, libpcap's BPF on each frame (bpf.py, filter.c:
-only when the engine was built with libpcap, see filters_available()). Each
+only when the engine was built with libpcap, see filters_available()); with
+--where, a test of each finished connection (where.py, where.c). Each
 C file names the Python module it follows. `collect()` finds a few
 connections' frames for the ladder and stops reading once they have finished
 (collect.c, ladder_source.py).
@@ -46,6 +47,7 @@ from analyzer.capture import CaptureDamage, CaptureError, OpenCapture, Progress,
 from analyzer.connection import Timeouts
 from analyzer.decode import LINKTYPE_NAMES
 from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events, step
+from analyzer.where import Where
 
 try:
     from analyzer import _engine
@@ -121,10 +123,13 @@ def _configure() -> None:
 
 
 def run(path: str | Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | None = None,
-        colour: bool = False, progress: Progress | None = None, bpf: str | None = None) -> dict[str, Any]:
+        colour: bool = False, progress: Progress | None = None, bpf: str | None = None,
+        where: Where | None = None) -> dict[str, Any]:
     """Analyze the capture at `path` ("-": standard input), writing its connections to `out` as `fmt`; return
     the counts. With `bpf`, a BPF expression, only the frames it matches (analyzer/bpf.py; checked here first,
-    bpf.FilterError if it is bad; the engine must have been built with libpcap: filters_available()).
+    bpf.FilterError if it is bad; the engine must have been built with libpcap: filters_available()). With
+    `where` (analyzer/where.py), only the connections it matches are written and counted in the census
+    (`counts["matched"]`; `counts["connections"]` is all of them), the engine testing each one (where.c).
 
     The capture is opened once (capture.open_capture), and read in one of two ways. A plain file that can
     seek is read by the engine's own thread from the file descriptor, rewound to where the capture starts:
@@ -150,7 +155,7 @@ def run(path: str | Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: s
         try:
             counts = _engine.run(_reader(opened, progress), opened.own_fd(), progress, write, fd_out,
                                  FORMATS[fmt], limits, _quoted(capture, fmt), colour,
-                                 *(() if bpf is None else (bpf.encode(),)))
+                                 *_optional(bpf, where))
         except (OSError, EOFError, zlib.error) as err:  # as capture.read_frames
             if isinstance(err, BrokenPipeError):
                 raise
@@ -192,6 +197,13 @@ def collect(path: str | Path, ids: list[int], timeouts: Timeouts, stop_early: bo
     if found["error"]:
         raise CaptureError(f"{opened.name}: {found['error']}")
     return found
+
+
+def _optional(bpf: str | None, where: Where | None) -> tuple[str | bytes | None, ...]:
+    """The engine's optional arguments: the filter expression, then the --where program."""
+    if where is not None:
+        return (bpf, where.for_engine())
+    return () if bpf is None else (bpf,)
 
 
 def _reader(opened: OpenCapture, progress: Progress | None) -> Callable[[memoryview], int]:
@@ -258,3 +270,4 @@ def census_from(counts: dict[str, Any], census: Any) -> None:
                            | {("server", s): n for s, n in counts["final_server"].items()})
     census.half_close = counts["half_close"]
     census.anomalies = counts["anomalies"]
+    census.matched = counts["matched"]

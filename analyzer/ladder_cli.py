@@ -5,6 +5,7 @@
     synfin ladder capture.pcap -o all.pdf            # every connection, a page each
     synfin ladder capture.pcap --conn 3 --text       # box-drawing ladder on the terminal
     synfin ladder capture.pcap --conn 3 --mermaid    # a Mermaid sequenceDiagram
+    synfin ladder capture.pcap --where close=reset --text   # the connections --where matches
     zcat capture.pcap.gz | synfin ladder - --text    # "-": standard input (stdin-ID.png for pictures)
 
 The connections asked for by id (and, without --conn, the default pictures)
@@ -13,7 +14,8 @@ finished, and laid out by the reference pipeline (ladder_source.py); --conn
 all, and every connection as text, Mermaid or one PDF, run the reference
 pipeline over the whole capture (as --engine reference does).
 
-Errors are one line on standard error and exit status 2: an unreadable
+With --where, no connection matching is exit status 1, as is a capture with
+no TCP connection at all. Errors are one line on standard error and exit status 2: an unreadable
 capture, an unknown connection id (the ids there are are listed), an output
 name that is not .png/.svg/.pdf. Matplotlib is imported only when a picture
 is drawn, so `--text` and `--mermaid` start fast.
@@ -22,8 +24,10 @@ is drawn, so `--text` and `--mermaid` start fast.
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +35,7 @@ from analyzer.capture import CaptureError, capture_name, capture_path, is_stdin
 from analyzer.connection import Connection, Timeouts
 from analyzer.pipeline import analyze
 from analyzer.styled import Styled
+from analyzer.where import matching_ids
 
 if TYPE_CHECKING:
     from analyzer.ladder import Ladder
@@ -59,13 +64,15 @@ examples:
   synfin ladder slow.pcap --time sequential    one row per segment, pauses not shown
   synfin ladder x.pcap --conn 0 --text         paste into a ticket
   synfin ladder x.pcap --conn 0 --mermaid > ladder.mmd
+  synfin ladder x.pcap --where open=refused --text   the connections a --where term matches
+                                               (as `synfin analyze --where` selects them)
   zcat x.pcap.gz | synfin ladder - --text      standard input ("-"), or a pipe: <(ssh h cat x.pcap)
   synfin ladder x.pcap --filter 'port 443'     only the frames a BPF expression matches (connection ids
                                                as `synfin analyze --filter 'port 443'` numbers them)"""
 
 
 def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from analyzer.cli import add_engine_option, add_filter_option, add_timing_options  # analyzer.cli imports us
+    from analyzer.cli import add_engine_option, add_filter_option, add_timing_options, add_where_option
 
     parser = commands.add_parser(
         "ladder", help="draw connections as ladder diagrams (PNG, SVG, PDF, text, Mermaid)",
@@ -88,6 +95,7 @@ def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="draw every segment; by default long runs of data and ACKs collapse into "
                              "one block ('… 1,204 segments, 1.6 MB …')")
     add_filter_option(parser)
+    add_where_option(parser, "; with --conn, a connection must be named there and match")
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--text", action="store_true", help="print a box-drawing ladder instead of a picture")
     form.add_argument("--mermaid", action="store_true", help="print a Mermaid sequenceDiagram instead")
@@ -102,10 +110,11 @@ class LadderError(Exception):
 
 
 def run_ladder(args: argparse.Namespace) -> int:
-    from analyzer.cli import check_filter_args, pick_engine
+    from analyzer.cli import check_filter_args, check_where_args, pick_engine
 
     err = Styled()  # standard error
-    if not check_filter_args(args, [args.capture], err) or not pick_engine(args, err):
+    if (not check_filter_args(args, [args.capture], err) or not check_where_args(args, err)
+            or not pick_engine(args, err)):
         return EXIT_BAD_INPUT
     try:
         _check_output(args)
@@ -151,10 +160,24 @@ def _wanted(ids: list[str]) -> set[int] | None:
 
 def _select(args: argparse.Namespace, wanted: set[int] | None) -> list[Connection]:
     """The connections to draw, with their segments: found by the compiled engine when they are a few
-    (ladder_source.py), else by the reference pipeline over the whole capture."""
-    if args.compiled and (wanted is not None or _default_pictures(args)):
-        return _select_compiled(args, wanted)
-    return _select_reference(args, wanted)
+    (ladder_source.py), else by the reference pipeline over the whole capture. With --where, a file is read
+    once first for the ids it matches (where.matching_ids); standard input or a pipe, read only once, goes
+    through the reference pipeline, each connection tested as it finishes."""
+    where = args.where_filter
+    if where is not None and not _rereadable(args.capture):
+        return _select_reference(args, wanted, where.matches)
+    matched = None if where is None else set(matching_ids(args.capture, where, timeouts=_timeouts(args),
+                                                          bpf=args.bpf))
+    if args.compiled and (wanted is not None or matched is not None or _default_pictures(args)):
+        return _select_compiled(args, wanted, matched)
+    return _select_reference(args, wanted, None if matched is None else (lambda conn: conn.id in matched))
+
+
+def _rereadable(path: str | Path) -> bool:
+    try:
+        return not is_stdin(path) and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False  # the reading that follows says what is wrong
 
 
 def _default_pictures(args: argparse.Namespace) -> bool:
@@ -162,11 +185,19 @@ def _default_pictures(args: argparse.Namespace) -> bool:
     return not args.conn and not (args.text or args.mermaid) and not _is_pdf(args.output)
 
 
-def _select_compiled(args: argparse.Namespace, wanted: set[int] | None) -> list[Connection]:
+def _select_compiled(args: argparse.Namespace, wanted: set[int] | None,
+                     matched: set[int] | None) -> list[Connection]:
     """The wanted connections (or, for the default pictures, the first MAX_DEFAULT_FILES and one more, to
-    tell that there are too many) from the engine; reading stops once the wanted ones have finished."""
+    tell that there are too many), among those --where `matched` if given, from the engine; reading stops
+    once the wanted ones have finished."""
     from analyzer.ladder_source import find
 
+    if matched is not None and wanted is None:
+        if not matched:
+            raise _Nothing(_no_match(args, None))
+        if _default_pictures(args) and len(matched) > MAX_DEFAULT_FILES:
+            raise LadderError(_too_many(args, matched, ()))
+        wanted = matched
     ids = sorted(wanted) if wanted is not None else list(range(MAX_DEFAULT_FILES + 1))
     found = find(args.capture, ids, _timeouts(args), args.bpf, stop_early=wanted is not None)
     if found.count == 0:
@@ -175,9 +206,12 @@ def _select_compiled(args: argparse.Namespace, wanted: set[int] | None) -> list[
     missing = sorted(wanted - {c.id for c in found.connections}) if wanted is not None else []
     if missing:  # never finished, so reading went on to the end: `seen` is every connection
         raise LadderError(_no_such(args, missing, seen))
+    kept = [c for c in found.connections if matched is None or c.id in matched]
+    if matched is not None and not kept:
+        raise _Nothing(_no_match(args, wanted))
     if wanted is None and found.count > MAX_DEFAULT_FILES:
-        raise LadderError(_too_many(args, found.count, seen))
-    return found.connections
+        raise LadderError(_too_many(args, range(found.count), seen))
+    return kept
 
 
 def _timeouts(args: argparse.Namespace) -> Timeouts:
@@ -189,19 +223,30 @@ def _no_such(args: argparse.Namespace, missing: list[int], seen: Iterable[int]) 
             f"{', '.join(map(str, missing))}; the connections there are {id_ranges(seen)}")
 
 
-def _too_many(args: argparse.Namespace, count: int, seen: Iterable[int]) -> str:
-    return (f"{capture_name(args.capture)} has {count} connections ({id_ranges(seen)}): choose some "
+def _no_match(args: argparse.Namespace, wanted: set[int] | None) -> str:
+    among = f" among connections {id_ranges(wanted)}" if wanted is not None else ""
+    return f"{capture_name(args.capture)}: no connection{among} matches --where {args.where_filter.text}"
+
+
+def _too_many(args: argparse.Namespace, kept: Iterable[int], seen: Iterable[int]) -> str:
+    """Too many pictures: `kept` the connections to draw (all of `seen`, or those --where matched)."""
+    kept = sorted(kept)
+    which = (f"{len(kept)} connections matching --where ({id_ranges(kept)})" if args.where_filter is not None
+             else f"{len(kept)} connections ({id_ranges(seen)})")
+    return (f"{capture_name(args.capture)} has {which}: choose some "
             "with --conn ID ..., or draw them all with --conn all or -o FILE.pdf")
 
 
-def _select_reference(args: argparse.Namespace, wanted: set[int] | None) -> list[Connection]:
-    """Analyze the whole capture with the reference pipeline, keeping the segments of the wanted connections."""
+def _select_reference(args: argparse.Namespace, wanted: set[int] | None,
+                      where: Callable[[Connection], bool] | None = None) -> list[Connection]:
+    """Analyze the whole capture with the reference pipeline, keeping the segments of the wanted connections
+    (that `where` matches) only."""
     seen: list[int] = []
     kept: list[Connection] = []
     for conn in analyze(args.capture, msl=args.msl, idle_timeout=args.idle_timeout,
                         handshake_timeout=args.handshake_timeout, keep_segments=True, bpf=args.bpf):
         seen.append(conn.id)
-        if wanted is None or conn.id in wanted:
+        if (wanted is None or conn.id in wanted) and (where is None or where(conn)):
             kept.append(conn)
         else:
             conn.notes = None  # let the segments go
@@ -210,8 +255,10 @@ def _select_reference(args: argparse.Namespace, wanted: set[int] | None) -> list
     missing = sorted(wanted - set(seen)) if wanted is not None else []
     if missing:
         raise LadderError(_no_such(args, missing, seen))
+    if where is not None and not kept:
+        raise _Nothing(_no_match(args, wanted))
     if _default_pictures(args) and len(kept) > MAX_DEFAULT_FILES:
-        raise LadderError(_too_many(args, len(kept), seen))
+        raise LadderError(_too_many(args, [c.id for c in kept], seen))
     return sorted(kept, key=lambda c: c.id)
 
 

@@ -24,6 +24,7 @@ from analyzer.capture import CaptureDamage, Progress, RawFrame, read_frames
 from analyzer.connection import Connection, Timeouts
 from analyzer.decode import Segment, Skip, decode
 from analyzer.tracker import Tracker
+from analyzer.where import parse as parse_where
 
 NAMED_PROBLEMS = 5  # how many bad frames the summary names one by one
 
@@ -133,16 +134,21 @@ def run_frames(frames: Iterable[RawFrame | CaptureDamage], stats: Stats, options
 def analyze(path: str | Path, *, msl: float = 30.0, idle_timeout: float = 900.0,
             handshake_timeout: float = 40.0, keep_segments: bool = False,
             stats: Stats | None = None, progress: Progress | None = None,
-            bpf: str | None = None) -> Iterator[Connection]:
+            bpf: str | None = None, where: str | Iterable[str] | None = None) -> Iterator[Connection]:
     """Analyze one capture file; yield its connections as they finish.
 
     Pass a `Stats` to read the frame counts and skipped frames afterwards.
     `bpf`, a BPF expression as tcpdump takes it ("tcp port 443"), analyzes only
     the frames it matches (analyzer/bpf.py); frame numbers stay the file's.
-    Raises `CaptureError` if the file is not a readable capture, and
-    `bpf.FilterError` (at once, before reading) if the expression is bad.
+    `where`, --where terms ("close=reset", or a list of them: all must hold;
+    analyzer/where.py), yields only the connections they match (`stats` still
+    counts them all). Raises `CaptureError` if the file is not a readable
+    capture, and `bpf.FilterError` or `where.WhereError` (at once, before
+    reading) if the expression or a term is bad.
     """
+    matcher = parse_where(where)
     options = Options(Timeouts(msl=msl, idle=idle_timeout, handshake=handshake_timeout),
                       keep_segments, BpfFilter(bpf) if bpf is not None else None)
     frames = read_frames(path, progress)  # as given: the string "-" is standard input
-    return run_frames(frames, stats if stats is not None else Stats(), options)
+    conns = run_frames(frames, stats if stats is not None else Stats(), options)
+    return conns if matcher is None else matcher.filter(conns)

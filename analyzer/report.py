@@ -237,9 +237,11 @@ class Census:
         self.final: Counter[tuple[str, str]] = Counter()
         self.half_close = 0
         self.anomalies = 0
+        self.matched = 0  # the connections counted here: with --where, those it matched
 
     def count(self, conns: Iterable[Connection]) -> Iterable[Connection]:
         for conn in conns:
+            self.matched += 1
             labels = conn.labels
             self.open[str(labels["open"])] += 1
             self.close[str(labels["close"])] += 1
@@ -279,12 +281,15 @@ def _skipped(skipped: Counter[str]) -> str:
     return reasons + (f", and {_plural(frames, 'frame')} for {more} more reasons" if more else "")
 
 
-def write_summary(capture: str, stats: Stats, census: Census, out: Styled) -> None:
-    """Counts per label, final-state census, and what was skipped."""
+def write_summary(capture: str, stats: Stats, census: Census, out: Styled, where: str | None = None) -> None:
+    """Counts per label, final-state census, and what was skipped. With `where` (the --where terms as
+    where.Where.text gives them), the census is of the connections they matched, and a line says how many."""
     links = _links(stats.linktypes)
     out.line((capture, "bold"), f": {_plural(stats.frames, 'frame')}, "
              f"{_plural(stats.segments, 'TCP segment')}, {_plural(stats.connections, 'connection')}"
              + (f" ({links})" if links else ""))
+    if where is not None:
+        out.line(f"  {census.matched} of {_plural(stats.connections, 'connection')} matched --where {where}")
     out.line("  open:  " + _counts(census.open, OPEN_LABELS))
     out.line("  close: " + _counts(census.close, CLOSE_LABELS)
              + (f"; half-close in {census.half_close}" if census.half_close else ""))
@@ -293,7 +298,7 @@ def write_summary(capture: str, stats: Stats, census: Census, out: Styled) -> No
         out.line("  active closer: " + ", ".join(f"{k} {v}" for k, v in sorted(closers.items())))
     for side in ("client", "server"):
         finals = {state: n for (who, state), n in census.final.items() if who == side}
-        out.line(f"  final {side} states: " + ", ".join(f"{s} {n}" for s, n in sorted(finals.items())))
+        out.line(f"  final {side} states: " + (", ".join(f"{s} {n}" for s, n in sorted(finals.items())) or "-"))
     if census.anomalies:
         out.line(f"  anomalies: {census.anomalies} (see the JSON output)")
     if stats.skipped:

@@ -2,13 +2,15 @@
  *
  *   configure(step, send, receive, synchronized, state_names, event_names, linktype_names, mapped_dotted)
  *       hands over the state machine of fsm.py as tables (see analyzer/engine.py);
- *   run(readinto, fd_in, progress, write, fd_out, format, timeouts, capture, colour[, filter]) -> dict
+ *   run(readinto, fd_in, progress, write, fd_out, format, timeouts, capture, colour[, filter[, where]]) -> dict
  *       reads a whole capture (from file descriptor fd_in on a thread of its
  *       own, or, if fd_in is -1, through `readinto`), writes every finished
  *       connection to fd_out from another thread (or, if fd_out is -1,
  *       through `write` in ~1 MB pieces), and returns the counts that Stats
  *       and Census hold in the Python path. With `filter` (a BPF expression,
- *       bytes), only the frames it matches are analyzed (filter.c);
+ *       str or None), only the frames it matches are analyzed (filter.c); with
+ *       `where` (bytes: analyzer/where.py's Where.for_engine()), only the
+ *       connections it matches are counted in the census and written (where.c);
  *   collect(readinto, fd_in, timeouts, ids, stop_early[, filter]) -> dict
  *       reads a capture as run() does, and returns the frames of the
  *       connections numbered `ids`, stopping once they have all finished if
@@ -26,6 +28,7 @@
 #include "feeder.h"
 #include "filter.h"
 #include "sink.h"
+#include "where.h"
 
 
 static int configured;
@@ -259,7 +262,7 @@ static PyObject *result(Run *run, const char *error) {
     const char *states[N_STATES];
     for (int i = 0; i < N_STATES; i++) states[i] = machine.state_names[i];
     return Py_BuildValue(
-        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L,s:L,s:N}",
+        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L,s:L,s:N,s:L}",
         "frames", (long long)stats->frames, "segments", (long long)stats->segments,
         "connections", (long long)census->connections, "skipped", reasons(stats, 0), "malformed",
         reasons(stats, 1), "problems", problems(stats->problems, stats->n_problems), "damage",
@@ -270,7 +273,7 @@ static PyObject *result(Run *run, const char *error) {
         "final_server", counts(census->final[1], states, N_STATES), "half_close", (long long)census->half_close,
         "anomalies", (long long)census->anomalies, "error", error,
         "formatted_by_tracker", (long long)run->sink.helped, "unmatched", (long long)stats->unmatched,
-        "filter_failed", filter_failed(run));
+        "filter_failed", filter_failed(run), "matched", (long long)census->matched);
 }
 
 static PyObject *run_capture(PyObject *self, PyObject *args) {
@@ -279,11 +282,14 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     const char *capture = NULL;
     Py_ssize_t capture_len = 0;
     const char *expression = NULL;
+    const char *program = NULL;
+    Py_ssize_t program_len = 0;
     int fd_in;
     run.sink.fd = -1;
-    if (!PyArg_ParseTuple(args, "OiOOii(dddd)z#p|y", &run.readinto, &fd_in, &run.progress, &run.write,
+    if (!PyArg_ParseTuple(args, "OiOOii(dddd)z#p|zz#", &run.readinto, &fd_in, &run.progress, &run.write,
                           &run.sink.fd, &run.sink.style.format, &timeouts.msl, &timeouts.idle, &timeouts.handshake,
-                          &timeouts.close_linger, &capture, &capture_len, &run.sink.style.colour, &expression))
+                          &timeouts.close_linger, &capture, &capture_len, &run.sink.style.colour, &expression,
+                          &program, &program_len))
         return NULL;
     if (!configured) {
         PyErr_SetString(PyExc_RuntimeError, "the engine is not configured: call configure() first");
@@ -293,8 +299,22 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "the engine was built without libpcap: no filters");
         return NULL;
     }
+    Where where;
+    if (program != NULL) {
+        const char *why;
+        int parsed = where_parse(&where, (const uint8_t *)program, (size_t)program_len, &why);
+        if (parsed) {
+            where_free(&where);
+            if (parsed == -2) return PyErr_NoMemory();
+            return PyErr_Format(PyExc_ValueError, "a malformed --where program: %s", why);
+        }
+        run.sink.where = &where;
+    }
     if (expression != NULL) {
-        if (filter_init(&run.filter, expression)) return PyErr_NoMemory();
+        if (filter_init(&run.filter, expression)) {
+            if (program != NULL) where_free(&where);
+            return PyErr_NoMemory();
+        }
         run.filtered = 1;
     }
     running++;
@@ -332,6 +352,7 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     sink_free(&run.sink);
     feeder_close(&run.feeder);
     if (run.filtered) filter_free(&run.filter);
+    if (program != NULL) where_free(&where);
     running--;
     return out;
 }

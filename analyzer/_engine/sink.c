@@ -55,7 +55,7 @@ static void count(Census *census, const Conn *c, const Labels *labels) {
     census->final[1][c->ep[ROLE_SERVER].state]++;
     census->half_close += c->half_close;
     census->anomalies += c->n_anomalies;
-    census->connections++;
+    census->matched++;
 }
 
 static int write_fd(int fd, Buffer *out) {
@@ -79,15 +79,18 @@ static int flush(Sink *sink, Buffer *out) {
     return status ? -1 : 0;
 }
 
-/* Finish, label, count and format one connection into `share`, and release
- * what it holds (not the Conn itself); nonzero: an errno, or -1. */
-static int settle(Share *share, Conn *c, const OutputStyle *style) {
+/* Finish and label one connection; if it passes --where (where.c), count and format it into
+ * `share`; release what it holds (not the Conn itself). Nonzero: an errno, or -1. */
+static int settle(const Sink *sink, Share *share, Conn *c) {
     int status = conn_finish(c);
     if (status == 0) {
         Labels labels;
         conn_labels(c, &labels);
-        count(&share->census, c, &labels);
-        status = write_record(&share->out, c, &labels, style);
+        share->census.connections++;
+        if (sink->where == NULL || where_matches(sink->where, c, &labels)) {
+            count(&share->census, c, &labels);
+            status = write_record(&share->out, c, &labels, &sink->style);
+        }
     }
     conn_free(c);
     return status;
@@ -124,7 +127,7 @@ static void format_unit(Sink *sink, Share *share, Conn **batch, size_t n, uint64
             conn_free(batch[i]);
             continue;
         }
-        fail(sink, settle(share, batch[i], &sink->style));
+        fail(sink, settle(sink, share, batch[i]));
         if (share->out.len >= FLUSH_AT && my_turn(sink, unit)) fail(sink, flush(sink, &share->out));
     }
     if (!my_turn(sink, unit)) {
@@ -240,7 +243,7 @@ int sink_start(Sink *sink) {
 int sink_take(void *ctx, Conn *c) {
     Sink *sink = ctx;
     if (!sink->threaded) {
-        int status = settle(&sink->own, c, &sink->style);
+        int status = settle(sink, &sink->own, c);
         if (status == 0 && sink->own.out.len >= FLUSH_AT) status = flush(sink, &sink->own.out);
         push_conn(&sink->spare, c);
         return status;

@@ -5,12 +5,14 @@
 #include <pthread.h>
 
 #include "engine.h"
+#include "where.h"
 
 typedef struct {
-    int64_t connections;
+    int64_t connections;   /* every connection finished, matched by --where or not */
     int64_t open[6], close[7], closer[4];  /* closer: client, server, both, none */
     int64_t final[2][N_STATES];
     int64_t half_close, anomalies;
+    int64_t matched;       /* connections that passed --where (all of them without one): the counts above */
 } Census;
 
 typedef int (*WriteFn)(void *ctx, const char *data, size_t len);  /* nonzero: failed */
@@ -22,6 +24,7 @@ typedef struct {  /* one thread's output: text not yet written, and what it coun
 
 typedef struct {
     OutputStyle style;
+    const Where *where;    /* --where: only the connections it matches are counted and written; NULL: all */
     int fd;                /* >= 0: write here from a second thread; < 0: call `write` inline */
     WriteFn write;
     void *write_ctx;
