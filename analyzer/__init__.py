@@ -3,8 +3,8 @@
 The public API::
 
     import analyzer
-    for conn in analyzer.analyze("capture.pcap"):
-        print(conn.id, conn.labels["open"], conn.labels["close"])
+    for conn in analyzer.analyze("capture.pcap"):  # Records, from the compiled engine (records.py)
+        print(conn.id, conn.labels["open"], conn.labels["close"], conn.server.state)
     df = analyzer.to_dataframe(analyzer.analyze("capture.pcap"))
     web = analyzer.analyze("capture.pcap", bpf="tcp port 443")  # frames as tcpdump -r selects them
 
@@ -17,8 +17,8 @@ from analyzer.bpf import FilterError
 from analyzer.capture import CaptureError
 from analyzer.connection import Anomaly, Connection, Timeouts
 from analyzer.fsm import Event, State
-from analyzer.pipeline import Stats, analyze
-from analyzer.report import record
+from analyzer.pipeline import Stats
+from analyzer.records import EndpointView, Record, RecordStream, analyze, record
 
 __version__ = "0.1.0"
 
@@ -34,8 +34,11 @@ __all__ = [
     "Anomaly",
     "CaptureError",
     "Connection",
+    "EndpointView",
     "Event",
     "FilterError",
+    "Record",
+    "RecordStream",
     "State",
     "Stats",
     "Timeouts",
