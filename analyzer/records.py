@@ -29,6 +29,7 @@ column and should be read without parsing the JSON needs a property below.
 
 from __future__ import annotations
 
+import csv
 import ipaddress
 import json
 import os
@@ -139,7 +140,9 @@ class Record:
     def cell(self, name: str) -> str:
         """The CSV cell `name`."""
         index = _CELL[name]
-        return self.cells()[index] if index < _HEAD else self._row.decode().split(",")[index]
+        if index < _HEAD:
+            return self.cells()[index]
+        return next(csv.reader([self._row.decode()]))[index]  # a later column may come to quote a comma
 
     def record(self) -> dict[str, Any]:
         """The JSON record, a new dict each time (json.loads of the CLI's line)."""
