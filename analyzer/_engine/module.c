@@ -10,6 +10,10 @@
  *       and Census hold in the Python path. With `filter` (a BPF expression,
  *       bytes), only the frames it matches are analyzed (filter.c);
  *   FILTERS: 1 if the engine was built with libpcap (filters), else 0.
+ *
+ * run() holds the GIL only to call Python (readinto, write, progress) and between batches: the
+ * tracking and formatting run without it, so the Python API (analyzer/records.py) runs the engine on a
+ * thread of its own and reads its output (format 3, FORMAT_RECORDS) on the caller's thread meanwhile.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,7 +28,7 @@
 
 
 static int configured;
-static int running;  /* runs in progress: their threads read the tables configure() would replace */
+static int running;  /* runs in progress (several, on threads): configure() must not replace their tables */
 
 /* ---- configure ---------------------------------------------------------------- */
 
