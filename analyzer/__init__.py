@@ -3,8 +3,8 @@
 The public API::
 
     import analyzer
-    for conn in analyzer.analyze("capture.pcap"):
-        print(conn.id, conn.labels["open"], conn.labels["close"])
+    for conn in analyzer.analyze("capture.pcap"):  # Records, from the compiled engine (records.py)
+        print(conn.id, conn.labels["open"], conn.labels["close"], conn.server.state)
     df = analyzer.to_dataframe(analyzer.analyze("capture.pcap"))
     web = analyzer.analyze("capture.pcap", bpf="tcp port 443")  # frames as tcpdump -r selects them
     resets = analyzer.analyze("capture.pcap", where="close=reset")  # connections as --where selects them
@@ -18,8 +18,8 @@ from analyzer.bpf import FilterError
 from analyzer.capture import CaptureError
 from analyzer.connection import Anomaly, Connection, Timeouts
 from analyzer.fsm import Event, State
-from analyzer.pipeline import Stats, analyze
-from analyzer.report import record
+from analyzer.pipeline import Stats
+from analyzer.records import EndpointView, Record, RecordStream, analyze, record
 from analyzer.where import WhereError
 
 __version__ = "0.1.0"
@@ -36,8 +36,11 @@ __all__ = [
     "Anomaly",
     "CaptureError",
     "Connection",
+    "EndpointView",
     "Event",
     "FilterError",
+    "Record",
+    "RecordStream",
     "State",
     "Stats",
     "Timeouts",

@@ -54,7 +54,7 @@ try:
 except ImportError:  # built without a C compiler: the reference path only
     _engine = None
 
-FORMATS = {"json": 0, "csv": 1, "table": 2}
+FORMATS = {"json": 0, "csv": 1, "table": 2, "records": 3}  # records: the API's (output.c, records.py)
 STATES = list(State)
 EVENTS = list(Event)
 READ_BLOCK = 4 << 20
@@ -140,28 +140,33 @@ def run(path: str | Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: s
 
     Raises CaptureError, as `capture.read_frames` does, when the file is not a readable capture.
     """
-    if _engine is None:
-        raise RuntimeError("the compiled engine is not built (no C compiler at install time)")
-    _configure()
     if bpf is not None:
         check_filter(bpf)
-        if not filters_available():
-            raise RuntimeError("the compiled engine was built without libpcap: no filters")
+    _ready(bpf)
     opened = open_capture(path)
     try:
         check_head(opened)
-        limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
         write, fd_out = _writer(out)
-        try:
-            counts = _engine.run(_reader(opened, progress), opened.own_fd(), progress, write, fd_out,
-                                 FORMATS[fmt], limits, _quoted(capture, fmt), colour,
-                                 *_optional(bpf, where))
-        except (OSError, EOFError, zlib.error) as err:  # as capture.read_frames
-            if isinstance(err, BrokenPipeError):
-                raise
-            raise CaptureError(f"{opened.name}: read error: {err}") from None
+        return run_opened(opened, write, fd_out, fmt, timeouts, capture, progress, bpf, colour, where)
     finally:
         opened.close()
+
+
+def run_opened(opened: OpenCapture, write: Callable[[bytes], object], fd_out: int, fmt: str, timeouts: Timeouts,
+               capture: str | None = None, progress: Progress | None = None, bpf: str | None = None,
+               colour: bool = False, where: Where | None = None) -> dict[str, Any]:
+    """run() on a capture already opened (and its head checked): the output goes to `fd_out` from the engine's
+    formatting thread, or, if it is -1, through `write`. The caller closes `opened`. The engine runs without
+    the GIL, so this may run on a thread of its own while the caller reads fd_out (analyzer/records.py)."""
+    _ready(bpf)
+    limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+    try:
+        counts = _engine.run(_reader(opened, progress), opened.own_fd(), progress, write, fd_out,
+                             FORMATS[fmt], limits, _quoted(capture, fmt), colour, *_optional(bpf, where))
+    except (OSError, EOFError, zlib.error) as err:  # as capture.read_frames
+        if isinstance(err, BrokenPipeError):
+            raise
+        raise CaptureError(f"{opened.name}: read error: {err}") from None
     if counts["error"]:
         raise CaptureError(f"{opened.name}: {counts['error']}")
     return counts
@@ -176,13 +181,9 @@ def collect(path: str | Path, ids: list[int], timeouts: Timeouts, stop_early: bo
     "finished": {id: (finished_at, finishing frame or None)}, "connections": how many were numbered,
     "frames_read", "stopped"}; ids never made are left out. Raises CaptureError as `run` does.
     """
-    if _engine is None:
-        raise RuntimeError("the compiled engine is not built (no C compiler at install time)")
-    _configure()
     if bpf is not None:
         check_filter(bpf)
-        if not filters_available():
-            raise RuntimeError("the compiled engine was built without libpcap: no filters")
+    _ready(bpf)
     opened = open_capture(path)
     try:
         check_head(opened)
@@ -204,6 +205,15 @@ def _optional(bpf: str | None, where: Where | None) -> tuple[str | bytes | None,
     if where is not None:
         return (bpf, where.for_engine())
     return () if bpf is None else (bpf,)
+
+
+def _ready(bpf: str | None) -> None:
+    """Refuse to run without the engine (or, with a filter, without libpcap in it); configure it once."""
+    if _engine is None:
+        raise RuntimeError("the compiled engine is not built (no C compiler at install time)")
+    _configure()
+    if bpf is not None and not filters_available():
+        raise RuntimeError("the compiled engine was built without libpcap: no filters")
 
 
 def _reader(opened: OpenCapture, progress: Progress | None) -> Callable[[memoryview], int]:
@@ -239,7 +249,7 @@ def _quoted(capture: str | None, fmt: str) -> bytes | None:
     """The capture name as the format writes it (report.record's "capture", the CSV column)."""
     if capture is None or fmt == "table":
         return None
-    if fmt == "json":
+    if fmt in ("json", "records"):  # records have no capture key
         return json.dumps(capture).encode()
     cell = io.StringIO()
     csv.writer(cell, lineterminator="").writerow([capture])

@@ -132,8 +132,14 @@ class Where:
         return " ".join(clause.text() for clause in self.clauses)
 
     def matches(self, conn: Any) -> bool:
-        """Whether a connection (a finished `Connection`, or its JSON record as a dict) passes every term."""
-        facts = facts_of_record(conn) if isinstance(conn, dict) else facts_of_connection(conn)
+        """Whether a connection (a finished `Connection`, an API `Record`, or a JSON record as a dict) passes
+        every term."""
+        if isinstance(conn, dict):
+            facts = facts_of_record(conn)
+        elif hasattr(conn, "csv_row"):  # an analyzer.records.Record: its JSON record
+            facts = facts_of_record(conn.record())
+        else:
+            facts = facts_of_connection(conn)
         return all(clause.holds(facts) for clause in self.clauses)
 
     def filter(self, conns: Iterable[T]) -> Iterator[T]:

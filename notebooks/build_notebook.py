@@ -261,9 +261,9 @@ ladder(conns[0])"""),
 And the final states over a busy capture (340 connections of six kinds): who ends where tells
 who closed first."""),
     ("code", """\
-busy = analyzer.to_dataframe(load("busy.pcap"))
-pd.crosstab([busy["open"], busy["close"], busy["active_closer"].fillna("-")],
-            [busy["final_client"], busy["final_server"]])"""),
+busy = analyzer.to_dataframe(analyzer.analyze(SAMPLES / "busy.pcap"))  # no segments needed: the compiled engine
+seen = busy[["open", "close", "active_closer", "final_client", "final_server"]].astype("string").fillna("-")
+pd.crosstab([seen["open"], seen["close"], seen["active_closer"]], [seen["final_client"], seen["final_server"]])"""),
     ("md", """\
 ## 9. Try it yourself
 

@@ -308,13 +308,22 @@ def test_engines_agree_on_crafted_captures(tmp_path: Path, batch: int) -> None:
 # -- the Python API -------------------------------------------------------------------------------------------
 
 
-def test_api_where(busy_ports: dict[int, int]) -> None:
+@pytest.mark.parametrize("engine", ["compiled", "reference"])
+def test_api_where(busy_ports: dict[int, int], engine: str) -> None:
     stats = analyzer.Stats()
-    conns = list(analyzer.analyze(BUSY, where="close=reset reset_by=client", stats=stats))
+    conns = list(analyzer.analyze(BUSY, where="close=reset reset_by=client", stats=stats, engine=engine))
     assert sorted(c.id for c in conns) == _ids(busy_ports, {CLIENT_RESET})
     assert stats.connections == 340  # all of them were analyzed
-    listed = analyzer.analyze(BUSY, where=["close=reset", "reset_by=client"])
+    listed = analyzer.analyze(BUSY, where=["close=reset", "reset_by=client"], engine=engine)
     assert sorted(c.id for c in listed) == _ids(busy_ports, {CLIENT_RESET})
+
+
+def test_api_where_records_equal_the_cli() -> None:
+    """The engine's where= gives exactly the JSON lines of `synfin analyze --where`."""
+    terms = "state=TIME_WAIT port=9102,9103"
+    cli = [json.loads(line) for line in _cli_json(BUSY, "--where", terms)]
+    api = [analyzer.record(c) for c in analyzer.analyze(BUSY, where=terms, engine="compiled")]
+    assert api == cli and len(api) > 0
 
 
 def test_api_bad_where_raises_at_the_call() -> None:
@@ -323,14 +332,16 @@ def test_api_bad_where_raises_at_the_call() -> None:
 
 
 def test_matches_records_and_connections_alike(busy_ports: dict[int, int]) -> None:
-    """Where.matches takes a JSON record as well as a Connection, with the same answers."""
-    conns = list(analyzer.analyze(BUSY))
+    """Where.matches takes a JSON record and an API Record as well as a Connection, with the same answers."""
+    conns = list(analyzer.analyze(BUSY, engine="reference"))
+    records = list(analyzer.analyze(BUSY, engine="compiled"))
     for terms, kinds in BUSY_CASES:
         where = parse(terms)
         assert where is not None
         by_conn = sorted(c.id for c in conns if where.matches(c))
         by_record = sorted(c.id for c in conns if where.matches(analyzer.record(c)))
-        assert by_conn == by_record == _ids(busy_ports, kinds), terms
+        by_api = sorted(c.id for c in records if where.matches(c))
+        assert by_conn == by_record == by_api == _ids(busy_ports, kinds), terms
 
 
 def test_matching_ids(busy_ports: dict[int, int]) -> None:
@@ -379,3 +390,9 @@ def test_ladder_where_matches_nothing(busy_ports: dict[int, int]) -> None:
 def test_ladder_where_too_many_pictures(tmp_path: Path) -> None:
     out = run_cli(["ladder", "--where", "open=refused", "-o", str(tmp_path / "x.png"), str(BUSY)])
     assert out.status == 2 and "has 30 connections matching --where" in out.stderr
+
+
+def _cli_json(path: Path, *args: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-m", "analyzer", "analyze", "-f", "json", "--no-summary", str(path), *args],
+                          capture_output=True, check=True)
+    return done.stdout.decode().splitlines()

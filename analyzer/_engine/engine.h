@@ -304,7 +304,9 @@ int buf_round6(Buffer *b, double x);      /* repr(round(x, 6)): the timing figur
 
 extern int ipv4_mapped_dotted;  /* write ::ffff:a.b.c.d as this Python's ipaddress does (3.13+) */
 
-enum { FORMAT_JSON, FORMAT_CSV, FORMAT_TABLE };
+/* FORMAT_RECORDS, for the Python API (analyzer/records.py): each connection as two lines, its CSV row
+ * and its JSON line, from the same two writers. */
+enum { FORMAT_JSON, FORMAT_CSV, FORMAT_TABLE, FORMAT_RECORDS };
 typedef struct {
     int format, colour;
     const char *capture;       /* already quoted for the format, or NULL */

@@ -16,6 +16,10 @@
  *       connections numbered `ids`, stopping once they have all finished if
  *       `stop_early` (collect.c: the ladder's source);
  *   FILTERS: 1 if the engine was built with libpcap (filters), else 0.
+ *
+ * run() holds the GIL only to call Python (readinto, write, progress) and between batches: the
+ * tracking and formatting run without it, so the Python API (analyzer/records.py) runs the engine on a
+ * thread of its own and reads its output (format 3, FORMAT_RECORDS) on the caller's thread meanwhile.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,7 +36,7 @@
 
 
 static int configured;
-static int running;  /* runs in progress: their threads read the tables configure() would replace */
+static int running;  /* runs in progress (several, on threads): configure() must not replace their tables */
 
 /* ---- configure ---------------------------------------------------------------- */
 
@@ -146,11 +150,21 @@ long python_fill(void *ctx, uint8_t *dst, size_t n) {
     return count;
 }
 
+/* Called without the GIL (from pump) or with it (feeder_open): PyGILState_Ensure takes it if need be. */
+static long fill(void *ctx, uint8_t *dst, size_t n) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    long count = python_fill(ctx, dst, n);
+    PyGILState_Release(gil);
+    return count;
+}
+
+/* The inline sink's output, through Python (the GIL taken: pump runs without it). */
 static int write_python(void *ctx, const char *data, size_t len) {
+    PyGILState_STATE gil = PyGILState_Ensure();
     PyObject *done = PyObject_CallFunction(ctx, "y#", data, (Py_ssize_t)len);
-    if (done == NULL) return -1;
-    Py_DECREF(done);
-    return 0;
+    Py_XDECREF(done);
+    PyGILState_Release(gil);
+    return done == NULL ? -1 : 0;
 }
 
 /* Now and then: let Ctrl-C through, and tell the progress bar how far reading got. */
@@ -172,21 +186,34 @@ static int between_batches(Run *run, int64_t batches) {
 #ifndef CONN_AHEAD
 #define CONN_AHEAD 8
 #endif
-static int pump(Run *run, Tracker *tracker, int *ended) {
-    for (int64_t batches = 1;; batches++) {
-        Batch *batch = feeder_next(&run->feeder);
-        size_t n = batch->count;
-        for (size_t i = 0; i < n && i < SLOT_AHEAD; i++) tracker_prefetch(tracker, &batch->packets[i], 0);
-        for (size_t i = 0; i < n; i++) {
-            if (i + SLOT_AHEAD < n) tracker_prefetch(tracker, &batch->packets[i + SLOT_AHEAD], 0);
-            if (i + CONN_AHEAD < n) tracker_prefetch(tracker, &batch->packets[i + CONN_AHEAD], 1);
-            if (tracker_add(tracker, &batch->packets[i])) {
-                feeder_done(&run->feeder);
-                return -1;
-            }
+/* One batch: its packets into the tracker. Runs without the GIL. */
+static int track_batch(Run *run, Tracker *tracker, int *ended) {
+    Batch *batch = feeder_next(&run->feeder);
+    size_t n = batch->count;
+    for (size_t i = 0; i < n && i < SLOT_AHEAD; i++) tracker_prefetch(tracker, &batch->packets[i], 0);
+    for (size_t i = 0; i < n; i++) {
+        if (i + SLOT_AHEAD < n) tracker_prefetch(tracker, &batch->packets[i + SLOT_AHEAD], 0);
+        if (i + CONN_AHEAD < n) tracker_prefetch(tracker, &batch->packets[i + CONN_AHEAD], 1);
+        if (tracker_add(tracker, &batch->packets[i])) {
+            feeder_done(&run->feeder);
+            return -1;
         }
-        *ended = batch->last;
-        feeder_done(&run->feeder);
+    }
+    *ended = batch->last;
+    feeder_done(&run->feeder);
+    return 0;
+}
+
+/* The work runs without the GIL, so that Python threads run meanwhile: the API (analyzer/records.py)
+ * reads the output on the calling thread while the engine runs on another. What calls Python (fill,
+ * write_python) takes the GIL itself; between batches, signals and progress are handled with it. */
+static int pump(Run *run, Tracker *tracker, int *ended) {
+    int status = 0;
+    for (int64_t batches = 1;; batches++) {
+        Py_BEGIN_ALLOW_THREADS
+        status = track_batch(run, tracker, ended);
+        Py_END_ALLOW_THREADS
+        if (status) return -1;
         if (*ended) break;
         if (between_batches(run, batches)) return -1;
     }
@@ -197,12 +224,17 @@ static int pump(Run *run, Tracker *tracker, int *ended) {
         }
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);
+        Py_BEGIN_ALLOW_THREADS
         (void)sink_finish(&run->sink);  /* the read error is the one to report */
+        Py_END_ALLOW_THREADS
         if (type != NULL) PyErr_Restore(type, value, traceback);
         return -1;
     }
-    if (*ended == READ_ERROR) return sink_finish(&run->sink);  /* what finished stays written, as in Python */
-    return tracker_flush(tracker) ? -1 : sink_finish(&run->sink);
+    Py_BEGIN_ALLOW_THREADS
+    if (*ended == READ_ERROR) status = sink_finish(&run->sink);  /* what finished stays written, as in Python */
+    else status = tracker_flush(tracker) ? -1 : sink_finish(&run->sink);
+    Py_END_ALLOW_THREADS
+    return status;
 }
 
 static PyObject *counts(const int64_t *values, const char *const *names, int n) {
@@ -325,7 +357,7 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     Tracker tracker;
     PyObject *out = NULL;
     int tracker_ready = 0, ended = 0;
-    int status = feeder_open(&run.feeder, fd_in, python_fill, run.readinto, run.filtered ? &run.filter : NULL);
+    int status = feeder_open(&run.feeder, fd_in, fill, run.readinto, run.filtered ? &run.filter : NULL);
     if (status == READ_ERROR) {
         status = 0;
         ended = READ_ERROR;
@@ -337,7 +369,9 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     } else {
         status = -1;
     }
+    Py_BEGIN_ALLOW_THREADS
     feeder_stop(&run.feeder);  /* first: it may still be reading */
+    Py_END_ALLOW_THREADS
     if (status == 0 && run.sink.error == 0) {
         out = result(&run, ended == READ_ERROR ? run.feeder.message : NULL);
     } else if (!PyErr_Occurred()) {
@@ -348,8 +382,10 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
             PyErr_NoMemory();
         }
     }
+    Py_BEGIN_ALLOW_THREADS  /* after an error the writer may still be writing to a reader that needs the GIL */
     if (tracker_ready) tracker_free(&tracker);  /* connections still open after an error */
     sink_free(&run.sink);
+    Py_END_ALLOW_THREADS
     feeder_close(&run.feeder);
     if (run.filtered) filter_free(&run.filter);
     if (program != NULL) where_free(&where);

@@ -779,7 +779,14 @@ static int write_table_row(Buffer *b, const Conn *c, const Labels *l, const Outp
     return 0;
 }
 
+/* FORMAT_RECORDS: the CSV row, then the JSON line (the capture in neither). */
+static int write_both(Buffer *b, const Conn *c, const Labels *labels) {
+    const OutputStyle plain = {0};
+    return write_csv(b, c, labels, &plain) ? -1 : write_json(b, c, labels, &plain);
+}
+
 int write_record(Buffer *b, const Conn *c, const Labels *labels, const OutputStyle *style) {
+    if (style->format == FORMAT_RECORDS) return write_both(b, c, labels);
     if (style->format == FORMAT_JSON) return write_json(b, c, labels, style);
     if (style->format == FORMAT_CSV) return write_csv(b, c, labels, style);
     return write_table_row(b, c, labels, style);

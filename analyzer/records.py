@@ -1,0 +1,421 @@
+"""The Python API on the compiled engine: `analyze()` streams `Record`s, one per connection.
+
+`analyzer.analyze(path)` used to run the reference pipeline, a Python object
+per packet (about 25,000 packets a second). It now runs the compiled engine
+(engine.py) on a thread of its own and yields a `Record` per connection as
+the connections finish, in the order of the CLI's JSON lines; the reference
+stays behind `engine="reference"` and `keep_segments=True` (a `Connection`
+with its segments, for ladders and lessons).
+
+How the records cross over. The engine writes its output format "records"
+(output.c, FORMAT_RECORDS): for each connection its CSV row and its JSON
+line, made by the same two writers as `--format csv` and `--format json`,
+joined by a tab. It writes them from its formatting thread into a pipe; this
+module reads the pipe on the caller's thread in 1 MiB pieces and makes a
+`Record` per line holding the two texts. Parsing them waits until a field is
+asked for: the flat fields (labels, final states, counters) come from the
+CSV cells, split once (`str.split` is ~40 times cheaper than `json.loads` of
+the whole record, which costs 17 us: 4 s for the 250,000 records of the
+benchmark capture); the nested ones (`states`, `options`, `anomalies`, the
+timing figures) and `analyzer.record(rec)` from the JSON line. Memory stays
+bounded by open connections: the pipe, the engine's bounded queues and one
+piece of text at a time; a consumer that stops reading stops the engine.
+
+A record's fields are the JSON record's keys, as attributes: a key added to
+the JSON record (report.record and output.c's write_json) is an attribute
+here with no change (`Record.__getattr__`); only a key that also gets a CSV
+column and should be read without parsing the JSON needs a property below.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+from analyzer import engine
+from analyzer.bpf import check as check_filter
+from analyzer.capture import OpenCapture, Progress, check_head, open_capture
+from analyzer.connection import Connection, Timeouts
+from analyzer.fsm import State
+from analyzer.pipeline import Stats
+from analyzer.pipeline import analyze as analyze_reference
+from analyzer.report import CSV_FIELDS
+from analyzer.where import Where
+from analyzer.where import parse as parse_where
+
+ENGINES = ("auto", "compiled", "reference")
+CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20  # the pipe's buffer (F_SETPIPE_SZ): fewer wake-ups between the engine and the reader
+_CELL = {name: index for index, name in enumerate(CSV_FIELDS)}
+_STATES = {str(state): state for state in State}
+
+
+class Step(NamedTuple):
+    """One transition of an endpoint, as endpoint.Transition: its new state, when, at which frame."""
+
+    state: State
+    ts: float
+    frame: int | None  # None: the 2*MSL timer
+
+
+class EndpointView:
+    """One end of a `Record`, shaped like connection.Endpoint: `str()` is "ip:port" ("[ip6]:port")."""
+
+    __slots__ = ("_record", "_side")
+
+    def __init__(self, record: Record, side: str) -> None:
+        self._record, self._side = record, side
+
+    def __str__(self) -> str:
+        return self._record.cell(self._side)
+
+    def __repr__(self) -> str:
+        return f"<{self._side} {self} {self.state}>"
+
+    @property
+    def state(self) -> State:
+        """The final state."""
+        return _STATES[self._record.cells()[_FINAL[self._side]]]
+
+    @property
+    def history(self) -> list[Step]:
+        return [Step(_STATES[state], ts, frame) for state, ts, frame in self._record.states[self._side]]
+
+    @property
+    def port(self) -> int:
+        return int(str(self).rpartition(":")[2])
+
+    @property
+    def addr(self) -> bytes:
+        """The address, packed (4 or 16 bytes) as Endpoint.addr."""
+        return ipaddress.ip_address(str(self).rpartition(":")[0].strip("[]")).packed
+
+    @property
+    def packets(self) -> int:
+        return int(self._record.cell(f"packets_{self._side}"))
+
+    @property
+    def payload_bytes(self) -> int:
+        return int(self._record.cell(f"payload_bytes_{self._side}"))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self._record.options[self._side]  # type: ignore[no-any-return]
+
+
+_ID, _OPEN, _CLOSE, _HALF, _CLOSER, _RESET_BY, _RESET_STATE = (
+    _CELL[name] for name in ("id", "open", "close", "half_close", "active_closer", "reset_by", "reset_state"))
+_FINAL = {"client": _CELL["final_client"], "server": _CELL["final_server"]}
+_HEAD = max(_FINAL.values()) + 1  # the cells split at once; the rest only when one of them is asked for
+
+
+class Record:
+    """One connection as the engine reported it: the JSON record's keys as attributes.
+
+    `rec.id`, `rec.open`, `rec.start`, `rec.states`, `rec.state_time`...; `rec.labels` as
+    Connection.labels; `rec.client` / `rec.server` are `EndpointView`s (`.state`, `.history`,
+    `str()` = "ip:port"). `analyzer.record(rec)` is the JSON record as a dict.
+    """
+
+    __slots__ = ("_cells", "_json", "_row", "_text")
+
+    def __init__(self, row: bytes, text: bytes) -> None:
+        self._row = row  # the CSV row (no line end; the capture cell empty)
+        self._text = text  # the JSON line
+        self._cells: list[str] | None = None
+        self._json: dict[str, Any] | None = None
+
+    def cells(self) -> list[str]:
+        """The CSV row's first cells (report.CSV_FIELDS up to final_server), as text ("" for null): what is
+        read most is split first (a full split, 58 cells, costs three times as much)."""
+        cells = self._cells
+        if cells is None:  # no cell holds a comma: no capture, numbers, names, "A > B" state lists
+            cells = self._cells = self._row.decode().split(",", _HEAD)
+        return cells
+
+    def cell(self, name: str) -> str:
+        """The CSV cell `name`."""
+        index = _CELL[name]
+        if index < _HEAD:
+            return self.cells()[index]
+        return next(csv.reader([self._row.decode()]))[index]  # a later column may come to quote a comma
+
+    def record(self) -> dict[str, Any]:
+        """The JSON record, a new dict each time (json.loads of the CLI's line)."""
+        return json.loads(self._text)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:  # the JSON record's other keys, parsed once when first asked for
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._json is None:
+            self._json = self.record()
+        try:
+            return self._json[name]
+        except KeyError:
+            raise AttributeError(f"a record has no {name!r}") from None
+
+    def __repr__(self) -> str:
+        return f"<Record {self.id} {self.client} > {self.server} {self.open}/{self.close}>"
+
+    @property
+    def id(self) -> int:
+        return int(self.cells()[_ID])
+
+    @property
+    def client(self) -> EndpointView:
+        return EndpointView(self, "client")
+
+    @property
+    def server(self) -> EndpointView:
+        return EndpointView(self, "server")
+
+    @property
+    def open(self) -> str:
+        return self.cells()[_OPEN]
+
+    @property
+    def close(self) -> str:
+        return self.cells()[_CLOSE]
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        """As Connection.labels: open, close, half_close, active_closer, reset_by, reset_state."""
+        cells = self.cells()
+        return {"open": cells[_OPEN], "close": cells[_CLOSE], "half_close": cells[_HALF] == "True",
+                "active_closer": cells[_CLOSER] or None, "reset_by": cells[_RESET_BY] or None,
+                "reset_state": cells[_RESET_STATE] or None}
+
+    @property
+    def final(self) -> dict[str, str]:
+        cells = self.cells()
+        return {"client": cells[_FINAL["client"]], "server": cells[_FINAL["server"]]}
+
+    @property
+    def start(self) -> float:
+        return float(self.cell("start"))
+
+    @property
+    def end(self) -> float:
+        return float(self.cell("end"))
+
+    def csv_row(self) -> bytes:
+        """The CLI's CSV row (no line end), with the capture cell empty."""
+        return self._row
+
+
+def record(conn: Record | Connection, capture: str | None = None) -> dict[str, Any]:
+    """The JSON object the CLI writes for one connection, from a Record or a Connection."""
+    if isinstance(conn, Connection):
+        from analyzer.report import record as of_connection
+
+        return of_connection(conn, capture)
+    out = conn.record()
+    if capture is not None:
+        out["capture"] = capture
+    return out
+
+
+class EngineRun:
+    """The engine on a thread of its own, writing `fmt` into a pipe that the caller reads.
+
+    `start()` opens the capture on the caller's thread (so a bad file raises CaptureError there) and
+    returns the pipe's read end; `finish()` waits for the engine and raises what it raised, or fills
+    `stats`; `abandon()` closes the pipe (the engine's next write fails, and it stops) and waits.
+    """
+
+    def __init__(self, path: str | Path, timeouts: Timeouts, stats: Stats | None,
+                 progress: Progress | None, bpf: str | None, where: Where | None = None) -> None:
+        self.path, self.timeouts, self.stats, self.progress, self.bpf = path, timeouts, stats, progress, bpf
+        self.where = where
+        self.thread: threading.Thread | None = None
+        self.read_fd = -1
+        self.outcome: dict[str, Any] = {}
+
+    def start(self, fmt: str, capture: str | None = None) -> int:
+        opened = open_capture(self.path)
+        try:
+            check_head(opened)
+            read_fd, write_fd = os.pipe()
+        except BaseException:
+            opened.close()
+            raise
+        _widen(write_fd)
+        self.read_fd = read_fd
+        self.thread = threading.Thread(target=self._run, args=(opened, write_fd, fmt, capture),
+                                       name="synfin-engine", daemon=True)
+        self.thread.start()
+        return read_fd
+
+    def _run(self, opened: OpenCapture, write_fd: int, fmt: str, capture: str | None) -> None:
+        try:
+            self.outcome["counts"] = engine.run_opened(opened, _no_write, write_fd, fmt, self.timeouts,
+                                                       capture, self.progress, self.bpf, where=self.where)
+        except BaseException as err:  # handed to the caller's thread by finish()
+            self.outcome["error"] = err
+        finally:
+            os.close(write_fd)
+            opened.close()
+
+    def _stop(self) -> None:
+        if self.read_fd >= 0:
+            os.close(self.read_fd)
+            self.read_fd = -1
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def abandon(self) -> None:
+        self._stop()
+
+    def finish(self) -> None:
+        self._stop()
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+        if self.stats is not None:
+            engine.stats_from(self.outcome["counts"], self.stats)
+        if self.progress is not None and isinstance(self.path, (str, Path)) and str(self.path) != "-":
+            self.progress(Path(self.path).stat().st_size)  # the whole file read, as the reference reports
+
+
+def _no_write(chunk: bytes) -> None:  # the engine writes to the pipe's file descriptor, never through this
+    raise AssertionError("unreachable: the engine writes to a file descriptor")
+
+
+def _widen(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    except OSError:  # a smaller pipe works too (over /proc/sys/fs/pipe-max-size, or not Linux)
+        pass
+
+
+def records(fd: int) -> Iterator[Record]:
+    """The records the engine writes to `fd` (format "records": a CSV line, then a JSON line), a piece at a time."""
+    rest = b""
+    while chunk := os.read(fd, CHUNK):
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()  # the last line's start (b"" when the piece ended with a line)
+        if len(lines) % 2:  # a CSV line whose JSON line has not come yet
+            rest = lines.pop() + b"\n" + rest
+        yield from map(Record, lines[0::2], lines[1::2])  # the loop in C: a third faster than a Python one
+    if rest:
+        raise ValueError(f"the engine's output ends in a partial record: {rest[:80]!r}")
+
+
+class RecordStream(Iterator[Record]):
+    """What analyze() returns on the compiled engine: an iterator of Records, read as the engine writes them.
+
+    Nothing runs until the first next(); closing it (or leaving a for loop over it and dropping it) stops the
+    engine and joins its thread. `to_dataframe()` of a stream not yet started reads the engine's CSV instead.
+    """
+
+    def __init__(self, run: EngineRun) -> None:
+        self.run = run
+        self.started = False
+        self._records: Iterator[Record] | None = None
+
+    def __iter__(self) -> RecordStream:
+        return self
+
+    def __next__(self) -> Record:
+        if self._records is None:
+            self.started = True
+            self._records = self._generate()
+        return next(self._records)
+
+    def _generate(self) -> Iterator[Record]:
+        fd = self.run.start("records")
+        try:
+            yield from records(fd)
+        except BaseException:
+            self.run.abandon()
+            raise
+        self.run.finish()
+
+    def close(self) -> None:
+        """Stop the engine (if it runs) and let go of its thread, pipe and file."""
+        self.started = True
+        if self._records is not None:
+            self._records.close()  # type: ignore[attr-defined]
+        self._records = _nothing()
+
+    def __del__(self) -> None:
+        records = self.__dict__.get("_records")
+        if records is not None:
+            records.close()
+
+    def __enter__(self) -> RecordStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def consume(self, read: Callable[[IO[bytes]], Any], fmt: str, capture: str | None = None) -> Any:
+        """Run the engine with `fmt` instead, and hand its output (a binary stream) to `read`: the stream is spent."""
+        if self.started:
+            raise RuntimeError("the records were already read")
+        self.started = True
+        self._records = _nothing()
+        fd = self.run.start(fmt, capture)
+        try:
+            result = read(os.fdopen(os.dup(fd), "rb", closefd=True))
+        except BaseException:
+            self.run.abandon()
+            raise
+        self.run.finish()
+        return result
+
+
+def _nothing() -> Iterator[Record]:
+    yield from ()
+
+
+def choose(engine_name: str, keep_segments: bool, bpf: str | None) -> str:
+    """Which engine analyze() runs: "compiled" or "reference"."""
+    if engine_name not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine_name!r}")
+    if engine_name == "reference":
+        return "reference"
+    reasons = [why for why, applies in (
+        ("the compiled engine is not built (no C compiler at install time)", not engine.available()),
+        ("keep_segments=True needs the reference pipeline's Connection objects", keep_segments),
+        ("the compiled engine was built without libpcap: no filters",
+         bpf is not None and not engine.filters_available())) if applies]
+    if engine_name == "compiled" and reasons:
+        raise ValueError(f"engine='compiled': {reasons[0]}")
+    return "reference" if reasons else "compiled"
+
+
+def analyze(path: str | Path, *, msl: float = 30.0, idle_timeout: float = 900.0,
+            handshake_timeout: float = 40.0, keep_segments: bool = False,
+            stats: Stats | None = None, progress: Progress | None = None,
+            bpf: str | None = None, where: str | Iterable[str] | None = None,
+            engine: str = "auto") -> Iterator[Record] | Iterator[Connection]:
+    """Analyze one capture; yield its connections as they finish, in the order of `synfin analyze -f json`.
+
+    On the compiled engine (engine="auto" when it is built, or "compiled") each is a `Record`; on the
+    reference pipeline (engine="reference", or keep_segments=True) a `Connection`. `analyzer.record(x)` is
+    the JSON record of either. `stats`, a Stats, is filled as the pipeline goes (reference) or when the
+    last record has been read (compiled). `bpf`, a BPF expression as tcpdump takes it, analyzes only the
+    frames it matches; frame numbers stay the file's. Raises `FilterError` at once (before reading) if the
+    expression is bad, `CaptureError` at the first next() if the file is not a readable capture (and later,
+    after the records before it, for damage that stops reading). `where`, --where terms ("close=reset", or a
+    list of them: all must hold; analyzer/where.py), yields only the connections they match (`stats` still
+    counts them all); a bad term raises `WhereError` at once.
+    """
+    if bpf is not None:
+        check_filter(bpf)
+    matcher = parse_where(where)
+    if choose(engine, keep_segments, bpf) == "reference":
+        return analyze_reference(path, msl=msl, idle_timeout=idle_timeout, handshake_timeout=handshake_timeout,
+                                 keep_segments=keep_segments, stats=stats, progress=progress, bpf=bpf,
+                                 where=where)
+    timeouts = Timeouts(msl=msl, idle=idle_timeout, handshake=handshake_timeout)
+    return RecordStream(EngineRun(path, timeouts, stats, progress, bpf, matcher))
