@@ -597,7 +597,7 @@ def _v6_text(address: bytes) -> str:
 LINKS = {  # link type: name
     1: "Ethernet", 113: "Linux cooked v1", 276: "Linux cooked v2", 101: "raw IP", 12: "raw IP (12)",
     14: "raw IP (14)", 0: "BSD loopback", 108: "OpenBSD loopback", 228: "IPv4", 229: "IPv6",
-    105: "802.11 (not read)",
+    119: "802.11 Prism (not read)",
 }
 
 
@@ -624,7 +624,7 @@ def link_frame(linktype: int, p: Packet, vlans: list[int], rng: random.Random) -
         return struct.pack("<I" if rng.random() < 0.8 else ">I", family) + p.data
     if linktype == 108:
         return struct.pack(">I", family) + p.data
-    return p.data  # raw IP, IPv4, IPv6, and 802.11 (which is not read)
+    return p.data  # raw IP, IPv4, IPv6, and 802.11 Prism (which is not read)
 
 
 def _link_choice(rng: random.Random, versions: set[int]) -> int:
@@ -634,7 +634,7 @@ def _link_choice(rng: random.Random, versions: set[int]) -> int:
     if versions == {ETH_IPV6}:
         choices.append(229)
     if rng.random() < 0.02:
-        return 105
+        return 119
     return rng.choice(choices)
 
 
