@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pcapwrite import handshake_packets, write_pcap
+from tests.pcapwrite import handshake_packets, write_pcap
 from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III
 from scapy.contrib.geneve import GENEVE
 from scapy.contrib.gtp import GTP_U_Header
@@ -130,10 +130,10 @@ CASES = [
          f"gre key 9 {_over()}", None, {"gre": 7}),
     Case("gretap_vlan", 1, lambda p, f: bytes(_eth(f) / _outer4(f) / GRE(proto=0x6558) / _eth(f) / Dot1Q(vlan=7) / p),
          f"gre {_over()}", [7], {"gre": 7}),
-    Case("erspan_ii", 1, lambda p, f: bytes(_eth(f) / _outer4(f) / GRE(seqnum_present=1, seqence_number=1)
+    Case("erspan_ii", 1, lambda p, f: bytes(_eth(f) / _outer4(f) / GRE(seqnum_present=1, sequence_number=1)
                                             / ERSPAN_II(session_id=12) / _eth(f) / p),
          f"erspan ii session 12 {_over()}", None, {"erspan": 7}),
-    Case("erspan_iii", 1, lambda p, f: bytes(_eth(f) / _outer4(f) / GRE(seqnum_present=1, seqence_number=1)
+    Case("erspan_iii", 1, lambda p, f: bytes(_eth(f) / _outer4(f) / GRE(seqnum_present=1, sequence_number=1)
                                              / ERSPAN_III(session_id=13) / _eth(f) / p),
          f"erspan iii session 13 {_over()}", None, {"erspan": 7}),
     Case("gre_udp", 1, _gre_udp, f"gre-udp 4754 key 77 {_over()}", None, {"gre-udp": 7}),
