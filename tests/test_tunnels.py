@@ -32,7 +32,7 @@ from tests.tunnelled import CASES, Case, write_case
 FORMATS = ("json", "csv", "table")
 
 
-def Eth(**fields: int) -> Ether:  # noqa: N802 (a scapy layer)
+def Eth(**fields: int) -> Ether:
     return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", **fields)
 compiled = pytest.mark.skipif(not engine.available(), reason="the compiled engine is not built")
 
@@ -89,7 +89,7 @@ def test_two_vlans_reusing_one_four_tuple_are_two_connections(tmp_path: Path) ->
     for p in packets:
         for vlan in (10, 20):
             frames.append(bytes(Eth() / Dot1Q(vlan=vlan) / p))
-    recs, stats = records(write_pcap(tmp_path / "crafted_two_vlans.pcap", frames, 1))
+    recs, _ = records(write_pcap(tmp_path / "crafted_two_vlans.pcap", frames, 1))
     assert [(r["vlan"], r["open"], r["close"], r["retransmits"], r["packets"]) for r in recs] == [
         ([10], "handshake", "four-way", {"syn": 0, "synack": 0, "fin": 0}, {"client": 4, "server": 3}),
         ([20], "handshake", "four-way", {"syn": 0, "synack": 0, "fin": 0}, {"client": 4, "server": 3}),

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.pcapwrite import handshake_packets, write_pcap
 from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III
 from scapy.contrib.geneve import GENEVE
 from scapy.contrib.gtp import GTP_U_Header
@@ -32,6 +31,8 @@ from scapy.layers.l2 import LLC, SNAP, Dot1AD, Dot1AH, Dot1Q, Ether
 from scapy.layers.ppp import PPP, PPPoE
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
+
+from tests.pcapwrite import handshake_packets, write_pcap
 
 A4, B4, A6, B6 = "192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2"
 MAC_C, MAC_S = "02:00:00:00:00:01", "02:00:00:00:00:02"
