@@ -178,3 +178,37 @@ def test_the_summary_names_the_tunnels(tmp_path: Path) -> None:
     line = json.loads(subprocess.run([".venv/bin/synfin", "analyze", "-f", "json", str(path)], capture_output=True,
                                      text=True, check=True).stdout)
     assert list(line)[-2:] == ["tunnel", "vlan"]
+
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "crafted_encapsulations.pcapng"
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+def test_the_encapsulations_sample_against_tshark() -> None:
+    """Every copy's segments, as tshark dissects them (frame time, client port, length), are the
+    record's: its packets per side, payload bytes, and its first and last frames' times."""
+    fields = ["-e", "frame.number", "-e", "frame.time_epoch", "-e", "tcp.srcport", "-e", "tcp.dstport", "-e",
+              "tcp.len"]
+    out = subprocess.run(["tshark", "-r", str(SAMPLE), "-Y", "tcp", "-T", "fields", "-E", "occurrence=l", *fields],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    seen: dict[int, list[tuple[int, float, bool, int]]] = {}
+    for line in out.splitlines():
+        number, ts, sport, dport, length = line.split("\t")
+        client_sent = int(sport) > 50000
+        seen.setdefault(int(sport) if client_sent else int(dport), []).append(
+            (int(number), float(ts), client_sent, int(length)))
+    recs, _ = records(SAMPLE)
+    assert len(recs) == len(seen) == len(CASES)
+    for rec in recs:
+        theirs = seen[int(rec["client"].rsplit(":", 1)[1])]
+        assert [theirs[0][0], theirs[-1][0]] == [rec["first_frame"], rec["last_frame"]]
+        assert [theirs[0][1], theirs[-1][1]] == pytest.approx([rec["start"], rec["end"]], abs=1e-6)
+        for side, sent in (("client", True), ("server", False)):
+            mine = [t for t in theirs if t[2] == sent]
+            assert (rec["packets"][side], rec["payload_bytes"][side]) == (len(mine), sum(t[3] for t in mine))
+
+
+@compiled
+def test_the_samples_read_the_same_in_both_engines(tmp_path: Path) -> None:
+    for name in ("crafted_encapsulations.pcapng", "vxlan.pcap", "vlan_reuse.pcap"):
+        assert_same_in_both_engines(tmp_path, SAMPLE.with_name(name))
