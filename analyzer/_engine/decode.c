@@ -70,6 +70,28 @@ int cut(const Frame *f, const char *what, Skip *s) {
 
 /* ---- the link layer --------------------------------------------------------------- */
 
+/* The EtherType at `at` (payload from `end`), past any VLAN tags (layers.ethertype); here, not in
+ * encap.c, so that the plain Ethernet path inlines it. */
+static inline int ethertype(const Frame *f, long at, long end, Path *path, long *pos, Skip *s) {
+    const uint8_t *data = f->data;
+    long len = f->caplen;
+    if (len < end) return skip(s, 1, "link-layer header cut short");
+    unsigned kind = be16(data + at);
+    while (kind == 0x8100 || kind == 0x88A8 || kind == 0x9100) {
+        at = end + 2;
+        end = end + 4;
+        if (len < end) return skip(s, 1, "VLAN tag cut short");
+        uint32_t vid = be16(data + at - 2) & 0x0FFF;
+        if (vid && path->n_vlans < 2) path->vlan |= path->n_vlans++ ? vid : vid << 16;
+        kind = be16(data + at);
+    }
+    *pos = end;
+    if (kind == 0x0800) return STEP_IP4;
+    if (kind == 0x86DD) return STEP_IP6;
+    return ether_layer(f, kind, end, path, pos, s);
+}
+
+
 static int network_layer(const Frame *f, Path *path, long *pos, Skip *s) {
     uint32_t lt = f->linktype;
     const uint8_t *data = f->data;

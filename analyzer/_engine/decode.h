@@ -27,7 +27,7 @@ int skip(Skip *s, int malformed, const char *fmt, ...) __attribute__((format(pri
 int cut(const Frame *f, const char *what, Skip *s);
 int path_add(Path *path, int kind, Skip *s, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
-int ethertype(const Frame *f, long at, long end, Path *path, long *pos, Skip *s);
+int ether_layer(const Frame *f, unsigned kind, long end, Path *path, long *pos, Skip *s);
 int mpls(const Frame *f, long at, Path *path, long *pos, Skip *s);
 int ppp(const Frame *f, long at, long *pos, Skip *s);
 int llc(const Frame *f, long at, long *pos, Skip *s);

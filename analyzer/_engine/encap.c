@@ -34,7 +34,8 @@ int path_add(Path *path, int kind, Skip *s, const char *fmt, ...) {
 
 /* ---- Ethernet and what an EtherType names ------------------------------------------------ */
 
-static int ether_layer(const Frame *f, unsigned kind, long end, Path *path, long *pos, Skip *s) {
+/* What an EtherType other than IPv4, IPv6 and the VLAN tags names (decode.c's ethertype follows those). */
+int ether_layer(const Frame *f, unsigned kind, long end, Path *path, long *pos, Skip *s) {
     const uint8_t *data = f->data;
     long len = f->caplen;
     if (kind == 0x8847 || kind == 0x8848) {
@@ -61,25 +62,6 @@ static int ether_layer(const Frame *f, unsigned kind, long end, Path *path, long
         return STEP_PPP;
     }
     return skip(s, 0, "not IP (ARP, LLC, ...)");
-}
-
-int ethertype(const Frame *f, long at, long end, Path *path, long *pos, Skip *s) {
-    const uint8_t *data = f->data;
-    long len = f->caplen;
-    if (len < end) return skip(s, 1, "link-layer header cut short");
-    unsigned kind = be16(data + at);
-    while (kind == 0x8100 || kind == 0x88A8 || kind == 0x9100) {
-        at = end + 2;
-        end = end + 4;
-        if (len < end) return skip(s, 1, "VLAN tag cut short");
-        uint32_t vid = be16(data + at - 2) & 0x0FFF;
-        if (vid && path->n_vlans < 2) path->vlan |= path->n_vlans++ ? vid : vid << 16;
-        kind = be16(data + at);
-    }
-    *pos = end;
-    if (kind == 0x0800) return STEP_IP4;
-    if (kind == 0x86DD) return STEP_IP6;
-    return ether_layer(f, kind, end, path, pos, s);
 }
 
 int mpls(const Frame *f, long at, Path *path, long *pos, Skip *s) {

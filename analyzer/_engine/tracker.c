@@ -76,12 +76,16 @@ static void make_key(const Packet *p, Key *key) {  /* fills every byte: keys com
 _Static_assert(sizeof(Key) == 48, "a key is six words, every byte set");
 
 static uint32_t hash_key(const Key *key) {
-    /* six words, each multiplied by its own odd constant (independent: they pipeline), then mixed */
-    uint64_t w[6];
-    memcpy(w, key, sizeof w);
+    /* six words, each multiplied by its own odd constant (independent: they pipeline), then mixed;
+     * the last two built from the fields, not read back over the narrower stores that just wrote them */
+    uint64_t w[4];
+    memcpy(w, key->a, 16);
+    memcpy(w + 2, key->b, 16);
+    uint64_t ports = (uint64_t)key->pa << 24 | (uint64_t)key->pb << 8 | key->v;
+    uint64_t net = (uint64_t)key->vlan << 32 | key->vni;
     uint64_t h = (w[0] * 0x9E3779B97F4A7C15ull) ^ (w[1] * 0xC2B2AE3D27D4EB4Full) ^
-                 (w[2] * 0x165667B19E3779F9ull) ^ (w[3] * 0xD6E8FEB86659FD93ull) ^ (w[4] * 0xFF51AFD7ED558CCDull) ^
-                 (w[5] * 0xC4CEB9FE1A85EC53ull);
+                 (w[2] * 0x165667B19E3779F9ull) ^ (w[3] * 0xD6E8FEB86659FD93ull) ^ (ports * 0xFF51AFD7ED558CCDull) ^
+                 (net * 0xC4CEB9FE1A85EC53ull);
     h ^= h >> 29;
     h *= 0xBF58476D1CE4E5B9ull;
     h ^= h >> 32;
