@@ -111,6 +111,14 @@ def _wifi(inner: Packet, fwd: bool) -> Packet:
     return Dot11(type=2, subtype=8, **addrs) / Dot11QoS() / LLC() / SNAP(code=0x0800) / inner
 
 
+def _pptp_frame(inner: Packet, fwd: bool) -> bytes:
+    """_pptp's frame with the outer IPv4 header's protocol set to GRE (47)."""
+    ppp = b"\xff\x03\x00\x21" + bytes(inner)
+    gre = struct.pack("!HHHHI", 0x3001, 0x880B, len(ppp), 5 if fwd else 6, 1)
+    outer = IP(src=A4, dst=B4, proto=47) if fwd else IP(src=B4, dst=A4, proto=47)
+    return bytes(_eth(fwd) / outer / Raw(gre + ppp))
+
+
 def _over(version: int = 4) -> str:
     return f"over {A4}>{B4}" if version == 4 else f"over {A6}>{B6}"
 
@@ -128,6 +136,7 @@ CASES = [
          "pppoe session 42", None, {"pppoe": 7}),
     Case("gre", 1, lambda p, f: bytes(_eth(f) / _outer4(f) / GRE(key_present=1, key=9) / p),
          f"gre key 9 {_over()}", None, {"gre": 7}),
+    Case("pptp", 1, lambda p, f: _pptp_frame(p, f), f"gre pptp call 5 {_over()}", None, {"gre": 7}),
     Case("gretap_vlan", 1, lambda p, f: bytes(_eth(f) / _outer4(f) / GRE(proto=0x6558) / _eth(f) / Dot1Q(vlan=7) / p),
          f"gre {_over()}", [7], {"gre": 7}),
     Case("erspan_ii", 1, lambda p, f: bytes(_eth(f) / _outer4(f) / GRE(seqnum_present=1, sequence_number=1)
