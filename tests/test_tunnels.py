@@ -212,3 +212,17 @@ def test_the_encapsulations_sample_against_tshark() -> None:
 def test_the_samples_read_the_same_in_both_engines(tmp_path: Path) -> None:
     for name in ("crafted_encapsulations.pcapng", "vxlan.pcap", "vlan_reuse.pcap"):
         assert_same_in_both_engines(tmp_path, SAMPLE.with_name(name))
+
+
+def test_tunnels_not_decoded_are_named_among_the_skipped(tmp_path: Path) -> None:
+    """GRE with source routing, a GRE protocol that is not IP, a Geneve payload that is not IP, a GTP-U echo:
+    counted by name, not as damage (the summary's "skipped" line names them)."""
+    outer = IP(src="192.0.2.1", dst="192.0.2.2")
+    frames = [bytes(Eth() / IP(src="192.0.2.1", dst="192.0.2.2", proto=47) / struct.pack("!HH", 0x4000, 0x0800)),
+              bytes(Eth() / IP(src="192.0.2.1", dst="192.0.2.2", proto=47) / struct.pack("!HH", 0, 0x0806)),
+              bytes(Eth() / outer / UDP(dport=6081) / struct.pack("!BBHI", 0, 0, 0x8847, 0)),
+              bytes(Eth() / outer / UDP(dport=2152) / bytes([0x30, 1, 0, 0, 0, 0, 0, 0]))]
+    _, stats = records(write_pcap(tmp_path / "crafted_undecoded.pcap", frames, 1))
+    assert stats.bad_frames == 0
+    assert stats.skipped == {"tunnel not decoded (GRE with source routing)": 1, "not IP (GRE protocol 0x0806)": 1,
+                             "not IP (Geneve protocol 0x8847)": 1, "not TCP (GTP-U signalling)": 1}
