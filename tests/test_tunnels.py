@@ -16,6 +16,7 @@ import json
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,11 +173,11 @@ def test_ordinary_udp_is_still_not_tcp(tmp_path: Path) -> None:
 def test_the_summary_names_the_tunnels(tmp_path: Path) -> None:
     case = next(c for c in CASES if c.name == "nested")
     path = write_case(case, tmp_path / "crafted_nested.pcap")
-    out = subprocess.run([".venv/bin/synfin", "analyze", "--engine", "reference", str(path)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "analyzer", "analyze", "--engine", "reference", str(path)],
+                         capture_output=True, text=True, check=True).stdout
     assert "  in tunnels: 7 TCP segments (mpls 7, vxlan 7, 4in6 7)\n" in out
-    line = json.loads(subprocess.run([".venv/bin/synfin", "analyze", "-f", "json", str(path)], capture_output=True,
-                                     text=True, check=True).stdout)
+    line = json.loads(subprocess.run([sys.executable, "-m", "analyzer", "analyze", "-f", "json", str(path)],
+                                     capture_output=True, text=True, check=True).stdout)
     assert list(line)[-2:] == ["tunnel", "vlan"]
 
 
