@@ -97,7 +97,8 @@ class Connection:
         "__weakref__", "aborted", "anomalies", "bare_syns", "client", "end", "fin_order", "finished_at",
         "first_frame", "half_close", "hs_ack_ts", "hs_syn_ts", "hs_synack_ts", "id", "ip_version", "keepalives",
         "labels", "last_frame", "last_ts", "notes", "reset", "retransmits", "roles_inferred", "scheduled",
-        "second_fin_acks_first", "server", "start", "syn_data", "synack_seen", "timeouts",
+        "second_fin_acks_first", "server", "start", "syn_data", "synack_seen", "timeouts", "tunnel", "vlan",
+        "vni",
     )
 
     def __init__(self, conn_id: int, first: Segment, timeouts: Timeouts,
@@ -105,6 +106,8 @@ class Connection:
         self.id = conn_id
         self.ip_version = first.ip_version
         self.timeouts = timeouts
+        self.vlan, self.vni = first.vlan, first.vni  # part of the key (tracker.py)
+        self.tunnel = first.tunnel  # as the first segment came: its encapsulations, outermost first
         client_is_src, self.roles_inferred = _client_is_source(first)
         src, dst = (first.src, first.sport), (first.dst, first.dport)
         (c_addr, c_port), (s_addr, s_port) = (src, dst) if client_is_src else (dst, src)

@@ -1,5 +1,11 @@
 """From a captured frame to a TCP segment: link layer, IPv4/IPv6, TCP header.
 
+The layers before the inner IP header (link types, VLAN tags, MPLS, PPPoE,
+PBB, VN-Tag) are layers.py's, the tunnels inside IP tunnels.py's; `decode`
+walks them step by step, a bounded number of steps, and the segment keeps
+what it went through (`vlan`, `vni`, `tunnel`) for its connection's key and
+record.
+
 `decode(frame)` returns a `Segment`, or a `Skip` saying why the frame holds no
 TCP segment we can use. A `Skip` is either ordinary (ARP, UDP, a link type we
 do not read) or `malformed` (a header that contradicts itself); the pipeline
@@ -18,18 +24,43 @@ import struct
 from dataclasses import dataclass
 
 from analyzer.capture import RawFrame
+from analyzer.layers import (
+    ETHER,
+    IP4,
+    IP6,
+    LLC,
+    MAX_LAYERS,
+    MPLS,
+    PPP,
+    WIFI,
+    Path,
+    Skip,
+    Step,
+    cut,
+    ethertype,
+    fddi,
+    llc,
+    mpls,
+    nflog,
+    ppp,
+    ppp_hdlc,
+    radiotap,
+    wifi,
+)
+from analyzer.tunnels import IP_TUNNEL_PROTOCOLS, ip_tunnel, udp_tunnel_port
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 
 LINKTYPE_NAMES = {
-    0: "NULL", 1: "EN10MB", 9: "PPP", 12: "RAW", 14: "RAW", 101: "RAW", 105: "IEEE802_11",
-    108: "LOOP", 113: "LINUX_SLL", 127: "IEEE802_11_RADIOTAP", 228: "IPV4", 229: "IPV6",
+    0: "NULL", 1: "EN10MB", 9: "PPP", 10: "FDDI", 12: "RAW", 14: "RAW", 50: "PPP_HDLC", 101: "RAW",
+    104: "C_HDLC", 105: "IEEE802_11", 108: "LOOP", 113: "LINUX_SLL", 119: "IEEE802_11_PRISM",
+    127: "IEEE802_11_RADIOTAP", 163: "IEEE802_11_AVS", 192: "PPI", 228: "IPV4", 229: "IPV6", 239: "NFLOG",
     276: "LINUX_SLL2",
-}
-VLAN_TYPES = frozenset({0x8100, 0x88A8, 0x9100})
+}  # 119, 163 and 192 are named, not read
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
 BSD_AF_INET6 = frozenset({10, 24, 28, 30})
 IPV6_SKIPPABLE = frozenset({0, 43, 60, 135, 139, 140})
+_MAX_STEPS = 4 * MAX_LAYERS + 8  # more than any chain of MAX_LAYERS encapsulations needs
 
 _HALF = struct.Struct("!H")
 _TCP = struct.Struct("!HHIIBBH")
@@ -52,6 +83,10 @@ class Segment:
     payload_len: int
     window: int
     options: dict[str, int | bool] | None = None  # only on SYN segments
+    vlan: tuple[int, ...] = ()   # the first two VLAN ids on the way (part of the connection key)
+    vni: int = -1                # the VXLAN/Geneve network id (part of the key), -1: none
+    tunnel: str | None = None    # the encapsulations around it, outermost first
+    kinds: int = 0               # layers.KIND_BIT of each kind of encapsulation
 
     @property
     def seq_len(self) -> int:
@@ -59,105 +94,91 @@ class Segment:
         return self.payload_len + (self.flags & SYN and 1) + (self.flags & FIN and 1)
 
 
-@dataclass(slots=True, frozen=True)
-class Skip:
-    """Why a frame gave no segment."""
-
-    reason: str
-    malformed: bool = False
-
-
 def linktype_name(linktype: int) -> str:
     return LINKTYPE_NAMES.get(linktype, f"linktype {linktype}")
 
 
 def decode(frame: RawFrame) -> Segment | Skip:
-    """Decode one frame down to its TCP segment."""
-    located = _network_layer(frame.linktype, frame.data)
-    if isinstance(located, Skip):
-        return located
-    version, offset = located
-    if version == 4:
-        return _ipv4(frame, offset)
-    return _ipv6(frame, offset)
+    """Decode one frame down to its TCP segment, through whatever encapsulates it."""
+    path = Path()
+    step = _network_layer(frame.linktype, frame, path)
+    for _ in range(_MAX_STEPS):
+        if not isinstance(step, tuple):
+            return step
+        kind, at = step
+        if kind == IP4:
+            step = _ipv4(frame, at, path)
+        elif kind == IP6:
+            step = _ipv6(frame, at, path)
+        elif kind == ETHER:
+            step = ethertype(frame, at, at + 2, path)
+        else:
+            step = _LAYERS[kind](frame, at, path)
+    return step if not isinstance(step, tuple) else Skip("encapsulations nested too deep", malformed=True)
 
 
-def _network_layer(linktype: int, data: bytes) -> tuple[int, int] | Skip:
-    """Return (IP version, offset of the IP header) for the frame's link type."""
+def _network_layer(linktype: int, frame: RawFrame, path: Path) -> Step | Skip:
+    """The first step for the frame's link type."""
+    data = frame.data
     if linktype == 1:
-        return _ethertype(data, 12)
+        return ethertype(frame, 12, 14, path)
     if linktype == 113:
-        return _ethertype(data, 14)
+        return ethertype(frame, 14, 16, path)
     if linktype == 276:
-        return _ethertype(data, 0, header_end=20)
+        return ethertype(frame, 0, 20, path)
     if linktype in (12, 14, 101):
         return _raw_ip(data, 0)
     if linktype == 228:
-        return (4, 0)
+        return (IP4, 0)
     if linktype == 229:
-        return (6, 0)
+        return (IP6, 0)
     if linktype in (0, 108):
         return _bsd_loopback(linktype, data)
+    if linktype in _LINKS:
+        return _LINKS[linktype](frame)
     return Skip(f"unsupported link type {linktype_name(linktype)}")
 
 
-def _ethertype(data: bytes, at: int, header_end: int | None = None) -> tuple[int, int] | Skip:
-    """Follow the EtherType at `at` (and any VLAN tags) to the IP header."""
-    end = at + 2 if header_end is None else header_end
-    if len(data) < end:
-        return Skip("link-layer header cut short", malformed=True)
-    kind = _HALF.unpack_from(data, at)[0]
-    while kind in VLAN_TYPES:  # 802.1Q / 802.1ad / QinQ: TCI, then the next EtherType
-        at, end = end + 2, end + 4
-        if len(data) < end:
-            return Skip("VLAN tag cut short", malformed=True)
-        kind = _HALF.unpack_from(data, at)[0]
-    if kind == ETH_IPV4:
-        return (4, end)
-    if kind == ETH_IPV6:
-        return (6, end)
-    return Skip("not IP (ARP, LLC, ...)")
-
-
-def _raw_ip(data: bytes, at: int) -> tuple[int, int] | Skip:
+def _raw_ip(data: bytes, at: int) -> Step | Skip:
     if len(data) <= at:
         return Skip("empty raw IP frame", malformed=True)
     version = data[at] >> 4
     if version in (4, 6):
-        return (version, at)
+        return (IP4 if version == 4 else IP6, at)
     return Skip(f"raw frame with IP version {version}", malformed=True)
 
 
-def _bsd_loopback(linktype: int, data: bytes) -> tuple[int, int] | Skip:
+def _bsd_loopback(linktype: int, data: bytes) -> Step | Skip:
     if len(data) < 4:
         return Skip("loopback header cut short", malformed=True)
     family = int.from_bytes(data[:4], "big" if linktype == 108 else "little")
     if family > 0xFFFF:  # written in the other byte order
         family = int.from_bytes(data[:4], "big")
     if family == 2:
-        return (4, 4)
+        return (IP4, 4)
     if family in BSD_AF_INET6:
-        return (6, 4)
+        return (IP6, 4)
     return Skip("not IP (loopback family)")
 
 
-def _cut(frame: RawFrame, what: str) -> Skip:
-    if frame.wire_len > len(frame.data):
-        return Skip(f"cut by the snaplen before the end of the {what}", malformed=True)
-    return Skip(f"{what} cut short", malformed=True)
+_LINKS = {9: lambda frame: (PPP, 0), 10: fddi, 50: ppp_hdlc, 104: lambda frame: (ETHER, 2),
+          105: lambda frame: (WIFI, 0), 127: radiotap, 239: nflog}
+_LAYERS = {MPLS: mpls, PPP: ppp, LLC: llc, WIFI: wifi}
 
 
-def _ipv4(frame: RawFrame, at: int) -> Segment | Skip:
+def _ipv4(frame: RawFrame, at: int, path: Path) -> Segment | Step | Skip:
     data = frame.data
     if len(data) < at + 20:
-        return _cut(frame, "IPv4 header")
+        return cut(frame, "IPv4 header")
     first = data[at]
     if first >> 4 != 4:
         return Skip(f"IPv4 header with version {first >> 4}", malformed=True)
     ihl = (first & 0x0F) * 4
     if ihl < 20:
         return Skip(f"IPv4 header length {ihl} is under 20", malformed=True)
-    if data[at + 9] != 6:
+    protocol = data[at + 9]
+    if protocol != 6 and (protocol not in IP_TUNNEL_PROTOCOLS or (protocol == 17 and (
+            _HALF.unpack_from(data, at + 6)[0] & 0x1FFF or udp_tunnel_port(frame, at + ihl) is None))):
         return Skip("not TCP (UDP, ICMP, ...)")
     total = _HALF.unpack_from(data, at + 2)[0] or len(data) - at  # 0: TSO on the capturing host
     if total < ihl:
@@ -165,13 +186,15 @@ def _ipv4(frame: RawFrame, at: int) -> Segment | Skip:
     if _HALF.unpack_from(data, at + 6)[0] & 0x1FFF:
         return Skip("IP fragment")
     src, dst = data[at + 12:at + 16], data[at + 16:at + 20]
-    return _tcp(frame, 4, src, dst, at + ihl, total - ihl)
+    if protocol != 6:
+        return ip_tunnel(frame, 4, protocol, src, dst, at + ihl, path) or Skip("not TCP (UDP, ICMP, ...)")
+    return _tcp(frame, 4, src, dst, at + ihl, total - ihl, path)
 
 
-def _ipv6(frame: RawFrame, at: int) -> Segment | Skip:
+def _ipv6(frame: RawFrame, at: int, path: Path) -> Segment | Step | Skip:
     data = frame.data
     if len(data) < at + 40:
-        return _cut(frame, "IPv6 header")
+        return cut(frame, "IPv6 header")
     if data[at] >> 4 != 6:
         return Skip(f"IPv6 header with version {data[at] >> 4}", malformed=True)
     length = _HALF.unpack_from(data, at + 4)[0] or len(data) - at - 40  # 0: jumbogram / TSO
@@ -180,24 +203,27 @@ def _ipv6(frame: RawFrame, at: int) -> Segment | Skip:
     while nxt != 6:
         if nxt == 44:  # fragment header
             if len(data) < pos + 8:
-                return _cut(frame, "IPv6 fragment header")
+                return cut(frame, "IPv6 fragment header")
             if _HALF.unpack_from(data, pos + 2)[0] & 0xFFF8:
                 return Skip("IP fragment")
             nxt, pos = data[pos], pos + 8
         elif nxt in IPV6_SKIPPABLE or nxt == 51:
             if len(data) < pos + 2:
-                return _cut(frame, "IPv6 extension header")
+                return cut(frame, "IPv6 extension header")
             size = (data[pos + 1] + 2) * 4 if nxt == 51 else (data[pos + 1] + 1) * 8
             nxt, pos = data[pos], pos + size
+        elif nxt in IP_TUNNEL_PROTOCOLS:
+            return ip_tunnel(frame, 6, nxt, src, dst, pos, path) or Skip("not TCP (UDP, ICMPv6, ...)")
         else:
             return Skip("not TCP (UDP, ICMPv6, ...)")
-    return _tcp(frame, 6, src, dst, pos, end - pos)
+    return _tcp(frame, 6, src, dst, pos, end - pos, path)
 
 
-def _tcp(frame: RawFrame, version: int, src: bytes, dst: bytes, at: int, length: int) -> Segment | Skip:
+def _tcp(frame: RawFrame, version: int, src: bytes, dst: bytes, at: int, length: int,
+         path: Path) -> Segment | Skip:
     data = frame.data
     if len(data) < at + 20:
-        return _cut(frame, "TCP header")
+        return cut(frame, "TCP header")
     sport, dport, seq, ack, offset_byte, flags, window = _TCP.unpack_from(data, at)
     header = (offset_byte >> 4) * 4
     if header < 20:
@@ -208,6 +234,11 @@ def _tcp(frame: RawFrame, version: int, src: bytes, dst: bytes, at: int, length:
                       flags, length - header, window)
     if flags & SYN and header > 20:
         segment.options = parse_options(data[at + 20:at + header])
+    if path.vlans:
+        segment.vlan = tuple(path.vlans)
+    if path.layers:
+        segment.tunnel = " / ".join(path.layers)
+        segment.vni, segment.kinds = path.vni, path.kinds
     return segment
 
 

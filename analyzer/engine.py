@@ -269,6 +269,8 @@ def stats_from(counts: dict[str, Any], stats: Any) -> None:
     stats.linktypes = Counter(counts["linktypes"])
     stats.unmatched = counts["unmatched"]
     stats.filter_failed = counts["filter_failed"]
+    stats.tunnelled = counts["tunnelled"]
+    stats.tunnels = Counter(counts["tunnels"])
 
 
 def census_from(counts: dict[str, Any], census: Any) -> None:

@@ -23,6 +23,7 @@ from analyzer.bpf import BpfFilter
 from analyzer.capture import CaptureDamage, Progress, RawFrame, read_frames
 from analyzer.connection import Connection, Timeouts
 from analyzer.decode import Segment, Skip, decode
+from analyzer.layers import KIND_BIT
 from analyzer.tracker import Tracker
 from analyzer.where import parse as parse_where
 
@@ -44,6 +45,14 @@ class Stats:
     linktypes: Counter[int] = field(default_factory=Counter)
     unmatched: int = 0  # frames the filter rejected (not counted in `frames`)
     filter_failed: tuple[int, str] | None = None  # a link type the filter cannot apply to, and libpcap's reason
+    tunnelled: int = 0  # TCP segments that came through one or more encapsulations ...
+    tunnels: Counter[str] = field(default_factory=Counter)  # ... and how many through each kind
+
+    def note_tunnels(self, kinds: int) -> None:
+        self.tunnelled += 1
+        for kind, bit in KIND_BIT.items():
+            if kinds & bit:
+                self.tunnels[kind] += 1
 
     def note_skip(self, frame: int, skip: Skip) -> None:
         if skip.malformed:
@@ -106,6 +115,8 @@ class Pipeline:
             stats.note_skip(frame.number, result)
             return []
         stats.segments += 1
+        if result.kinds:
+            stats.note_tunnels(result.kinds)
         return self._done(self.tracker.add(result))
 
     def tick(self, now: float) -> list[Connection]:

@@ -19,6 +19,7 @@ from analyzer.decode import linktype_name
 from analyzer.endpoint import Endpoint
 from analyzer.fsm import State
 from analyzer.labels import CLOSE_LABELS, OPEN_LABELS
+from analyzer.layers import TUNNEL_KINDS
 from analyzer.pipeline import Stats
 from analyzer.styled import Styled
 
@@ -100,6 +101,8 @@ def record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
                       "server": final_age(conn.server, conn.finished_at)},
         "state_time": {"client": state_time(conn.client, conn.finished_at),
                        "server": state_time(conn.server, conn.finished_at)},
+        "tunnel": conn.tunnel,
+        "vlan": list(conn.vlan) if conn.vlan else None,
     }
     if capture is not None:
         out["capture"] = capture
@@ -125,6 +128,7 @@ STATE_TIME_FIELDS = [f"state_time_{side}_{state}" for side in ("client", "server
 CSV_FIELDS += STATE_TIME_FIELDS
 #: the columns in seconds that may be empty (null)
 TIMING_FIELDS = CSV_FIELDS[CSV_FIELDS.index("handshake_rtt"):]
+CSV_FIELDS += ["tunnel", "vlan"]
 
 
 def flat_record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
@@ -148,6 +152,7 @@ def flat_record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
         row[f"final_age_{side}"] = rec["final_age"][side]
         for state, secs in rec["state_time"][side].items():
             row[f"state_time_{side}_{state}"] = secs
+    row["vlan"] = "/".join(map(str, conn.vlan)) or None
     return row
 
 
@@ -301,6 +306,9 @@ def write_summary(capture: str, stats: Stats, census: Census, out: Styled, where
         out.line(f"  final {side} states: " + (", ".join(f"{s} {n}" for s, n in sorted(finals.items())) or "-"))
     if census.anomalies:
         out.line(f"  anomalies: {census.anomalies} (see the JSON output)")
+    if stats.tunnelled:
+        kinds = ", ".join(f"{kind} {stats.tunnels[kind]}" for kind in TUNNEL_KINDS if stats.tunnels[kind])
+        out.line(f"  in tunnels: {_plural(stats.tunnelled, 'TCP segment')} ({kinds})")
     if stats.skipped:
         out.line("  skipped: " + _skipped(stats.skipped))
     if stats.unmatched:

@@ -1,6 +1,11 @@
 """The connection table: segments in, finished connections out.
 
-Connections are keyed by the bidirectional 4-tuple. A bare SYN with a new
+Connections are keyed by the bidirectional 4-tuple, the VLAN ids (the first
+two tags met, as Zeek's vlan and inner_vlan) and the VXLAN/Geneve network id
+of any tunnel: two VLANs or two virtual networks reusing one 4-tuple carry
+two connections. Other tunnel identities (outer addresses, GRE keys, MPLS
+labels, GTP TEIDs) are not in the key: they differ by direction, or change on
+the way, while the inner connection is one (Zeek keys them alike). A bare SYN with a new
 ISN on a known 4-tuple ends the old connection and starts a new one (port
 reuse); a retransmitted or reordered SYN with the old ISN does not.
 
@@ -20,12 +25,12 @@ from collections.abc import Callable, Iterator
 from analyzer.connection import Connection, Timeouts
 from analyzer.decode import Segment
 
-Key = tuple[tuple[bytes, int], tuple[bytes, int]]
+Key = tuple[tuple[bytes, int], tuple[bytes, int], tuple[int, ...], int]
 
 
 def connection_key(seg: Segment) -> Key:
     a, b = (seg.src, seg.sport), (seg.dst, seg.dport)
-    return (a, b) if a <= b else (b, a)
+    return (a, b, seg.vlan, seg.vni) if a <= b else (b, a, seg.vlan, seg.vni)
 
 
 class Tracker:
@@ -117,4 +122,4 @@ class Tracker:
 def connection_key_of(conn: Connection) -> Key:
     a = (conn.client.addr, conn.client.port)
     b = (conn.server.addr, conn.server.port)
-    return (a, b) if a <= b else (b, a)
+    return (a, b, conn.vlan, conn.vni) if a <= b else (b, a, conn.vlan, conn.vni)

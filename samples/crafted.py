@@ -7,6 +7,7 @@ window scale), timestamps a few milliseconds apart, Ethernet framing.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,60 @@ def synrcvd_fin(path: Path) -> Path:
     b.add(27.5, True, "FA", ISN_C + 1, ISN_S + 2, ts_options(TS_C + 27, TS_S + 4))
     b.add(37.6, False, "A", ISN_S + 2, ISN_C + 2, ts_options(TS_S + 37, TS_C + 27))
     return b.write(path)
+
+
+def _pcapng(path: Path, frames: list[tuple[float, int, bytes]]) -> Path:
+    """A pcapng with one interface per link type (in order of first use); microsecond times."""
+    def block(kind: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", kind, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
+    out = bytearray(block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)))
+    interfaces: dict[int, int] = {}
+    for _, linktype, _ in frames:
+        if linktype not in interfaces:
+            interfaces[linktype] = len(interfaces)
+            out += block(1, struct.pack("<HHI", linktype, 0, 65535))
+    for ts, linktype, data in frames:
+        micros = round(ts * 1e6)
+        out += block(6, struct.pack("<IIIII", interfaces[linktype], micros >> 32, micros & 0xFFFFFFFF, len(data),
+                                    len(data)) + data)
+    path.write_bytes(bytes(out))
+    return path
+
+
+def encapsulations_cases() -> list:
+    try:
+        from .encapsulations import CASES
+    except ImportError:
+        from encapsulations import CASES  # type: ignore[no-redef]
+    return CASES
+
+
+def encapsulations(path: Path, samples: Path) -> Path:
+    """The kernel's connections of handshake_fourway_client_close.pcap (IPv4) and ipv6.pcap (IPv6),
+    re-wrapped once per case of encapsulations.py, one second apart; copy i gets client port 50001 + i.
+    The payload the kernel captures' snaplen left out is zeros here, so every tunnel header's length
+    agrees with the inner packet's."""
+    from scapy.layers.inet import TCP
+    from scapy.utils import rdpcap
+    kernel = {4: rdpcap(str(samples / "handshake_fourway_client_close.pcap")), 6: rdpcap(str(samples / "ipv6.pcap"))}
+    t0 = float(kernel[4][0].time)
+    frames = []
+    for i, case in enumerate(encapsulations_cases()):
+        packets = kernel[6 if case.v6 else 4]
+        client = packets[0].payload.src
+        for packet in packets:
+            inner = packet.payload.copy()  # the IP packet
+            fwd = inner.src == client
+            if fwd:
+                inner[TCP].sport = 50001 + i
+            else:
+                inner[TCP].dport = 50001 + i
+            del inner[TCP].chksum
+            whole = bytes(inner)  # the kernel captures' snaplen cut the payload: zeros make it whole again,
+            wire = inner.len if inner.version == 4 else inner.plen + 40  # so outer lengths fit the inner packet
+            inner = inner.__class__(whole + bytes(max(0, wire - len(whole))))
+            when = t0 + i + float(packet.time) - float(packets[0].time)
+            frames.append((when, case.linktype, case.wrap(inner, fwd)))
+    return _pcapng(path, frames)

@@ -834,6 +834,96 @@ def make_busy(out: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------
+# 25-26: VLANs and tunnels (issue 13)
+# --------------------------------------------------------------------------
+# This kernel has VXLAN and veths, but no 8021q, bridge VLAN filtering, tc
+# vlan action, GRE, Geneve, IPIP/SIT, ip6tnl, MPLS or FOU: the VLAN tags are
+# pushed by a userspace switch (peer.py trunk) around real kernel traffic, and
+# the other encapsulations are crafted (crafted_encapsulations, re-wrapping a
+# kernel connection's packets).
+
+
+def vlan_switch(lab: Lab) -> dict[int, tuple[str, str]]:
+    """The lab's client namespace becomes a switch (peer.py trunk): VLANs 10 and 20 each get a client
+    and a server host namespace (10.77.0.1 and 10.77.0.2, both times) on access ports, and a trunk
+    t0-t1 carries both, tagged. Returns {vid: (client ns, server ns)}."""
+    switch, hosts = lab.client, {}
+    netlab.run(["ip", "link", "add", "t0", "netns", switch, "type", "veth", "peer", "name", "t1", "netns", switch])
+    ports = ["t0", "t1"]
+    for vid in (10, 20):
+        names = (f"{lab.client}-v{vid}", f"{lab.server}-v{vid}")
+        for ns, port, addr4, addr6 in ((names[0], f"p{vid}", CLIENT4, CLIENT6),
+                                       (names[1], f"q{vid}", SERVER4, SERVER6)):
+            lab.add_ns(ns)
+            netlab.run(["ip", "link", "add", port, "netns", switch, "type", "veth", "peer", "name", "h0", "netns", ns])
+            netlab.run(netlab.in_ns(ns, "ethtool", "-K", "h0", *netlab.OFFLOADS))
+            netlab.run(["ip", "-n", ns, "link", "set", "h0", "up"])
+            lab.endpoint(ns, "h0", addr4, addr6)
+            ports.append(port)
+        hosts[vid] = names
+    for port in ports:
+        netlab.run(netlab.in_ns(switch, "ethtool", "-K", port, *netlab.OFFLOADS))
+        netlab.run(["ip", "-n", switch, "link", "set", port, "promisc", "on", "up"])
+    spec = {"trunk": ["t0", "t1"], "clients": {"10": "p10", "20": "p20"}, "servers": {"10": "q10", "20": "q20"},
+            "deadline": 60}
+    proc = netlab.Proc(netlab.in_ns(switch, sys.executable, str(netlab.PEER), "trunk", json.dumps(spec)),
+                       log=lab.tmp / "trunk.log")
+    lab.procs.append(proc)
+    proc.wait_for("READY", 10)
+    return hosts
+
+
+def check_vlan_reuse(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    expect({s.vlan for s in segs} == {10, 20}, "want VLANs 10 and 20 only", segs)
+    for vid in (10, 20):
+        one = [s for s in segs if s.vlan == vid]
+        check_handshake(one)
+        check_data(one)
+        check_close(one, "c")
+    tuples = {(s.src, s.sport, s.dst, s.dport) for s in segs if s.tag == "S"}
+    expect(len(tuples) == 1, "the two VLANs' SYNs do not share one 4-tuple", segs)
+
+
+@scenario("vlan_reuse", check_vlan_reuse)
+def make_vlan_reuse(out: Path) -> list[Path]:
+    """Two VLANs (10, 20) reusing one 4-tuple at the same time: a client and a server in each,
+    10.77.0.1:45000 -> 10.77.0.2:9000 both times, switched onto a tagged trunk (peer.py trunk);
+    captured on the trunk, where the two connections' segments interleave."""
+    path = out / "vlan_reuse.pcap"
+    client = [["socket", "4"], ["reuseaddr"], ["bind", CLIENT4, 45000], *CLIENT_FOURWAY]
+    with Lab() as lab:
+        hosts = vlan_switch(lab)
+        servers = [lab.peer(server, {"listeners": [listener(SERVER_FOURWAY)]}) for _, server in hosts.values()]
+        with lab.capture(path, ns=lab.client, iface="t0", bpf="vlan and tcp", snaplen=256):
+            clients = [lab.peer(c, {"clients": [{"steps": client}]}) for c, _ in hosts.values()]
+            for peer in clients + servers:
+                peer.finish()
+    return [path]
+
+
+def vxlan_underlay(lab: Lab) -> None:
+    """VXLAN 42 on UDP 4789 between 10.76.0.1 and 10.76.0.2 (c0, s0); the usual addresses on vx0."""
+    for ns, iface, here, there, addr4, addr6 in ((lab.client, "c0", "10.76.0.1", "10.76.0.2", CLIENT4, CLIENT6),
+                                                 (lab.server, "s0", "10.76.0.2", "10.76.0.1", SERVER4, SERVER6)):
+        netlab.run(["ip", "-n", ns, "addr", "flush", "dev", iface])
+        netlab.run(["ip", "-n", ns, "addr", "add", f"{here}/24", "dev", iface])
+        netlab.run(["ip", "-n", ns, "link", "add", "vx0", "type", "vxlan", "id", "42", "local", here, "remote",
+                    there, "dstport", "4789", "dev", iface])
+        netlab.run(netlab.in_ns(ns, "ethtool", "-K", "vx0", *netlab.OFFLOADS))
+        netlab.run(["ip", "-n", ns, "link", "set", "vx0", "up"])
+        lab.endpoint(ns, "vx0", addr4, addr6)
+
+
+@scenario("vxlan", normal("c"))
+def make_vxlan(out: Path) -> list[Path]:
+    """The normal connection (request, reply, client closes first) inside VXLAN 42 (the kernel's vxlan
+    device, UDP 4789), captured on the underlay interface between 10.76.0.1 and 10.76.0.2."""
+    return exchange(out / "vxlan.pcap", SERVER_FOURWAY, CLIENT_FOURWAY, prepare=vxlan_underlay,
+                    capture={"bpf": "udp port 4789", "snaplen": 256})
+
+
+# --------------------------------------------------------------------------
 # 24: crafted with scapy
 # --------------------------------------------------------------------------
 
@@ -870,6 +960,22 @@ def make_crafted_synrcvd_fin(out: Path) -> list[Path]:
     before the client's ACK arrives (SYN_RCVD -> FIN_WAIT_1), the client's ACK
     of the SYN-ACK, its ACK of the FIN, its FIN, the server's last ACK."""
     return [crafted().synrcvd_fin(out / "crafted_synrcvd_fin.pcap")]
+
+
+def check_encapsulations(paths: list[Path]) -> None:
+    """Our reader sees none of the wrapped segments (it reads Ethernet, VXLAN and one VLAN tag):
+    the check is that every frame is there, 11 per copy."""
+    cases = len(crafted().encapsulations_cases())
+    expect(pcapread.read(paths[0]).frames == 11 * cases, f"want {11 * cases} frames")
+
+
+@scenario("crafted_encapsulations", check_encapsulations)
+def make_crafted_encapsulations(out: Path) -> list[Path]:
+    """Crafted (scapy) from kernel traffic: the connections of handshake_fourway_client_close and ipv6
+    re-wrapped once per encapsulation and link type this kernel cannot make (MPLS, PBB, VN-Tag, PPPoE,
+    GRE, gretap, ERSPAN II/III, GRE in UDP, Geneve, GTP-U, Teredo, AYIYA, IP in IP, QinQ, PPP, 802.11,
+    radiotap, FDDI, NFLOG) and the copy in VXLAN, in one pcapng (an interface per link type)."""
+    return [crafted().encapsulations(out / "crafted_encapsulations.pcapng", HERE)]
 
 
 SCENARIOS: tuple[str, ...] = tuple(REGISTRY)

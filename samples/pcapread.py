@@ -1,8 +1,9 @@
 """A tiny standard-library reader of TCP segments in pcap and pcapng files.
 
-Only what the sample generator needs to verify its own captures: Ethernet,
-Linux cooked v1/v2 and raw-IP link types, IPv4 and IPv6 (no extension
-headers), TCP header fields. Payload length comes from the IP length field, so
+Only what the sample generator needs to verify its own captures: Ethernet
+(one VLAN tag, whose id the segment keeps), Linux cooked v1/v2 and raw-IP
+link types, IPv4 and IPv6 (no extension headers), VXLAN on port 4789 (the
+inner frame's segment), TCP header fields. Payload length comes from the IP length field, so
 it is right even for captures with a small snaplen.
 """
 
@@ -33,6 +34,7 @@ class Segment:
     flags: int
     plen: int
     options: bytes
+    vlan: int = 0  # the VLAN id of the outer Ethernet header's tag, 0: none
 
     @property
     def syn(self) -> bool:
@@ -136,7 +138,10 @@ def _network_payload(linktype: int, frame: bytes) -> tuple[int, bytes] | None:
         etype, off = struct.unpack("!H", frame[12:14])[0], 14
         if etype == 0x8100:
             etype, off = struct.unpack("!H", frame[16:18])[0], 18
-        return etype, frame[off:]
+        pkt = frame[off:]
+        if etype == 0x0800 and len(pkt) >= 44 and pkt[9] == 17 and pkt[22:24] == b"\x12\xb5":  # VXLAN, 4789
+            return _network_payload(LINK_ETHERNET, pkt[(pkt[0] & 0x0F) * 4 + 16:])
+        return etype, pkt
     if linktype == LINK_SLL:
         return struct.unpack("!H", frame[14:16])[0], frame[16:]
     if linktype == LINK_SLL2:
@@ -164,8 +169,10 @@ def _segment(ts: float, linktype: int, frame: bytes) -> Segment | None:
         return None
     sport, dport, seq, ack, off, flags = struct.unpack("!HHIIBB", tcp[:14])
     hlen = (off >> 4) * 4
+    vlan = struct.unpack("!H", frame[14:16])[0] & 0x0FFF if linktype == LINK_ETHERNET and frame[12:14] == b"\x81\x00" \
+        else 0
     return Segment(ts, str(src), sport, str(dst), dport, seq, ack, flags,
-                   tcp_room - hlen, bytes(tcp[20:hlen]))
+                   tcp_room - hlen, bytes(tcp[20:hlen]), vlan)
 
 
 def tcp_options(seg: Segment) -> Iterator[tuple[int, bytes]]:

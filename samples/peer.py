@@ -300,6 +300,54 @@ def mode_forward(spec: dict[str, Any]) -> int:
             out.send(frame)
 
 
+SOL_PACKET, PACKET_AUXDATA, TP_STATUS_VLAN_VALID = 263, 8, 0x10
+
+
+def _tagged_frame(sock: socket.socket) -> tuple[bytes, int, int] | None:
+    """One frame, whether the kernel sent it, and its VLAN id (from the frame, or from the
+    auxdata the kernel moves a received tag to); None when no frame waits."""
+    try:
+        frame, ancillary, _, addr = sock.recvmsg(65535, socket.CMSG_SPACE(20))
+    except BlockingIOError:
+        return None
+    vid = 0
+    for level, kind, data in ancillary:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= 18:
+            status, tci = struct.unpack_from("=I", data)[0], struct.unpack_from("=H", data, 16)[0]
+            vid = tci & 0x0FFF if status & TP_STATUS_VLAN_VALID else 0
+    if not vid and frame[12:14] == b"\x81\x00":
+        vid, frame = struct.unpack_from("!H", frame, 14)[0] & 0x0FFF, frame[:12] + frame[16:]
+    return frame, addr[2] == PACKET_OUTGOING, vid
+
+
+def mode_trunk(spec: dict[str, Any]) -> int:
+    """A VLAN switch with a trunk looped through a veth pair: frames from the client access port of
+    VLAN v go out tagged v on one trunk end, arrive at the other, and leave untagged on the server
+    access port of v; the answers go the other way. (This kernel has no 8021q: the tag is ours, the
+    traffic the kernel's.)"""
+    near, far = spec["trunk"]
+    ports = {name: packet_socket(name) for name in [near, far, *spec["clients"].values(), *spec["servers"].values()]}
+    for name in (near, far):
+        ports[name].setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+    access = {ports[name].fileno(): (vid, near) for vid, name in spec["clients"].items()}
+    access |= {ports[name].fileno(): (vid, far) for vid, name in spec["servers"].items()}
+    leave = {near: spec["clients"], far: spec["servers"]}
+    print("READY", flush=True)
+    while True:
+        readable, _, _ = select.select(list(ports.values()), [], [], 1.0)
+        for sock in readable:
+            name = next(n for n, s in ports.items() if s is sock)
+            while (got := _tagged_frame(sock)) is not None:
+                frame, sent, vid = got
+                if sent:
+                    continue
+                if sock.fileno() in access:
+                    tag_vid, trunk = access[sock.fileno()]
+                    ports[trunk].send(frame[:12] + struct.pack("!HH", 0x8100, int(tag_vid)) + frame[12:])
+                elif str(vid) in leave[name]:
+                    ports[leave[name][str(vid)]].send(frame)
+
+
 def main(argv: list[str]) -> int:
     mode, spec = argv[1], json.loads(argv[2])
     start_watchdog(float(spec.get("deadline", 30)))
@@ -307,6 +355,8 @@ def main(argv: list[str]) -> int:
         return mode_forward(spec)
     if mode == "sockets":
         return mode_sockets(spec)
+    if mode == "trunk":
+        return mode_trunk(spec)
     raise SystemExit(f"unknown mode {mode}")
 
 

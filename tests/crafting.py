@@ -597,7 +597,7 @@ def _v6_text(address: bytes) -> str:
 LINKS = {  # link type: name
     1: "Ethernet", 113: "Linux cooked v1", 276: "Linux cooked v2", 101: "raw IP", 12: "raw IP (12)",
     14: "raw IP (14)", 0: "BSD loopback", 108: "OpenBSD loopback", 228: "IPv4", 229: "IPv6",
-    105: "802.11 (not read)",
+    119: "802.11 Prism (not read)",
 }
 
 
@@ -610,11 +610,48 @@ def _with_ethertype(header: bytes, type_at: int, kind: int, vlans: list[int], pa
     return bytes(head) + tags + payload
 
 
+def _outer_ip(protocol: int, payload: bytes) -> bytes:
+    """An IPv4 header 192.0.2.1 > 192.0.2.2 (checksum 0: nobody checks it) around `payload`."""
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, (20 + len(payload)) & 0xFFFF, 0, 0, 64, protocol, 0,
+                       bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2])) + payload
+
+
+def wrapped(rng: random.Random, p: Packet) -> tuple[int, bytes]:
+    """(EtherType, bytes) of IP packet `p` in a tunnel of analyzer/tunnels.py or layers.py (issue 13), so
+    the comparisons and the fuzzer seeded from them reach those decoders too."""
+    kind = rng.choice(("ipip", "gre", "gre-key", "vxlan", "mpls", "pppoe", "gtp-u", "geneve"))
+    inner_type, ip = p.ethertype, p.data
+    if kind == "ipip":
+        return ETH_IPV4, _outer_ip(4 if inner_type == ETH_IPV4 else 41, ip)
+    if kind in ("gre", "gre-key"):
+        head = struct.pack("!HHI", 0x2000, inner_type, rng.randrange(4)) if kind == "gre-key" else \
+            struct.pack("!HH", 0, inner_type)
+        return ETH_IPV4, _outer_ip(47, head + ip)
+    if kind == "mpls":
+        labels = [struct.pack("!I", (16 + i) << 12 | 64) for i in range(rng.randint(0, 2))]
+        return 0x8847, b"".join(labels) + struct.pack("!I", 99 << 12 | 0x100 | 64) + ip
+    if kind == "pppoe":
+        ppp = 0x0021 if inner_type == ETH_IPV4 else 0x0057
+        return 0x8864, struct.pack("!BBHHH", 0x11, 0, 7, len(ip) + 2, ppp) + ip
+    ports = {"vxlan": 4789, "gtp-u": 2152, "geneve": 6081}[kind]
+    if kind == "vxlan":
+        head = struct.pack("!II", 0x08000000, 42 << 8) + bytes(12) + struct.pack("!H", inner_type)
+    elif kind == "gtp-u":
+        head = struct.pack("!BBHI", 0x30, 0xFF, len(ip), 7)
+    else:
+        head = struct.pack("!BBHI", 0, 0, inner_type, 77 << 8)
+    udp = struct.pack("!HHHH", 50000, ports, 8 + len(head) + len(ip), 0)
+    return ETH_IPV4, _outer_ip(17, udp + head + ip)
+
+
 def link_frame(linktype: int, p: Packet, vlans: list[int], rng: random.Random) -> bytes:
-    """`p` in a frame of `linktype`."""
+    """`p` in a frame of `linktype` (on Ethernet, an IP packet now and then inside a tunnel)."""
     family = {ETH_IPV4: 2, ETH_IPV6: rng.choice((10, 24, 28, 30))}.get(p.ethertype, 0x1234)
     if linktype == 1:
-        return _with_ethertype(bytes.fromhex("020000000002020000000001") + b"\0\0", 12, p.ethertype, vlans, p.data)
+        kind, data = p.ethertype, p.data
+        if kind in (ETH_IPV4, ETH_IPV6) and rng.random() < 0.08:
+            kind, data = wrapped(rng, p)
+        return _with_ethertype(bytes.fromhex("020000000002020000000001") + b"\0\0", 12, kind, vlans, data)
     if linktype == 113:
         return _with_ethertype(struct.pack("!HHH8s", 0, 1, 6, b"\x02" * 6) + b"\0\0", 14, p.ethertype, vlans, p.data)
     if linktype == 276:
@@ -624,7 +661,7 @@ def link_frame(linktype: int, p: Packet, vlans: list[int], rng: random.Random) -
         return struct.pack("<I" if rng.random() < 0.8 else ">I", family) + p.data
     if linktype == 108:
         return struct.pack(">I", family) + p.data
-    return p.data  # raw IP, IPv4, IPv6, and 802.11 (which is not read)
+    return p.data  # raw IP, IPv4, IPv6, and 802.11 Prism (which is not read)
 
 
 def _link_choice(rng: random.Random, versions: set[int]) -> int:
@@ -634,7 +671,7 @@ def _link_choice(rng: random.Random, versions: set[int]) -> int:
     if versions == {ETH_IPV6}:
         choices.append(229)
     if rng.random() < 0.02:
-        return 105
+        return 119
     return rng.choice(choices)
 
 

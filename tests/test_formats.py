@@ -94,10 +94,10 @@ def test_format_is_told_by_magic_not_name(tmp_path):
 
 
 def test_unsupported_link_type_is_counted_by_name(tmp_path):
-    path = write_pcap(tmp_path / "c.pcap", [b"\x00" * 40] * 3, 105)
+    path = write_pcap(tmp_path / "c.pcap", [b"\x00" * 40] * 3, 119)
     stats = analyzer.Stats()
     assert list(analyzer.analyze(path, stats=stats)) == []
-    assert stats.skipped == {"unsupported link type IEEE802_11": 3}
+    assert stats.skipped == {"unsupported link type IEEE802_11_PRISM": 3}
 
 
 def test_non_tcp_frames_are_skipped_not_malformed(tmp_path):

@@ -19,6 +19,9 @@ import pytest
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 EXPECTED = sorted(SAMPLES.glob("*.expected.json"))
 CAPTURES = sorted(p for p in SAMPLES.glob("*") if p.suffix in (".pcap", ".pcapng"))
+# tcpdump 4.99 reads one link type per pcapng, and decodes no PBB, VN-Tag, ERSPAN, GRE in UDP, GTP-U,
+# Teredo or AYIYA: this sample is checked against tshark instead (tests/test_tunnels.py)
+TCPDUMP_READS = [c for c in CAPTURES if c.name != "crafted_encapsulations.pcapng"]
 MSL = 30.0
 
 
@@ -36,7 +39,8 @@ def run_cli(capture: Path) -> list[dict]:
 def tcpdump_times(capture: Path) -> dict[int, float]:
     out = subprocess.run(["tcpdump", "-tt", "-nn", "-r", str(capture)], capture_output=True,
                          text=True, timeout=60, check=True).stdout
-    return {n: float(line.split()[0]) for n, line in enumerate(out.splitlines(), start=1)}
+    stamps = [line.split()[0] for line in out.splitlines() if line[:1].isdigit()]  # a tunnel's inner line: no time
+    return {n: float(stamp) for n, stamp in enumerate(stamps, start=1)}
 
 
 def key_of(conn: dict) -> tuple:
@@ -69,7 +73,7 @@ def test_golden(expected_path):
 
 
 @pytest.mark.skipif(not shutil.which("tcpdump"), reason="tcpdump is not installed")
-@pytest.mark.parametrize("capture", [c for c in CAPTURES if not c.name.startswith("busy")],
+@pytest.mark.parametrize("capture", [c for c in TCPDUMP_READS if not c.name.startswith("busy")],
                          ids=lambda p: p.name)
 def test_transition_times_are_the_frames_times(capture):
     times = tcpdump_times(capture)
@@ -107,7 +111,7 @@ def test_busy_capture_matches_the_generators_manifest():
 
 
 @pytest.mark.skipif(not shutil.which("tcpdump"), reason="tcpdump is not installed")
-@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: p.name)
+@pytest.mark.parametrize("capture", TCPDUMP_READS, ids=lambda p: p.name)
 def test_remaining_keys_against_tcpdumps_dissection(capture):
     """start, end, ip_version, packets, payload_bytes, options, id and anomalies, read off tcpdump."""
     from tests.tcpdump_oracle import frames
@@ -118,10 +122,11 @@ def test_remaining_keys_against_tcpdumps_dissection(capture):
     assert [c["id"] for c in sorted(conns, key=lambda c: c["first_frame"])] == list(range(len(conns)))
     for conn in conns:
         ends = {conn["client"], conn["server"]}
-        mine = [ln for ln in lines
-                if conn["first_frame"] <= ln.frame <= conn["last_frame"] and {ln.src, ln.dst} == ends]
-        assert conn["start"] == pytest.approx(lines[conn["first_frame"] - 1].ts, abs=1e-6)
-        assert conn["end"] == pytest.approx(lines[conn["last_frame"] - 1].ts, abs=1e-6)
+        mine = [ln for ln in lines if conn["first_frame"] <= ln.frame <= conn["last_frame"]
+                and {ln.src, ln.dst} == ends and ln.vlan == conn["vlan"]]
+        at = {ln.frame: ln.ts for ln in lines}
+        assert conn["start"] == pytest.approx(at[conn["first_frame"]], abs=1e-6)
+        assert conn["end"] == pytest.approx(at[conn["last_frame"]], abs=1e-6)
         assert conn["ip_version"] == (6 if conn["client"].startswith("[") else 4)
         assert conn["anomalies"] == []  # kernel captures (and the crafted ones) are clean
         for side in ("client", "server"):

@@ -46,8 +46,10 @@ def four_tuple(conn: analyzer.Connection) -> frozenset:
 def test_connection_count_matches_tcptrace(path):
     if path.suffix == ".pcapng":
         pytest.skip("tcptrace does not read pcapng")
-    theirs = tcptrace(path)
     mine = ours(path)
+    if any(c.tunnel for c in mine):
+        pytest.skip("tcptrace does not look inside tunnels (tshark does: the next test)")
+    theirs = tcptrace(path)
     assert len(mine) == len(theirs)
     resets_theirs = sum(1 for *_, verdict in theirs if "reset" in verdict)
     resets_mine = sum(1 for c in mine if c.reset_by is not None)

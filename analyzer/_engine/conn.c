@@ -198,6 +198,10 @@ int conn_init(Conn *c, int64_t id, const Packet *first, const Timeouts *timeouts
     c->start = c->end = c->last_ts = first->ts;
     c->scheduled = __builtin_inf();
     c->finished_at = first->ts;
+    if (first->tunnel != NULL) {  /* connection.py: the first segment's tunnel, kept as it came */
+        c->tunnel = strdup(first->tunnel);
+        if (c->tunnel == NULL) c->out_of_memory = 1;
+    }
     begin(c, first);
     return c->out_of_memory ? -1 : 0;
 }
@@ -209,6 +213,8 @@ void conn_free(Conn *c) {
         if (ep->unreceived.items != ep->unreceived.inline_items) free(ep->unreceived.items);
     }
     free(c->anomalies);
+    free(c->tunnel);
+    c->tunnel = NULL;
 }
 
 /* ---- the segment path ----------------------------------------------------- */

@@ -1,18 +1,18 @@
 /* From a captured frame to a TCP segment, in C: decode.py, branch by branch.
  *
  * The skip reasons are the same sentences decode.py gives, so both paths
- * count and name bad frames alike.
+ * count and name bad frames alike. The layers around the IP header (link
+ * types, VLAN tags, tunnels) are encap.c's and tunnels.c's; decode_frame
+ * walks them a bounded number of steps, as decode.decode does.
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine.h"
+#include "decode.h"
 
-static inline unsigned be16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
-static inline uint32_t be32(const uint8_t *p) {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
+enum { MAX_STEPS = 4 * MAX_LAYERS + 8 };  /* decode._MAX_STEPS */
 
 /* ---- link-type names (filled from decode.LINKTYPE_NAMES) ------------------- */
 /* As many as configure() hands over; each short enough that "unsupported link
@@ -54,74 +54,71 @@ const char *linktype_name(uint32_t linktype, char *buf, size_t size) {
     return buf;
 }
 
-static int skip(Skip *s, int malformed, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-#include <stdarg.h>
-static int skip(Skip *s, int malformed, const char *fmt, ...) {
+int skip(Skip *s, int malformed, const char *fmt, ...) {
     va_list args;
     va_start(args, fmt);
     vsnprintf(s->reason, sizeof s->reason, fmt, args);
     va_end(args);
     s->malformed = malformed;
-    return 1;
+    return STEP_SKIP;
 }
 
-static int cut(const Frame *f, const char *what, Skip *s) {
+int cut(const Frame *f, const char *what, Skip *s) {
     if (f->wire_len > f->caplen) return skip(s, 1, "cut by the snaplen before the end of the %s", what);
     return skip(s, 1, "%s cut short", what);
 }
 
 /* ---- the link layer --------------------------------------------------------------- */
 
-static int ethertype(const Frame *f, long at, long header_end, int *version, long *offset, Skip *s) {
+/* The EtherType at `at` (payload from `end`), past any VLAN tags (layers.ethertype); here, not in
+ * encap.c, so that the plain Ethernet path inlines it. */
+static inline int ethertype(const Frame *f, long at, long end, Path *path, long *pos, Skip *s) {
     const uint8_t *data = f->data;
     long len = f->caplen;
-    long end = header_end < 0 ? at + 2 : header_end;
     if (len < end) return skip(s, 1, "link-layer header cut short");
     unsigned kind = be16(data + at);
     while (kind == 0x8100 || kind == 0x88A8 || kind == 0x9100) {
         at = end + 2;
         end = end + 4;
         if (len < end) return skip(s, 1, "VLAN tag cut short");
+        uint32_t vid = be16(data + at - 2) & 0x0FFF;
+        if (vid && path->n_vlans < 2) path->vlan |= path->n_vlans++ ? vid : vid << 16;
         kind = be16(data + at);
     }
-    if (kind == 0x0800) *version = 4;
-    else if (kind == 0x86DD) *version = 6;
-    else return skip(s, 0, "not IP (ARP, LLC, ...)");
-    *offset = end;
-    return 0;
+    *pos = end;
+    if (kind == 0x0800) return STEP_IP4;
+    if (kind == 0x86DD) return STEP_IP6;
+    return ether_layer(f, kind, end, path, pos, s);
 }
 
-static int network_layer(const Frame *f, int *version, long *offset, Skip *s) {
+
+static int network_layer(const Frame *f, Path *path, long *pos, Skip *s) {
     uint32_t lt = f->linktype;
     const uint8_t *data = f->data;
-    if (lt == 1) return ethertype(f, 12, -1, version, offset, s);
-    if (lt == 113) return ethertype(f, 14, -1, version, offset, s);
-    if (lt == 276) return ethertype(f, 0, 20, version, offset, s);
+    if (lt == 1) return ethertype(f, 12, 14, path, pos, s);
+    if (lt == 113) return ethertype(f, 14, 16, path, pos, s);
+    if (lt == 276) return ethertype(f, 0, 20, path, pos, s);
+    *pos = 0;
     if (lt == 12 || lt == 14 || lt == 101) {
         if (f->caplen == 0) return skip(s, 1, "empty raw IP frame");
         int v = data[0] >> 4;
         if (v != 4 && v != 6) return skip(s, 1, "raw frame with IP version %d", v);
-        *version = v;
-        *offset = 0;
-        return 0;
+        return v == 4 ? STEP_IP4 : STEP_IP6;
     }
-    if (lt == 228 || lt == 229) {
-        *version = lt == 228 ? 4 : 6;
-        *offset = 0;
-        return 0;
-    }
+    if (lt == 228 || lt == 229) return lt == 228 ? STEP_IP4 : STEP_IP6;
     if (lt == 0 || lt == 108) {
         if (f->caplen < 4) return skip(s, 1, "loopback header cut short");
         uint32_t big = be32(data);
         uint32_t little = (uint32_t)data[3] << 24 | (uint32_t)data[2] << 16 | (uint32_t)data[1] << 8 | data[0];
         uint32_t family = lt == 108 ? big : little;
         if (family > 0xFFFF) family = big;
-        if (family == 2) *version = 4;
-        else if (family == 10 || family == 24 || family == 28 || family == 30) *version = 6;
-        else return skip(s, 0, "not IP (loopback family)");
-        *offset = 4;
-        return 0;
+        *pos = 4;
+        if (family == 2) return STEP_IP4;
+        if (family == 10 || family == 24 || family == 28 || family == 30) return STEP_IP6;
+        return skip(s, 0, "not IP (loopback family)");
     }
+    int step = link_step(f, pos, s);
+    if (step != STEP_SEGMENT) return step;
     char buf[32];
     return skip(s, 0, "unsupported link type %s", linktype_name(lt, buf, sizeof buf));
 }
@@ -196,10 +193,10 @@ static int tcp(const Frame *f, int version, const uint8_t *src, const uint8_t *d
         parse_options(data + at + 20, end - (at + 20), &p->options);
         p->has_options = 1;
     }
-    return 0;
+    return STEP_SEGMENT;
 }
 
-static int ipv4(const Frame *f, long at, Packet *p, Skip *s) {
+static int ipv4(const Frame *f, long at, Path *path, Packet *p, long *pos, Skip *s) {
     const uint8_t *data = f->data;
     long len = f->caplen;
     if (len < at + 20) return cut(f, "IPv4 header", s);
@@ -207,15 +204,22 @@ static int ipv4(const Frame *f, long at, Packet *p, Skip *s) {
     if (first >> 4 != 4) return skip(s, 1, "IPv4 header with version %d", first >> 4);
     long ihl = (first & 0x0F) * 4;
     if (ihl < 20) return skip(s, 1, "IPv4 header length %ld is under 20", ihl);
-    if (data[at + 9] != 6) return skip(s, 0, "not TCP (UDP, ICMP, ...)");
+    int protocol = data[at + 9];
+    if (protocol != 6 && protocol != 4 && protocol != 41 && protocol != 47 &&
+        (protocol != 17 || (be16(data + at + 6) & 0x1FFF) || udp_tunnel_port(f, at + ihl) < 0))
+        return skip(s, 0, "not TCP (UDP, ICMP, ...)");
     long total = be16(data + at + 2);
     if (total == 0) total = len - at;
     if (total < ihl) return skip(s, 1, "IPv4 total length %ld is under its header length %ld", total, ihl);
     if (be16(data + at + 6) & 0x1FFF) return skip(s, 0, "IP fragment");
+    if (protocol != 6) {
+        int step = ip_tunnel(f, 4, protocol, data + at + 12, data + at + 16, at + ihl, path, pos, s);
+        return step != STEP_SEGMENT ? step : skip(s, 0, "not TCP (UDP, ICMP, ...)");
+    }
     return tcp(f, 4, data + at + 12, data + at + 16, at + ihl, total - ihl, p, s);
 }
 
-static int ipv6(const Frame *f, long at, Packet *p, Skip *s) {
+static int ipv6(const Frame *f, long at, Path *path, Packet *p, long *pos, Skip *s) {
     const uint8_t *data = f->data;
     long len = f->caplen;
     if (len < at + 40) return cut(f, "IPv6 header", s);
@@ -223,29 +227,56 @@ static int ipv6(const Frame *f, long at, Packet *p, Skip *s) {
     long length = be16(data + at + 4);
     if (length == 0) length = len - at - 40;
     int next = data[at + 6];
-    long pos = at + 40, end = at + 40 + length;
+    long here = at + 40, end = at + 40 + length;
     while (next != 6) {
         if (next == 44) {
-            if (len < pos + 8) return cut(f, "IPv6 fragment header", s);
-            if (be16(data + pos + 2) & 0xFFF8) return skip(s, 0, "IP fragment");
-            next = data[pos];
-            pos += 8;
+            if (len < here + 8) return cut(f, "IPv6 fragment header", s);
+            if (be16(data + here + 2) & 0xFFF8) return skip(s, 0, "IP fragment");
+            next = data[here];
+            here += 8;
         } else if (next == 0 || next == 43 || next == 60 || next == 135 || next == 139 || next == 140 ||
                    next == 51) {
-            if (len < pos + 2) return cut(f, "IPv6 extension header", s);
-            long size = next == 51 ? (data[pos + 1] + 2) * 4 : (data[pos + 1] + 1) * 8;
-            next = data[pos];
-            pos += size;
+            if (len < here + 2) return cut(f, "IPv6 extension header", s);
+            long size = next == 51 ? (data[here + 1] + 2) * 4 : (data[here + 1] + 1) * 8;
+            next = data[here];
+            here += size;
+        } else if (next == 4 || next == 41 || next == 47 || next == 17) {
+            int step = ip_tunnel(f, 6, next, data + at + 8, data + at + 24, here, path, pos, s);
+            return step != STEP_SEGMENT ? step : skip(s, 0, "not TCP (UDP, ICMPv6, ...)");
         } else {
             return skip(s, 0, "not TCP (UDP, ICMPv6, ...)");
         }
     }
-    return tcp(f, 6, data + at + 8, data + at + 24, pos, end - pos, p, s);
+    return tcp(f, 6, data + at + 8, data + at + 24, here, end - here, p, s);
 }
 
-int decode_frame(const Frame *f, Packet *p, Skip *s) {
-    int version;
-    long offset;
-    if (network_layer(f, &version, &offset, s)) return 1;
-    return version == 4 ? ipv4(f, offset, p, s) : ipv6(f, offset, p, s);
+int decode_frame(const Frame *f, Packet *p, Skip *s, char *text) {
+    Path path = {.text = text};
+    long pos = 0;
+    int step = network_layer(f, &path, &pos, s);
+    for (int i = 0; i < MAX_STEPS && step >= 0; i++) {
+        switch (step) {
+        case STEP_IP4: step = ipv4(f, pos, &path, p, &pos, s); break;
+        case STEP_IP6: step = ipv6(f, pos, &path, p, &pos, s); break;
+        case STEP_ETHER: step = ethertype(f, pos, pos + 2, &path, &pos, s); break;
+        case STEP_MPLS: step = mpls(f, pos, &path, &pos, s); break;
+        case STEP_PPP: step = ppp(f, pos, &pos, s); break;
+        case STEP_LLC: step = llc(f, pos, &pos, s); break;
+        default: step = wifi(f, pos, &pos, s); break;
+        }
+    }
+    if (step == STEP_SKIP) return 1;
+    if (step != STEP_SEGMENT) {
+        skip(s, 1, "encapsulations nested too deep");
+        return 1;
+    }
+    p->vlan = path.vlan;
+    p->vni = path.vni;
+    p->kinds = path.kinds;
+    p->tunnel = NULL;
+    if (path.layers) {
+        text[path.len] = 0;
+        p->tunnel = text;
+    }
+    return 0;
 }

@@ -91,10 +91,12 @@ typedef struct {          /* the SYN options, in the order they first appeared *
     uint16_t value[N_OPTS];
 } Options;
 
-typedef struct {  /* the bidirectional 4-tuple, lower (address, port) first */
+typedef struct {  /* the bidirectional 4-tuple, lower (address, port) first; the VLANs and the virtual network */
     uint8_t a[16], b[16];
     uint16_t pa, pb;
-    uint8_t v, pad;
+    uint8_t v, pad[3];
+    uint32_t vlan;    /* the first two VLAN ids met, outer << 16 | inner (0: none; tracker.py's key) */
+    uint32_t vni;     /* the innermost VXLAN/Geneve network id + 1 (0: none) */
 } Key;
 
 typedef struct {
@@ -110,6 +112,10 @@ typedef struct {
     Options options;
     Key key;          /* set by packet_key() */
     uint32_t hash;
+    uint32_t vlan, vni;   /* as in Key */
+    uint32_t kinds;       /* a bit per kind of encapsulation gone through (layers.KIND_BIT), 0: none */
+    const char *tunnel;   /* the encapsulations as text (the batch's: feeder.c), NULL: none */
+    uint32_t tunnel_at;   /* feeder.c: where in its batch's texts, + 1 (0: none), until the batch is full */
 } Packet;
 
 /* What a connection keeps of a segment it has sent but not yet delivered. */
@@ -140,9 +146,16 @@ static inline int addr_compare(const uint8_t *x, const uint8_t *y) {
     return 0;
 }
 
-/* decode.c: 0 and a filled packet, or 1 and a reason (malformed or not). */
+/* decode.c: 0 and a filled packet, or 1 and a reason (malformed or not). `text` (TUNNEL_TEXT_MAX
+ * bytes) receives the tunnel's text, which p->tunnel then points at. */
 typedef struct { char reason[112]; int malformed; } Skip;
-int decode_frame(const Frame *frame, Packet *out, Skip *skip);
+#define MAX_LAYERS 8          /* layers.MAX_LAYERS */
+#define LAYER_TEXT_MAX 128    /* one layer's text (the longest is about 115 characters) */
+#define TUNNEL_TEXT_MAX (MAX_LAYERS * (LAYER_TEXT_MAX + 3))
+#define N_TUNNEL_KINDS 16     /* layers.TUNNEL_KINDS */
+extern const char *const TUNNEL_KINDS[N_TUNNEL_KINDS];
+int decode_frame(const Frame *frame, Packet *out, Skip *skip, char *text);
+size_t ipv6_chars(char *out, const uint8_t *a);  /* output.c: the address as Python writes it (46 bytes) */
 const char *linktype_name(uint32_t linktype, char *buf, size_t size);
 /* decode.LINKTYPE_NAMES, for configure(): 0, 1 if the name is longer than LINKTYPE_NAME_MAX, -1 out of memory */
 #define LINKTYPE_NAME_MAX 64
@@ -210,6 +223,7 @@ typedef struct Conn {
     /* last, out of the way of the fields every segment reads (a handshake's three segments write them) */
     double hs_ts[3];         /* [HS_SYN - 1]: the last SYN, [HS_SYNACK - 1]: the last SYN,ACK, [HS_ACK - 1] */
     double finished_at;      /* packet time the tracker finished it at: a timer, a reuse, the capture's end */
+    char *tunnel;            /* the first packet's encapsulations (malloc'd), NULL: none */
 } Conn;
 
 typedef struct {  /* the labels of a finished connection (labels.py) */

@@ -165,8 +165,42 @@ static inline int batch_room(const Batch *batch) {
     return batch->count < BATCH_PACKETS && (batch->raw == NULL || batch->raw->len < RAW_BATCH_BYTES);
 }
 
+static void read_batch(Feeder *f, Batch *batch);
+
+/* Keep the tunnel text of a batch's packet p, and count its kinds; nonzero: out of memory. */
+static int keep_tunnel(Feeder *f, Batch *batch, Packet *p) {
+    FrameStats *s = &f->stats;
+    s->tunnelled++;
+    for (int k = 0; k < N_TUNNEL_KINDS; k++) s->tunnels[k] += (p->kinds >> k) & 1;
+    size_t n = strlen(p->tunnel) + 1;  /* under TUNNEL_TEXT_MAX */
+    while (batch->texts_cap - batch->texts_len < n) {
+        char *more = grown(batch->texts, &batch->texts_cap, 1, 4096);
+        if (more == NULL) return -1;
+        batch->texts = more;
+    }
+    memcpy(batch->texts + batch->texts_len, p->tunnel, n);
+    batch->texts_len += n;
+    p->tunnel_at = (uint32_t)(batch->texts_len - n + 1);  /* texts stay under BATCH_PACKETS * TUNNEL_TEXT_MAX */
+    return 0;
+}
+
+/* The batch is full: its packets' texts stay where they are now, until the batch is refilled. */
+static void point_at_texts(Batch *batch) {
+    if (batch->texts_len == 0) return;
+    for (size_t i = 0; i < batch->count; i++) {
+        Packet *p = &batch->packets[i];
+        if (p->tunnel_at) p->tunnel = batch->texts + p->tunnel_at - 1;
+    }
+}
+
 /* Fill `batch` with up to BATCH_PACKETS decoded packets; mark how reading ended, if it did. */
 static void fill_batch(Feeder *f, Batch *batch) {
+    batch->texts_len = 0;
+    read_batch(f, batch);
+    point_at_texts(batch);
+}
+
+static void read_batch(Feeder *f, Batch *batch) {
     Frame frame;
     Skip skip;
     batch->count = 0;
@@ -200,7 +234,7 @@ static void fill_batch(Feeder *f, Batch *batch) {
             return;
         }
         Packet *p = &batch->packets[batch->count];
-        if (decode_frame(&frame, p, &skip)) {
+        if (decode_frame(&frame, p, &skip, f->text)) {
             if (note_skip(&f->stats, frame.number, &skip)) {
                 batch->last = READ_FAILED;
                 return;
@@ -212,6 +246,11 @@ static void fill_batch(Feeder *f, Batch *batch) {
             return;
         }
         f->stats.segments++;
+        p->tunnel_at = 0;
+        if (p->tunnel != NULL && keep_tunnel(f, batch, p)) {
+            batch->last = READ_FAILED;
+            return;
+        }
         packet_key(p);
         batch->count++;
     }
@@ -348,6 +387,8 @@ void feeder_close(Feeder *f) {
     free(s->link_index.slots);
     for (size_t i = 0; f->ring != NULL && i < BATCHES; i++) free_raw(f->ring[i].raw);
     if (f->inline_batch != NULL) free_raw(f->inline_batch->raw);
+    for (size_t i = 0; f->ring != NULL && i < BATCHES; i++) free(f->ring[i].texts);
+    if (f->inline_batch != NULL) free(f->inline_batch->texts);
     free(f->ring);
     free(f->inline_batch);
     reader_close(&f->reader);

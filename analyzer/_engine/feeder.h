@@ -51,6 +51,8 @@ typedef struct {  /* what pipeline.Stats counts */
     LinkCount *links;
     size_t n_links, cap_links, last_link;
     Index link_index;
+    int64_t tunnelled;                     /* segments through encapsulations (Stats.tunnelled) ... */
+    int64_t tunnels[N_TUNNEL_KINDS];       /* ... through each kind (Stats.tunnels) */
 } FrameStats;
 
 /* With keep_raw (the ladder's collect.c): each packet's frame as captured, copied into a
@@ -74,6 +76,8 @@ typedef struct {
     size_t count;
     int last;                /* 0, or how reading ended: READ_END, READ_ERROR, READ_FAILED */
     RawFrames *raw;          /* keep_raw: packets[i]'s frame is raw->refs[i]; else NULL */
+    char *texts;             /* the tunnel texts of its packets, one after another (NULL: none yet) */
+    size_t texts_len, texts_cap;
 } Batch;
 
 typedef struct {
@@ -91,6 +95,7 @@ typedef struct {
     size_t head, count;
     Batch *inline_batch;
     int64_t bytes;           /* read so far, for progress */
+    char text[TUNNEL_TEXT_MAX];  /* a packet's tunnel text, from decode_frame until kept in its batch */
 } Feeder;
 
 /* Start reading. With `fd` >= 0 a thread reads it with read(2); otherwise

@@ -73,6 +73,10 @@ static void packet_from(const HalfOpen *h, const Facts *f, Packet *p) {
     p->options = f->options;
     p->key = h->key;
     p->hash = h->hash;
+    p->vlan = h->key.vlan;
+    p->vni = h->key.vni;
+    p->kinds = 0;
+    p->tunnel = NULL;  /* a tunnelled SYN is never kept as a record (tracker.c) */
 }
 
 /* Keep one more packet in the record, and the wake-up its Conn has scheduled; nonzero: out of memory. */

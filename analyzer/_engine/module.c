@@ -287,6 +287,18 @@ static PyObject *filter_failed(const Run *run) {
     return Py_BuildValue("(ks)", (unsigned long)run->filter.failed_linktype, run->filter.failed_reason);
 }
 
+/* Stats.tunnels: the kinds of encapsulation segments came through, and how many. */
+static PyObject *tunnel_counts(const FrameStats *stats) {
+    PyObject *dict = PyDict_New();
+    for (int k = 0; dict && k < N_TUNNEL_KINDS; k++) {
+        if (stats->tunnels[k] == 0) continue;
+        PyObject *value = PyLong_FromLongLong(stats->tunnels[k]);
+        if (value == NULL || PyDict_SetItemString(dict, TUNNEL_KINDS[k], value)) Py_CLEAR(dict);
+        Py_XDECREF(value);
+    }
+    return dict;
+}
+
 static PyObject *result(Run *run, const char *error) {
     static const char *const closers[] = {"client", "server", "both", "None"};
     const Census *census = &run->sink.census;
@@ -294,7 +306,7 @@ static PyObject *result(Run *run, const char *error) {
     const char *states[N_STATES];
     for (int i = 0; i < N_STATES; i++) states[i] = machine.state_names[i];
     return Py_BuildValue(
-        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L,s:L,s:N,s:L}",
+        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L,s:L,s:N,s:L,s:L,s:N}",
         "frames", (long long)stats->frames, "segments", (long long)stats->segments,
         "connections", (long long)census->connections, "skipped", reasons(stats, 0), "malformed",
         reasons(stats, 1), "problems", problems(stats->problems, stats->n_problems), "damage",
@@ -305,7 +317,8 @@ static PyObject *result(Run *run, const char *error) {
         "final_server", counts(census->final[1], states, N_STATES), "half_close", (long long)census->half_close,
         "anomalies", (long long)census->anomalies, "error", error,
         "formatted_by_tracker", (long long)run->sink.helped, "unmatched", (long long)stats->unmatched,
-        "filter_failed", filter_failed(run), "matched", (long long)census->matched);
+        "filter_failed", filter_failed(run), "matched", (long long)census->matched, "tunnelled", (long long)stats->tunnelled,
+        "tunnels", tunnel_counts(stats));
 }
 
 static PyObject *run_capture(PyObject *self, PyObject *args) {

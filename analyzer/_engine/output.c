@@ -327,17 +327,14 @@ static inline void put_state(Buffer *b, uint8_t state) {
 
 int ipv4_mapped_dotted;
 
-static void ipv6_text(Buffer *b, const uint8_t *a) {
+size_t ipv6_chars(char *out, const uint8_t *a) {
     /* ipaddress.IPv6Address.__str__: the first longest run of two or more zero groups is "::" */
     static const char hex[] = "0123456789abcdef";
     static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
+    size_t n = 0;
     if (ipv4_mapped_dotted && memcmp(a, mapped, 12) == 0) {
-        LIT(b, "::ffff:");
-        for (int i = 12; i < 16; i++) {
-            buf_int(b, a[i]);
-            if (i < 15) buf_putc(b, '.');
-        }
-        return;
+        int written = snprintf(out, 46, "::ffff:%u.%u.%u.%u", a[12], a[13], a[14], a[15]);
+        return written > 0 && written < 46 ? (size_t)written : 0;
     }
     unsigned groups[8];
     for (int i = 0; i < 8; i++) groups[i] = (unsigned)a[2 * i] << 8 | a[2 * i + 1];
@@ -353,10 +350,10 @@ static void ipv6_text(Buffer *b, const uint8_t *a) {
         i = j;
     }
     if (best_len < 2) best = -1;
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < 8; i++) {  /* at most 8 groups of 4 digits and 7 colons: 39 characters */
         if (i == best) {
-            if (i == 0) buf_putc(b, ':');
-            buf_putc(b, ':');
+            if (i == 0) out[n++] = ':';
+            out[n++] = ':';
             i += best_len - 1;
             continue;
         }
@@ -364,12 +361,19 @@ static void ipv6_text(Buffer *b, const uint8_t *a) {
         for (int shift = 12; shift >= 0; shift -= 4) {
             unsigned digit = (groups[i] >> shift) & 0xF;
             if (digit || started || shift == 0) {
-                buf_putc(b, hex[digit]);
+                out[n++] = hex[digit];
                 started = 1;
             }
         }
-        if (i < 7) buf_putc(b, ':');
+        if (i < 7) out[n++] = ':';
     }
+    out[n] = 0;
+    return n;
+}
+
+static void ipv6_text(Buffer *b, const uint8_t *a) {
+    char text[46];
+    buf_put(b, text, ipv6_chars(text, a));
 }
 
 static void endpoint_name(Buffer *b, const Endpoint *ep, int ip_version) {
@@ -635,6 +639,20 @@ static int write_json(Buffer *b, const Conn *c, const Labels *l, const OutputSty
     }
     buf_putc(b, ']');
     if (json_timing(b, c, l)) return -1;
+    LIT(b, ", \"tunnel\": ");
+    json_opt_str(b, c->tunnel);
+    LIT(b, ", \"vlan\": ");
+    if (c->key.vlan == 0) {
+        LIT(b, "null");
+    } else {
+        buf_putc(b, '[');
+        buf_int(b, c->key.vlan >> 16);
+        if (c->key.vlan & 0xFFFF) {
+            LIT(b, ", ");
+            buf_int(b, c->key.vlan & 0xFFFF);
+        }
+        buf_putc(b, ']');
+    }
     if (style->capture) {
         LIT(b, ", \"capture\": ");
         buf_put(b, style->capture, style->capture_len);
@@ -701,6 +719,13 @@ static int write_csv(Buffer *b, const Conn *c, const Labels *l, const OutputStyl
     csv_int(b, server->payload_bytes);
     csv_int(b, c->n_anomalies);
     if (csv_timing(b, c, l)) return -1;
+    csv_text(b, c->tunnel);
+    buf_putc(b, ',');
+    if (c->key.vlan) buf_int(b, c->key.vlan >> 16);
+    if (c->key.vlan & 0xFFFF) {
+        buf_putc(b, '/');
+        buf_int(b, c->key.vlan & 0xFFFF);
+    }
     buf_putc(b, '\n');
     return 0;
 }

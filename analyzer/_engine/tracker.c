@@ -1,6 +1,7 @@
 /* The connection table, in C: tracker.py's Tracker.
  *
- * Connections are keyed by the bidirectional 4-tuple (and IP version) in an
+ * Connections are keyed by the bidirectional 4-tuple (and IP version, VLAN ids and
+ * VXLAN/Geneve network id: tracker.py) in an
  * open-addressing hash table with backward-shift deletion. Looking a packet's
  * connection up is a cache miss or two in a table of 100,000s, so the caller
  * computes keys a few packets ahead and prefetches their table entries, and
@@ -17,7 +18,7 @@
  * packet and each waits for the handshake timeout (40 s); as Conns (848 bytes
  * each) a million of them held 900 MB. So a connection whose first packet is
  * a bare SYN (SYN without ACK, RST or FIN) starts as a HalfOpen record
- * instead: its key, id and slot, and that packet's facts (112 bytes, from
+ * instead: its key, id and slot, and that packet's facts (120 bytes, from
  * slabs of the tracker's own: halfopen.c). The record becomes a Conn
  * (`promote`) when a second packet comes for its 4-tuple, when its handshake
  * timer fires, or at the flush at the end (one at a time, as they are handed
@@ -45,8 +46,8 @@
  * byte test per packet.
  *
  * What a half-open connection costs in all (record, table, heap, slot): about
- * 180 bytes with the SYN alone (a million SYNs within a second peak at 247
- * MiB), about 300 with its SYN-ACK too. A connection that goes on costs a
+ * 190 bytes with the SYN alone (a million SYNs within a second peak at 259
+ * MiB: 247 before the key held VLAN ids and a VNI), about 320 with its SYN-ACK too. A connection that goes on costs a
  * record made and reused, and its SYN processed at its second packet.
  */
 #include <math.h>
@@ -67,17 +68,24 @@ static void make_key(const Packet *p, Key *key) {  /* fills every byte: keys com
     key->pa = src_first ? p->sport : p->dport;
     key->pb = src_first ? p->dport : p->sport;
     key->v = p->ip_version;
-    key->pad = 0;
+    memset(key->pad, 0, sizeof key->pad);
+    key->vlan = p->vlan;
+    key->vni = p->vni;
 }
 
+_Static_assert(sizeof(Key) == 48, "a key is six words, every byte set");
+
 static uint32_t hash_key(const Key *key) {
-    /* five words, each multiplied by its own odd constant (independent: they pipeline), then mixed */
-    uint64_t w[5];
+    /* six words, each multiplied by its own odd constant (independent: they pipeline), then mixed;
+     * the last two built from the fields, not read back over the narrower stores that just wrote them */
+    uint64_t w[4];
     memcpy(w, key->a, 16);
     memcpy(w + 2, key->b, 16);
-    w[4] = (uint64_t)key->pa << 24 | (uint64_t)key->pb << 8 | key->v;
+    uint64_t ports = (uint64_t)key->pa << 24 | (uint64_t)key->pb << 8 | key->v;
+    uint64_t net = (uint64_t)key->vlan << 32 | key->vni;
     uint64_t h = (w[0] * 0x9E3779B97F4A7C15ull) ^ (w[1] * 0xC2B2AE3D27D4EB4Full) ^
-                 (w[2] * 0x165667B19E3779F9ull) ^ (w[3] * 0xD6E8FEB86659FD93ull) ^ (w[4] * 0xFF51AFD7ED558CCDull);
+                 (w[2] * 0x165667B19E3779F9ull) ^ (w[3] * 0xD6E8FEB86659FD93ull) ^ (ports * 0xFF51AFD7ED558CCDull) ^
+                 (net * 0xC4CEB9FE1A85EC53ull);
     h ^= h >> 29;
     h *= 0xBF58476D1CE4E5B9ull;
     h ^= h >> 32;
@@ -85,12 +93,10 @@ static uint32_t hash_key(const Key *key) {
 }
 
 static inline int same_key(const Key *x, const Key *y) {
-    uint64_t a[5], b[5];  /* 38 bytes, compared as five words (the last two overlap) */
-    memcpy(a, x, 32);
-    memcpy(a + 4, (const char *)x + sizeof *x - 8, 8);
-    memcpy(b, y, 32);
-    memcpy(b + 4, (const char *)y + sizeof *y - 8, 8);
-    return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0;
+    uint64_t a[6], b[6];  /* 48 bytes, compared as six words */
+    memcpy(a, x, sizeof a);
+    memcpy(b, y, sizeof b);
+    return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
 }
 
 /* ---- half-open connections: the records of halfopen.h ----------------------- */
@@ -463,7 +469,7 @@ int tracker_add(Tracker *t, const Packet *p) {
             if (table_resize(t, t->table_size * 2)) return -1;
             i = table_find(t, &p->key, p->hash);
         }
-        if (t->half_open && bare_syn(p)) {
+        if (t->half_open && bare_syn(p) && p->tunnel == NULL) {  /* records keep no text */
             t->last_id = t->next_id;
             return add_half_open(t, i, p);
         }

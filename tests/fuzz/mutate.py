@@ -330,6 +330,27 @@ def _vlan(rng: random.Random, data: bytes, lay: Layout, others: list[bytes]) -> 
     return replace_frame(data, frame, new)
 
 
+def _tunnel(rng: random.Random, data: bytes, lay: Layout, others: list[bytes]) -> bytes | None:
+    """An IP frame's packet put inside a tunnel (crafting.wrapped: IPIP, GRE, VXLAN, MPLS, PPPoE, GTP-U,
+    Geneve), now and then several times over (nesting past analyzer.layers.MAX_LAYERS), or cut inside the
+    new headers: the tunnel decoders of issue 13 get frames of every shape."""
+    from tests.crafting import Packet, wrapped
+
+    found = _frame_with_ethertype(rng, data, lay)
+    if found is None:
+        return None
+    frame, raw, kind_at = found
+    kind, inner = struct.unpack_from("!H", raw, kind_at)[0], raw[kind_at + 2:]
+    for _ in range(rng.choice((1, 1, 1, 2, 3, 9, 12))):
+        if kind not in (0x0800, 0x86DD):
+            break
+        kind, inner = wrapped(rng, Packet(0, kind, inner))
+    new = raw[:kind_at] + struct.pack("!H", kind) + inner
+    if rng.random() < 0.2:
+        new = new[:kind_at + 2 + rng.randint(0, 60)]
+    return replace_frame(data, frame, new)
+
+
 def _cooked_or_loopback(rng: random.Random, data: bytes, lay: Layout, others: list[bytes]) -> bytes | None:
     frames = [f for f in lay.frames if f.linktype in (113, 276, 0, 108)]
     if not frames:
@@ -568,7 +589,7 @@ def _gzip_damage(rng: random.Random, data: bytes) -> bytes:
 GROUPS: list[tuple[str, list[Mutation]]] = [
     ("pcap", [_pcap_magic, _pcap_global, _pcap_record, _pcap_record]),
     ("pcapng", [_pcapng_block_type, _pcapng_block_length, _pcapng_shb, _idb, _idb, _packet_block, _packet_block]),
-    ("link", [_ethertype, _vlan, _cooked_or_loopback, _linktype_under_frames]),
+    ("link", [_ethertype, _vlan, _tunnel, _cooked_or_loopback, _linktype_under_frames]),
     ("ip", [_ipv4, _ipv4, _ipv6, _ipv6]),
     ("tcp", [_tcp_field, _tcp_field, _tcp_option_area]),
     ("frame", [_frame_cut, _frame_duplicate]),
