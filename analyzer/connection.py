@@ -44,6 +44,7 @@ segment (the flush). Time in each state and the final state's age run to it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from analyzer.decode import ACK, FIN, RST, SYN, Segment
@@ -88,6 +89,13 @@ class Timeouts:
     idle: float = 900.0
     handshake: float = 40.0
     close_linger: float = 5.0
+
+    def __post_init__(self) -> None:
+        """Each limit a finite number of seconds, 0 or more (a negative MSL would end TIME_WAIT before it began)."""
+        for name in ("msl", "idle", "handshake", "close_linger"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number of seconds, 0 or more, not {value!r}")
 
 
 class Connection:

@@ -40,10 +40,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from analyzer.bpf import check as check_filter
-from analyzer.capture import CaptureDamage, CaptureError, OpenCapture, Progress, check_head, open_capture
+from analyzer.capture import GZIP_CUT, CaptureDamage, CaptureError, OpenCapture, Progress, check_head, open_capture
 from analyzer.connection import Timeouts
 from analyzer.decode import LINKTYPE_NAMES
 from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events, step
+from analyzer.pipeline import NAMED_PROBLEMS
 
 try:
     from analyzer import _engine
@@ -157,7 +158,17 @@ def run(path: str | Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: s
         opened.close()
     if counts["error"]:
         raise CaptureError(f"{opened.name}: {counts['error']}")
+    if opened.cut:  # as capture.read_frames: one more damaged spot, after the last whole frame
+        _note_damage(counts, counts["last_frame"] + 1, GZIP_CUT)
     return counts
+
+
+def _note_damage(counts: dict[str, Any], frame: int, what: str) -> None:
+    """Count a damaged spot in the engine's counts as pipeline.Stats.note_damage does."""
+    counts["damaged"] += 1
+    for key in ("damage", "problems"):
+        if len(counts[key]) < NAMED_PROBLEMS:
+            counts[key].append((frame, what))
 
 
 def _reader(opened: OpenCapture, progress: Progress | None) -> Callable[[memoryview], int]:

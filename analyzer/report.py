@@ -285,15 +285,8 @@ def write_summary(capture: str, stats: Stats, census: Census, out: Styled) -> No
     out.line((capture, "bold"), f": {_plural(stats.frames, 'frame')}, "
              f"{_plural(stats.segments, 'TCP segment')}, {_plural(stats.connections, 'connection')}"
              + (f" ({links})" if links else ""))
-    out.line("  open:  " + _counts(census.open, OPEN_LABELS))
-    out.line("  close: " + _counts(census.close, CLOSE_LABELS)
-             + (f"; half-close in {census.half_close}" if census.half_close else ""))
-    closers = {k: v for k, v in census.closer.items() if k != "None"}
-    if closers:
-        out.line("  active closer: " + ", ".join(f"{k} {v}" for k, v in sorted(closers.items())))
-    for side in ("client", "server"):
-        finals = {state: n for (who, state), n in census.final.items() if who == side}
-        out.line(f"  final {side} states: " + ", ".join(f"{s} {n}" for s, n in sorted(finals.items())))
+    if any(census.final.values()):  # no connection, nothing to break down: the first line said 0 connections
+        _write_labels(census, out)
     if census.anomalies:
         out.line(f"  anomalies: {census.anomalies} (see the JSON output)")
     if stats.skipped:
@@ -303,6 +296,19 @@ def write_summary(capture: str, stats: Stats, census: Census, out: Styled) -> No
     if stats.bad_frames:
         named = "; ".join(f"frame {frame}: {what}" for frame, what in stats.problem_frames)
         out.line("  ", (f"bad frames: {stats.bad_frames}", "yellow"), f" (first: {named})")
+
+
+def _write_labels(census: Census, out: Styled) -> None:
+    """The summary's lines per label, active closer and final state."""
+    out.line("  open:  " + _counts(census.open, OPEN_LABELS))
+    out.line("  close: " + _counts(census.close, CLOSE_LABELS)
+             + (f"; half-close in {census.half_close}" if census.half_close else ""))
+    closers = {k: v for k, v in census.closer.items() if k != "None"}
+    if closers:
+        out.line("  active closer: " + ", ".join(f"{k} {v}" for k, v in sorted(closers.items())))
+    for side in ("client", "server"):
+        finals = {state: n for (who, state), n in census.final.items() if who == side}
+        out.line(f"  final {side} states: " + ", ".join(f"{s} {n}" for s, n in sorted(finals.items())))
 
 
 def _filter_failed(stats: Stats) -> str:

@@ -161,6 +161,7 @@ static void fill_batch(Feeder *f, Batch *batch) {
             batch->last = status;
             return;
         }
+        f->stats.last_number = frame.number;
         if (f->filter != NULL) {
             int match = filter_match(f->filter, &frame);
             if (match < 0) {
