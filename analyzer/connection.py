@@ -40,6 +40,19 @@ last SYN,ACK before the ACK; `retransmits` says when that choice was made.
 `finished_at` is the packet time the tracker finished the connection at: the
 timer that ran out, the SYN that reused its 4-tuple, or the capture's last
 segment (the flush). Time in each state and the final state's age run to it.
+
+Port reuse out of TIME_WAIT
+===========================
+
+A new SYN on the 4-tuple of a connection with an end in TIME_WAIT ends that
+TIME_WAIT early: the kernel accepts the SYN only by deleting the old
+connection (RFC 6191, RFC 9293 §3.10.7.4's note on TIME-WAIT; Linux
+`tcp_timewait_state_process` returns TCP_TW_SYN and the timewait socket is
+descheduled; likewise, with tcp_tw_reuse, for the end that sends the SYN).
+So `finish` takes the reusing SYN (`reused_by`) and moves every end still in
+TIME_WAIT to CLOSED at that SYN's time and frame (`_leave_time_wait`), after
+the pending segments are delivered. No Figure 5 event: this is evidence of
+what the kernel did, not a table transition.
 """
 
 from __future__ import annotations
@@ -384,11 +397,12 @@ class Connection:
         crossing = role == SERVER and self.client.state is State.SYN_SENT and self.server.last_sent_frame == 0
         return not crossing
 
-    def finish(self, at: float | None = None) -> None:
+    def finish(self, at: float | None = None, reused_by: Segment | None = None) -> None:
         """End of the road: hand over what is still unreceived (never a SYN), then label.
 
         `at` is the packet time it ends at (the tracker's: a timer, a reused
         4-tuple, the capture's end); the last segment's time if not given.
+        `reused_by`: the new SYN that reuses the 4-tuple, if that is what ends it.
         """
         self.finished_at = self.last_ts if at is None else at
         self.advance(self.last_ts)
@@ -397,7 +411,16 @@ class Connection:
                 seg = sender.unreceived.pop(0)
                 if not seg.flags & SYN:
                     self._receive(receiver, seg, None, self._last_frame_proof(seg))
+        if reused_by is not None:
+            self._leave_time_wait(reused_by)
         self.labels = label(self)
+
+    def _leave_time_wait(self, syn: Segment) -> None:
+        """A new SYN on this 4-tuple: an end still in TIME_WAIT is CLOSED from it (module docstring)."""
+        for ep in (self.client, self.server):
+            if ep.state is State.TIME_WAIT:
+                ep.state = State.CLOSED
+                ep.history.append(Transition(State.CLOSED, syn.ts, syn.frame))
 
     def _last_frame_proof(self, seg: Segment) -> Segment:
         return replace(seg, frame=self.last_frame, ts=self.end)

@@ -272,6 +272,64 @@ class TestPortReuse:
         assert [c.labels["open"] for c in conns] == ["handshake", "handshake"]
         assert conns[1].first_frame == 8
 
+    def test_reuse_ends_the_servers_time_wait_at_the_new_syn(self):
+        """RFC 6191 / Linux tcp_timewait_state_process: the SYN that reuses the 4-tuple deletes the TIME_WAIT
+        socket, so the old server goes TIME_WAIT -> CLOSED at that SYN (frame 8), not at 2*MSL."""
+        w = Wire()
+        handshake(w)
+        w.s("FA"), w.c("A"), w.c("FA"), w.s("A")   # 4-7: the server closes first, TIME_WAIT at 6
+        w.isn["c"], w.nxt["c"] = 900_000, 900_000
+        w.isn["s"], w.nxt["s"] = 700_000, 700_000
+        syn = w.c("S")
+        old, new = w.analyze()
+        assert path(old, "server")[-2:] == ["TIME_WAIT@6", "CLOSED@8"]
+        assert old.server.history[-1].ts == syn.ts and old.finished_at == syn.ts
+        assert path(old, "client")[-1] == "CLOSED@7"
+        assert path(new, "client") == ["SYN_SENT@8"]
+
+    def test_reuse_ends_the_clients_time_wait_when_it_sends_the_syn(self):
+        """tcp_tw_reuse: the client in TIME_WAIT opens again from the same port; its TIME_WAIT ends at its SYN."""
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A"), w.s("FA"), w.c("A")   # the client closes first: TIME_WAIT at 6
+        w.isn["c"], w.nxt["c"] = 900_000, 900_000
+        w.c("S")
+        old, _ = w.analyze()
+        assert path(old, "client")[-2:] == ["TIME_WAIT@6", "CLOSED@8"]
+        assert old.client.state.name == "CLOSED"
+
+    def test_reuse_after_a_fin_still_pending_closes_what_it_brought_to_time_wait(self):
+        """The client's FIN (6) is never ACKed in the capture: finishing delivers it (server TIME_WAIT at 6),
+        and only then does the reusing SYN (7) end that TIME_WAIT."""
+        w = Wire()
+        handshake(w)
+        w.s("FA"), w.c("A"), w.c("FA")
+        w.isn["c"], w.nxt["c"] = 900_000, 900_000
+        w.c("S")
+        old, _ = w.analyze()
+        assert path(old, "server")[-2:] == ["TIME_WAIT@6", "CLOSED@7"]
+
+    def test_reuse_after_two_msl_adds_nothing(self):
+        """TIME_WAIT already over by the timer (frame null): the later SYN is simply a new connection."""
+        w = Wire()
+        handshake(w)
+        w.s("FA"), w.c("A"), w.c("FA"), w.s("A")
+        w.wait(61)
+        w.isn["c"], w.nxt["c"] = 900_000, 900_000
+        w.c("S")
+        old, _ = w.analyze(Timeouts(msl=30))
+        assert path(old, "server")[-2:] == ["TIME_WAIT@6", "CLOSED@-"]
+
+    def test_reuse_leaves_other_states_alone(self):
+        """Only TIME_WAIT ends at the reusing SYN: a server left in CLOSE_WAIT keeps it (nothing proves more)."""
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A")                         # server CLOSE_WAIT at 4, client FIN_WAIT_2 at 5
+        w.isn["c"], w.nxt["c"] = 900_000, 900_000
+        w.c("S")
+        old, _ = w.analyze()
+        assert old.server.state.name == "CLOSE_WAIT" and old.client.state.name == "FIN_WAIT_2"
+
     def test_retransmitted_syn_does_not_split(self):
         w = Wire()
         w.c("S"), w.c("S", seq=0), w.s("SA"), w.c("A")

@@ -481,6 +481,16 @@ int conn_starts_anew(const Conn *c, const Packet *p) {
     return !crossing;
 }
 
+/* A new SYN on this 4-tuple: an end still in TIME_WAIT is CLOSED from it (connection.py, "Port reuse"). */
+static void leave_time_wait(Conn *c) {
+    for (int role = 0; role < 2; role++) {
+        Endpoint *ep = &c->ep[role];
+        if (ep->state != ST_TIME_WAIT) continue;
+        ep->state = ST_CLOSED;
+        history_push(c, &ep->history, ST_CLOSED, c->reused_ts, c->reused_frame);
+    }
+}
+
 int conn_finish(Conn *c) {
     conn_advance(c, c->last_ts);
     for (int role = 0; role < 2; role++) {
@@ -494,6 +504,7 @@ int conn_finish(Conn *c) {
             receive(c, receiver, &s, NULL, &proof);
         }
     }
+    if (c->reused_frame) leave_time_wait(c);
     return c->out_of_memory ? -1 : 0;
 }
 

@@ -210,6 +210,8 @@ typedef struct Conn {
     /* last, out of the way of the fields every segment reads (a handshake's three segments write them) */
     double hs_ts[3];         /* [HS_SYN - 1]: the last SYN, [HS_SYNACK - 1]: the last SYN,ACK, [HS_ACK - 1] */
     double finished_at;      /* packet time the tracker finished it at: a timer, a reuse, the capture's end */
+    int64_t reused_frame;    /* the new SYN that reused its 4-tuple (0: none): TIME_WAIT ends there */
+    double reused_ts;
 } Conn;
 
 typedef struct {  /* the labels of a finished connection (labels.py) */
