@@ -662,6 +662,43 @@ def make_port_reuse(out: Path) -> list[Path]:
                     listen={"accepts": 2})
 
 
+def check_rst_injected(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    syn = segs[0]
+    expect(is_client(syn) and syn.tag == "S", "no client SYN first", segs)
+    forged = [s for s in segs if s.rst and not is_client(s)]
+    expect(len(forged) == 2, "want the two forged RSTs", segs)
+    first, blind = forged
+    expect(first.has_ack and first.ack == syn.seq, "first RST does not ack the bare ISN", segs)
+    synacks = [s for s in segs if s.tag == "S."]
+    expect(synacks and segs.index(synacks[0]) > segs.index(first), "the RST did not beat the SYN-ACK", segs)
+    expect(not any(s.rst for s in segs if is_client(s)), "the client answered with a RST", segs)
+    expect(fins(segs, "c") and fins(segs, "s"), "the connection did not close normally", segs)
+    data = [s for s in segs if not is_client(s) and s.plen and segs.index(s) < segs.index(blind)]
+    expect(data and blind.seq - data[-1].seq_end > 1_000_000, "second RST not far out of window", segs)
+    expect(segs.index(blind) < segs.index(fins(segs, "c")[0]), "second RST after the close began", segs)
+
+
+@scenario("rst_injected", check_rst_injected)
+def make_rst_injected(out: Path) -> list[Path]:
+    """An on-path injector on the delaying wire (peer.py inject, a raw AF_PACKET socket in the middle
+    namespace) forges two RSTs "from the server" into a real connection: at the client's SYN, a RST+ACK
+    whose ack is the client's ISN (not ISN + 1), 100 ms before the real SYN-ACK; and, after the server's
+    reply, a RST 3,000,000 past the client's window. Linux ignores both (RFC 9293 3.10.7.3; RFC 5961,
+    tcp_validate_incoming): the ignored first one makes it resend its SYN at once; the connection goes
+    on and closes with a four-way close, the client first."""
+    path = out / "rst_injected.pcap"
+    client = [*client_request(), ["sleep", 0.4], ["close"]]
+    with Lab(DELAY) as lab:
+        server = lab.peer(lab.server, {"listeners": [listener(SERVER_FOURWAY)]})
+        injector = lab.injector({"port": PORT})
+        with lab.capture(path):
+            lab.peer(lab.client, {"clients": [{"steps": client}]}).finish()
+            server.finish()
+            injector.finish()
+    return [path]
+
+
 # --------------------------------------------------------------------------
 # 20-22: IPv6, -i any, dumpcap
 # --------------------------------------------------------------------------

@@ -422,3 +422,82 @@ class TestRetransmissionDating:
         conn = w.one()
         assert path(conn, "server")[2] == "CLOSE_WAIT@5"
         assert path(conn, "client")[2:] == ["FIN_WAIT_1@4", "FIN_WAIT_2@6", "TIME_WAIT@7"]
+
+
+class TestRstAcceptability:
+    """RFC 9293 §3.10.7.3/§3.10.7.4 with RFC 5961 as Linux applies it: a RST the receiver would not accept
+    is an anomaly (a possible blind reset), and neither end moves (connection.py, "RSTs that are not
+    acceptable")."""
+
+    BLIND = "is not acceptable: ignored (a possible blind reset, RFC 5961)"
+
+    def test_injected_rst_before_the_synack_leaves_both_ends_alone(self):
+        w = Wire()
+        w.c("S")
+        w.s("RA", seq=0, ack=0)           # 2: ack = the client's ISN, not ISN + 1
+        w.s("SA", seq=0), w.c("A")        # 3, 4: the real handshake goes on
+        w.c("FA"), w.s("FA"), w.c("A")    # 5-7
+        conn = w.one()
+        assert path(conn, "client") == ["SYN_SENT@1", "ESTABLISHED@3", "FIN_WAIT_1@5", "TIME_WAIT@6"]
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@4", "CLOSE_WAIT@5", "LAST_ACK@6", "CLOSED@7"]
+        assert (conn.labels["reset_by"], conn.labels["reset_state"]) == (None, None)
+        assert conn.labels["open"] == "handshake" and conn.labels["close"] == "three-way"
+        assert [(a.frame, a.what) for a in conn.anomalies] == [(2, f"RST to the client in SYN_SENT {self.BLIND}")]
+
+    def test_rst_acking_the_syn_refuses(self):
+        w = Wire()
+        w.c("S"), w.s("RA", seq=0)        # ack = ISN + 1: acceptable
+        conn = w.one()
+        assert conn.labels["open"] == "refused" and not conn.anomalies
+
+    def test_rst_without_ack_in_syn_sent_is_ignored(self):
+        w = Wire()
+        w.c("S"), w.s("R", seq=0)
+        conn = w.one()
+        assert conn.labels["open"] == "unanswered"
+        assert path(conn, "client") == ["SYN_SENT@1"] and path(conn, "server") == []
+        assert conn.anomalies[0].frame == 2
+
+    def test_out_of_window_rst_in_established_is_ignored(self):
+        w = Wire()
+        handshake(w)
+        w.c("PA", data=100), w.s("A")     # 4, 5: the server's RCV.NXT is ISN + 101
+        w.c("R", seq=70_000)              # 6: far past anything the client sent
+        conn = w.one()
+        assert conn.client.state.name == "ESTABLISHED" and conn.server.state.name == "ESTABLISHED"
+        assert conn.labels["close"] == "open" and conn.labels["reset_by"] is None
+        assert [a.frame for a in conn.anomalies] == [6]
+
+    def test_rst_below_what_the_receiver_acknowledged_is_ignored(self):
+        w = Wire()
+        handshake(w)
+        w.c("PA", data=100), w.s("A")
+        w.c("R", seq=50)                  # inside the data already acknowledged: RCV.NXT is past it
+        assert w.one().labels["close"] == "open"
+
+    def test_rst_between_the_last_ack_and_snd_nxt_is_taken(self):
+        """Data in flight (not yet acknowledged): RCV.NXT may be anywhere from the last ACK to SND.NXT."""
+        w = Wire()
+        handshake(w)
+        w.c("PA", data=100), w.s("A", ack=1), w.c("R", seq=51)
+        conn = w.one()
+        assert conn.labels["close"] == "reset" and conn.labels["reset_by"] == "client"
+        assert path(conn, "server")[-1] == "CLOSED@6"
+
+    def test_rst_at_rcv_nxt_minus_one_only_after_the_peers_fin(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A"), w.c("R", seq=1)    # the server is in CLOSE_WAIT: seq = its RCV.NXT - 1
+        assert w.one().labels["reset_by"] == "client"
+        w = Wire()
+        handshake(w)
+        w.c("PA", data=10), w.s("A"), w.c("R", seq=10)   # ESTABLISHED: RCV.NXT - 1 is not enough
+        conn = w.one()
+        assert conn.labels["reset_by"] is None and len(conn.anomalies) == 1
+
+    def test_midstream_rst_without_evidence_is_taken(self):
+        """A capture that starts mid-connection with the RST: nothing says what RCV.NXT is."""
+        w = Wire()
+        w.c("RA")
+        conn = w.one()
+        assert conn.labels["reset_by"] == "client" and not conn.anomalies

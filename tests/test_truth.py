@@ -96,3 +96,57 @@ def test_reuse_out_of_time_wait_same_in_both_engines(tmp_path: Path, name: str) 
     ended = [side for side in ("client", "server") if old["states"][side][-1][2] == reuse_frame]
     assert len(ended) == 1 and old["states"][ended[0]][-2][0] == "TIME_WAIT"
     assert old["final"][ended[0]] == "CLOSED" and "TIME_WAIT" not in old["final"].values()
+
+
+def _injected_before_synack(w: Wire) -> None:
+    """Issue 13's case: a RST 'from the server' whose ack is the client's ISN, not ISN + 1, before the SYN-ACK;
+    then the connection goes on normally."""
+    w.c("S")
+    w.s("RA", ack=0, seq=0)
+    w.s("SA", seq=0)
+    w.c("A"), w.c("PA", data=10), w.s("A"), w.c("FA"), w.s("FA"), w.c("A")
+
+
+def _injected_in_window_established(w: Wire) -> None:
+    """A blind RST in ESTABLISHED with a guessed sequence number 5000 past what the client has sent."""
+    handshake(w)
+    w.c("PA", data=100), w.s("A")
+    w.c("R", seq=5101)
+    w.c("PA", data=10), w.s("A"), w.c("FA"), w.s("FA"), w.c("A")
+
+
+def _genuine_reset(w: Wire) -> None:
+    """An abort with seq = snd.nxt: accepted, the connection ends by it."""
+    handshake(w)
+    w.c("PA", data=100), w.s("A"), w.c("RA")
+
+
+def _reset_after_peer_fin(w: Wire) -> None:
+    """The server got the client's FIN (CLOSE_WAIT); a RST from the client at RCV.NXT - 1 (its FIN's seq) is
+    still acceptable (Linux tcp_reset_check)."""
+    handshake(w)
+    w.c("FA"), w.s("A"), w.c("R", seq=1)
+
+
+RSTS: dict[str, Callable[[Wire], None]] = {
+    "injected before the SYN-ACK": _injected_before_synack,
+    "injected in ESTABLISHED": _injected_in_window_established,
+    "genuine abort": _genuine_reset,
+    "RCV.NXT - 1 after the peer's FIN": _reset_after_peer_fin,
+}
+
+
+@pytest.mark.parametrize("name", list(RSTS))
+def test_rst_acceptability_same_in_both_engines(tmp_path: Path, name: str) -> None:
+    w = Wire()
+    RSTS[name](w)
+    records = both(tmp_path, w)
+    assert len(records) == 1
+    record = records[0]
+    injected = name.startswith("injected")
+    ignored = [a for a in record["anomalies"] if "possible blind reset" in a["what"]]
+    assert len(ignored) == injected
+    assert (record["close"] == "reset") == (not injected)
+    if injected:
+        assert record["reset_by"] is None and record["reset_state"] is None
+        assert record["final"] == {"client": "TIME_WAIT", "server": "CLOSED"}

@@ -128,6 +128,10 @@ static void note_sent(Endpoint *ep, const Seg *s) {
         ep->snd_nxt = end;
         ep->has_snd_nxt = 1;
     }
+    if ((s->flags & F_ACK) && (!ep->has_ack_sent || seq_gt(s->ack, ep->ack_sent))) {
+        ep->ack_sent = s->ack;
+        ep->has_ack_sent = 1;
+    }
     ep->last_sent_frame = s->frame;
 }
 
@@ -321,6 +325,28 @@ static void send(Conn *c, Endpoint *sender, int role, const Seg *s) {
     }
 }
 
+/* Whether `receiver` would act on the RST `p` from `sender` (connection.py, "RSTs that are not acceptable",
+ * _rst_acceptable_to); 1 wherever the capture holds no evidence against it. */
+static int rst_acceptable_to(const Endpoint *receiver, const Endpoint *sender, const Packet *p) {
+    uint8_t state = receiver->state;
+    if (state == ST_SYN_SENT) return !receiver->has_isn || ((p->flags & F_ACK) && p->ack == receiver->syn_end);
+    if ((!in_set(machine.synchronized, state) && state != ST_SYN_RCVD) || !sender->has_snd_nxt) return 1;
+    uint32_t high = sender->snd_nxt, low;
+    if (receiver->has_ack_sent && seq_gt(receiver->ack_sent, high)) high = receiver->ack_sent;
+    if (receiver->has_ack_sent) low = receiver->ack_sent;
+    else if (sender->has_isn) low = sender->syn_end;
+    else return 1;
+    if (state == ST_CLOSE_WAIT || state == ST_LAST_ACK || state == ST_CLOSING) low -= 1;  /* RCV.NXT - 1 */
+    return seq_ge(p->seq, low) && seq_ge(high, p->seq);
+}
+
+/* A RST the receiver would not accept: noted as a possible blind reset, and otherwise ignored (rst_ignored). */
+static int rst_ignored(Conn *c, const Endpoint *sender, const Endpoint *receiver, const Packet *p, int role) {
+    if (rst_acceptable_to(receiver, sender, p)) return 0;
+    anomaly(c, p->frame, AN_RST_IGNORED, (uint8_t)!role, 0, receiver->state);
+    return 1;
+}
+
 /* ---- delivery ---------------------------------------------------------------- */
 
 static int rst_acceptable(const Endpoint *ep, const Seg *s) {
@@ -427,8 +453,10 @@ int conn_add(Conn *c, const Packet *p) {
     if (p->ts > c->last_ts) c->last_ts = p->ts;
     uint8_t flags;
     int kind = classify(c, p, sender, role, &flags);
+    int ignored = (flags & F_RST) && rst_ignored(c, sender, receiver, p, role);
     if (c->hs_stage != HS_ACK) note_handshake(c, p, flags, role);
-    if (kind != KIND_KEEPALIVE) sender->payload_bytes += p->payload_len;
+    if (kind != KIND_KEEPALIVE && !ignored) sender->payload_bytes += p->payload_len;
+    if (ignored) return c->out_of_memory ? -1 : 0;
     if (kind == KIND_RETRANSMISSION) {
         redate_unreceived(sender, p);
         if (p->flags & F_SYN) return c->out_of_memory ? -1 : 0;

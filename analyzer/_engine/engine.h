@@ -170,8 +170,9 @@ typedef struct {
     uint8_t addr[16];
     uint16_t port;
     uint8_t state, passive, sent_synack, syn_acked, fin_acked;
-    uint8_t has_isn, has_fin, has_snd_nxt, has_time_wait, has_data_after_peer_fin;
+    uint8_t has_isn, has_fin, has_snd_nxt, has_time_wait, has_data_after_peer_fin, has_ack_sent;
     uint32_t isn, syn_end, fin_seq, snd_nxt, data_after_peer_fin;
+    uint32_t ack_sent;       /* highest ACK field sent (has_ack_sent): its rcv.nxt was at least this */
     int64_t last_sent_frame;
     double time_wait_until;
     int64_t packets, payload_bytes;
@@ -182,7 +183,8 @@ typedef struct {
 
 enum { ROLE_CLIENT, ROLE_SERVER };
 enum { HS_NONE, HS_SYN, HS_SYNACK, HS_ACK };  /* Conn.hs_stage */
-enum { AN_STARTS_AFTER_SYN, AN_SECOND_ISN, AN_SECOND_FIN, AN_FORBIDDEN, AN_RST_NOT_ACCEPTABLE };
+enum { AN_STARTS_AFTER_SYN, AN_SECOND_ISN, AN_SECOND_FIN, AN_FORBIDDEN, AN_RST_NOT_ACCEPTABLE, AN_RST_IGNORED,
+       N_ANOMALY_KINDS };
 typedef struct { int64_t frame; uint8_t kind, role, event, state; } Anomaly;
 
 typedef struct {

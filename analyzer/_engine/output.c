@@ -412,6 +412,13 @@ static void anomaly_text(Buffer *b, const Anomaly *a) {
         put_state(b, a->state);
         break;
     }
+    case AN_RST_IGNORED:
+        LIT(b, "RST to the ");
+        buf_puts(b, ROLES[a->role]);
+        LIT(b, " in ");
+        put_state(b, a->state);
+        LIT(b, " is not acceptable: ignored (a possible blind reset, RFC 5961)");
+        break;
     default:
         LIT(b, "RST not acceptable to the ");
         buf_puts(b, ROLES[a->role]);
