@@ -475,7 +475,7 @@ def _rst_acceptable_to(receiver: Endpoint, sender: Endpoint, seg: Segment) -> bo
     acceptable"); True wherever the capture holds no evidence against it."""
     state = receiver.state
     if state is State.SYN_SENT:
-        return receiver.isn is None or bool(seg.flags & ACK) and seg.ack == receiver.syn_end
+        return receiver.isn is None or (bool(seg.flags & ACK) and seg.ack == receiver.syn_end)
     if (state not in SYNCHRONIZED and state is not State.SYN_RCVD) or sender.snd_nxt is None:
         return True
     high = sender.snd_nxt
