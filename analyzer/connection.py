@@ -62,6 +62,17 @@ the segment proves nothing about what the sender received. Without evidence
 (no sequence number known for the sender, no SYN of the receiver's seen) a
 RST is taken as sent.
 
+Anomalies
+=========
+
+What the state machine or the sequence numbers did not expect is an
+anomaly, named by a sentence without numbers (its kind: "client received
+ACK of SYN in SYN_SENT"). A one-sided or damaged flow can raise one per
+packet, so only the first ANOMALY_EXAMPLES of each kind are kept with their
+frame numbers (`anomalies`); `anomaly_counts` counts every one, by kind. The
+kinds are the fixed sentences below (roles × events × states at most), so a
+connection's anomalies take bounded memory whatever its length.
+
 Port reuse out of TIME_WAIT
 ===========================
 
@@ -88,6 +99,8 @@ from analyzer.labels import label
 
 CLIENT, SERVER = "client", "server"
 GONE = frozenset({State.CLOSED, State.LISTEN})
+#: Anomalies listed per kind, with their frames; the rest are only counted (module docstring, "Anomalies").
+ANOMALY_EXAMPLES = 5
 #: States that a RST cuts short: leaving one of them through a RST is an abort.
 ABORTABLE = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2,
                        State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK})
@@ -112,7 +125,7 @@ class SegmentNote:
     seq: int
     ack: int
     payload_len: int
-    kind: str  # "", "retransmission" or "keepalive"
+    kind: str  # "", "retransmission", "keepalive" or "ignored" (a RST not acceptable to its receiver)
 
 
 @dataclass(slots=True)
@@ -136,7 +149,7 @@ class Connection:
     """Everything known about one connection; fed one segment at a time."""
 
     __slots__ = (
-        "__weakref__", "aborted", "anomalies", "bare_syns", "client", "end", "fin_order", "finished_at",
+        "__weakref__", "aborted", "anomalies", "anomaly_counts", "bare_syns", "client", "end", "fin_order", "finished_at",
         "first_frame", "half_close", "hs_ack_ts", "hs_syn_ts", "hs_synack_ts", "id", "ip_version", "keepalives",
         "labels", "last_frame", "last_ts", "notes", "reset", "retransmits", "roles_inferred", "scheduled",
         "second_fin_acks_first", "server", "start", "syn_data", "synack_seen", "timeouts",
@@ -163,7 +176,8 @@ class Connection:
         self.aborted = False  # a RST ended an established or closing connection
         self.second_fin_acks_first = False  # the three-way close: FIN, FIN+ACK, ACK
         self.half_close = False
-        self.anomalies: list[Anomaly] = []
+        self.anomalies: list[Anomaly] = []  # the first ANOMALY_EXAMPLES of each kind (module docstring)
+        self.anomaly_counts: dict[str, int] = {}  # every anomaly, by kind (its text), in order of first sight
         self.notes: list[SegmentNote] | None = [] if keep_segments else None
         self.scheduled = float("inf")
         self.labels: dict[str, object] = {}
@@ -181,7 +195,7 @@ class Connection:
         if first.flags & SYN and not first.flags & ACK:
             return  # a proper start: both CLOSED, the SYN does the rest
         if first.flags & SYN:  # the SYN,ACK without its SYN
-            self.anomalies.append(Anomaly(first.frame, "capture starts after the SYN"))
+            self._note_anomaly(first.frame, "capture starts after the SYN")
             self.client.state = State.SYN_SENT
             self.server.state, self.server.passive = State.SYN_RCVD, True
         else:
@@ -210,7 +224,7 @@ class Connection:
             sender.payload_bytes += seg.payload_len
         if self.notes is not None:
             self.notes.append(SegmentNote(seg.frame, seg.ts, role == CLIENT, seg.flags, seg.seq,
-                                          seg.ack, seg.payload_len, kind))
+                                          seg.ack, seg.payload_len, "ignored" if ignored else kind))
         if ignored:
             return
         if kind == "retransmission":
@@ -248,8 +262,8 @@ class Connection:
         if _rst_acceptable_to(receiver, sender, seg):
             return False
         role = CLIENT if receiver is self.client else SERVER
-        self.anomalies.append(Anomaly(seg.frame, f"RST to the {role} in {receiver.state} is not acceptable: "
-                                                 "ignored (a possible blind reset, RFC 5961)"))
+        self._note_anomaly(seg.frame, f"RST to the {role} in {receiver.state} is not acceptable: "
+                                      "ignored (a possible blind reset, RFC 5961)")
         return True
 
     @staticmethod
@@ -273,7 +287,7 @@ class Connection:
             return "", flags
         if flags & SYN:
             if sender.isn is not None and seg.seq != sender.isn:
-                self.anomalies.append(Anomaly(seg.frame, f"{role} sent a SYN with a second ISN"))
+                self._note_anomaly(seg.frame, f"{role} sent a SYN with a second ISN")
                 return "", flags & ~SYN
             first_of_kind = sender.isn is None or (flags & ACK and not sender.sent_synack)
             if not first_of_kind:
@@ -300,7 +314,7 @@ class Connection:
                 if fin_seq == sender.fin_seq:
                     self.retransmits["fin"] += 1
                 else:
-                    self.anomalies.append(Anomaly(seg.frame, f"{role} sent a second FIN elsewhere"))
+                    self._note_anomaly(seg.frame, f"{role} sent a second FIN elsewhere")
                 return "retransmission", flags & ~FIN
         elif (not flags & SYN and seg.payload_len <= 1 and sender.snd_nxt is not None
               and sender.state in SYNCHRONIZED and seg.seq == (sender.snd_nxt - 1) % MOD):
@@ -318,10 +332,17 @@ class Connection:
             if self.reset is None:
                 self.reset = (role, before)
 
+    def _note_anomaly(self, frame: int, what: str) -> None:
+        """Count an anomaly of kind `what`; list it with its frame if it is among the first few of its kind."""
+        count = self.anomaly_counts.get(what, 0) + 1
+        self.anomaly_counts[what] = count
+        if count <= ANOMALY_EXAMPLES:
+            self.anomalies.append(Anomaly(frame, what))
+
     def _forbidden(self, frame: int, role: str, event: Event, state: State) -> None:
         verb = "sent" if event.name.startswith("SND") else "received"
         what = str(event).split(" ", 1)[1]
-        self.anomalies.append(Anomaly(frame, f"{role} {verb} {what} in {state}"))
+        self._note_anomaly(frame, f"{role} {verb} {what} in {state}")
 
     # -- delivery (see the module docstring) -----------------------------
 
@@ -368,7 +389,7 @@ class Connection:
         role = CLIENT if ep is self.client else SERVER
         start, events = self._plan(ep, seg, answer)
         if seg.flags & RST and not events:
-            self.anomalies.append(Anomaly(seg.frame, f"RST not acceptable to the {role} in {ep.state}"))
+            self._note_anomaly(seg.frame, f"RST not acceptable to the {role} in {ep.state}")
             return
         ep.state = start
         if seg.flags & ACK:

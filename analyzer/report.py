@@ -100,6 +100,7 @@ def record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
                       "server": final_age(conn.server, conn.finished_at)},
         "state_time": {"client": state_time(conn.client, conn.finished_at),
                        "server": state_time(conn.server, conn.finished_at)},
+        "anomaly_counts": dict(conn.anomaly_counts),
     }
     if capture is not None:
         out["capture"] = capture
@@ -140,7 +141,7 @@ def flat_record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
         row[f"payload_bytes_{side}"] = rec["payload_bytes"][side]
     for kind, count in rec["retransmits"].items():
         row[f"retransmits_{kind}"] = count
-    row["anomalies"] = len(rec["anomalies"])
+    row["anomalies"] = sum(rec["anomaly_counts"].values())  # all of them, not only those listed
     rtt = rec["handshake_rtt"] or {}
     row["handshake_rtt"] = rtt.get("total")
     for side in ("client", "server"):
@@ -247,7 +248,7 @@ class Census:
             self.final[("client", str(conn.client.state))] += 1
             self.final[("server", str(conn.server.state))] += 1
             self.half_close += bool(labels["half_close"])
-            self.anomalies += len(conn.anomalies)
+            self.anomalies += sum(conn.anomaly_counts.values())
             yield conn
 
 

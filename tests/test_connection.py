@@ -501,3 +501,41 @@ class TestRstAcceptability:
         w.c("RA")
         conn = w.one()
         assert conn.labels["reset_by"] == "client" and not conn.anomalies
+
+
+class TestAnomalyBound:
+    """Anomalies: the first ANOMALY_EXAMPLES of each kind listed with frames, every one counted by kind."""
+
+    @staticmethod
+    def one_sided(segments: int) -> Wire:
+        """Only the client's side of the wire: its SYN, then data acknowledging a SYN-ACK never captured, so
+        every segment is an anomaly ("client sent ACK in SYN_SENT")."""
+        w = Wire()
+        w.c("S")
+        w.nxt["s"] = w.isn["s"] + 1
+        for _ in range(segments):
+            w.c("PA", data=100)
+        return w
+
+    def test_one_sided_flow_keeps_five_and_counts_all(self):
+        conn = self.one_sided(3000).one()
+        assert [a.frame for a in conn.anomalies] == [2, 3, 4, 5, 6]
+        assert conn.anomaly_counts == {"client sent ACK in SYN_SENT": 3000}
+
+    def test_the_list_does_not_grow_with_the_flow(self):
+        short, long = self.one_sided(10).one(), self.one_sided(20_000).one()
+        assert short.anomalies == long.anomalies
+        assert sum(long.anomaly_counts.values()) == 20_000
+
+    def test_each_kind_keeps_its_own_first_five(self):
+        w = Wire()
+        handshake(w)
+        for i in range(8):
+            w.s("R", seq=10_000_000 + i)      # 4-11: out-of-window RSTs to the client
+            w.c("R", seq=20_000_000 + i)      # and to the server
+        conn = w.one()
+        to_client = "RST to the client in ESTABLISHED is not acceptable: ignored (a possible blind reset, RFC 5961)"
+        to_server = "RST to the server in ESTABLISHED is not acceptable: ignored (a possible blind reset, RFC 5961)"
+        assert conn.anomaly_counts == {to_client: 8, to_server: 8}
+        assert [(a.frame, a.what == to_client) for a in conn.anomalies] == \
+            [(f, f % 2 == 0) for f in range(4, 14)]   # five of each, interleaved as they came

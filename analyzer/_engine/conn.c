@@ -76,7 +76,35 @@ static Seg queue_pop_front(SegQueue *q) {
     return first;
 }
 
+/* The count of anomalies of this kind (added at 0 if new); NULL when out of memory. Kinds are few (a fixed
+ * set of sentences), so a linear search over the ones seen is enough. */
+static AnomalyKind *anomaly_kind(Conn *c, uint8_t kind, uint8_t role, uint8_t event, uint8_t state) {
+    for (uint32_t i = 0; i < c->n_kinds; i++) {
+        AnomalyKind *k = &c->kinds[i];
+        if (k->kind == kind && k->role == role && k->event == event && k->state == state) return k;
+    }
+    if (c->n_kinds == c->cap_kinds) {
+        uint32_t cap = c->cap_kinds ? c->cap_kinds * 2 : 2;
+        _Static_assert(SIZE_MAX / sizeof(AnomalyKind) >= UINT32_MAX, "a uint32_t count of kinds fits a size_t");
+        AnomalyKind *bigger = c->cap_kinds > UINT32_MAX / 2 ? NULL
+                                                            : realloc(c->kinds, (size_t)cap * sizeof(AnomalyKind));
+        if (bigger == NULL) {
+            c->out_of_memory = 1;
+            return NULL;
+        }
+        c->kinds = bigger;
+        c->cap_kinds = cap;
+    }
+    c->kinds[c->n_kinds] = (AnomalyKind){0, kind, role, event, state};
+    return &c->kinds[c->n_kinds++];
+}
+
+/* Count an anomaly; list it with its frame if it is among the first ANOMALY_EXAMPLES of its kind. */
 static void anomaly(Conn *c, int64_t frame, uint8_t kind, uint8_t role, uint8_t event, uint8_t state) {
+    AnomalyKind *k = anomaly_kind(c, kind, role, event, state);
+    if (k == NULL) return;
+    c->anomalies_total++;
+    if (++k->count > ANOMALY_EXAMPLES) return;
     if (c->n_anomalies == c->cap_anomalies) {
         uint32_t cap = c->cap_anomalies ? c->cap_anomalies * 2 : 2;
         _Static_assert(SIZE_MAX / sizeof(Anomaly) >= UINT32_MAX, "a uint32_t count of anomalies fits a size_t");
@@ -213,6 +241,7 @@ void conn_free(Conn *c) {
         if (ep->unreceived.items != ep->unreceived.inline_items) free(ep->unreceived.items);
     }
     free(c->anomalies);
+    free(c->kinds);
 }
 
 /* ---- the segment path ----------------------------------------------------- */

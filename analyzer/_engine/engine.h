@@ -186,6 +186,10 @@ enum { HS_NONE, HS_SYN, HS_SYNACK, HS_ACK };  /* Conn.hs_stage */
 enum { AN_STARTS_AFTER_SYN, AN_SECOND_ISN, AN_SECOND_FIN, AN_FORBIDDEN, AN_RST_NOT_ACCEPTABLE, AN_RST_IGNORED,
        N_ANOMALY_KINDS };
 typedef struct { int64_t frame; uint8_t kind, role, event, state; } Anomaly;
+/* An anomaly's kind (the sentence it prints: kind, role, event, state) and how many there were of it.
+ * Only the first ANOMALY_EXAMPLES of each kind are kept in Conn.anomalies (connection.ANOMALY_EXAMPLES). */
+typedef struct { int64_t count; uint8_t kind, role, event, state; } AnomalyKind;
+#define ANOMALY_EXAMPLES 5
 
 typedef struct {
     double msl, idle, handshake, close_linger;
@@ -207,7 +211,10 @@ typedef struct Conn {
     int64_t keepalives;
     Endpoint ep[2];          /* [ROLE_CLIENT], [ROLE_SERVER] */
     uint32_t n_anomalies, cap_anomalies;
-    Anomaly *anomalies;
+    Anomaly *anomalies;      /* the first ANOMALY_EXAMPLES of each kind */
+    uint32_t n_kinds, cap_kinds;
+    AnomalyKind *kinds;      /* every kind seen, in order of first sight, with its count */
+    int64_t anomalies_total; /* all anomalies, listed or not */
     const Timeouts *timeouts;
     /* last, out of the way of the fields every segment reads (a handshake's three segments write them) */
     double hs_ts[3];         /* [HS_SYN - 1]: the last SYN, [HS_SYNACK - 1]: the last SYN,ACK, [HS_ACK - 1] */

@@ -427,6 +427,21 @@ static void anomaly_text(Buffer *b, const Anomaly *a) {
     }
 }
 
+/* "anomaly_counts": {"<what>": count, ...}, every kind in order of first sight (report.record). */
+static void json_anomaly_counts(Buffer *b, const Conn *c) {
+    LIT(b, ", \"anomaly_counts\": {");
+    for (uint32_t i = 0; i < c->n_kinds; i++) {
+        const AnomalyKind *k = &c->kinds[i];
+        Anomaly a = {0, k->kind, k->role, k->event, k->state};
+        if (i) buf_put(b, ", ", 2);
+        buf_putc(b, '"');
+        anomaly_text(b, &a);
+        LIT(b, "\": ");
+        buf_int(b, k->count);
+    }
+    buf_putc(b, '}');
+}
+
 /* ---- JSON ------------------------------------------------------------------------------ */
 
 static void json_str(Buffer *b, const char *s) {
@@ -642,6 +657,7 @@ static int write_json(Buffer *b, const Conn *c, const Labels *l, const OutputSty
     }
     buf_putc(b, ']');
     if (json_timing(b, c, l)) return -1;
+    json_anomaly_counts(b, c);
     if (style->capture) {
         LIT(b, ", \"capture\": ");
         buf_put(b, style->capture, style->capture_len);
@@ -706,7 +722,7 @@ static int write_csv(Buffer *b, const Conn *c, const Labels *l, const OutputStyl
     csv_int(b, server->packets);
     csv_int(b, client->payload_bytes);
     csv_int(b, server->payload_bytes);
-    csv_int(b, c->n_anomalies);
+    csv_int(b, c->anomalies_total);  /* all of them, not only those listed */
     if (csv_timing(b, c, l)) return -1;
     buf_putc(b, '\n');
     return 0;
