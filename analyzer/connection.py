@@ -150,8 +150,8 @@ class Connection:
 
     __slots__ = (
         "__weakref__", "aborted", "anomalies", "anomaly_counts", "bare_syns", "client", "end", "fin_order",
-        "finished_at", "first_frame", "half_close", "hs_ack_ts", "hs_syn_ts", "hs_synack_ts", "id", "ip_version", "keepalives",
-        "labels", "last_frame", "last_ts", "notes", "reset", "retransmits", "roles_inferred", "scheduled",
+        "finished_at", "first_frame", "half_close", "hs_ack_ts", "hs_syn_ts", "hs_synack_ts", "id", "ip_version",
+        "keepalives", "labels", "last_frame", "last_ts", "notes", "reset", "retransmits", "roles_inferred", "scheduled",
         "second_fin_acks_first", "server", "start", "syn_data", "synack_seen", "timeouts",
     )
 
