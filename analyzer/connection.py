@@ -73,6 +73,32 @@ frame numbers (`anomalies`); `anomaly_counts` counts every one, by kind. The
 kinds are the fixed sentences below (roles × events × states at most), so a
 connection's anomalies take bounded memory whatever its length.
 
+A third ACK that did not take (listen-queue overflow)
+=====================================================
+
+When a listener's accept queue is full, Linux drops the client's third ACK
+(tcp_check_req, "listen overflow", with net.ipv4.tcp_abort_on_overflow=0),
+keeps the request in SYN_RECV and resends its SYN-ACK; the client, already
+ESTABLISHED, resends its data. A passive observer cannot know the ACK was
+dropped when it passes: rule 3 (an ACK is received at once) takes the server
+to ESTABLISHED there. The evidence comes later: a SYN-ACK resent by a server
+that went ESTABLISHED through a client ACK and has sent nothing since, at
+least the server's round trip (SYN to SYN-ACK, as measured at the capture
+point) after that ACK; one sooner crossed the ACK in flight (the answer to a
+duplicate SYN, as in `rst_injected`) and proves nothing. A
+SYN-ACK is sent from SYN-RECEIVED only (the same fact that tells crossing
+SYNs apart), so that history was wrong, and it is revised rather than kept
+with a note (`_synack_resent`): the ESTABLISHED entry goes, the server is
+back in SYN_RCVD, and an anomaly says why ("third ACK ignored (accept queue
+full?)"). From then on a client ACK of the SYN does not establish it at
+once, because the queue may still be full (the ACK just after a resent
+SYN-ACK is often dropped too); the server is taken to be ESTABLISHED when it
+proves it, by sending anything but a SYN-ACK, dated at the last client
+segment acknowledging its SYN before that (the copy it most plausibly
+answers: Karn's rule, as for SYNs); another resent SYN-ACK starts the wait
+again. At the end of the capture, the last such client segment, if any,
+establishes it; none leaves it in SYN_RCVD (`_overflow_established`).
+
 Port reuse out of TIME_WAIT
 ===========================
 
@@ -149,7 +175,8 @@ class Connection:
     """Everything known about one connection; fed one segment at a time."""
 
     __slots__ = (
-        "__weakref__", "aborted", "anomalies", "anomaly_counts", "bare_syns", "client", "end", "fin_order",
+        "__weakref__", "aborted", "anomalies", "anomaly_counts", "awaited", "awaiting", "bare_syns", "client",
+        "end", "fin_order",
         "finished_at", "first_frame", "half_close", "hs_ack_ts", "hs_syn_ts", "hs_synack_ts", "id", "ip_version",
         "keepalives", "labels", "last_frame", "last_ts", "notes", "reset", "retransmits", "roles_inferred", "scheduled",
         "second_fin_acks_first", "server", "start", "syn_data", "synack_seen", "timeouts",
@@ -176,6 +203,8 @@ class Connection:
         self.aborted = False  # a RST ended an established or closing connection
         self.second_fin_acks_first = False  # the three-way close: FIN, FIN+ACK, ACK
         self.half_close = False
+        self.awaiting: Endpoint | None = None  # a server whose third ACK did not take (module docstring)
+        self.awaited: Segment | None = None  # the last client segment since acknowledging its SYN
         self.anomalies: list[Anomaly] = []  # the first ANOMALY_EXAMPLES of each kind (module docstring)
         self.anomaly_counts: dict[str, int] = {}  # every anomaly, by kind (its text), in order of first sight
         self.notes: list[SegmentNote] | None = [] if keep_segments else None
@@ -224,13 +253,20 @@ class Connection:
             sender.payload_bytes += seg.payload_len
         if self.notes is not None:
             self.notes.append(SegmentNote(seg.frame, seg.ts, role == CLIENT, seg.flags, seg.seq,
-                                          seg.ack, seg.payload_len, "ignored" if ignored else kind))
+                                          seg.ack, seg.payload_len, _note_kind(seg, sender, kind, ignored)))
         if ignored:
             return
         if kind == "retransmission":
             self._redate_unreceived(sender, seg)
             if seg.flags & SYN:
+                if seg.flags & ACK:
+                    self._synack_resent(sender, role, seg)
                 return
+        if self.awaiting is sender:  # it proves it is synchronized; a RST (from SYN_RCVD) proves nothing
+            if flags & RST:
+                self.awaiting = self.awaited = None
+            else:
+                self._overflow_established(sender)
         if flags != seg.flags:
             seg = replace(seg, flags=flags)
         if flags & ACK:
@@ -265,6 +301,32 @@ class Connection:
         self._note_anomaly(seg.frame, f"RST to the {role} in {receiver.state} is not acceptable: "
                                       "ignored (a possible blind reset, RFC 5961)")
         return True
+
+    def _synack_resent(self, sender: Endpoint, role: str, seg: Segment) -> None:
+        """A resent SYN-ACK: if a client ACK had established its (passive) sender, and it has sent nothing
+        since, that ACK did not take: back to SYN_RCVD, to wait for proof (module docstring)."""
+        if self.awaiting is sender:
+            self.awaited = None  # what came before this SYN-ACK did not take either
+            return
+        history = sender.history
+        if not (sender.passive and sender.state is State.ESTABLISHED and len(history) >= 2
+                and history[-2].state is State.SYN_RCVD and history[-1].frame is not None
+                and sender.last_sent_frame < history[-1].frame
+                and self.hs_syn_ts is not None and self.hs_synack_ts is not None
+                and seg.ts - history[-1].ts >= self.hs_synack_ts - self.hs_syn_ts):
+            return
+        history.pop()
+        sender.state = State.SYN_RCVD  # syn_acked stays: later ACKs of the SYN change nothing until proof
+        self.awaiting, self.awaited = sender, None
+        self._note_anomaly(seg.frame, f"{role} resent its SYN-ACK after the ACK of it: third ACK ignored "
+                                      "(accept queue full?)")
+
+    def _overflow_established(self, server: Endpoint) -> None:
+        """The waiting server proves it is synchronized (or the capture ends): ESTABLISHED at the last client
+        segment that acknowledged its SYN since its last resent SYN-ACK, if there was one."""
+        if self.awaited is not None:
+            server.apply(Event.RCV_ACK_OF_SYN, self.awaited.ts, self.awaited.frame)
+        self.awaiting = self.awaited = None
 
     @staticmethod
     def _redate_unreceived(sender: Endpoint, copy: Segment) -> None:
@@ -387,6 +449,8 @@ class Connection:
 
     def _receive(self, ep: Endpoint, seg: Segment, answer: Segment | None, proof: Segment) -> None:
         role = CLIENT if ep is self.client else SERVER
+        if self.awaiting is ep and seg.flags & ACK and seq_ge(seg.ack, ep.syn_end):
+            self.awaited = seg
         start, events = self._plan(ep, seg, answer)
         if seg.flags & RST and not events:
             self._note_anomaly(seg.frame, f"RST not acceptable to the {role} in {ep.state}")
@@ -466,6 +530,8 @@ class Connection:
                 seg = sender.unreceived.pop(0)
                 if not seg.flags & SYN:
                     self._receive(receiver, seg, None, self._last_frame_proof(seg))
+        if self.awaiting is not None:
+            self._overflow_established(self.awaiting)
         if reused_by is not None:
             self._leave_time_wait(reused_by)
         self.labels = label(self)
@@ -485,6 +551,17 @@ def _sent(seg: Segment) -> tuple[Event, ...]:
     """The events of sending `seg`, for its sender."""
     flags = seg.flags
     return send_events(bool(flags & SYN), bool(flags & ACK), bool(flags & FIN), bool(flags & RST))
+
+
+def _note_kind(seg: Segment, sender: Endpoint, kind: str, ignored: bool) -> str:
+    """How the ladder marks a segment: its kind, "ignored" for a RST not acceptable, and "retransmission"
+    also for data wholly inside what its sender had already sent (the ladder only: no count, no state)."""
+    if ignored:
+        return "ignored"
+    if (not kind and seg.payload_len and not seg.flags & (SYN | FIN) and sender.snd_nxt is not None
+            and seq_ge(sender.snd_nxt, (seg.seq + seg.payload_len) % MOD)):
+        return "retransmission"
+    return kind
 
 
 #: States where the peer's FIN is in: RCV.NXT - 1 is acceptable for a RST too (Linux tcp_reset_check).

@@ -699,6 +699,52 @@ def make_rst_injected(out: Path) -> list[Path]:
     return [path]
 
 
+def check_listen_overflow(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    ports = sorted({s.sport for s in segs if is_client(s)})
+    expect(len(ports) == LISTEN_OVERFLOW_CLIENTS, f"want {LISTEN_OVERFLOW_CLIENTS} clients", segs)
+    overflowed = 0
+    for port in ports:
+        conn = [s for s in segs if port in (s.sport, s.dport)]
+        synacks = [i for i, s in enumerate(conn) if s.tag == "S."]
+        acked = [i for i, s in enumerate(conn) if is_client(s) and not s.syn and s.has_ack
+                 and synacks and s.ack == conn[synacks[0]].seq_end]
+        if acked and any(i > acked[0] for i in synacks):
+            overflowed += 1  # a SYN-ACK resent after the ACK of it: the ACK was dropped
+            data = [s.seq for s in conn if is_client(s) and s.plen]
+            expect(len(data) > len(set(data)), f"port {port}: no client data resent", conn)
+        expect(fins(conn, "c") and fins(conn, "s"), f"port {port}: not closed", conn)
+    expect(overflowed >= 1, "no connection saw its third ACK dropped", segs)
+
+
+LISTEN_OVERFLOW_CLIENTS = 4
+
+
+@scenario("listen_overflow", check_listen_overflow)
+def make_listen_overflow(out: Path) -> list[Path]:
+    """Accept-queue overflow: the server listens with backlog 2 and does not accept() for 2.5 s; over the
+    50 ms delay two clients connect at once, then two more 300 ms later, each sending 100 B. Every SYN
+    finds room (the accept queue holds 2 when the last two SYNs arrive: full means more than 2), and the
+    third ACKs of the first three fill it; the fourth's is dropped (tcp_abort_on_overflow=0: Linux keeps
+    the request in SYN_RECV and resends its SYN-ACK, 1 s later and again; tcp_syncookies=0 so no SYN is
+    answered with a cookie). That client, ESTABLISHED, resends its data. Once the server accepts, the
+    client's ACK of a resent SYN-ACK completes the handshake, and every connection closes normally."""
+    first = [connect(), ["send", 100], ["recv", 100], ["close"]]
+    second = [["sleep", 0.3], *first]
+    server = [["recv", 100], ["send", 100], ["eof"], ["close"]]
+    path = out / "listen_overflow.pcap"
+    with Lab(DELAY) as lab:
+        lab.sysctl(lab.server, "net.ipv4.tcp_abort_on_overflow", 0)
+        lab.sysctl(lab.server, "net.ipv4.tcp_syncookies", 0)
+        spec = listener(server, backlog=2, accepts=LISTEN_OVERFLOW_CLIENTS, accept_after=2.5)
+        peer = lab.peer(lab.server, {"listeners": [spec]})
+        with lab.capture(path):
+            waves = [{"steps": steps, "count": 2} for steps in (first, second)]
+            lab.peer(lab.client, {"clients": waves}).finish()
+            peer.finish()
+    return [path]
+
+
 # --------------------------------------------------------------------------
 # 20-22: IPv6, -i any, dumpcap
 # --------------------------------------------------------------------------

@@ -199,6 +199,7 @@ def run_listener(spec: dict[str, Any], ready: threading.Barrier,
         ready.wait()
         return
     ready.wait()
+    time.sleep(float(spec.get("accept_after", 0.0)))  # a server too busy to accept: the queue fills up
     workers = []
     for i in range(int(spec.get("accepts", 1))):
         try:

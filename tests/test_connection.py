@@ -539,3 +539,81 @@ class TestAnomalyBound:
         assert conn.anomaly_counts == {to_client: 8, to_server: 8}
         assert [(a.frame, a.what == to_client) for a in conn.anomalies] == \
             [(f, f % 2 == 0) for f in range(4, 14)]   # five of each, interleaved as they came
+
+
+class TestThirdAckIgnored:
+    """Listen-queue overflow: a SYN-ACK resent after the client's ACK of it proves the ACK did not take; the
+    server is back in SYN_RCVD until it proves it is synchronized (connection.py, "A third ACK that did not
+    take")."""
+
+    WHY = "server resent its SYN-ACK after the ACK of it: third ACK ignored (accept queue full?)"
+
+    @staticmethod
+    def overflow(w: Wire) -> None:
+        handshake(w)                       # 1-3: the third ACK (3) is dropped by a full accept queue
+        w.c("PA", data=100)                # 4: dropped too
+        w.c("PA", data=100, seq=1)         # 5: the client resends it (RTO)
+        w.s("SA", seq=0)                   # 6: the server resends its SYN-ACK: it is still in SYN_RCVD
+        w.c("A")                           # 7: the client ACKs again (dropped: the queue is still full)
+        w.c("PA", data=100, seq=1)         # 8: resent again: this copy gets through
+        w.s("A")                           # 9: the server ACKs the data: it is ESTABLISHED
+
+    def test_server_established_at_the_copy_it_answers(self):
+        w = Wire()
+        self.overflow(w)
+        w.c("FA"), w.s("FA"), w.c("A")     # 10-12
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@8", "CLOSE_WAIT@10", "LAST_ACK@11",
+                                        "CLOSED@12"]
+        assert path(conn, "client") == ["SYN_SENT@1", "ESTABLISHED@2", "FIN_WAIT_1@10", "TIME_WAIT@11"]
+        assert [(a.frame, a.what) for a in conn.anomalies] == [(6, self.WHY)]
+        assert conn.retransmits["synack"] == 1
+        assert conn.labels["open"] == "handshake" and conn.labels["close"] == "three-way"
+
+    def test_capture_ends_while_waiting_takes_the_last_ack(self):
+        w = Wire()
+        handshake(w)
+        w.s("SA", seq=0), w.c("A"), w.c("PA", data=10, seq=1)   # 4-6: no word from the server after
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@6"]
+
+    def test_nothing_after_the_resent_synack_leaves_syn_rcvd(self):
+        w = Wire()
+        handshake(w)
+        w.s("SA", seq=0)
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1"] and conn.server.state.name == "SYN_RCVD"
+
+    def test_a_second_resend_restarts_the_wait(self):
+        w = Wire()
+        handshake(w)
+        w.s("SA", seq=0), w.c("A")         # 4, 5: dropped again
+        w.s("SA", seq=0), w.c("A")         # 6, 7: this one takes
+        w.s("PA", data=10)                 # 8: the server sends: proof
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@7"]
+        assert len(conn.anomalies) == 1 and conn.retransmits["synack"] == 2
+
+    def test_server_that_already_sent_is_not_revised(self):
+        """A server that sent data after ESTABLISHED was established: a later SYN-ACK copy changes nothing."""
+        w = Wire()
+        handshake(w)
+        w.s("PA", data=10), w.s("SA", seq=0)
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@3"] and not conn.anomalies
+
+    def test_synack_resent_before_any_ack_is_a_plain_retransmission(self):
+        w = Wire()
+        w.c("S"), w.s("SA"), w.s("SA", seq=0), w.c("A")
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@4"] and not conn.anomalies
+
+    def test_synack_crossing_the_ack_proves_nothing(self):
+        """rst_injected's shape: the SYN-ACK resent in answer to a duplicate SYN, seen sooner after the ACK
+        than the server's round trip (SYN -> SYN-ACK, 90 ms): it was sent before the ACK arrived."""
+        w = Wire()
+        w.c("S", at=100.0), w.c("S", seq=0, at=100.01)
+        w.s("SA", at=100.10), w.c("A", at=100.1001)
+        w.s("SA", seq=0, at=100.12)        # 20 ms after the ACK < 90 ms
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@2", "ESTABLISHED@4"] and not conn.anomalies

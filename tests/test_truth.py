@@ -219,3 +219,41 @@ def test_anomalies_of_a_long_one_sided_flow_take_no_memory(tmp_path: Path) -> No
         peaks[segments], stderr = analyze_peak(_write_one_sided_acks(tmp_path / f"{segments}.pcap", segments))
         assert f"anomalies: {segments} (see the JSON output)" in stderr
     assert peaks[1_000_000] - peaks[200_000] < 4 * 2**20, peaks
+
+
+def _overflow(w: Wire) -> None:
+    """The third ACK and the data dropped by a full accept queue; a resent SYN-ACK, an ACK dropped again, the
+    data resent and answered; a three-way close."""
+    handshake(w)
+    w.c("PA", data=100), w.c("PA", data=100, seq=1)
+    w.s("SA", seq=0), w.c("A"), w.c("PA", data=100, seq=1), w.s("A")
+    w.c("FA"), w.s("FA"), w.c("A")
+
+
+def _overflow_twice_then_end(w: Wire) -> None:
+    """Two resent SYN-ACKs, then the capture ends with the server silent (the last ACK establishes it)."""
+    handshake(w)
+    w.s("SA", seq=0), w.c("A"), w.s("SA", seq=0), w.c("A"), w.c("PA", data=10, seq=1)
+
+
+def _overflow_then_reset(w: Wire) -> None:
+    """The waiting server gives up with a RST (from SYN_RCVD): it was never ESTABLISHED."""
+    handshake(w)
+    w.s("SA", seq=0), w.c("A"), w.s("R", seq=1)
+
+
+OVERFLOW: dict[str, Callable[[Wire], None]] = {
+    "answered": _overflow,
+    "twice, then the end": _overflow_twice_then_end,
+    "then a RST": _overflow_then_reset,
+}
+
+
+@pytest.mark.parametrize("name", list(OVERFLOW))
+def test_third_ack_ignored_same_in_both_engines(tmp_path: Path, name: str) -> None:
+    w = Wire()
+    OVERFLOW[name](w)
+    record = both(tmp_path, w)[0]
+    assert next(iter(record["anomaly_counts"].values())) >= 1
+    server = [state for state, _, _ in record["states"]["server"]]
+    assert ("ESTABLISHED" in server) == (name != "then a RST")

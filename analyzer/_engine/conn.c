@@ -376,6 +376,35 @@ static int rst_ignored(Conn *c, const Endpoint *sender, const Endpoint *receiver
     return 1;
 }
 
+/* A resent SYN-ACK: if a client ACK had established its (passive) sender, and it has sent nothing since,
+ * that ACK did not take: back to SYN_RCVD, to wait for proof (connection.py, "A third ACK that did not take";
+ * synack_resent). syn_acked stays set, so later ACKs of the SYN change nothing until then. */
+static void synack_resent(Conn *c, Endpoint *sender, int role, const Packet *p) {
+    if (c->awaiting == role + 1) {
+        c->awaited_frame = 0;  /* what came before this SYN-ACK did not take either */
+        return;
+    }
+    History *h = &sender->history;
+    if (!sender->passive || sender->state != ST_ESTABLISHED || h->count < 2 ||
+        h->items[h->count - 2].state != ST_SYN_RCVD || h->items[h->count - 1].frame < 0 ||
+        sender->last_sent_frame >= h->items[h->count - 1].frame || c->hs_stage < HS_SYNACK ||
+        !(p->ts - h->items[h->count - 1].ts >= c->hs_ts[HS_SYNACK - 1] - c->hs_ts[HS_SYN - 1]))
+        return;  /* sooner than the server's round trip after the ACK: it crossed the ACK in flight */
+    h->count--;
+    sender->state = ST_SYN_RCVD;
+    c->awaiting = (uint8_t)(role + 1);
+    c->awaited_frame = 0;
+    anomaly(c, p->frame, AN_THIRD_ACK_IGNORED, (uint8_t)role, 0, 0);
+}
+
+/* The waiting server proves it is synchronized (or the capture ends): ESTABLISHED at the last client segment
+ * that acknowledged its SYN since its last resent SYN-ACK, if any (overflow_established). */
+static void overflow_established(Conn *c, Endpoint *server) {
+    if (c->awaited_frame) apply(c, server, EV_RCV_ACK_OF_SYN, c->awaited_ts, c->awaited_frame);
+    c->awaiting = 0;
+    c->awaited_frame = 0;
+}
+
 /* ---- delivery ---------------------------------------------------------------- */
 
 static int rst_acceptable(const Endpoint *ep, const Seg *s) {
@@ -413,6 +442,10 @@ static int could_then_send(const Endpoint *ep, const Seg *pending, const Seg *an
 
 static void receive(Conn *c, Endpoint *ep, const Seg *s, const Seg *answer, const Seg *proof) {
     int role = ep == &c->ep[ROLE_CLIENT] ? ROLE_CLIENT : ROLE_SERVER;
+    if (c->awaiting == role + 1 && (s->flags & F_ACK) && seq_ge(s->ack, ep->syn_end)) {
+        c->awaited_frame = s->frame;  /* a candidate: the copy the server's next segment may answer */
+        c->awaited_ts = s->ts;
+    }
     uint8_t start;
     int acks_syn, acks_fin;
     const uint8_t *events = plan(ep, s, answer, &start, &acks_syn, &acks_fin);
@@ -488,7 +521,18 @@ int conn_add(Conn *c, const Packet *p) {
     if (ignored) return c->out_of_memory ? -1 : 0;
     if (kind == KIND_RETRANSMISSION) {
         redate_unreceived(sender, p);
-        if (p->flags & F_SYN) return c->out_of_memory ? -1 : 0;
+        if (p->flags & F_SYN) {
+            if (p->flags & F_ACK) synack_resent(c, sender, role, p);
+            return c->out_of_memory ? -1 : 0;
+        }
+    }
+    if (c->awaiting == role + 1) {  /* it proves it is synchronized; a RST (from SYN_RCVD) proves nothing */
+        if (flags & F_RST) {
+            c->awaiting = 0;
+            c->awaited_frame = 0;
+        } else {
+            overflow_established(c, sender);
+        }
     }
     Seg s = {p->frame, p->ts, p->seq, p->ack, (uint32_t)p->payload_len, flags};
     if (flags & F_ACK) take_proven(c, sender, receiver, &s);
@@ -561,6 +605,7 @@ int conn_finish(Conn *c) {
             receive(c, receiver, &s, NULL, &proof);
         }
     }
+    if (c->awaiting) overflow_established(c, &c->ep[c->awaiting - 1]);
     if (c->reused_frame) leave_time_wait(c);
     return c->out_of_memory ? -1 : 0;
 }

@@ -184,7 +184,7 @@ typedef struct {
 enum { ROLE_CLIENT, ROLE_SERVER };
 enum { HS_NONE, HS_SYN, HS_SYNACK, HS_ACK };  /* Conn.hs_stage */
 enum { AN_STARTS_AFTER_SYN, AN_SECOND_ISN, AN_SECOND_FIN, AN_FORBIDDEN, AN_RST_NOT_ACCEPTABLE, AN_RST_IGNORED,
-       N_ANOMALY_KINDS };
+       AN_THIRD_ACK_IGNORED, N_ANOMALY_KINDS };
 typedef struct { int64_t frame; uint8_t kind, role, event, state; } Anomaly;
 /* An anomaly's kind (the sentence it prints: kind, role, event, state) and how many there were of it.
  * Only the first ANOMALY_EXAMPLES of each kind are kept in Conn.anomalies (connection.ANOMALY_EXAMPLES). */
@@ -219,6 +219,9 @@ typedef struct Conn {
     /* last, out of the way of the fields every segment reads (a handshake's three segments write them) */
     double hs_ts[3];         /* [HS_SYN - 1]: the last SYN, [HS_SYNACK - 1]: the last SYN,ACK, [HS_ACK - 1] */
     double finished_at;      /* packet time the tracker finished it at: a timer, a reuse, the capture's end */
+    int64_t awaited_frame;   /* the waiting server's last client segment acknowledging its SYN (0: none) */
+    double awaited_ts;
+    uint8_t awaiting;        /* 1 + the role of a server whose third ACK did not take (0: none; connection.py) */
     int64_t reused_frame;    /* the new SYN that reused its 4-tuple (0: none): TIME_WAIT ends there */
     double reused_ts;
 } Conn;

@@ -412,6 +412,10 @@ static void anomaly_text(Buffer *b, const Anomaly *a) {
         put_state(b, a->state);
         break;
     }
+    case AN_THIRD_ACK_IGNORED:
+        buf_puts(b, ROLES[a->role]);
+        LIT(b, " resent its SYN-ACK after the ACK of it: third ACK ignored (accept queue full?)");
+        break;
     case AN_RST_IGNORED:
         LIT(b, "RST to the ");
         buf_puts(b, ROLES[a->role]);
