@@ -44,23 +44,12 @@ segment (the flush). Time in each state and the final state's age run to it.
 RSTs that are not acceptable
 ============================
 
-A RST acts only if the receiver accepts it (RFC 9293 §3.10.7.3 in SYN-SENT:
-its ACK must acknowledge our SYN; §3.10.7.4 in the other states, tightened
-by RFC 5961 §3 as Linux applies it in `tcp_validate_incoming` and
-`tcp_timewait_state_process`: its sequence number must be exactly RCV.NXT,
-or RCV.NXT - 1 after the peer's FIN; any other RST is dropped or answered by
-a challenge ACK). The observer does not see RCV.NXT, but brackets it: no
-lower than the highest ACK the receiver has sent (`ack_sent`, else the
-sender's ISN + 1), no higher than what the sender has sent (`snd_nxt`, or
-that ACK if the capture missed some of it). A RST outside the bracket, or a
-RST in SYN-SENT that does not acknowledge the SYN, did nothing to the
-receiver, and nothing says its sender sent it: it is what a blind reset
-attack (RFC 5961) or an on-path injector looks like. So it is recorded as an
-anomaly and otherwise ignored (`_rst_ignored`): the sender's machine does
-not move, `reset_by`/`reset_state` come from the connection's real end, and
-the segment proves nothing about what the sender received. Without evidence
-(no sequence number known for the sender, no SYN of the receiver's seen) a
-RST is taken as sent.
+A RST moves its receiver only if the receiver would accept it
+(analyzer/acceptance.py: RFC 9293 §3.10.7 with RFC 5961 as Linux applies
+it). Any other RST is recorded as an anomaly, a possible blind reset, and
+otherwise ignored (`_rst_ignored`): the sender's machine does not move,
+`reset_by`/`reset_state` come from the connection's real end, and the
+segment proves nothing about what the sender received.
 
 Anomalies
 =========
@@ -118,8 +107,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from analyzer.acceptance import note_kind, rst_acceptable_to
 from analyzer.decode import ACK, FIN, RST, SYN, Segment
-from analyzer.endpoint import MOD, Endpoint, Transition, seq_ge, seq_gt
+from analyzer.endpoint import MOD, Endpoint, Transition, seq_ge
 from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events, step
 from analyzer.labels import label
 
@@ -253,7 +243,7 @@ class Connection:
             sender.payload_bytes += seg.payload_len
         if self.notes is not None:
             self.notes.append(SegmentNote(seg.frame, seg.ts, role == CLIENT, seg.flags, seg.seq,
-                                          seg.ack, seg.payload_len, _note_kind(seg, sender, kind, ignored)))
+                                          seg.ack, seg.payload_len, note_kind(seg, sender, kind, ignored)))
         if ignored:
             return
         if kind == "retransmission":
@@ -295,7 +285,7 @@ class Connection:
     def _rst_ignored(self, sender: Endpoint, receiver: Endpoint, seg: Segment) -> bool:
         """Whether the receiver would not accept this RST; if so, note it (module docstring: a possible
         blind reset), and the segment is ignored."""
-        if _rst_acceptable_to(receiver, sender, seg):
+        if rst_acceptable_to(receiver, sender, seg):
             return False
         role = CLIENT if receiver is self.client else SERVER
         self._note_anomaly(seg.frame, f"RST to the {role} in {receiver.state} is not acceptable: "
@@ -551,43 +541,6 @@ def _sent(seg: Segment) -> tuple[Event, ...]:
     """The events of sending `seg`, for its sender."""
     flags = seg.flags
     return send_events(bool(flags & SYN), bool(flags & ACK), bool(flags & FIN), bool(flags & RST))
-
-
-def _note_kind(seg: Segment, sender: Endpoint, kind: str, ignored: bool) -> str:
-    """How the ladder marks a segment: its kind, "ignored" for a RST not acceptable, and "retransmission"
-    also for data wholly inside what its sender had already sent (the ladder only: no count, no state)."""
-    if ignored:
-        return "ignored"
-    if (not kind and seg.payload_len and not seg.flags & (SYN | FIN) and sender.snd_nxt is not None
-            and seq_ge(sender.snd_nxt, (seg.seq + seg.payload_len) % MOD)):
-        return "retransmission"
-    return kind
-
-
-#: States where the peer's FIN is in: RCV.NXT - 1 is acceptable for a RST too (Linux tcp_reset_check).
-AFTER_PEER_FIN = frozenset({State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING})
-
-
-def _rst_acceptable_to(receiver: Endpoint, sender: Endpoint, seg: Segment) -> bool:
-    """Whether `receiver` would act on the RST `seg` from `sender` (module docstring, "RSTs that are not
-    acceptable"); True wherever the capture holds no evidence against it."""
-    state = receiver.state
-    if state is State.SYN_SENT:
-        return receiver.isn is None or (bool(seg.flags & ACK) and seg.ack == receiver.syn_end)
-    if (state not in SYNCHRONIZED and state is not State.SYN_RCVD) or sender.snd_nxt is None:
-        return True
-    high = sender.snd_nxt
-    if receiver.ack_sent is not None and seq_gt(receiver.ack_sent, high):
-        high = receiver.ack_sent  # the capture missed some of what the sender sent
-    if receiver.ack_sent is not None:
-        low = receiver.ack_sent
-    elif sender.isn is not None:
-        low = sender.syn_end
-    else:
-        return True
-    if state in AFTER_PEER_FIN:
-        low = (low - 1) % MOD
-    return seq_ge(seg.seq, low) and seq_ge(high, seg.seq)
 
 
 def _client_is_source(first: Segment) -> tuple[bool, bool]:

@@ -354,8 +354,8 @@ static void send(Conn *c, Endpoint *sender, int role, const Seg *s) {
     }
 }
 
-/* Whether `receiver` would act on the RST `p` from `sender` (connection.py, "RSTs that are not acceptable",
- * _rst_acceptable_to); 1 wherever the capture holds no evidence against it. */
+/* Whether `receiver` would act on the RST `p` from `sender` (acceptance.py, rst_acceptable_to); 1 wherever
+ * the capture holds no evidence against it. */
 static int rst_acceptable_to(const Endpoint *receiver, const Endpoint *sender, const Packet *p) {
     uint8_t state = receiver->state;
     if (state == ST_SYN_SENT) return !receiver->has_isn || ((p->flags & F_ACK) && p->ack == receiver->syn_end);
