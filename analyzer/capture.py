@@ -12,6 +12,11 @@ reported through `CaptureDamage`, counted by the caller; problems that leave
 nothing to read (not a capture at all, a header cut short) raise
 `CaptureError` with one sentence naming the file.
 
+A gzip file cut short (no end-of-stream marker, as a copy stopped part way or
+a `tcpdump | gzip` killed leaves it) is read up to the cut, as a plain pcap cut
+short is: `_CutGzip` ends the stream there instead of raising, and the cut is
+one more damaged spot, numbered after the last whole frame (`GZIP_CUT`).
+
 The readers read the file in large blocks and slice records out of them, so
 memory stays at one block whatever the size of the capture.
 """
@@ -39,6 +44,7 @@ PCAP_MAGICS = {
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD = 1 << 24  # no sane record is larger: past this the file is garbled
+GZIP_CUT = "gzip data cut short (no end-of-stream marker): read up to the cut"
 
 
 class CaptureError(Exception):
@@ -130,6 +136,34 @@ class _File(io.FileIO):
         return count
 
 
+class _CutGzip(io.RawIOBase):
+    """A gzip stream that ends where its data ends: a file cut short gives what it holds, then
+    end of file (`cut` says so) instead of EOFError. Damage inside the data still raises."""
+
+    def __init__(self, stream: gzip.GzipFile) -> None:
+        super().__init__()
+        self._stream = stream
+        self.cut = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.cut:
+            return 0
+        try:  # read1: one read of the gzip data, so nothing already unpacked is lost when the next raises
+            data = self._stream.read1(len(buffer))
+        except EOFError:
+            self.cut = True
+            return 0
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
 class _Replay(io.RawIOBase):
     """A stream whose first bytes were read to tell its format, given back before the rest:
     a pipe cannot be rewound, nor reopened."""
@@ -167,6 +201,12 @@ class OpenCapture:
     file: _File
     start: int | None
     gzipped: bool
+    gzip: _CutGzip | None = None  # the gzip stream, if gzipped: whether it was cut short
+
+    @property
+    def cut(self) -> bool:
+        """Whether the gzip data ended before its end-of-stream marker (read so far)."""
+        return self.gzip is not None and self.gzip.cut
 
     def own_fd(self) -> int:
         """A file descriptor at the start of the plain capture, for a reader of its own (the
@@ -206,11 +246,15 @@ def open_capture(path: str | Path) -> OpenCapture:
     if head[:2] != GZIP_MAGIC:
         return OpenCapture(name, stream, head, file, start, gzipped=False)
     try:
-        stream, head = _with_head(gzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[arg-type]
+        unpacked = _CutGzip(gzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[arg-type]
+        stream, head = _with_head(io.BufferedReader(unpacked))  # type: ignore[arg-type]
     except (OSError, EOFError, zlib.error) as err:
         file.close()
         raise CaptureError(f"{name}: gzip data is damaged: {err}") from None
-    return OpenCapture(name, stream, head, file, start, gzipped=True)
+    if unpacked.cut and not head:
+        file.close()
+        raise CaptureError(f"{name}: gzip data is damaged: cut short before any data")
+    return OpenCapture(name, stream, head, file, start, gzipped=True, gzip=unpacked)
 
 
 def _with_head(stream: BinaryIO) -> tuple[BinaryIO, bytes]:
@@ -237,10 +281,14 @@ def read_frames(path: str | Path, progress: Progress | None = None) -> Iterator[
     capture = open_capture(path)
     try:
         check_head(capture)
-        if capture.head in PCAP_MAGICS:
-            yield from _read_pcap(capture.name, _Blocks(capture, progress))
-        else:
-            yield from _read_pcapng(capture.name, _Blocks(capture, progress))
+        read = _read_pcap if capture.head in PCAP_MAGICS else _read_pcapng
+        last = 0  # the last whole frame's number
+        for item in read(capture.name, _Blocks(capture, progress)):
+            if isinstance(item, RawFrame):
+                last = item.number
+            yield item
+        if capture.cut:
+            yield CaptureDamage(last + 1, GZIP_CUT)
     except (OSError, EOFError, zlib.error) as err:
         raise CaptureError(f"{capture.name}: read error: {err}") from None
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import stat
@@ -49,12 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def seconds(text: str) -> float:
+    """A timing option's value (an argparse type): a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, not {text}")
+    return value
+
+
 def add_timing_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--msl", type=float, default=30.0, metavar="SECONDS",
+    parser.add_argument("--msl", type=seconds, default=30.0, metavar="SECONDS",
                         help="maximum segment lifetime; TIME_WAIT lasts 2*MSL (default 30, as Linux's 60 s)")
-    parser.add_argument("--idle-timeout", type=float, default=900.0, metavar="SECONDS",
+    parser.add_argument("--idle-timeout", type=seconds, default=900.0, metavar="SECONDS",
                         help="forget an established connection idle this long (default 900)")
-    parser.add_argument("--handshake-timeout", type=float, default=40.0, metavar="SECONDS",
+    parser.add_argument("--handshake-timeout", type=seconds, default=40.0, metavar="SECONDS",
                         help="forget a handshake that never completes after this long idle (default 40)")
 
 

@@ -40,12 +40,74 @@ last SYN,ACK before the ACK; `retransmits` says when that choice was made.
 `finished_at` is the packet time the tracker finished the connection at: the
 timer that ran out, the SYN that reused its 4-tuple, or the capture's last
 segment (the flush). Time in each state and the final state's age run to it.
+
+RSTs that are not acceptable
+============================
+
+A RST moves its receiver only if the receiver would accept it
+(analyzer/acceptance.py: RFC 9293 §3.10.7 with RFC 5961 as Linux applies
+it). Any other RST is recorded as an anomaly, a possible blind reset, and
+otherwise ignored (`_rst_ignored`): the sender's machine does not move,
+`reset_by`/`reset_state` come from the connection's real end, and the
+segment proves nothing about what the sender received.
+
+Anomalies
+=========
+
+What the state machine or the sequence numbers did not expect is an
+anomaly, named by a sentence without numbers (its kind: "client received
+ACK of SYN in SYN_SENT"). A one-sided or damaged flow can raise one per
+packet, so only the first ANOMALY_EXAMPLES of each kind are kept with their
+frame numbers (`anomalies`); `anomaly_counts` counts every one, by kind. The
+kinds are the fixed sentences below (roles × events × states at most), so a
+connection's anomalies take bounded memory whatever its length.
+
+A third ACK that did not take (listen-queue overflow)
+=====================================================
+
+When a listener's accept queue is full, Linux drops the client's third ACK
+(tcp_check_req, "listen overflow", with net.ipv4.tcp_abort_on_overflow=0),
+keeps the request in SYN_RECV and resends its SYN-ACK; the client, already
+ESTABLISHED, resends its data. A passive observer cannot know the ACK was
+dropped when it passes: rule 3 (an ACK is received at once) takes the server
+to ESTABLISHED there. The evidence comes later: a SYN-ACK resent by a server
+that went ESTABLISHED through a client ACK and has sent nothing since, at
+least the server's round trip (SYN to SYN-ACK, as measured at the capture
+point) after that ACK; one sooner crossed the ACK in flight (the answer to a
+duplicate SYN, as in `rst_injected`) and proves nothing. A
+SYN-ACK is sent from SYN-RECEIVED only (the same fact that tells crossing
+SYNs apart), so that history was wrong, and it is revised rather than kept
+with a note (`_synack_resent`): the ESTABLISHED entry goes, the server is
+back in SYN_RCVD, and an anomaly says why ("third ACK ignored (accept queue
+full?)"). From then on a client ACK of the SYN does not establish it at
+once, because the queue may still be full (the ACK just after a resent
+SYN-ACK is often dropped too); the server is taken to be ESTABLISHED when it
+proves it, by sending anything but a SYN-ACK, dated at the last client
+segment acknowledging its SYN before that (the copy it most plausibly
+answers: Karn's rule, as for SYNs); another resent SYN-ACK starts the wait
+again. At the end of the capture, the last such client segment, if any,
+establishes it; none leaves it in SYN_RCVD (`_overflow_established`).
+
+Port reuse out of TIME_WAIT
+===========================
+
+A new SYN on the 4-tuple of a connection with an end in TIME_WAIT ends that
+TIME_WAIT early: the kernel accepts the SYN only by deleting the old
+connection (RFC 6191, RFC 9293 §3.10.7.4's note on TIME-WAIT; Linux
+`tcp_timewait_state_process` returns TCP_TW_SYN and the timewait socket is
+descheduled; likewise, with tcp_tw_reuse, for the end that sends the SYN).
+So `finish` takes the reusing SYN (`reused_by`) and moves every end still in
+TIME_WAIT to CLOSED at that SYN's time and frame (`_leave_time_wait`), after
+the pending segments are delivered. No Figure 5 event: this is evidence of
+what the kernel did, not a table transition.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
+from analyzer.acceptance import note_kind, rst_acceptable_to
 from analyzer.decode import ACK, FIN, RST, SYN, Segment
 from analyzer.endpoint import MOD, Endpoint, Transition, seq_ge
 from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events, step
@@ -53,6 +115,8 @@ from analyzer.labels import label
 
 CLIENT, SERVER = "client", "server"
 GONE = frozenset({State.CLOSED, State.LISTEN})
+#: Anomalies listed per kind, with their frames; the rest are only counted (module docstring, "Anomalies").
+ANOMALY_EXAMPLES = 5
 #: States that a RST cuts short: leaving one of them through a RST is an abort.
 ABORTABLE = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2,
                        State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK})
@@ -77,7 +141,7 @@ class SegmentNote:
     seq: int
     ack: int
     payload_len: int
-    kind: str  # "", "retransmission" or "keepalive"
+    kind: str  # "", "retransmission", "keepalive" or "ignored" (a RST not acceptable to its receiver)
 
 
 @dataclass(slots=True)
@@ -89,16 +153,23 @@ class Timeouts:
     handshake: float = 40.0
     close_linger: float = 5.0
 
+    def __post_init__(self) -> None:
+        """Each limit a finite number of seconds, 0 or more (a negative MSL would end TIME_WAIT before it began)."""
+        for name in ("msl", "idle", "handshake", "close_linger"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number of seconds, 0 or more, not {value!r}")
+
 
 class Connection:
     """Everything known about one connection; fed one segment at a time."""
 
     __slots__ = (
-        "__weakref__", "aborted", "anomalies", "bare_syns", "client", "end", "fin_order", "finished_at",
-        "first_frame", "half_close", "hs_ack_ts", "hs_syn_ts", "hs_synack_ts", "id", "ip_version", "keepalives",
-        "labels", "last_frame", "last_ts", "notes", "reset", "retransmits", "roles_inferred", "scheduled",
-        "second_fin_acks_first", "server", "start", "syn_data", "synack_seen", "timeouts", "tunnel", "vlan",
-        "vni",
+        "__weakref__", "aborted", "anomalies", "anomaly_counts", "awaited", "awaiting", "bare_syns", "client",
+        "end", "fin_order", "finished_at", "first_frame", "half_close", "hs_ack_ts", "hs_syn_ts", "hs_synack_ts",
+        "id", "ip_version", "keepalives", "labels", "last_frame", "last_ts", "notes", "reset", "retransmits",
+        "roles_inferred", "scheduled", "second_fin_acks_first", "server", "start", "syn_data", "synack_seen",
+        "timeouts", "tunnel", "vlan", "vni",
     )
 
     def __init__(self, conn_id: int, first: Segment, timeouts: Timeouts,
@@ -124,7 +195,10 @@ class Connection:
         self.aborted = False  # a RST ended an established or closing connection
         self.second_fin_acks_first = False  # the three-way close: FIN, FIN+ACK, ACK
         self.half_close = False
-        self.anomalies: list[Anomaly] = []
+        self.awaiting: Endpoint | None = None  # a server whose third ACK did not take (module docstring)
+        self.awaited: Segment | None = None  # the last client segment since acknowledging its SYN
+        self.anomalies: list[Anomaly] = []  # the first ANOMALY_EXAMPLES of each kind (module docstring)
+        self.anomaly_counts: dict[str, int] = {}  # every anomaly, by kind (its text), in order of first sight
         self.notes: list[SegmentNote] | None = [] if keep_segments else None
         self.scheduled = float("inf")
         self.labels: dict[str, object] = {}
@@ -142,7 +216,7 @@ class Connection:
         if first.flags & SYN and not first.flags & ACK:
             return  # a proper start: both CLOSED, the SYN does the rest
         if first.flags & SYN:  # the SYN,ACK without its SYN
-            self.anomalies.append(Anomaly(first.frame, "capture starts after the SYN"))
+            self._note_anomaly(first.frame, "capture starts after the SYN")
             self.client.state = State.SYN_SENT
             self.server.state, self.server.passive = State.SYN_RCVD, True
         else:
@@ -164,17 +238,27 @@ class Connection:
         sender, receiver, role = self.sides(seg)
         self._touch(seg, sender)
         kind, flags = self._classify(seg, sender, role)
+        ignored = bool(flags & RST) and self._rst_ignored(sender, receiver, seg)
         if self.hs_ack_ts is None:
             self._note_handshake(seg, flags, role)
-        if kind != "keepalive":
+        if kind != "keepalive" and not ignored:
             sender.payload_bytes += seg.payload_len
         if self.notes is not None:
             self.notes.append(SegmentNote(seg.frame, seg.ts, role == CLIENT, seg.flags, seg.seq,
-                                          seg.ack, seg.payload_len, kind))
+                                          seg.ack, seg.payload_len, note_kind(seg, sender, kind, ignored)))
+        if ignored:
+            return
         if kind == "retransmission":
             self._redate_unreceived(sender, seg)
             if seg.flags & SYN:
+                if seg.flags & ACK:
+                    self._synack_resent(sender, role, seg)
                 return
+        if self.awaiting is sender:  # it proves it is synchronized; a RST (from SYN_RCVD) proves nothing
+            if flags & RST:
+                self.awaiting = self.awaited = None
+            else:
+                self._overflow_established(sender)
         if flags != seg.flags:
             seg = replace(seg, flags=flags)
         if flags & ACK:
@@ -200,6 +284,42 @@ class Connection:
               and seq_ge(seg.ack, self.server.syn_end)):
             self.hs_ack_ts = seg.ts
 
+    def _rst_ignored(self, sender: Endpoint, receiver: Endpoint, seg: Segment) -> bool:
+        """Whether the receiver would not accept this RST; if so, note it (module docstring: a possible
+        blind reset), and the segment is ignored."""
+        if rst_acceptable_to(receiver, sender, seg):
+            return False
+        role = CLIENT if receiver is self.client else SERVER
+        self._note_anomaly(seg.frame, f"RST to the {role} in {receiver.state} is not acceptable: "
+                                      "ignored (a possible blind reset, RFC 5961)")
+        return True
+
+    def _synack_resent(self, sender: Endpoint, role: str, seg: Segment) -> None:
+        """A resent SYN-ACK: if a client ACK had established its (passive) sender, and it has sent nothing
+        since, that ACK did not take: back to SYN_RCVD, to wait for proof (module docstring)."""
+        if self.awaiting is sender:
+            self.awaited = None  # what came before this SYN-ACK did not take either
+            return
+        history = sender.history
+        if not (sender.passive and sender.state is State.ESTABLISHED and len(history) >= 2
+                and history[-2].state is State.SYN_RCVD and history[-1].frame is not None
+                and sender.last_sent_frame < history[-1].frame
+                and self.hs_syn_ts is not None and self.hs_synack_ts is not None
+                and seg.ts - history[-1].ts >= self.hs_synack_ts - self.hs_syn_ts):
+            return
+        history.pop()
+        sender.state = State.SYN_RCVD  # syn_acked stays: later ACKs of the SYN change nothing until proof
+        self.awaiting, self.awaited = sender, None
+        self._note_anomaly(seg.frame, f"{role} resent its SYN-ACK after the ACK of it: third ACK ignored "
+                                      "(accept queue full?)")
+
+    def _overflow_established(self, server: Endpoint) -> None:
+        """The waiting server proves it is synchronized (or the capture ends): ESTABLISHED at the last client
+        segment that acknowledged its SYN since its last resent SYN-ACK, if there was one."""
+        if self.awaited is not None:
+            server.apply(Event.RCV_ACK_OF_SYN, self.awaited.ts, self.awaited.frame)
+        self.awaiting = self.awaited = None
+
     @staticmethod
     def _redate_unreceived(sender: Endpoint, copy: Segment) -> None:
         """A retransmitted SYN/FIN: the copy still unanswered was lost, the receiver got this one."""
@@ -221,7 +341,7 @@ class Connection:
             return "", flags
         if flags & SYN:
             if sender.isn is not None and seg.seq != sender.isn:
-                self.anomalies.append(Anomaly(seg.frame, f"{role} sent a SYN with a second ISN"))
+                self._note_anomaly(seg.frame, f"{role} sent a SYN with a second ISN")
                 return "", flags & ~SYN
             first_of_kind = sender.isn is None or (flags & ACK and not sender.sent_synack)
             if not first_of_kind:
@@ -248,7 +368,7 @@ class Connection:
                 if fin_seq == sender.fin_seq:
                     self.retransmits["fin"] += 1
                 else:
-                    self.anomalies.append(Anomaly(seg.frame, f"{role} sent a second FIN elsewhere"))
+                    self._note_anomaly(seg.frame, f"{role} sent a second FIN elsewhere")
                 return "retransmission", flags & ~FIN
         elif (not flags & SYN and seg.payload_len <= 1 and sender.snd_nxt is not None
               and sender.state in SYNCHRONIZED and seg.seq == (sender.snd_nxt - 1) % MOD):
@@ -266,10 +386,17 @@ class Connection:
             if self.reset is None:
                 self.reset = (role, before)
 
+    def _note_anomaly(self, frame: int, what: str) -> None:
+        """Count an anomaly of kind `what`; list it with its frame if it is among the first few of its kind."""
+        count = self.anomaly_counts.get(what, 0) + 1
+        self.anomaly_counts[what] = count
+        if count <= ANOMALY_EXAMPLES:
+            self.anomalies.append(Anomaly(frame, what))
+
     def _forbidden(self, frame: int, role: str, event: Event, state: State) -> None:
         verb = "sent" if event.name.startswith("SND") else "received"
         what = str(event).split(" ", 1)[1]
-        self.anomalies.append(Anomaly(frame, f"{role} {verb} {what} in {state}"))
+        self._note_anomaly(frame, f"{role} {verb} {what} in {state}")
 
     # -- delivery (see the module docstring) -----------------------------
 
@@ -314,9 +441,11 @@ class Connection:
 
     def _receive(self, ep: Endpoint, seg: Segment, answer: Segment | None, proof: Segment) -> None:
         role = CLIENT if ep is self.client else SERVER
+        if self.awaiting is ep and seg.flags & ACK and seq_ge(seg.ack, ep.syn_end):
+            self.awaited = seg
         start, events = self._plan(ep, seg, answer)
         if seg.flags & RST and not events:
-            self.anomalies.append(Anomaly(seg.frame, f"RST not acceptable to the {role} in {ep.state}"))
+            self._note_anomaly(seg.frame, f"RST not acceptable to the {role} in {ep.state}")
             return
         ep.state = start
         if seg.flags & ACK:
@@ -379,11 +508,12 @@ class Connection:
         crossing = role == SERVER and self.client.state is State.SYN_SENT and self.server.last_sent_frame == 0
         return not crossing
 
-    def finish(self, at: float | None = None) -> None:
+    def finish(self, at: float | None = None, reused_by: Segment | None = None) -> None:
         """End of the road: hand over what is still unreceived (never a SYN), then label.
 
         `at` is the packet time it ends at (the tracker's: a timer, a reused
         4-tuple, the capture's end); the last segment's time if not given.
+        `reused_by`: the new SYN that reuses the 4-tuple, if that is what ends it.
         """
         self.finished_at = self.last_ts if at is None else at
         self.advance(self.last_ts)
@@ -392,7 +522,18 @@ class Connection:
                 seg = sender.unreceived.pop(0)
                 if not seg.flags & SYN:
                     self._receive(receiver, seg, None, self._last_frame_proof(seg))
+        if self.awaiting is not None:
+            self._overflow_established(self.awaiting)
+        if reused_by is not None:
+            self._leave_time_wait(reused_by)
         self.labels = label(self)
+
+    def _leave_time_wait(self, syn: Segment) -> None:
+        """A new SYN on this 4-tuple: an end still in TIME_WAIT is CLOSED from it (module docstring)."""
+        for ep in (self.client, self.server):
+            if ep.state is State.TIME_WAIT:
+                ep.state = State.CLOSED
+                ep.history.append(Transition(State.CLOSED, syn.ts, syn.frame))
 
     def _last_frame_proof(self, seg: Segment) -> Segment:
         return replace(seg, frame=self.last_frame, ts=self.end)

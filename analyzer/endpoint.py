@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from analyzer.decode import Segment
+from analyzer.decode import ACK, Segment
 from analyzer.fsm import Event, State, step
 
 MOD = 1 << 32
@@ -43,6 +43,7 @@ class Endpoint:
     syn_end: int = 0  # first sequence number after its SYN (and any SYN data)
     fin_seq: int | None = None  # sequence number its FIN occupies
     snd_nxt: int | None = None  # highest sequence number sent, plus one
+    ack_sent: int | None = None  # highest ACK field sent: its rcv.nxt was at least this
     syn_acked: bool = False
     fin_acked: bool = False
     last_sent_frame: int = 0
@@ -66,10 +67,12 @@ class Endpoint:
         return True
 
     def note_sent(self, segment: Segment) -> None:
-        """Advance snd_nxt past what `segment` occupies."""
+        """Advance snd_nxt past what `segment` occupies, and ack_sent to its ACK field."""
         end = (segment.seq + segment.seq_len) % MOD
         if self.snd_nxt is None or seq_gt(end, self.snd_nxt):
             self.snd_nxt = end
+        if segment.flags & ACK and (self.ack_sent is None or seq_gt(segment.ack, self.ack_sent)):
+            self.ack_sent = segment.ack
         self.last_sent_frame = segment.frame
 
     def acknowledged_by(self, ack: int) -> tuple[bool, bool]:

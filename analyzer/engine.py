@@ -43,10 +43,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from analyzer.bpf import check as check_filter
-from analyzer.capture import CaptureDamage, CaptureError, OpenCapture, Progress, check_head, open_capture
+from analyzer.capture import GZIP_CUT, CaptureDamage, CaptureError, OpenCapture, Progress, check_head, open_capture
 from analyzer.connection import Timeouts
 from analyzer.decode import LINKTYPE_NAMES
 from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events, step
+from analyzer.pipeline import NAMED_PROBLEMS
 from analyzer.where import Where
 
 try:
@@ -169,6 +170,8 @@ def run_opened(opened: OpenCapture, write: Callable[[bytes], object], fd_out: in
         raise CaptureError(f"{opened.name}: read error: {err}") from None
     if counts["error"]:
         raise CaptureError(f"{opened.name}: {counts['error']}")
+    if opened.cut:  # as capture.read_frames: one more damaged spot, after the last whole frame
+        _note_damage(counts, counts["last_frame"] + 1, GZIP_CUT)
     return counts
 
 
@@ -214,6 +217,14 @@ def _ready(bpf: str | None) -> None:
     _configure()
     if bpf is not None and not filters_available():
         raise RuntimeError("the compiled engine was built without libpcap: no filters")
+
+
+def _note_damage(counts: dict[str, Any], frame: int, what: str) -> None:
+    """Count a damaged spot in the engine's counts as pipeline.Stats.note_damage does."""
+    counts["damaged"] += 1
+    for key in ("damage", "problems"):
+        if len(counts[key]) < NAMED_PROBLEMS:
+            counts[key].append((frame, what))
 
 
 def _reader(opened: OpenCapture, progress: Progress | None) -> Callable[[memoryview], int]:

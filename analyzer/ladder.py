@@ -57,7 +57,8 @@ END_ROWS = 1.2  # room below the last row
 
 FLAG_NAMES = ((SYN, "SYN"), (FIN, "FIN"), (RST, "RST"), (PSH, "PSH"), (ACK, "ACK"),
               (URG, "URG"), (ECE, "ECE"), (CWR, "CWR"))
-KIND_MARKS = {"retransmission": "retransmission", "keepalive": "keep-alive"}
+KIND_MARKS = {"retransmission": "retransmission", "keepalive": "keep-alive",
+              "ignored": "not acceptable: ignored"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ class Arrow:
     y_recv: float
     flags: str  # "SYN+ACK"
     label: str  # "SYN+ACK  seq 0  ack 1"
-    kind: str  # "", "retransmission" or "keepalive"
+    kind: str  # "", "retransmission", "keepalive" or "ignored" (a RST its receiver would not accept)
     crossing: bool  # arrives after a segment the receiver sent later
 
 
@@ -361,8 +362,8 @@ def _state_y(conn: Connection, t: Transition, index: int, is_client: bool, by_fr
     if t.frame is None:
         return timer_y[(is_client, t.ts)]
     arrow = by_frame.get(t.frame)
-    if arrow is None:  # not drawn (cannot happen: evidence is never collapsed)
-        return min((a.y_send for a in by_frame.values() if a.frame >= t.frame), default=0.0)
+    if arrow is None:  # not one of its segments: the SYN that reused its 4-tuple ended a TIME_WAIT, at the end
+        return max((a.y_recv for a in by_frame.values()), default=0.0)
     if index == 0 and conn.labels.get("open") == "partial":
         return arrow.y_send  # the state the capture found it in, at its first segment
     return arrow.y_send if arrow.from_client == is_client else arrow.y_recv

@@ -103,6 +103,7 @@ def record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
                        "server": state_time(conn.server, conn.finished_at)},
         "tunnel": conn.tunnel,
         "vlan": list(conn.vlan) if conn.vlan else None,
+        "anomaly_counts": dict(conn.anomaly_counts),
     }
     if capture is not None:
         out["capture"] = capture
@@ -144,7 +145,7 @@ def flat_record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
         row[f"payload_bytes_{side}"] = rec["payload_bytes"][side]
     for kind, count in rec["retransmits"].items():
         row[f"retransmits_{kind}"] = count
-    row["anomalies"] = len(rec["anomalies"])
+    row["anomalies"] = sum(rec["anomaly_counts"].values())  # all of them, not only those listed
     rtt = rec["handshake_rtt"] or {}
     row["handshake_rtt"] = rtt.get("total")
     for side in ("client", "server"):
@@ -254,7 +255,7 @@ class Census:
             self.final[("client", str(conn.client.state))] += 1
             self.final[("server", str(conn.server.state))] += 1
             self.half_close += bool(labels["half_close"])
-            self.anomalies += len(conn.anomalies)
+            self.anomalies += sum(conn.anomaly_counts.values())
             yield conn
 
 
@@ -295,15 +296,8 @@ def write_summary(capture: str, stats: Stats, census: Census, out: Styled, where
              + (f" ({links})" if links else ""))
     if where is not None:
         out.line(f"  {census.matched} of {_plural(stats.connections, 'connection')} matched --where {where}")
-    out.line("  open:  " + _counts(census.open, OPEN_LABELS))
-    out.line("  close: " + _counts(census.close, CLOSE_LABELS)
-             + (f"; half-close in {census.half_close}" if census.half_close else ""))
-    closers = {k: v for k, v in census.closer.items() if k != "None"}
-    if closers:
-        out.line("  active closer: " + ", ".join(f"{k} {v}" for k, v in sorted(closers.items())))
-    for side in ("client", "server"):
-        finals = {state: n for (who, state), n in census.final.items() if who == side}
-        out.line(f"  final {side} states: " + (", ".join(f"{s} {n}" for s, n in sorted(finals.items())) or "-"))
+    if any(census.final.values()):  # no connection, nothing to break down: the first line said how many
+        _write_labels(census, out)
     if census.anomalies:
         out.line(f"  anomalies: {census.anomalies} (see the JSON output)")
     if stats.tunnelled:
@@ -316,6 +310,19 @@ def write_summary(capture: str, stats: Stats, census: Census, out: Styled, where
     if stats.bad_frames:
         named = "; ".join(f"frame {frame}: {what}" for frame, what in stats.problem_frames)
         out.line("  ", (f"bad frames: {stats.bad_frames}", "yellow"), f" (first: {named})")
+
+
+def _write_labels(census: Census, out: Styled) -> None:
+    """The summary's lines per label, active closer and final state."""
+    out.line("  open:  " + _counts(census.open, OPEN_LABELS))
+    out.line("  close: " + _counts(census.close, CLOSE_LABELS)
+             + (f"; half-close in {census.half_close}" if census.half_close else ""))
+    closers = {k: v for k, v in census.closer.items() if k != "None"}
+    if closers:
+        out.line("  active closer: " + ", ".join(f"{k} {v}" for k, v in sorted(closers.items())))
+    for side in ("client", "server"):
+        finals = {state: n for (who, state), n in census.final.items() if who == side}
+        out.line(f"  final {side} states: " + (", ".join(f"{s} {n}" for s, n in sorted(finals.items())) or "-"))
 
 
 def _filter_failed(stats: Stats) -> str:

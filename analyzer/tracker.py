@@ -7,7 +7,9 @@ two connections. Other tunnel identities (outer addresses, GRE keys, MPLS
 labels, GTP TEIDs) are not in the key: they differ by direction, or change on
 the way, while the inner connection is one (Zeek keys them alike). A bare SYN with a new
 ISN on a known 4-tuple ends the old connection and starts a new one (port
-reuse); a retransmitted or reordered SYN with the old ISN does not.
+reuse), and an end of the old one still in TIME_WAIT leaves it at that SYN
+(RFC 6191: connection.py); a retransmitted or reordered SYN with the old ISN
+does not.
 
 Memory stays bounded by the number of *open* connections: a connection is
 finished and handed back once both ends are gone (after a short linger for
@@ -54,7 +56,7 @@ class Tracker:
         key = connection_key(seg)
         conn = self.open.get(key)
         if conn is not None and conn.starts_anew(seg):
-            finished.append(self._retire(key, conn, seg.ts))
+            finished.append(self._retire(key, conn, seg.ts, reused_by=seg))
             conn = None
         if conn is None:
             conn = Connection(self._next_id, seg, self.timeouts, self.keep_segments)
@@ -110,12 +112,13 @@ class Tracker:
         remaining = sorted(self.open.items(), key=lambda item: item[1].id)
         return [self._retire(key, conn, end) for key, conn in remaining]
 
-    def _retire(self, key: Key, conn: Connection, at: float) -> Connection:
-        """Finish `conn` at packet time `at`: its timer's, the reusing SYN's, or the capture's end."""
+    def _retire(self, key: Key, conn: Connection, at: float, reused_by: Segment | None = None) -> Connection:
+        """Finish `conn` at packet time `at`: its timer's, the reusing SYN's (`reused_by`: TIME_WAIT ends
+        there, connection.py), or the capture's end."""
         if self.open.get(key) is conn:
             del self.open[key]
         conn.scheduled = float("nan")  # any heap entry left for it is now stale
-        conn.finish(at)
+        conn.finish(at, reused_by)
         return conn
 
 

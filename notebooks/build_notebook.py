@@ -36,12 +36,33 @@ the sender's initial sequence number, so the SYN is `seq 0`), the acknowledgemen
 payload length; the left column gives the frame number and the time since the first segment.
 Long pauses are cut out and marked `≈ 1.0 s`."""),
     ("code", """\
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
-ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "analyzer" / "__init__.py").exists())
-sys.path.insert(0, str(ROOT))
-SAMPLES = ROOT / "samples"  # the bundled captures"""),
+
+def find_samples() -> Path:
+    # The sample captures: $SYNFIN_SAMPLES if set, else samples/ in the synfin checkout this notebook
+    # runs in (the working directory or a parent), else next to the installed analyzer package.
+    if os.environ.get("SYNFIN_SAMPLES"):
+        places = [Path(os.environ["SYNFIN_SAMPLES"])]
+    else:
+        places = [p / "samples" for p in [Path.cwd(), *Path.cwd().parents]]
+        spec = importlib.util.find_spec("analyzer")
+        if spec is not None and spec.origin is not None:
+            places.append(Path(spec.origin).resolve().parent.parent / "samples")
+    for place in places:
+        if (place / "handshake_fourway_client_close.pcap").exists():
+            return place.resolve()
+    raise FileNotFoundError(
+        "the synfin sample captures (samples/*.pcap) are not in " + ", ".join(map(str, places))
+        + ": run this notebook in a synfin checkout, or set SYNFIN_SAMPLES to its samples/ folder")
+
+
+SAMPLES = find_samples()  # the bundled captures
+if (SAMPLES.parent / "analyzer" / "__init__.py").exists():
+    sys.path.insert(0, str(SAMPLES.parent))  # the checkout's analyzer, even if another is installed"""),
     ("code", """\
 import pandas as pd
 from IPython.display import Image, display

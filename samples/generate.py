@@ -662,6 +662,89 @@ def make_port_reuse(out: Path) -> list[Path]:
                     listen={"accepts": 2})
 
 
+def check_rst_injected(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    syn = segs[0]
+    expect(is_client(syn) and syn.tag == "S", "no client SYN first", segs)
+    forged = [s for s in segs if s.rst and not is_client(s)]
+    expect(len(forged) == 2, "want the two forged RSTs", segs)
+    first, blind = forged
+    expect(first.has_ack and first.ack == syn.seq, "first RST does not ack the bare ISN", segs)
+    synacks = [s for s in segs if s.tag == "S."]
+    expect(synacks and segs.index(synacks[0]) > segs.index(first), "the RST did not beat the SYN-ACK", segs)
+    expect(not any(s.rst for s in segs if is_client(s)), "the client answered with a RST", segs)
+    expect(fins(segs, "c") and fins(segs, "s"), "the connection did not close normally", segs)
+    data = [s for s in segs if not is_client(s) and s.plen and segs.index(s) < segs.index(blind)]
+    expect(data and blind.seq - data[-1].seq_end > 1_000_000, "second RST not far out of window", segs)
+    expect(segs.index(blind) < segs.index(fins(segs, "c")[0]), "second RST after the close began", segs)
+
+
+@scenario("rst_injected", check_rst_injected)
+def make_rst_injected(out: Path) -> list[Path]:
+    """An on-path injector on the delaying wire (peer.py inject, a raw AF_PACKET socket in the middle
+    namespace) forges two RSTs "from the server" into a real connection: at the client's SYN, a RST+ACK
+    whose ack is the client's ISN (not ISN + 1), 100 ms before the real SYN-ACK; and, after the server's
+    reply, a RST 3,000,000 past the client's window. Linux ignores both (RFC 9293 3.10.7.3; RFC 5961,
+    tcp_validate_incoming): the ignored first one makes it resend its SYN at once; the connection goes
+    on and closes with a four-way close, the client first."""
+    path = out / "rst_injected.pcap"
+    client = [*client_request(), ["sleep", 0.4], ["close"]]
+    with Lab(DELAY) as lab:
+        server = lab.peer(lab.server, {"listeners": [listener(SERVER_FOURWAY)]})
+        injector = lab.injector({"port": PORT})
+        with lab.capture(path):
+            lab.peer(lab.client, {"clients": [{"steps": client}]}).finish()
+            server.finish()
+            injector.finish()
+    return [path]
+
+
+def check_listen_overflow(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    ports = sorted({s.sport for s in segs if is_client(s)})
+    expect(len(ports) == LISTEN_OVERFLOW_CLIENTS, f"want {LISTEN_OVERFLOW_CLIENTS} clients", segs)
+    overflowed = 0
+    for port in ports:
+        conn = [s for s in segs if port in (s.sport, s.dport)]
+        synacks = [i for i, s in enumerate(conn) if s.tag == "S."]
+        acked = [i for i, s in enumerate(conn) if is_client(s) and not s.syn and s.has_ack
+                 and synacks and s.ack == conn[synacks[0]].seq_end]
+        if acked and any(i > acked[0] for i in synacks):
+            overflowed += 1  # a SYN-ACK resent after the ACK of it: the ACK was dropped
+            data = [s.seq for s in conn if is_client(s) and s.plen]
+            expect(len(data) > len(set(data)), f"port {port}: no client data resent", conn)
+        expect(fins(conn, "c") and fins(conn, "s"), f"port {port}: not closed", conn)
+    expect(overflowed >= 1, "no connection saw its third ACK dropped", segs)
+
+
+LISTEN_OVERFLOW_CLIENTS = 4
+
+
+@scenario("listen_overflow", check_listen_overflow)
+def make_listen_overflow(out: Path) -> list[Path]:
+    """Accept-queue overflow: the server listens with backlog 2 and does not accept() for 2.5 s; over the
+    50 ms delay two clients connect at once, then two more 300 ms later, each sending 100 B. Every SYN
+    finds room (the accept queue holds 2 when the last two SYNs arrive: full means more than 2), and the
+    third ACKs of the first three fill it; the fourth's is dropped (tcp_abort_on_overflow=0: Linux keeps
+    the request in SYN_RECV and resends its SYN-ACK, 1 s later and again; tcp_syncookies=0 so no SYN is
+    answered with a cookie). That client, ESTABLISHED, resends its data. Once the server accepts, the
+    client's ACK of a resent SYN-ACK completes the handshake, and every connection closes normally."""
+    first = [connect(), ["send", 100], ["recv", 100], ["close"]]
+    second = [["sleep", 0.3], *first]
+    server = [["recv", 100], ["send", 100], ["eof"], ["close"]]
+    path = out / "listen_overflow.pcap"
+    with Lab(DELAY) as lab:
+        lab.sysctl(lab.server, "net.ipv4.tcp_abort_on_overflow", 0)
+        lab.sysctl(lab.server, "net.ipv4.tcp_syncookies", 0)
+        spec = listener(server, backlog=2, accepts=LISTEN_OVERFLOW_CLIENTS, accept_after=2.5)
+        peer = lab.peer(lab.server, {"listeners": [spec]})
+        with lab.capture(path):
+            waves = [{"steps": steps, "count": 2} for steps in (first, second)]
+            lab.peer(lab.client, {"clients": waves}).finish()
+            peer.finish()
+    return [path]
+
+
 # --------------------------------------------------------------------------
 # 20-22: IPv6, -i any, dumpcap
 # --------------------------------------------------------------------------

@@ -275,6 +275,17 @@ class Lab:
         proc.wait_for("READY", 10)
         return proc
 
+    def injector(self, spec: dict[str, Any]) -> Peer:
+        """Start ``peer.py inject`` (forged RSTs) in the middle namespace; return once it watches."""
+        assert self.middle is not None, "the injector sits on the delaying wire"
+        spec = {"deadline": 30, "iface": "m0", "client": CLIENT4, "server": SERVER4,
+                "macs": {"client": MACS["c0"], "server": MACS["s0"]}, **spec}
+        proc = Peer(in_ns(self.middle, sys.executable, str(PEER), "inject", json.dumps(spec)),
+                    log=self.tmp / "inject.log")
+        self.procs.append(proc)
+        proc.wait_for("READY", 10)
+        return proc
+
     def capture(self, path: Path, ns: str | None = None, **kw: Any) -> Capture:
         return Capture(self, ns or self.client, path, **kw)
 

@@ -15,6 +15,13 @@ library. It has two modes:
     AF_PACKET socket to the other interface after a fixed delay, so that
     two segments can really cross in flight.
 
+``inject``
+    An on-path attacker on the delaying wire: watches one interface with an
+    AF_PACKET socket and writes forged RSTs "from the server" into it (a raw
+    socket, frames built here with struct): one at the client's SYN whose ACK
+    is the client's ISN (not ISN + 1), and one in ESTABLISHED whose sequence
+    number is far outside the window. The kernel must ignore both.
+
 Every mode is bounded in time by a watchdog (``deadline`` seconds).
 """
 
@@ -192,6 +199,7 @@ def run_listener(spec: dict[str, Any], ready: threading.Barrier,
         ready.wait()
         return
     ready.wait()
+    time.sleep(float(spec.get("accept_after", 0.0)))  # a server too busy to accept: the queue fills up
     workers = []
     for i in range(int(spec.get("accepts", 1))):
         try:
@@ -348,6 +356,78 @@ def mode_trunk(spec: dict[str, Any]) -> int:
                     ports[leave[name][str(vid)]].send(frame)
 
 
+# --------------------------------------------------------------------------
+# RST injector
+# --------------------------------------------------------------------------
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def tcp4_frame(spec: dict[str, Any], sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:
+    """An Ethernet/IPv4/TCP frame from the server's address and MAC to the client's, checksums right."""
+    src, dst = socket.inet_aton(spec["server"]), socket.inet_aton(spec["client"])
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 512, 0, 0)
+    pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0x4242, 0x4000, 64, 6, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    mac = {k: bytes.fromhex(v.replace(":", "")) for k, v in spec["macs"].items()}
+    return mac["client"] + mac["server"] + b"\x08\x00" + ip + tcp
+
+
+def tcp4_fields(frame: bytes) -> tuple[str, int, int, int, int, int] | None:
+    """(source address, source port, dest port, seq, flags, payload length) of an Ethernet/IPv4/TCP frame."""
+    if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    total = struct.unpack("!H", frame[16:18])[0]
+    tcp = frame[14 + ihl:]
+    sport, dport, seq = struct.unpack("!HHI", tcp[:8])
+    offset = (tcp[12] >> 4) * 4
+    return socket.inet_ntoa(frame[26:30]), sport, dport, seq, tcp[13], total - ihl - offset
+
+
+def watch(sock: socket.socket, want: Any) -> tuple[str, int, int, int, int, int]:
+    """Frames on the interface, either way, until one `want(fields)` accepts."""
+    while True:
+        select.select([sock], [], [], 1.0)
+        while True:
+            try:
+                frame = sock.recv(65535)
+            except BlockingIOError:
+                break
+            fields = tcp4_fields(frame)
+            if fields is not None and want(fields):
+                return fields
+
+
+def mode_inject(spec: dict[str, Any]) -> int:
+    """Forge the two RSTs (module docstring), log what was sent, and exit."""
+    sock = packet_socket(spec["iface"])
+    client, server, port = spec["client"], spec["server"], int(spec["port"])
+    print("READY", flush=True)
+    _, cport, _, isn, _, _ = watch(sock, lambda f: f[0] == client and f[2] == port and f[4] & 0x3F == TCP_SYN)
+    sock.send(tcp4_frame(spec, port, cport, 0x5EED0000, isn, TCP_RST | TCP_ACK))  # ack = ISN: not acceptable
+    log(f"injected RST+ACK ack={isn} (the client's ISN) at its SYN")
+    _, _, _, seq, _, plen = watch(sock, lambda f: f[0] == server and f[1] == port and f[5] > 0)
+    time.sleep(float(spec.get("pause", 0.05)))
+    blind = seq + plen + int(spec.get("offset", 3_000_000))
+    sock.send(tcp4_frame(spec, port, cport, blind, 0, TCP_RST))  # far outside the client's window
+    log(f"injected RST seq={blind & 0xFFFFFFFF} (out of window) in ESTABLISHED")
+    print(json.dumps({"port": cport, "isn": isn, "blind_seq": blind & 0xFFFFFFFF}), flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     mode, spec = argv[1], json.loads(argv[2])
     start_watchdog(float(spec.get("deadline", 30)))
@@ -357,6 +437,8 @@ def main(argv: list[str]) -> int:
         return mode_sockets(spec)
     if mode == "trunk":
         return mode_trunk(spec)
+    if mode == "inject":
+        return mode_inject(spec)
     raise SystemExit(f"unknown mode {mode}")
 
 

@@ -272,6 +272,64 @@ class TestPortReuse:
         assert [c.labels["open"] for c in conns] == ["handshake", "handshake"]
         assert conns[1].first_frame == 8
 
+    def test_reuse_ends_the_servers_time_wait_at_the_new_syn(self):
+        """RFC 6191 / Linux tcp_timewait_state_process: the SYN that reuses the 4-tuple deletes the TIME_WAIT
+        socket, so the old server goes TIME_WAIT -> CLOSED at that SYN (frame 8), not at 2*MSL."""
+        w = Wire()
+        handshake(w)
+        w.s("FA"), w.c("A"), w.c("FA"), w.s("A")   # 4-7: the server closes first, TIME_WAIT at 6
+        w.isn["c"], w.nxt["c"] = 900_000, 900_000
+        w.isn["s"], w.nxt["s"] = 700_000, 700_000
+        syn = w.c("S")
+        old, new = w.analyze()
+        assert path(old, "server")[-2:] == ["TIME_WAIT@6", "CLOSED@8"]
+        assert old.server.history[-1].ts == syn.ts and old.finished_at == syn.ts
+        assert path(old, "client")[-1] == "CLOSED@7"
+        assert path(new, "client") == ["SYN_SENT@8"]
+
+    def test_reuse_ends_the_clients_time_wait_when_it_sends_the_syn(self):
+        """tcp_tw_reuse: the client in TIME_WAIT opens again from the same port; its TIME_WAIT ends at its SYN."""
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A"), w.s("FA"), w.c("A")   # the client closes first: TIME_WAIT at 6
+        w.isn["c"], w.nxt["c"] = 900_000, 900_000
+        w.c("S")
+        old, _ = w.analyze()
+        assert path(old, "client")[-2:] == ["TIME_WAIT@6", "CLOSED@8"]
+        assert old.client.state.name == "CLOSED"
+
+    def test_reuse_after_a_fin_still_pending_closes_what_it_brought_to_time_wait(self):
+        """The client's FIN (6) is never ACKed in the capture: finishing delivers it (server TIME_WAIT at 6),
+        and only then does the reusing SYN (7) end that TIME_WAIT."""
+        w = Wire()
+        handshake(w)
+        w.s("FA"), w.c("A"), w.c("FA")
+        w.isn["c"], w.nxt["c"] = 900_000, 900_000
+        w.c("S")
+        old, _ = w.analyze()
+        assert path(old, "server")[-2:] == ["TIME_WAIT@6", "CLOSED@7"]
+
+    def test_reuse_after_two_msl_adds_nothing(self):
+        """TIME_WAIT already over by the timer (frame null): the later SYN is simply a new connection."""
+        w = Wire()
+        handshake(w)
+        w.s("FA"), w.c("A"), w.c("FA"), w.s("A")
+        w.wait(61)
+        w.isn["c"], w.nxt["c"] = 900_000, 900_000
+        w.c("S")
+        old, _ = w.analyze(Timeouts(msl=30))
+        assert path(old, "server")[-2:] == ["TIME_WAIT@6", "CLOSED@-"]
+
+    def test_reuse_leaves_other_states_alone(self):
+        """Only TIME_WAIT ends at the reusing SYN: a server left in CLOSE_WAIT keeps it (nothing proves more)."""
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A")                         # server CLOSE_WAIT at 4, client FIN_WAIT_2 at 5
+        w.isn["c"], w.nxt["c"] = 900_000, 900_000
+        w.c("S")
+        old, _ = w.analyze()
+        assert old.server.state.name == "CLOSE_WAIT" and old.client.state.name == "FIN_WAIT_2"
+
     def test_retransmitted_syn_does_not_split(self):
         w = Wire()
         w.c("S"), w.c("S", seq=0), w.s("SA"), w.c("A")
@@ -364,3 +422,198 @@ class TestRetransmissionDating:
         conn = w.one()
         assert path(conn, "server")[2] == "CLOSE_WAIT@5"
         assert path(conn, "client")[2:] == ["FIN_WAIT_1@4", "FIN_WAIT_2@6", "TIME_WAIT@7"]
+
+
+class TestRstAcceptability:
+    """RFC 9293 §3.10.7.3/§3.10.7.4 with RFC 5961 as Linux applies it: a RST the receiver would not accept
+    is an anomaly (a possible blind reset), and neither end moves (connection.py, "RSTs that are not
+    acceptable")."""
+
+    BLIND = "is not acceptable: ignored (a possible blind reset, RFC 5961)"
+
+    def test_injected_rst_before_the_synack_leaves_both_ends_alone(self):
+        w = Wire()
+        w.c("S")
+        w.s("RA", seq=0, ack=0)           # 2: ack = the client's ISN, not ISN + 1
+        w.s("SA", seq=0), w.c("A")        # 3, 4: the real handshake goes on
+        w.c("FA"), w.s("FA"), w.c("A")    # 5-7
+        conn = w.one()
+        assert path(conn, "client") == ["SYN_SENT@1", "ESTABLISHED@3", "FIN_WAIT_1@5", "TIME_WAIT@6"]
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@4", "CLOSE_WAIT@5", "LAST_ACK@6", "CLOSED@7"]
+        assert (conn.labels["reset_by"], conn.labels["reset_state"]) == (None, None)
+        assert conn.labels["open"] == "handshake" and conn.labels["close"] == "three-way"
+        assert [(a.frame, a.what) for a in conn.anomalies] == [(2, f"RST to the client in SYN_SENT {self.BLIND}")]
+
+    def test_rst_acking_the_syn_refuses(self):
+        w = Wire()
+        w.c("S"), w.s("RA", seq=0)        # ack = ISN + 1: acceptable
+        conn = w.one()
+        assert conn.labels["open"] == "refused" and not conn.anomalies
+
+    def test_rst_without_ack_in_syn_sent_is_ignored(self):
+        w = Wire()
+        w.c("S"), w.s("R", seq=0)
+        conn = w.one()
+        assert conn.labels["open"] == "unanswered"
+        assert path(conn, "client") == ["SYN_SENT@1"] and path(conn, "server") == []
+        assert conn.anomalies[0].frame == 2
+
+    def test_out_of_window_rst_in_established_is_ignored(self):
+        w = Wire()
+        handshake(w)
+        w.c("PA", data=100), w.s("A")     # 4, 5: the server's RCV.NXT is ISN + 101
+        w.c("R", seq=70_000)              # 6: far past anything the client sent
+        conn = w.one()
+        assert conn.client.state.name == "ESTABLISHED" and conn.server.state.name == "ESTABLISHED"
+        assert conn.labels["close"] == "open" and conn.labels["reset_by"] is None
+        assert [a.frame for a in conn.anomalies] == [6]
+
+    def test_rst_below_what_the_receiver_acknowledged_is_ignored(self):
+        w = Wire()
+        handshake(w)
+        w.c("PA", data=100), w.s("A")
+        w.c("R", seq=50)                  # inside the data already acknowledged: RCV.NXT is past it
+        assert w.one().labels["close"] == "open"
+
+    def test_rst_between_the_last_ack_and_snd_nxt_is_taken(self):
+        """Data in flight (not yet acknowledged): RCV.NXT may be anywhere from the last ACK to SND.NXT."""
+        w = Wire()
+        handshake(w)
+        w.c("PA", data=100), w.s("A", ack=1), w.c("R", seq=51)
+        conn = w.one()
+        assert conn.labels["close"] == "reset" and conn.labels["reset_by"] == "client"
+        assert path(conn, "server")[-1] == "CLOSED@6"
+
+    def test_rst_at_rcv_nxt_minus_one_only_after_the_peers_fin(self):
+        w = Wire()
+        handshake(w)
+        w.c("FA"), w.s("A"), w.c("R", seq=1)    # the server is in CLOSE_WAIT: seq = its RCV.NXT - 1
+        assert w.one().labels["reset_by"] == "client"
+        w = Wire()
+        handshake(w)
+        w.c("PA", data=10), w.s("A"), w.c("R", seq=10)   # ESTABLISHED: RCV.NXT - 1 is not enough
+        conn = w.one()
+        assert conn.labels["reset_by"] is None and len(conn.anomalies) == 1
+
+    def test_midstream_rst_without_evidence_is_taken(self):
+        """A capture that starts mid-connection with the RST: nothing says what RCV.NXT is."""
+        w = Wire()
+        w.c("RA")
+        conn = w.one()
+        assert conn.labels["reset_by"] == "client" and not conn.anomalies
+
+
+class TestAnomalyBound:
+    """Anomalies: the first ANOMALY_EXAMPLES of each kind listed with frames, every one counted by kind."""
+
+    @staticmethod
+    def one_sided(segments: int) -> Wire:
+        """Only the client's side of the wire: its SYN, then data acknowledging a SYN-ACK never captured, so
+        every segment is an anomaly ("client sent ACK in SYN_SENT")."""
+        w = Wire()
+        w.c("S")
+        w.nxt["s"] = w.isn["s"] + 1
+        for _ in range(segments):
+            w.c("PA", data=100)
+        return w
+
+    def test_one_sided_flow_keeps_five_and_counts_all(self):
+        conn = self.one_sided(3000).one()
+        assert [a.frame for a in conn.anomalies] == [2, 3, 4, 5, 6]
+        assert conn.anomaly_counts == {"client sent ACK in SYN_SENT": 3000}
+
+    def test_the_list_does_not_grow_with_the_flow(self):
+        short, long = self.one_sided(10).one(), self.one_sided(20_000).one()
+        assert short.anomalies == long.anomalies
+        assert sum(long.anomaly_counts.values()) == 20_000
+
+    def test_each_kind_keeps_its_own_first_five(self):
+        w = Wire()
+        handshake(w)
+        for i in range(8):
+            w.s("R", seq=10_000_000 + i)      # 4-11: out-of-window RSTs to the client
+            w.c("R", seq=20_000_000 + i)      # and to the server
+        conn = w.one()
+        to_client = "RST to the client in ESTABLISHED is not acceptable: ignored (a possible blind reset, RFC 5961)"
+        to_server = "RST to the server in ESTABLISHED is not acceptable: ignored (a possible blind reset, RFC 5961)"
+        assert conn.anomaly_counts == {to_client: 8, to_server: 8}
+        assert [(a.frame, a.what == to_client) for a in conn.anomalies] == \
+            [(f, f % 2 == 0) for f in range(4, 14)]   # five of each, interleaved as they came
+
+
+class TestThirdAckIgnored:
+    """Listen-queue overflow: a SYN-ACK resent after the client's ACK of it proves the ACK did not take; the
+    server is back in SYN_RCVD until it proves it is synchronized (connection.py, "A third ACK that did not
+    take")."""
+
+    WHY = "server resent its SYN-ACK after the ACK of it: third ACK ignored (accept queue full?)"
+
+    @staticmethod
+    def overflow(w: Wire) -> None:
+        handshake(w)                       # 1-3: the third ACK (3) is dropped by a full accept queue
+        w.c("PA", data=100)                # 4: dropped too
+        w.c("PA", data=100, seq=1)         # 5: the client resends it (RTO)
+        w.s("SA", seq=0)                   # 6: the server resends its SYN-ACK: it is still in SYN_RCVD
+        w.c("A")                           # 7: the client ACKs again (dropped: the queue is still full)
+        w.c("PA", data=100, seq=1)         # 8: resent again: this copy gets through
+        w.s("A")                           # 9: the server ACKs the data: it is ESTABLISHED
+
+    def test_server_established_at_the_copy_it_answers(self):
+        w = Wire()
+        self.overflow(w)
+        w.c("FA"), w.s("FA"), w.c("A")     # 10-12
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@8", "CLOSE_WAIT@10", "LAST_ACK@11",
+                                        "CLOSED@12"]
+        assert path(conn, "client") == ["SYN_SENT@1", "ESTABLISHED@2", "FIN_WAIT_1@10", "TIME_WAIT@11"]
+        assert [(a.frame, a.what) for a in conn.anomalies] == [(6, self.WHY)]
+        assert conn.retransmits["synack"] == 1
+        assert conn.labels["open"] == "handshake" and conn.labels["close"] == "three-way"
+
+    def test_capture_ends_while_waiting_takes_the_last_ack(self):
+        w = Wire()
+        handshake(w)
+        w.s("SA", seq=0), w.c("A"), w.c("PA", data=10, seq=1)   # 4-6: no word from the server after
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@6"]
+
+    def test_nothing_after_the_resent_synack_leaves_syn_rcvd(self):
+        w = Wire()
+        handshake(w)
+        w.s("SA", seq=0)
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1"] and conn.server.state.name == "SYN_RCVD"
+
+    def test_a_second_resend_restarts_the_wait(self):
+        w = Wire()
+        handshake(w)
+        w.s("SA", seq=0), w.c("A")         # 4, 5: dropped again
+        w.s("SA", seq=0), w.c("A")         # 6, 7: this one takes
+        w.s("PA", data=10)                 # 8: the server sends: proof
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@7"]
+        assert len(conn.anomalies) == 1 and conn.retransmits["synack"] == 2
+
+    def test_server_that_already_sent_is_not_revised(self):
+        """A server that sent data after ESTABLISHED was established: a later SYN-ACK copy changes nothing."""
+        w = Wire()
+        handshake(w)
+        w.s("PA", data=10), w.s("SA", seq=0)
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@3"] and not conn.anomalies
+
+    def test_synack_resent_before_any_ack_is_a_plain_retransmission(self):
+        w = Wire()
+        w.c("S"), w.s("SA"), w.s("SA", seq=0), w.c("A")
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@1", "ESTABLISHED@4"] and not conn.anomalies
+
+    def test_synack_crossing_the_ack_proves_nothing(self):
+        """rst_injected's shape: the SYN-ACK resent in answer to a duplicate SYN, seen sooner after the ACK
+        than the server's round trip (SYN -> SYN-ACK, 90 ms): it was sent before the ACK arrived."""
+        w = Wire()
+        w.c("S", at=100.0), w.c("S", seq=0, at=100.01)
+        w.s("SA", at=100.10), w.c("A", at=100.1001)
+        w.s("SA", seq=0, at=100.12)        # 20 ms after the ACK < 90 ms
+        conn = w.one()
+        assert path(conn, "server") == ["SYN_RCVD@2", "ESTABLISHED@4"] and not conn.anomalies

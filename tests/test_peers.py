@@ -41,6 +41,15 @@ def four_tuple(conn: analyzer.Connection) -> frozenset:
     return frozenset({(conn.client.addr, conn.client.port), (conn.server.addr, conn.server.port)})
 
 
+#: where tcptrace's count is not ours: capture -> (tcptrace's connections, ours), and why
+TCPTRACE_DIFFERS = {
+    # tcptrace takes the forged RST+ACK (frame 2) as the end of the connection and the resent SYN (frame 3) as
+    # the start of another, both "reset"; the client's kernel ignored that RST (its ACK is not ISN + 1) and
+    # went on, and so do we: one connection, no reset
+    "rst_injected.pcap": (2, 1),
+}
+
+
 @pytest.mark.skipif(not shutil.which("tcptrace"), reason="tcptrace is not installed (apt-get install tcptrace)")
 @pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name)
 def test_connection_count_matches_tcptrace(path):
@@ -50,6 +59,9 @@ def test_connection_count_matches_tcptrace(path):
     if any(c.tunnel for c in mine):
         pytest.skip("tcptrace does not look inside tunnels (tshark does: the next test)")
     theirs = tcptrace(path)
+    if path.name in TCPTRACE_DIFFERS:
+        assert (len(theirs), len(mine)) == TCPTRACE_DIFFERS[path.name]
+        return
     assert len(mine) == len(theirs)
     resets_theirs = sum(1 for *_, verdict in theirs if "reset" in verdict)
     resets_mine = sum(1 for c in mine if c.reset_by is not None)

@@ -76,7 +76,35 @@ static Seg queue_pop_front(SegQueue *q) {
     return first;
 }
 
+/* The count of anomalies of this kind (added at 0 if new); NULL when out of memory. Kinds are few (a fixed
+ * set of sentences), so a linear search over the ones seen is enough. */
+static AnomalyKind *anomaly_kind(Conn *c, uint8_t kind, uint8_t role, uint8_t event, uint8_t state) {
+    for (uint32_t i = 0; i < c->n_kinds; i++) {
+        AnomalyKind *k = &c->kinds[i];
+        if (k->kind == kind && k->role == role && k->event == event && k->state == state) return k;
+    }
+    if (c->n_kinds == c->cap_kinds) {
+        uint32_t cap = c->cap_kinds ? c->cap_kinds * 2 : 2;
+        _Static_assert(SIZE_MAX / sizeof(AnomalyKind) >= UINT32_MAX, "a uint32_t count of kinds fits a size_t");
+        AnomalyKind *bigger = c->cap_kinds > UINT32_MAX / 2 ? NULL
+                                                            : realloc(c->kinds, (size_t)cap * sizeof(AnomalyKind));
+        if (bigger == NULL) {
+            c->out_of_memory = 1;
+            return NULL;
+        }
+        c->kinds = bigger;
+        c->cap_kinds = cap;
+    }
+    c->kinds[c->n_kinds] = (AnomalyKind){0, kind, role, event, state};
+    return &c->kinds[c->n_kinds++];
+}
+
+/* Count an anomaly; list it with its frame if it is among the first ANOMALY_EXAMPLES of its kind. */
 static void anomaly(Conn *c, int64_t frame, uint8_t kind, uint8_t role, uint8_t event, uint8_t state) {
+    AnomalyKind *k = anomaly_kind(c, kind, role, event, state);
+    if (k == NULL) return;
+    c->anomalies_total++;
+    if (++k->count > ANOMALY_EXAMPLES) return;
     if (c->n_anomalies == c->cap_anomalies) {
         uint32_t cap = c->cap_anomalies ? c->cap_anomalies * 2 : 2;
         _Static_assert(SIZE_MAX / sizeof(Anomaly) >= UINT32_MAX, "a uint32_t count of anomalies fits a size_t");
@@ -127,6 +155,10 @@ static void note_sent(Endpoint *ep, const Seg *s) {
     if (!ep->has_snd_nxt || seq_gt(end, ep->snd_nxt)) {
         ep->snd_nxt = end;
         ep->has_snd_nxt = 1;
+    }
+    if ((s->flags & F_ACK) && (!ep->has_ack_sent || seq_gt(s->ack, ep->ack_sent))) {
+        ep->ack_sent = s->ack;
+        ep->has_ack_sent = 1;
     }
     ep->last_sent_frame = s->frame;
 }
@@ -215,6 +247,7 @@ void conn_free(Conn *c) {
     free(c->anomalies);
     free(c->tunnel);
     c->tunnel = NULL;
+    free(c->kinds);
 }
 
 /* ---- the segment path ----------------------------------------------------- */
@@ -327,6 +360,57 @@ static void send(Conn *c, Endpoint *sender, int role, const Seg *s) {
     }
 }
 
+/* Whether `receiver` would act on the RST `p` from `sender` (acceptance.py, rst_acceptable_to); 1 wherever
+ * the capture holds no evidence against it. */
+static int rst_acceptable_to(const Endpoint *receiver, const Endpoint *sender, const Packet *p) {
+    uint8_t state = receiver->state;
+    if (state == ST_SYN_SENT) return !receiver->has_isn || ((p->flags & F_ACK) && p->ack == receiver->syn_end);
+    if ((!in_set(machine.synchronized, state) && state != ST_SYN_RCVD) || !sender->has_snd_nxt) return 1;
+    uint32_t high = sender->snd_nxt, low;
+    if (receiver->has_ack_sent && seq_gt(receiver->ack_sent, high)) high = receiver->ack_sent;
+    if (receiver->has_ack_sent) low = receiver->ack_sent;
+    else if (sender->has_isn) low = sender->syn_end;
+    else return 1;
+    if (state == ST_CLOSE_WAIT || state == ST_LAST_ACK || state == ST_CLOSING) low -= 1;  /* RCV.NXT - 1 */
+    return seq_ge(p->seq, low) && seq_ge(high, p->seq);
+}
+
+/* A RST the receiver would not accept: noted as a possible blind reset, and otherwise ignored (rst_ignored). */
+static int rst_ignored(Conn *c, const Endpoint *sender, const Endpoint *receiver, const Packet *p, int role) {
+    if (rst_acceptable_to(receiver, sender, p)) return 0;
+    anomaly(c, p->frame, AN_RST_IGNORED, (uint8_t)!role, 0, receiver->state);
+    return 1;
+}
+
+/* A resent SYN-ACK: if a client ACK had established its (passive) sender, and it has sent nothing since,
+ * that ACK did not take: back to SYN_RCVD, to wait for proof (connection.py, "A third ACK that did not take";
+ * synack_resent). syn_acked stays set, so later ACKs of the SYN change nothing until then. */
+static void synack_resent(Conn *c, Endpoint *sender, int role, const Packet *p) {
+    if (c->awaiting == role + 1) {
+        c->awaited_frame = 0;  /* what came before this SYN-ACK did not take either */
+        return;
+    }
+    History *h = &sender->history;
+    if (!sender->passive || sender->state != ST_ESTABLISHED || h->count < 2 ||
+        h->items[h->count - 2].state != ST_SYN_RCVD || h->items[h->count - 1].frame < 0 ||
+        sender->last_sent_frame >= h->items[h->count - 1].frame || c->hs_stage < HS_SYNACK ||
+        !(p->ts - h->items[h->count - 1].ts >= c->hs_ts[HS_SYNACK - 1] - c->hs_ts[HS_SYN - 1]))
+        return;  /* sooner than the server's round trip after the ACK: it crossed the ACK in flight */
+    h->count--;
+    sender->state = ST_SYN_RCVD;
+    c->awaiting = (uint8_t)(role + 1);
+    c->awaited_frame = 0;
+    anomaly(c, p->frame, AN_THIRD_ACK_IGNORED, (uint8_t)role, 0, 0);
+}
+
+/* The waiting server proves it is synchronized (or the capture ends): ESTABLISHED at the last client segment
+ * that acknowledged its SYN since its last resent SYN-ACK, if any (overflow_established). */
+static void overflow_established(Conn *c, Endpoint *server) {
+    if (c->awaited_frame) apply(c, server, EV_RCV_ACK_OF_SYN, c->awaited_ts, c->awaited_frame);
+    c->awaiting = 0;
+    c->awaited_frame = 0;
+}
+
 /* ---- delivery ---------------------------------------------------------------- */
 
 static int rst_acceptable(const Endpoint *ep, const Seg *s) {
@@ -364,6 +448,10 @@ static int could_then_send(const Endpoint *ep, const Seg *pending, const Seg *an
 
 static void receive(Conn *c, Endpoint *ep, const Seg *s, const Seg *answer, const Seg *proof) {
     int role = ep == &c->ep[ROLE_CLIENT] ? ROLE_CLIENT : ROLE_SERVER;
+    if (c->awaiting == role + 1 && (s->flags & F_ACK) && seq_ge(s->ack, ep->syn_end)) {
+        c->awaited_frame = s->frame;  /* a candidate: the copy the server's next segment may answer */
+        c->awaited_ts = s->ts;
+    }
     uint8_t start;
     int acks_syn, acks_fin;
     const uint8_t *events = plan(ep, s, answer, &start, &acks_syn, &acks_fin);
@@ -433,11 +521,24 @@ int conn_add(Conn *c, const Packet *p) {
     if (p->ts > c->last_ts) c->last_ts = p->ts;
     uint8_t flags;
     int kind = classify(c, p, sender, role, &flags);
+    int ignored = (flags & F_RST) && rst_ignored(c, sender, receiver, p, role);
     if (c->hs_stage != HS_ACK) note_handshake(c, p, flags, role);
-    if (kind != KIND_KEEPALIVE) sender->payload_bytes += p->payload_len;
+    if (kind != KIND_KEEPALIVE && !ignored) sender->payload_bytes += p->payload_len;
+    if (ignored) return c->out_of_memory ? -1 : 0;
     if (kind == KIND_RETRANSMISSION) {
         redate_unreceived(sender, p);
-        if (p->flags & F_SYN) return c->out_of_memory ? -1 : 0;
+        if (p->flags & F_SYN) {
+            if (p->flags & F_ACK) synack_resent(c, sender, role, p);
+            return c->out_of_memory ? -1 : 0;
+        }
+    }
+    if (c->awaiting == role + 1) {  /* it proves it is synchronized; a RST (from SYN_RCVD) proves nothing */
+        if (flags & F_RST) {
+            c->awaiting = 0;
+            c->awaited_frame = 0;
+        } else {
+            overflow_established(c, sender);
+        }
     }
     Seg s = {p->frame, p->ts, p->seq, p->ack, (uint32_t)p->payload_len, flags};
     if (flags & F_ACK) take_proven(c, sender, receiver, &s);
@@ -487,6 +588,16 @@ int conn_starts_anew(const Conn *c, const Packet *p) {
     return !crossing;
 }
 
+/* A new SYN on this 4-tuple: an end still in TIME_WAIT is CLOSED from it (connection.py, "Port reuse"). */
+static void leave_time_wait(Conn *c) {
+    for (int role = 0; role < 2; role++) {
+        Endpoint *ep = &c->ep[role];
+        if (ep->state != ST_TIME_WAIT) continue;
+        ep->state = ST_CLOSED;
+        history_push(c, &ep->history, ST_CLOSED, c->reused_ts, c->reused_frame);
+    }
+}
+
 int conn_finish(Conn *c) {
     conn_advance(c, c->last_ts);
     for (int role = 0; role < 2; role++) {
@@ -500,6 +611,8 @@ int conn_finish(Conn *c) {
             receive(c, receiver, &s, NULL, &proof);
         }
     }
+    if (c->awaiting) overflow_established(c, &c->ep[c->awaiting - 1]);
+    if (c->reused_frame) leave_time_wait(c);
     return c->out_of_memory ? -1 : 0;
 }
 

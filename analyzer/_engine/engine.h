@@ -183,8 +183,9 @@ typedef struct {
     uint8_t addr[16];
     uint16_t port;
     uint8_t state, passive, sent_synack, syn_acked, fin_acked;
-    uint8_t has_isn, has_fin, has_snd_nxt, has_time_wait, has_data_after_peer_fin;
+    uint8_t has_isn, has_fin, has_snd_nxt, has_time_wait, has_data_after_peer_fin, has_ack_sent;
     uint32_t isn, syn_end, fin_seq, snd_nxt, data_after_peer_fin;
+    uint32_t ack_sent;       /* highest ACK field sent (has_ack_sent): its rcv.nxt was at least this */
     int64_t last_sent_frame;
     double time_wait_until;
     int64_t packets, payload_bytes;
@@ -195,8 +196,13 @@ typedef struct {
 
 enum { ROLE_CLIENT, ROLE_SERVER };
 enum { HS_NONE, HS_SYN, HS_SYNACK, HS_ACK };  /* Conn.hs_stage */
-enum { AN_STARTS_AFTER_SYN, AN_SECOND_ISN, AN_SECOND_FIN, AN_FORBIDDEN, AN_RST_NOT_ACCEPTABLE };
+enum { AN_STARTS_AFTER_SYN, AN_SECOND_ISN, AN_SECOND_FIN, AN_FORBIDDEN, AN_RST_NOT_ACCEPTABLE, AN_RST_IGNORED,
+       AN_THIRD_ACK_IGNORED, N_ANOMALY_KINDS };
 typedef struct { int64_t frame; uint8_t kind, role, event, state; } Anomaly;
+/* An anomaly's kind (the sentence it prints: kind, role, event, state) and how many there were of it.
+ * Only the first ANOMALY_EXAMPLES of each kind are kept in Conn.anomalies (connection.ANOMALY_EXAMPLES). */
+typedef struct { int64_t count; uint8_t kind, role, event, state; } AnomalyKind;
+#define ANOMALY_EXAMPLES 5
 
 typedef struct {
     double msl, idle, handshake, close_linger;
@@ -218,12 +224,20 @@ typedef struct Conn {
     int64_t keepalives;
     Endpoint ep[2];          /* [ROLE_CLIENT], [ROLE_SERVER] */
     uint32_t n_anomalies, cap_anomalies;
-    Anomaly *anomalies;
+    Anomaly *anomalies;      /* the first ANOMALY_EXAMPLES of each kind */
+    uint32_t n_kinds, cap_kinds;
+    AnomalyKind *kinds;      /* every kind seen, in order of first sight, with its count */
+    int64_t anomalies_total; /* all anomalies, listed or not */
     const Timeouts *timeouts;
     /* last, out of the way of the fields every segment reads (a handshake's three segments write them) */
     double hs_ts[3];         /* [HS_SYN - 1]: the last SYN, [HS_SYNACK - 1]: the last SYN,ACK, [HS_ACK - 1] */
     double finished_at;      /* packet time the tracker finished it at: a timer, a reuse, the capture's end */
     char *tunnel;            /* the first packet's encapsulations (malloc'd), NULL: none */
+    int64_t awaited_frame;   /* the waiting server's last client segment acknowledging its SYN (0: none) */
+    double awaited_ts;
+    uint8_t awaiting;        /* 1 + the role of a server whose third ACK did not take (0: none; connection.py) */
+    int64_t reused_frame;    /* the new SYN that reused its 4-tuple (0: none): TIME_WAIT ends there */
+    double reused_ts;
 } Conn;
 
 typedef struct {  /* the labels of a finished connection (labels.py) */

@@ -217,6 +217,7 @@ static void read_batch(Feeder *f, Batch *batch) {
             batch->last = status;
             return;
         }
+        f->stats.last_number = frame.number;
         if (f->filter != NULL) {
             int match = filter_match(f->filter, &frame);
             if (match < 0) {

@@ -39,6 +39,7 @@ typedef struct {
 
 typedef struct {  /* what pipeline.Stats counts */
     int64_t frames, segments;
+    int64_t last_number;               /* the last whole frame's number (a gzip cut is numbered after it) */
     int64_t unmatched;                 /* frames the filter rejected (Stats.unmatched) */
     Reason *reasons;
     size_t n_reasons, cap_reasons, last_reason;

@@ -306,7 +306,7 @@ static PyObject *result(Run *run, const char *error) {
     const char *states[N_STATES];
     for (int i = 0; i < N_STATES; i++) states[i] = machine.state_names[i];
     return Py_BuildValue(
-        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L,s:L,s:N,s:L,s:L,s:N}",
+        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L,s:L,s:N,s:L,s:L,s:N,s:L}",
         "frames", (long long)stats->frames, "segments", (long long)stats->segments,
         "connections", (long long)census->connections, "skipped", reasons(stats, 0), "malformed",
         reasons(stats, 1), "problems", problems(stats->problems, stats->n_problems), "damage",
@@ -318,7 +318,7 @@ static PyObject *result(Run *run, const char *error) {
         "anomalies", (long long)census->anomalies, "error", error,
         "formatted_by_tracker", (long long)run->sink.helped, "unmatched", (long long)stats->unmatched,
         "filter_failed", filter_failed(run), "matched", (long long)census->matched, "tunnelled", (long long)stats->tunnelled,
-        "tunnels", tunnel_counts(stats));
+        "tunnels", tunnel_counts(stats), "last_frame", (long long)stats->last_number);
 }
 
 static PyObject *run_capture(PyObject *self, PyObject *args) {

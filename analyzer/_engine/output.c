@@ -416,12 +416,38 @@ static void anomaly_text(Buffer *b, const Anomaly *a) {
         put_state(b, a->state);
         break;
     }
+    case AN_THIRD_ACK_IGNORED:
+        buf_puts(b, ROLES[a->role]);
+        LIT(b, " resent its SYN-ACK after the ACK of it: third ACK ignored (accept queue full?)");
+        break;
+    case AN_RST_IGNORED:
+        LIT(b, "RST to the ");
+        buf_puts(b, ROLES[a->role]);
+        LIT(b, " in ");
+        put_state(b, a->state);
+        LIT(b, " is not acceptable: ignored (a possible blind reset, RFC 5961)");
+        break;
     default:
         LIT(b, "RST not acceptable to the ");
         buf_puts(b, ROLES[a->role]);
         LIT(b, " in ");
         put_state(b, a->state);
     }
+}
+
+/* "anomaly_counts": {"<what>": count, ...}, every kind in order of first sight (report.record). */
+static void json_anomaly_counts(Buffer *b, const Conn *c) {
+    LIT(b, ", \"anomaly_counts\": {");
+    for (uint32_t i = 0; i < c->n_kinds; i++) {
+        const AnomalyKind *k = &c->kinds[i];
+        Anomaly a = {0, k->kind, k->role, k->event, k->state};
+        if (i) buf_put(b, ", ", 2);
+        buf_putc(b, '"');
+        anomaly_text(b, &a);
+        LIT(b, "\": ");
+        buf_int(b, k->count);
+    }
+    buf_putc(b, '}');
 }
 
 /* ---- JSON ------------------------------------------------------------------------------ */
@@ -653,6 +679,7 @@ static int write_json(Buffer *b, const Conn *c, const Labels *l, const OutputSty
         }
         buf_putc(b, ']');
     }
+    json_anomaly_counts(b, c);
     if (style->capture) {
         LIT(b, ", \"capture\": ");
         buf_put(b, style->capture, style->capture_len);
@@ -717,7 +744,7 @@ static int write_csv(Buffer *b, const Conn *c, const Labels *l, const OutputStyl
     csv_int(b, server->packets);
     csv_int(b, client->payload_bytes);
     csv_int(b, server->payload_bytes);
-    csv_int(b, c->n_anomalies);
+    csv_int(b, c->anomalies_total);  /* all of them, not only those listed */
     if (csv_timing(b, c, l)) return -1;
     csv_text(b, c->tunnel);
     buf_putc(b, ',');

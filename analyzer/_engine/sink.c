@@ -54,7 +54,7 @@ static void count(Census *census, const Conn *c, const Labels *labels) {
     census->final[0][c->ep[ROLE_CLIENT].state]++;
     census->final[1][c->ep[ROLE_SERVER].state]++;
     census->half_close += c->half_close;
-    census->anomalies += c->n_anomalies;
+    census->anomalies += c->anomalies_total;
     census->matched++;
 }
 

@@ -459,6 +459,8 @@ int tracker_add(Tracker *t, const Packet *p) {
     if (c != NULL && conn_starts_anew(c, p)) {
         if (was != NULL) half_release(&t->pool, was);
         was = NULL;
+        c->reused_frame = p->frame;  /* conn_finish: an end in TIME_WAIT leaves it at this SYN */
+        c->reused_ts = p->ts;
         if (retire(t, c, p->ts)) return -1;
         c = NULL;
         i = table_find(t, &p->key, p->hash);
