@@ -100,6 +100,7 @@ def record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
                       "server": final_age(conn.server, conn.finished_at)},
         "state_time": {"client": state_time(conn.client, conn.finished_at),
                        "server": state_time(conn.server, conn.finished_at)},
+        "unseen": conn.unseen,
     }
     if capture is not None:
         out["capture"] = capture
@@ -125,6 +126,8 @@ STATE_TIME_FIELDS = [f"state_time_{side}_{state}" for side in ("client", "server
 CSV_FIELDS += STATE_TIME_FIELDS
 #: the columns in seconds that may be empty (null)
 TIMING_FIELDS = CSV_FIELDS[CSV_FIELDS.index("handshake_rtt"):]
+#: keys added later, at the end (README: keys may be added, never renamed)
+CSV_FIELDS += ["unseen"]
 
 
 def flat_record(conn: Connection, capture: str | None = None) -> dict[str, Any]:

@@ -173,6 +173,7 @@ typedef struct {
     uint8_t has_isn, has_fin, has_snd_nxt, has_time_wait, has_data_after_peer_fin;
     uint32_t isn, syn_end, fin_seq, snd_nxt, data_after_peer_fin;
     int64_t last_sent_frame;
+    double last_sent_ts;     /* when it last sent (a keep-alive follows quiet) */
     double time_wait_until;
     int64_t packets, payload_bytes;
     Options options;
@@ -182,7 +183,7 @@ typedef struct {
 
 enum { ROLE_CLIENT, ROLE_SERVER };
 enum { HS_NONE, HS_SYN, HS_SYNACK, HS_ACK };  /* Conn.hs_stage */
-enum { AN_STARTS_AFTER_SYN, AN_SECOND_ISN, AN_SECOND_FIN, AN_FORBIDDEN, AN_RST_NOT_ACCEPTABLE };
+enum { AN_STARTS_AFTER_SYN, AN_SECOND_ISN, AN_SECOND_FIN, AN_FORBIDDEN, AN_RST_NOT_ACCEPTABLE, AN_LATE_SYN };
 typedef struct { int64_t frame; uint8_t kind, role, event, state; } Anomaly;
 
 typedef struct {
@@ -210,6 +211,11 @@ typedef struct Conn {
     /* last, out of the way of the fields every segment reads (a handshake's three segments write them) */
     double hs_ts[3];         /* [HS_SYN - 1]: the last SYN, [HS_SYNACK - 1]: the last SYN,ACK, [HS_ACK - 1] */
     double finished_at;      /* packet time the tracker finished it at: a timer, a reuse, the capture's end */
+    /* what a passive observer infers (connection.py: unseen, isn_inferred, ack_hi, fin_hint) */
+    uint8_t unseen;          /* 0: none; 1 + the role whose segments were only inferred */
+    uint8_t isn_inferred, has_ack_hi, has_fin_hint;
+    uint32_t ack_hi;
+    Seg fin_hint;
 } Conn;
 
 typedef struct {  /* the labels of a finished connection (labels.py) */

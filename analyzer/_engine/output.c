@@ -412,6 +412,9 @@ static void anomaly_text(Buffer *b, const Anomaly *a) {
         put_state(b, a->state);
         break;
     }
+    case AN_LATE_SYN:
+        LIT(b, "SYN captured after its SYN,ACK");
+        break;
     default:
         LIT(b, "RST not acceptable to the ");
         buf_puts(b, ROLES[a->role]);
@@ -635,6 +638,8 @@ static int write_json(Buffer *b, const Conn *c, const Labels *l, const OutputSty
     }
     buf_putc(b, ']');
     if (json_timing(b, c, l)) return -1;
+    LIT(b, ", \"unseen\": ");
+    json_opt_str(b, c->unseen ? ROLES[c->unseen - 1] : NULL);
     if (style->capture) {
         LIT(b, ", \"capture\": ");
         buf_put(b, style->capture, style->capture_len);
@@ -701,6 +706,7 @@ static int write_csv(Buffer *b, const Conn *c, const Labels *l, const OutputStyl
     csv_int(b, server->payload_bytes);
     csv_int(b, c->n_anomalies);
     if (csv_timing(b, c, l)) return -1;
+    csv_text(b, c->unseen ? ROLES[c->unseen - 1] : NULL);
     buf_putc(b, '\n');
     return 0;
 }
