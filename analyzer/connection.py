@@ -80,8 +80,9 @@ from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events
 from analyzer.labels import label
 
 CLIENT, SERVER = "client", "server"
-#: a keep-alive follows at least this much quiet from its sender (Linux: TCP_KEEPINTVL >= 1 s)
-KEEPALIVE_IDLE = 1.0
+#: a keep-alive follows at least this much quiet from its sender: Linux probes 1 s or more after
+#: the last segment it received, and its ACK of that segment may have left up to 200 ms later
+KEEPALIVE_IDLE = 0.5
 GONE = frozenset({State.CLOSED, State.LISTEN})
 #: States that a RST cuts short: leaving one of them through a RST is an abort.
 ABORTABLE = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2,

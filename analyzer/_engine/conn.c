@@ -245,7 +245,7 @@ static int early_fin(const Conn *c, const Packet *p, const Endpoint *sender) {
 }
 
 /* A probe: 0 or 1 byte at snd_nxt - 1, that byte not the sender's FIN, after KEEPALIVE_IDLE quiet. */
-#define KEEPALIVE_IDLE 1.0
+#define KEEPALIVE_IDLE 0.5  /* connection.py KEEPALIVE_IDLE */
 static int is_keepalive(const Packet *p, const Endpoint *sender) {
     return p->payload_len <= 1 && sender->has_snd_nxt && in_set(machine.synchronized, sender->state) &&
            p->seq == sender->snd_nxt - 1 && !(sender->has_fin && p->seq == sender->fin_seq) &&
