@@ -41,6 +41,11 @@ def four_tuple(conn: analyzer.Connection) -> frozenset:
     return frozenset({(conn.client.addr, conn.client.port), (conn.server.addr, conn.server.port)})
 
 
+#: connections tcptrace splits in two where RFC 9293 sees one: the client's FIN sent in SYN_SENT ends
+#: tcptrace's first connection and the SYN-ACK starts a second one ("unidirectional", then "c2d")
+TCPTRACE_SPLITS = {"crafted_fin_in_syn_sent.pcap": 1}
+
+
 @pytest.mark.skipif(not shutil.which("tcptrace"), reason="tcptrace is not installed (apt-get install tcptrace)")
 @pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name)
 def test_connection_count_matches_tcptrace(path):
@@ -48,7 +53,7 @@ def test_connection_count_matches_tcptrace(path):
         pytest.skip("tcptrace does not read pcapng")
     theirs = tcptrace(path)
     mine = ours(path)
-    assert len(mine) == len(theirs)
+    assert len(mine) == len(theirs) - TCPTRACE_SPLITS.get(path.name, 0)
     resets_theirs = sum(1 for *_, verdict in theirs if "reset" in verdict)
     resets_mine = sum(1 for c in mine if c.reset is not None)
     assert resets_mine >= resets_theirs
