@@ -5,7 +5,9 @@
  * docstring of connection.py for the why: when a segment counts as received,
  * how crossing SYNs and FINs are told apart, what a retransmission re-dates.
  * The state machine is not here: step(), the send events and the receive
- * events come from fsm.py as tables (engine.h, Machine).
+ * events come from fsm.py as tables (engine.h, Machine). What a passive
+ * observer infers (a capture that starts at the SYN-ACK, a SYN captured after
+ * it, one-sided captures) has its own section, as in connection.py.
  */
 #include <stdlib.h>
 #include <string.h>
