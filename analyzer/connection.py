@@ -50,9 +50,11 @@ evidence and never counted as a packet (`_feed_inferred`):
   byte of data is acknowledged alike, hence the FIN condition). `unseen`
   names the side whose segments were only inferred.
 
-A FIN sent in SYN-SENT is not the FIN (RFC 9293 §3.10.4 queues a CLOSE there
-until ESTABLISHED): it is an anomaly, and the FIN sent again later is the real
-one. A keep-alive is 0 or 1 byte at snd_nxt - 1, that byte not the sender's
+A FIN sent in SYN-SENT is not the FIN: RFC 9293 has no such FIN (a CLOSE in
+SYN-SENT deletes the TCB, §3.10.4; a FIN is sent once the connection is
+synchronized), and a peer in SYN-RECEIVED drops a segment without ACK
+(§3.10.7.4, "fifth"). It is an anomaly, and the FIN sent again after the
+SYN,ACK is the real one. A keep-alive is 0 or 1 byte at snd_nxt - 1, that byte not the sender's
 FIN, after at least `KEEPALIVE_IDLE` of quiet from its sender: an ACK
 reordered behind the FIN it preceded is not one.
 
@@ -312,8 +314,8 @@ class Connection:
         return "", flags
 
     def _early_fin(self, seg: Segment, sender: Endpoint) -> bool:
-        """A FIN sent in SYN-SENT, its own ACK not covering the peer's SYN: RFC 9293 §3.10.4 queues
-        a CLOSE in SYN-SENT until ESTABLISHED, so it is not the FIN; the one sent again later is."""
+        """A FIN sent in SYN-SENT, its own ACK not covering the peer's SYN: not the FIN (RFC 9293 sends
+        none from SYN-SENT, §3.10.4, and SYN-RECEIVED drops it without ACK); the one sent later is."""
         if sender.state is not State.SYN_SENT:
             return False
         peer = self.server if sender is self.client else self.client

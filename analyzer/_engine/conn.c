@@ -238,8 +238,8 @@ static void forbidden(Conn *c, int64_t frame, int role, uint8_t event, uint8_t s
     anomaly(c, frame, AN_FORBIDDEN, (uint8_t)role, event, state);
 }
 
-/* A FIN sent in SYN-SENT, its own ACK not covering the peer's SYN: RFC 9293 §3.10.4 queues a CLOSE
- * in SYN-SENT until ESTABLISHED, so it is not the FIN; the one sent again later is (early_fin). */
+/* A FIN sent in SYN-SENT, its own ACK not covering the peer's SYN: not the FIN (RFC 9293 sends none
+ * from SYN-SENT, §3.10.4, and SYN-RECEIVED drops it without ACK); the one sent later is (early_fin). */
 static int early_fin(const Conn *c, const Packet *p, const Endpoint *sender) {
     if (sender->state != ST_SYN_SENT) return 0;
     const Endpoint *peer = sender == &c->ep[ROLE_CLIENT] ? &c->ep[ROLE_SERVER] : &c->ep[ROLE_CLIENT];
