@@ -28,6 +28,36 @@ retransmitted FIN is counted and then read as the ACK it also carries. A
 retransmission of a SYN or FIN still unreceived re-dates it: the earlier copy
 went unanswered, so the receiver is taken to have got the later one.
 
+What a passive observer infers
+==============================
+
+A capture point may miss what the endpoints did: the capture began at the
+SYN,ACK, a multi-queue capture put the SYN,ACK before its SYN, or only one
+direction passes the capture point (asymmetric routing). What the visible side
+acknowledges is evidence of what the other side sent, and it is run through
+the machines as an *inferred* segment, dated at the segment that is the
+evidence and never counted as a packet (`_feed_inferred`):
+
+* A SYN,ACK without its SYN: the client's ISN is the SYN,ACK's ack - 1
+  (`_infer_client_isn`), so the client's ACK is checked as usual. If the SYN
+  then shows up (captured after its SYN,ACK), it is counted and changes
+  nothing (`_late_syn`): the SYN,ACK has already proved it arrived.
+* Nothing of the other side seen (`_infer_unseen`): a client in SYN-SENT
+  that acknowledges proves the server's SYN,ACK (ISN = ack - 1); a server in
+  SYN-RECEIVED that goes on sending proves the client's ACK of it; and a
+  bare segment whose ACK moves by exactly one, from a side that has sent (or
+  is sending) its own FIN, proves the other side's FIN (`_infer_fin`; one
+  byte of data is acknowledged alike, hence the FIN condition). `unseen`
+  names the side whose segments were only inferred.
+
+A FIN sent in SYN-SENT is not the FIN: RFC 9293 has no such FIN (a CLOSE in
+SYN-SENT deletes the TCB, §3.10.4; a FIN is sent once the connection is
+synchronized), and a peer in SYN-RECEIVED drops a segment without ACK
+(§3.10.7.4, "fifth"). It is an anomaly, and the FIN sent again after the
+SYN,ACK is the real one. A keep-alive is 0 or 1 byte at snd_nxt - 1, that byte not the sender's
+FIN, after at least `KEEPALIVE_IDLE` of quiet from its sender: an ACK
+reordered behind the FIN it preceded is not one.
+
 Timing figures
 ==============
 
@@ -109,11 +139,14 @@ from dataclasses import dataclass, replace
 
 from analyzer.acceptance import note_kind, rst_acceptable_to
 from analyzer.decode import ACK, FIN, RST, SYN, Segment
-from analyzer.endpoint import MOD, Endpoint, Transition, seq_ge
+from analyzer.endpoint import MOD, Endpoint, Transition, seq_ge, seq_gt
 from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events, step
 from analyzer.labels import label
 
 CLIENT, SERVER = "client", "server"
+#: a keep-alive follows at least this much quiet from its sender: Linux probes 1 s or more after
+#: the last segment it received, and its ACK of that segment may have left up to 200 ms later
+KEEPALIVE_IDLE = 0.5
 GONE = frozenset({State.CLOSED, State.LISTEN})
 #: Anomalies listed per kind, with their frames; the rest are only counted (module docstring, "Anomalies").
 ANOMALY_EXAMPLES = 5
@@ -165,11 +198,11 @@ class Connection:
     """Everything known about one connection; fed one segment at a time."""
 
     __slots__ = (
-        "__weakref__", "aborted", "anomalies", "anomaly_counts", "awaited", "awaiting", "bare_syns", "client",
-        "end", "fin_order", "finished_at", "first_frame", "half_close", "hs_ack_ts", "hs_syn_ts", "hs_synack_ts",
-        "id", "ip_version", "keepalives", "labels", "last_frame", "last_ts", "notes", "reset", "retransmits",
-        "roles_inferred", "scheduled", "second_fin_acks_first", "server", "start", "syn_data", "synack_seen",
-        "timeouts", "tunnel", "vlan", "vni",
+        "__weakref__", "aborted", "ack_hi", "anomalies", "anomaly_counts", "awaited", "awaiting", "bare_syns",
+        "client", "end", "fin_hint", "fin_order", "finished_at", "first_frame", "half_close", "hs_ack_ts", "hs_syn_ts",
+        "hs_synack_ts", "id", "ip_version", "isn_inferred", "keepalives", "labels", "last_frame", "last_ts", "notes",
+        "reset", "retransmits", "roles_inferred", "scheduled", "second_fin_acks_first", "server", "start",
+        "syn_data", "synack_seen", "timeouts", "tunnel", "unseen", "vlan", "vni",
     )
 
     def __init__(self, conn_id: int, first: Segment, timeouts: Timeouts,
@@ -207,6 +240,11 @@ class Connection:
         self.hs_synack_ts: float | None = None
         self.hs_ack_ts: float | None = None
         self.finished_at = first.ts
+        # the observer's inferences (module docstring, "What a passive observer infers")
+        self.unseen: str | None = None  # the side whose segments were only inferred, never seen
+        self.isn_inferred = False  # the client's ISN was read off the SYN,ACK (its SYN not seen yet)
+        self.ack_hi: int | None = None  # the highest ACK the visible side sent to an unseen peer
+        self.fin_hint: Segment | None = None  # its bare segment whose ACK moved by exactly one
         self._begin(first)
 
     # -- set-up ---------------------------------------------------------
@@ -219,11 +257,17 @@ class Connection:
             self._note_anomaly(first.frame, "capture starts after the SYN")
             self.client.state = State.SYN_SENT
             self.server.state, self.server.passive = State.SYN_RCVD, True
+            self._infer_client_isn(first)
         else:
             self.client.state = self.server.state = State.ESTABLISHED
             self.client.syn_acked = self.server.syn_acked = True
         for side in (self.client, self.server):
             side.history.append(Transition(side.state, first.ts, first.frame))
+
+    def _infer_client_isn(self, synack: Segment) -> None:
+        """A SYN,ACK without its SYN: the SYN it acknowledges was the client's ISN = ack - 1."""
+        self.client.isn, self.client.syn_end = (synack.ack - 1) % MOD, synack.ack
+        self.isn_inferred = True
 
     # -- the segment path -----------------------------------------------
 
@@ -237,6 +281,12 @@ class Connection:
         self.advance(seg.ts)
         sender, receiver, role = self.sides(seg)
         self._touch(seg, sender)
+        if self._late_syn(seg, sender, role):
+            if self.notes is not None:
+                self.notes.append(SegmentNote(seg.frame, seg.ts, role == CLIENT, seg.flags, seg.seq,
+                                              seg.ack, seg.payload_len, ""))
+            return
+        self._infer_unseen(sender, receiver, role, seg)
         kind, flags = self._classify(seg, sender, role)
         ignored = bool(flags & RST) and self._rst_ignored(sender, receiver, seg)
         if self.hs_ack_ts is None:
@@ -245,7 +295,8 @@ class Connection:
             sender.payload_bytes += seg.payload_len
         if self.notes is not None:
             self.notes.append(SegmentNote(seg.frame, seg.ts, role == CLIENT, seg.flags, seg.seq,
-                                          seg.ack, seg.payload_len, note_kind(seg, sender, kind, ignored)))
+                                          seg.ack, seg.payload_len,
+                                          note_kind(seg, sender, "" if kind == "early-fin" else kind, ignored)))
         if ignored:
             return
         if kind == "retransmission":
@@ -254,6 +305,8 @@ class Connection:
                 if seg.flags & ACK:
                     self._synack_resent(sender, role, seg)
                 return
+        if kind == "early-fin":
+            return
         if self.awaiting is sender:  # it proves it is synchronized; a RST (from SYN_RCVD) proves nothing
             if flags & RST:
                 self.awaiting = self.awaited = None
@@ -261,6 +314,11 @@ class Connection:
                 self._overflow_established(sender)
         if flags != seg.flags:
             seg = replace(seg, flags=flags)
+        self._carry(sender, receiver, role, seg, kind)
+
+    def _carry(self, sender: Endpoint, receiver: Endpoint, role: str, seg: Segment, kind: str) -> None:
+        """Step the sender, deliver what the segment proves and what it carries (flags as classified)."""
+        flags = seg.flags
         if flags & ACK:
             self._take_proven(sender, receiver, seg)
         self._send(sender, role, seg)
@@ -355,6 +413,9 @@ class Connection:
                 sender.sent_synack = self.synack_seen = True
             else:
                 self.bare_syns.add(role)
+        if flags & FIN and not flags & SYN and self._early_fin(seg, sender):
+            self._forbidden(seg.frame, role, Event.SND_FIN, sender.state)
+            return "early-fin", flags
         if flags & FIN:
             fin_seq = (seg.seq + seg.payload_len + (1 if flags & SYN else 0)) % MOD
             if sender.fin_seq is None:
@@ -370,11 +431,26 @@ class Connection:
                 else:
                     self._note_anomaly(seg.frame, f"{role} sent a second FIN elsewhere")
                 return "retransmission", flags & ~FIN
-        elif (not flags & SYN and seg.payload_len <= 1 and sender.snd_nxt is not None
-              and sender.state in SYNCHRONIZED and seg.seq == (sender.snd_nxt - 1) % MOD):
+        elif not flags & SYN and self._is_keepalive(seg, sender):
             self.keepalives += 1
             return "keepalive", flags
         return "", flags
+
+    def _early_fin(self, seg: Segment, sender: Endpoint) -> bool:
+        """A FIN sent in SYN-SENT, its own ACK not covering the peer's SYN: not the FIN (RFC 9293 sends
+        none from SYN-SENT, §3.10.4, and SYN-RECEIVED drops it without ACK); the one sent later is."""
+        if sender.state is not State.SYN_SENT:
+            return False
+        peer = self.server if sender is self.client else self.client
+        return not (seg.flags & ACK and peer.isn is not None and seq_ge(seg.ack, peer.syn_end))
+
+    @staticmethod
+    def _is_keepalive(seg: Segment, sender: Endpoint) -> bool:
+        """A probe: 0 or 1 byte at snd_nxt - 1 (Wireshark's tcp.analysis.keep_alive), that byte not
+        the sender's FIN (an ACK reordered after the FIN sits there too), after KEEPALIVE_IDLE quiet."""
+        return (seg.payload_len <= 1 and sender.snd_nxt is not None and sender.state in SYNCHRONIZED
+                and seg.seq == (sender.snd_nxt - 1) % MOD and seg.seq != sender.fin_seq
+                and seg.ts - sender.last_sent_ts >= KEEPALIVE_IDLE)
 
     def _send(self, sender: Endpoint, role: str, seg: Segment) -> None:
         before = sender.state
@@ -393,10 +469,80 @@ class Connection:
         if count <= ANOMALY_EXAMPLES:
             self.anomalies.append(Anomaly(frame, what))
 
+    def _drop_anomaly(self, what: str) -> None:
+        """Take back every anomaly of kind `what`: later evidence showed it was none."""
+        if self.anomaly_counts.pop(what, 0):
+            self.anomalies = [a for a in self.anomalies if a.what != what]
+
     def _forbidden(self, frame: int, role: str, event: Event, state: State) -> None:
         verb = "sent" if event.name.startswith("SND") else "received"
         what = str(event).split(" ", 1)[1]
         self._note_anomaly(frame, f"{role} {verb} {what} in {state}")
+
+    # -- what a passive observer infers (module docstring) ----------------
+
+    def _late_syn(self, seg: Segment, sender: Endpoint, role: str) -> bool:
+        """The client's SYN captured after the SYN,ACK that answers it: note it, change nothing.
+
+        The SYN,ACK already put both ends where the SYN takes them (`_begin`), and proved that
+        the server got the SYN, so the SYN is only counted (`open` becomes `handshake`).
+        """
+        if not (self.isn_inferred and role == CLIENT and seg.flags & (SYN | ACK | RST) == SYN
+                and seg.seq == sender.isn and CLIENT not in self.bare_syns):
+            return False
+        self.bare_syns.add(CLIENT)
+        sender.options = dict(seg.options or {})
+        self.syn_data |= seg.payload_len > 0
+        sender.payload_bytes += seg.payload_len
+        self._drop_anomaly("capture starts after the SYN")
+        self._note_anomaly(seg.frame, "SYN captured after its SYN,ACK")
+        return True
+
+    def _infer_unseen(self, sender: Endpoint, peer: Endpoint, role: str, seg: Segment) -> None:
+        """Nothing of `peer` was seen: what `seg` acknowledges is evidence of what `peer` sent."""
+        if peer.packets or seg.flags & (SYN | RST) or not seg.flags & ACK:
+            return
+        peer_role = SERVER if role == CLIENT else CLIENT
+        if sender.state is State.SYN_SENT and peer.isn is None:
+            # the client acknowledges a SYN: the server's SYN,ACK
+            self._feed_inferred(sender, peer, peer_role, seg, SYN | ACK, (seg.ack - 1) % MOD, sender.syn_end)
+        elif sender.state is State.SYN_RCVD and peer.state is State.SYN_SENT:
+            # the server sends as one past SYN-RECEIVED: the client's ACK of its SYN,ACK
+            self._feed_inferred(sender, peer, peer_role, seg, ACK, seg.ack, sender.syn_end)
+        self._infer_fin(sender, peer, peer_role, seg)
+
+    def _infer_fin(self, sender: Endpoint, peer: Endpoint, peer_role: str, seg: Segment) -> None:
+        """The peer's FIN: a bare segment of `sender` moved its ACK by exactly one, and `sender`
+        has sent its own FIN by now (one byte of data is acknowledged the same way; a FIN is
+        what an endpoint that is closing acknowledges last)."""
+        previous = self.ack_hi
+        if previous is None or seq_gt(seg.ack, previous):
+            self.ack_hi = seg.ack
+            moved_one = previous is not None and seg.ack == (previous + 1) % MOD and seg.payload_len == 0
+            self.fin_hint = seg if moved_one else None
+        hint = self.fin_hint
+        if (hint is None or peer.fin_seq is not None or peer.state not in SYNCHRONIZED
+                or not (sender.fin_seq is not None or seg.flags & FIN)):
+            return
+        fin_seq, acked = (hint.ack - 1) % MOD, hint.seq
+        if sender.fin_seq is not None and not sender.fin_acked and seq_gt(acked, sender.fin_seq):
+            self._feed_inferred(sender, peer, peer_role, hint, ACK, fin_seq, acked)
+        self._feed_inferred(sender, peer, peer_role, hint, FIN | ACK, fin_seq, acked)
+        if hint is not seg:  # the hint, sent earlier, proves the FIN and acknowledged it
+            self._take_proven(sender, peer, hint)
+            self._receive(peer, hint, None, hint)
+
+    def _feed_inferred(self, sender: Endpoint, peer: Endpoint, peer_role: str, evidence: Segment,
+                       flags: int, seq: int, ack: int) -> None:
+        """Run a segment `peer` must have sent, dated at the `evidence` for it, as if captured.
+
+        Not counted (packets, bytes, handshake times, the ladder): only the machines move.
+        """
+        inferred = replace(evidence, src=evidence.dst, dst=evidence.src, sport=evidence.dport,
+                           dport=evidence.sport, seq=seq, ack=ack, flags=flags, payload_len=0, options=None)
+        kind, flags = self._classify(inferred, peer, peer_role) if flags & (SYN | FIN) else ("", flags)
+        self._carry(peer, sender, peer_role, replace(inferred, flags=flags), kind)
+        self.unseen = peer_role
 
     # -- delivery (see the module docstring) -----------------------------
 

@@ -53,6 +53,7 @@ class Endpoint:
     options: dict[str, int | bool] = field(default_factory=dict)
     unreceived: list[Segment] = field(default_factory=list)  # sent, not yet known received (a few)
     data_after_peer_fin: int | None = None  # end of new data sent after the peer's FIN
+    last_sent_ts: float = float("-inf")  # when it last sent (a keep-alive follows quiet)
 
     def apply(self, event: Event, ts: float, frame: int | None) -> bool:
         """Step the machine; record a change of state. False if the table forbids it."""
@@ -74,6 +75,7 @@ class Endpoint:
         if segment.flags & ACK and (self.ack_sent is None or seq_gt(segment.ack, self.ack_sent)):
             self.ack_sent = segment.ack
         self.last_sent_frame = segment.frame
+        self.last_sent_ts = segment.ts
 
     def acknowledged_by(self, ack: int) -> tuple[bool, bool]:
         """Whether `ack` newly acknowledges this endpoint's SYN, and its FIN."""

@@ -9,7 +9,9 @@ open
     ``refused``            the SYN was answered by a RST (no listener).
     ``unanswered``         no reply to the SYN(s).
     ``incomplete``         a SYN-ACK came, but the client never completed.
-    ``partial``            no bare SYN in the capture: it began mid-connection.
+    ``partial``            no bare SYN in the capture: it began mid-connection (or at the SYN-ACK).
+                           A capture of the server's side only (``unseen`` "client") that shows
+                           the SYN-ACK and the handshake completing is a ``handshake``.
 close
     ``simultaneous``  both ends went through CLOSING: the FINs crossed.
     ``reset``         a RST ended an established or closing connection.
@@ -48,8 +50,9 @@ def label(conn: Connection) -> dict[str, object]:
 
 
 def open_label(conn: Connection) -> str:
-    if not conn.bare_syns:
-        return "partial"
+    if not conn.bare_syns:  # a capture of the server's side only saw the handshake from there
+        seen_from_server = conn.unseen == "client" and conn.synack_seen and conn.synchronized()
+        return "handshake" if seen_from_server else "partial"
     if len(conn.bare_syns) == 2:
         return "simultaneous-open"
     if conn.synchronized():

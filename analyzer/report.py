@@ -104,6 +104,7 @@ def record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
         "tunnel": conn.tunnel,
         "vlan": list(conn.vlan) if conn.vlan else None,
         "anomaly_counts": dict(conn.anomaly_counts),
+        "unseen": conn.unseen,
     }
     if capture is not None:
         out["capture"] = capture
@@ -130,6 +131,8 @@ CSV_FIELDS += STATE_TIME_FIELDS
 #: the columns in seconds that may be empty (null)
 TIMING_FIELDS = CSV_FIELDS[CSV_FIELDS.index("handshake_rtt"):]
 CSV_FIELDS += ["tunnel", "vlan"]
+#: keys added later, at the end (README: keys may be added, never renamed)
+CSV_FIELDS += ["unseen"]
 
 
 def flat_record(conn: Connection, capture: str | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
+from scapy.utils import rdpcap, wrpcap
 
 CLIENT, SERVER = "10.77.0.1", "10.77.0.2"
 CLIENT_MAC, SERVER_MAC = "02:77:00:00:00:01", "02:77:00:00:00:02"
@@ -137,3 +137,29 @@ def encapsulations(path: Path, samples: Path) -> Path:
             when = t0 + i + float(packet.time) - float(packets[0].time)
             frames.append((when, case.linktype, case.wrap(inner, fwd)))
     return _pcapng(path, frames)
+
+
+def fin_in_syn_sent(path: Path) -> Path:
+    """The client's FIN in SYN_SENT (no ACK: it has nothing to acknowledge yet),
+    then the SYN-ACK, the client's FIN+ACK sent again from ESTABLISHED, and a
+    four-way close."""
+    b = Builder()
+    b.add(0.0, True, "S", ISN_C, 0, syn_options(TS_C, 0), window=64240)
+    b.add(0.4, True, "F", ISN_C + 1, 0, ts_options(TS_C, 0))
+    b.add(2.1, False, "SA", ISN_S, ISN_C + 1, syn_options(TS_S, TS_C), window=65160)
+    b.add(2.3, True, "FA", ISN_C + 1, ISN_S + 1, ts_options(TS_C + 2, TS_S))
+    b.add(4.2, False, "A", ISN_S + 1, ISN_C + 2, ts_options(TS_S + 2, TS_C + 2))
+    b.add(9.8, False, "FA", ISN_S + 1, ISN_C + 2, ts_options(TS_S + 7, TS_C + 2))
+    b.add(11.9, True, "A", ISN_C + 2, ISN_S + 2, ts_options(TS_C + 11, TS_S + 7))
+    return b.write(path)
+
+
+def swap_frames(source: Path, path: Path, first: int, second: int) -> Path:
+    """The frames of `source` with frames `first` and `second` (1-based) trading
+    places and times: the packets stay as captured, only their order changes."""
+    frames = list(rdpcap(str(source)))
+    a, b = frames[first - 1], frames[second - 1]
+    a.time, b.time = b.time, a.time
+    frames[first - 1], frames[second - 1] = b, a
+    wrpcap(str(path), frames, linktype=1)
+    return path

@@ -1007,7 +1007,88 @@ def make_vxlan(out: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------
-# 24: crafted with scapy
+# 27-29: what a passive observer infers: partial, reordered, one-sided
+# --------------------------------------------------------------------------
+
+
+def editcap(*args: str) -> None:
+    subprocess.run(["editcap", *args], check=True, capture_output=True, timeout=60)
+
+
+def check_starts_at_synack(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    expect(segs[0].tag == "S." and not any(s.tag == "S" for s in segs), "want the SYN-ACK first, no SYN", segs)
+    check_close(segs, "c")
+
+
+@scenario("starts_at_synack", check_starts_at_synack)
+def make_starts_at_synack(out: Path) -> list[Path]:
+    """A kernel handshake, request, reply and four-way close (client first),
+    then the capture cut so it starts at the SYN-ACK (editcap drops frame 1,
+    the SYN): the packets stay the kernel's."""
+    path = out / "starts_at_synack.pcap"
+    whole = out / "starts_at_synack.whole.pcap"
+    exchange(whole, SERVER_FOURWAY, CLIENT_FOURWAY)
+    editcap(str(whole), str(path), "1")
+    whole.unlink()
+    return [path]
+
+
+SKEW = 0.0003  # the client->server queue's timestamps run 300 µs late
+
+
+def check_synack_before_syn(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    expect(segs[0].tag == "S." and segs[1].tag == "S" and segs[0].ack == segs[1].seq_end,
+           "want the SYN-ACK first, then its SYN", segs)
+    check_close(segs, "c")
+
+
+@scenario("synack_before_syn", check_synack_before_syn)
+def make_synack_before_syn(out: Path) -> list[Path]:
+    """A multi-queue capture: the kernel connection of handshake_fourway_client_close
+    captured on c0, each direction on its own queue, the client->server queue's
+    clock 300 µs late (editcap -t on that direction, then mergecap by time): the
+    SYN-ACK lands ~280 µs before its SYN, and each reply before what it answers."""
+    path = out / "synack_before_syn.pcap"
+    whole, c2s, s2c = (out / f"synack_before_syn.{part}.pcap" for part in ("whole", "c2s", "s2c"))
+    exchange(whole, SERVER_FOURWAY, CLIENT_FOURWAY)
+    for part, host in ((c2s, CLIENT4), (s2c, SERVER4)):
+        subprocess.run(["tcpdump", "-r", str(whole), "-w", str(part), "src", "host", host],
+                       check=True, capture_output=True, timeout=60)
+    editcap("-t", str(SKEW), str(c2s), str(c2s) + ".late")
+    subprocess.run(["mergecap", "-F", "pcap", "-w", str(path), str(c2s) + ".late", str(s2c)],
+                   check=True, capture_output=True, timeout=60)
+    for tmp in (whole, c2s, s2c, Path(str(c2s) + ".late")):
+        tmp.unlink()
+    return [path]
+
+
+def check_one_sided(paths: list[Path]) -> None:
+    for path, who in zip(paths, ("c", "s"), strict=True):
+        segs = load(path)
+        expect(all(side(s) == who for s in segs), f"{path.name}: want only {who} -> segments", segs)
+        expect(len([s for s in segs if s.fin]) == 1, f"{path.name}: want one FIN", segs)
+
+
+@scenario("one_sided", check_one_sided)
+def make_one_sided(out: Path) -> list[Path]:
+    """One kernel connection (request, reply, client closes first, server 300 ms
+    later) captured twice at once on c0, each capture with a BPF filter for one
+    direction only, as asymmetric routing shows it: one_sided_client.pcap has
+    only client -> server, one_sided_server.pcap only server -> client."""
+    paths = [out / "one_sided_client.pcap", out / "one_sided_server.pcap"]
+    with Lab() as lab:
+        server = lab.peer(lab.server, {"listeners": [listener(SERVER_FOURWAY)]})
+        with lab.capture(paths[0], bpf=f"tcp and src host {CLIENT4}"), \
+                lab.capture(paths[1], bpf=f"tcp and src host {SERVER4}"):
+            lab.peer(lab.client, {"clients": [{"steps": CLIENT_FOURWAY}]}).finish()
+            server.finish()
+    return paths
+
+
+# --------------------------------------------------------------------------
+# 30-: crafted with scapy
 # --------------------------------------------------------------------------
 
 
@@ -1059,6 +1140,34 @@ def make_crafted_encapsulations(out: Path) -> list[Path]:
     GRE, gretap, ERSPAN II/III, GRE in UDP, Geneve, GTP-U, Teredo, AYIYA, IP in IP, QinQ, PPP, 802.11,
     radiotap, FDDI, NFLOG) and the copy in VXLAN, in one pcapng (an interface per link type)."""
     return [crafted().encapsulations(out / "crafted_encapsulations.pcapng", HERE)]
+
+
+@scenario("crafted_fin_in_syn_sent", check_crafted(
+    ["c:S", "c:F", "s:S.", "c:F.", "s:.", "s:F.", "c:."]))
+def make_crafted_fin_in_syn_sent(out: Path) -> list[Path]:
+    """Crafted (scapy; a kernel never sends FIN in SYN_SENT): the client's FIN
+    (no ACK) before the SYN-ACK, its FIN+ACK again after it, then the server's
+    ACK, FIN+ACK and the client's last ACK."""
+    return [crafted().fin_in_syn_sent(out / "crafted_fin_in_syn_sent.pcap")]
+
+
+def check_ack_after_fin(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    check_handshake(segs)
+    fin, ack = segs[6], segs[7]
+    expect(is_client(fin) and fin.fin and is_client(ack) and ack.tag == "." and ack.seq == fin.seq
+           and ack.ts > fin.ts, "want the client's FIN, then its ACK with the FIN's seq", segs)
+
+
+@scenario("crafted_ack_after_fin", check_ack_after_fin)
+def make_crafted_ack_after_fin(out: Path) -> list[Path]:
+    """Crafted from the kernel's handshake_fourway_client_close.pcap by swapping
+    frames 7 and 8 (and their times): the client's ACK of the reply now comes
+    61 µs after its FIN, as a reordering capture shows it. Not a keep-alive."""
+    source = out / "handshake_fourway_client_close.pcap"
+    if not source.exists():
+        source = HERE / source.name
+    return [crafted().swap_frames(source, out / "crafted_ack_after_fin.pcap", 7, 8)]
 
 
 SCENARIOS: tuple[str, ...] = tuple(REGISTRY)

@@ -519,11 +519,42 @@ def rebase_time(rng: random.Random, packets: list[Packet]) -> str | None:
     return f"time moved to start at {base / NS} s"
 
 
+def one_direction(rng: random.Random, packets: list[Packet]) -> str | None:
+    """Keep only one direction of one connection, as asymmetric routing shows it."""
+    found = _tcp_indices(packets)
+    if not found:
+        return None
+    chosen = packets[rng.choice(found)]
+    at = tcp_offset(chosen)
+    assert at is not None
+    key, sender = _four_tuple(chosen), chosen.data[at:at + 2]
+    kept = [p for p in packets if _four_tuple(p) != key or p.data[tcp_offset(p) or 0:][:2] == sender]
+    if len(kept) == len(packets) or not kept:
+        return None
+    packets[:] = kept
+    return f"one direction of a connection only (source port {int.from_bytes(sender, 'big')})"
+
+
+def synack_first(rng: random.Random, packets: list[Packet]) -> str | None:
+    """Put a SYN-ACK a few hundred µs before the SYN it answers (a multi-queue capture's skew)."""
+    synacks = _tcp_indices(packets, lambda flags: flags & (SYN | ACK) == SYN | ACK and not flags & RST)
+    for i in synacks:
+        key = _four_tuple(packets[i])
+        before = [j for j in range(i) if _four_tuple(packets[j]) == key]
+        if before and packets[before[-1]].data[(tcp_offset(packets[before[-1]]) or 0) + 13] & (SYN | ACK) == SYN:
+            j = before[-1]
+            synack = packets.pop(i)
+            synack.ts_ns = packets[j].ts_ns - rng.choice((1, 300_000))
+            packets.insert(j, synack)
+            return f"SYN-ACK (packet {i + 1}) moved before its SYN (packet {j + 1})"
+    return None
+
+
 MUTATIONS: list[Mutation] = [
     drop, drop, duplicate, swap, swap, shuffle_window, flip_flag, flip_flag, flip_flag, set_flags, nudge_seq,
     nudge_seq,
     step_back, cut_frame, lie_about_length, reuse_tuple, reuse_tuple, wrap_sequence, keepalive, add_payload,
-    garble_options, bad_header, inject_other, stretch_time, rebase_time,
+    garble_options, bad_header, inject_other, stretch_time, rebase_time, one_direction, synack_first,
 ]
 
 

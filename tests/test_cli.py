@@ -160,3 +160,16 @@ def test_summary_of_an_empty_capture(tmp_path, capsys):
     status, out, _ = run(capsys, "analyze", write_pcap(tmp_path / "empty.pcap", [], 1))
     assert status == 0
     assert "0 frames, 0 TCP segments, 0 connections" in out and "()" not in out
+
+
+def test_unseen_is_the_last_key_and_the_last_csv_column(capsys):
+    """Issue 13: which side was never seen, added at the end (keys are added, never moved)."""
+    one_sided = str(SAMPLES / "one_sided_client.pcap")
+    _, out, _ = run(capsys, "analyze", "--format", "json", one_sided)
+    record = json.loads(out)
+    assert list(record)[-1] == "unseen" and record["unseen"] == "server"
+    _, out, _ = run(capsys, "analyze", "--format", "csv", "--no-summary", one_sided)
+    header, row = out.splitlines()
+    assert header.endswith(",unseen") and row.endswith(",server")
+    _, out, _ = run(capsys, "analyze", "--format", "csv", "--no-summary", SMALL)
+    assert out.splitlines()[1].endswith(",")  # seen both ways: an empty cell

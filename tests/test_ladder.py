@@ -243,7 +243,8 @@ def test_retransmissions_and_keepalives_are_flagged():
     w.c("S", seq=0, at=101.0)
     w.s("SA")
     w.c("A")
-    w.c("A", seq=0)  # a keep-alive probe: one below snd_nxt
+    w.wait(75)
+    w.c("A", seq=0)  # a keep-alive probe: one below snd_nxt, after 75 s of quiet
     w.s("A")
     ladder = ladder_of(w)
     kinds = [(a.kind, a.label) for a in ladder.arrows]

@@ -120,9 +120,10 @@ def _check_arrows(conn: Connection, ladder: Ladder, texts: dict, client_x: float
         shown |= set(range(block.first_frame, block.last_frame + 1))
     assert shown == set(notes), "a segment is neither drawn nor in a block"
     for side, ep in (("client", conn.client), ("server", conn.server)):
-        if ep.isn is not None:
-            # relative to its own ISN (a forged RST, ignored, is not in its sequence space)
-            first = next(a for a in ladder.arrows if a.from_client == (side == "client") and a.kind != "ignored")
+        # relative to its own ISN (which may be inferred: issue 13; a forged RST, ignored, is not in its
+        # sequence space)
+        first = next((a for a in ladder.arrows if a.from_client == (side == "client") and a.kind != "ignored"), None)
+        if ep.isn is not None and first is not None and notes[first.frame].flags & SYN:
             assert " seq 0" in first.label
 
 

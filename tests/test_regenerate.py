@@ -18,7 +18,7 @@ from tests.netns import namespaces_unavailable
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 SCENARIOS = ["threeway_close", "simultaneous_close", "refused", "half_close", "reset_linger_client",
-             "fourway_server_close", "rst_injected", "port_reuse"]
+             "fourway_server_close", "rst_injected", "port_reuse", "starts_at_synack"]
 LABEL_KEYS = ("open", "close", "half_close", "active_closer", "reset_by", "reset_state")
 
 

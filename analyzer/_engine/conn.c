@@ -5,7 +5,9 @@
  * docstring of connection.py for the why: when a segment counts as received,
  * how crossing SYNs and FINs are told apart, what a retransmission re-dates.
  * The state machine is not here: step(), the send events and the receive
- * events come from fsm.py as tables (engine.h, Machine).
+ * events come from fsm.py as tables (engine.h, Machine). What a passive
+ * observer infers (a capture that starts at the SYN-ACK, a SYN captured after
+ * it, one-sided captures) has its own section, as in connection.py.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -120,6 +122,21 @@ static void anomaly(Conn *c, int64_t frame, uint8_t kind, uint8_t role, uint8_t 
     c->anomalies[c->n_anomalies++] = (Anomaly){frame, kind, role, event, state};
 }
 
+/* Take back every anomaly of `kind` (one whose sentence has no role, event or state): later evidence
+ * showed it was none (Connection._drop_anomaly). Its kind leaves the counts, which keep their order. */
+static void drop_anomalies(Conn *c, uint8_t kind) {
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < c->n_anomalies; i++)
+        if (c->anomalies[i].kind != kind) c->anomalies[kept++] = c->anomalies[i];
+    c->n_anomalies = kept;
+    kept = 0;
+    for (uint32_t i = 0; i < c->n_kinds; i++) {
+        if (c->kinds[i].kind == kind) c->anomalies_total -= c->kinds[i].count;
+        else c->kinds[kept++] = c->kinds[i];
+    }
+    c->n_kinds = kept;
+}
+
 /* ---- the machine (fsm.py, through its tables) --------------------------- */
 
 static inline uint8_t step(uint8_t state, uint8_t event, int passive) {
@@ -161,6 +178,7 @@ static void note_sent(Endpoint *ep, const Seg *s) {
         ep->has_ack_sent = 1;
     }
     ep->last_sent_frame = s->frame;
+    ep->last_sent_ts = s->ts;
 }
 
 static void acknowledged_by(const Endpoint *ep, uint32_t ack, int *syn, int *fin) {
@@ -189,10 +207,20 @@ static void endpoint_init(Endpoint *ep, const uint8_t *addr, uint16_t port) {
     memcpy(ep->addr, addr, 16);
     ep->port = port;
     ep->state = ST_CLOSED;
+    ep->last_sent_ts = -__builtin_inf();
     ep->history.capacity = INLINE_HISTORY;
     ep->history.items = ep->history.inline_items;
     ep->unreceived.capacity = INLINE_UNRECEIVED;
     ep->unreceived.items = ep->unreceived.inline_items;
+}
+
+/* A SYN,ACK without its SYN: the SYN it acknowledges was the client's ISN = ack - 1 (infer_client_isn). */
+static void infer_client_isn(Conn *c, const Packet *synack) {
+    Endpoint *client = &c->ep[ROLE_CLIENT];
+    client->has_isn = 1;
+    client->isn = synack->ack - 1;
+    client->syn_end = synack->ack;
+    c->isn_inferred = 1;
 }
 
 static void begin(Conn *c, const Packet *first) {
@@ -203,6 +231,7 @@ static void begin(Conn *c, const Packet *first) {
         client->state = ST_SYN_SENT;
         server->state = ST_SYN_RCVD;
         server->passive = 1;
+        infer_client_isn(c, first);
     } else {
         client->state = server->state = ST_ESTABLISHED;
         client->syn_acked = server->syn_acked = 1;
@@ -257,7 +286,27 @@ static int sender_role(const Conn *c, const Packet *p) {
     return (p->sport == client->port && addr_equal(p->src, client->addr)) ? ROLE_CLIENT : ROLE_SERVER;
 }
 
-enum { KIND_NONE, KIND_RETRANSMISSION, KIND_KEEPALIVE };
+enum { KIND_NONE, KIND_RETRANSMISSION, KIND_KEEPALIVE, KIND_EARLY_FIN };
+
+static void forbidden(Conn *c, int64_t frame, int role, uint8_t event, uint8_t state) {
+    anomaly(c, frame, AN_FORBIDDEN, (uint8_t)role, event, state);
+}
+
+/* A FIN sent in SYN-SENT, its own ACK not covering the peer's SYN: not the FIN (RFC 9293 sends none
+ * from SYN-SENT, §3.10.4, and SYN-RECEIVED drops it without ACK); the one sent later is (early_fin). */
+static int early_fin(const Conn *c, const Packet *p, const Endpoint *sender) {
+    if (sender->state != ST_SYN_SENT) return 0;
+    const Endpoint *peer = sender == &c->ep[ROLE_CLIENT] ? &c->ep[ROLE_SERVER] : &c->ep[ROLE_CLIENT];
+    return !((p->flags & F_ACK) && peer->has_isn && seq_ge(p->ack, peer->syn_end));
+}
+
+/* A probe: 0 or 1 byte at snd_nxt - 1, that byte not the sender's FIN, after KEEPALIVE_IDLE quiet. */
+#define KEEPALIVE_IDLE 0.5  /* connection.py KEEPALIVE_IDLE */
+static int is_keepalive(const Packet *p, const Endpoint *sender) {
+    return p->payload_len <= 1 && sender->has_snd_nxt && in_set(machine.synchronized, sender->state) &&
+           p->seq == sender->snd_nxt - 1 && !(sender->has_fin && p->seq == sender->fin_seq) &&
+           p->ts - sender->last_sent_ts >= KEEPALIVE_IDLE;
+}
 
 /* Count retransmissions, keep-alives and SYN facts; return the kind, set the flags to use. */
 static int classify(Conn *c, const Packet *p, Endpoint *sender, int role, uint8_t *flags_out) {
@@ -285,6 +334,10 @@ static int classify(Conn *c, const Packet *p, Endpoint *sender, int role, uint8_
         if (flags & F_ACK) sender->sent_synack = c->synack_seen = 1;
         else c->bare_syn[role] = 1;
     }
+    if ((flags & F_FIN) && !(flags & F_SYN) && early_fin(c, p, sender)) {
+        forbidden(c, p->frame, role, EV_SND_FIN, sender->state);
+        return KIND_EARLY_FIN;
+    }
     if (flags & F_FIN) {
         uint32_t fin_seq = p->seq + (uint32_t)p->payload_len + ((flags & F_SYN) ? 1 : 0);
         if (!sender->has_fin) {
@@ -300,8 +353,7 @@ static int classify(Conn *c, const Packet *p, Endpoint *sender, int role, uint8_
             *flags_out = flags & (uint8_t)~F_FIN;
             return KIND_RETRANSMISSION;
         }
-    } else if (!(flags & F_SYN) && p->payload_len <= 1 && sender->has_snd_nxt &&
-               in_set(machine.synchronized, sender->state) && p->seq == sender->snd_nxt - 1) {
+    } else if (!(flags & F_SYN) && is_keepalive(p, sender)) {
         c->keepalives++;
         return KIND_KEEPALIVE;
     }
@@ -339,10 +391,6 @@ static void redate_unreceived(Endpoint *sender, const Packet *copy) {
             return;
         }
     }
-}
-
-static void forbidden(Conn *c, int64_t frame, int role, uint8_t event, uint8_t state) {
-    anomaly(c, frame, AN_FORBIDDEN, (uint8_t)role, event, state);
 }
 
 static void send(Conn *c, Endpoint *sender, int role, const Seg *s) {
@@ -511,6 +559,90 @@ static void track_half_close(Conn *c, Endpoint *sender, Endpoint *receiver, cons
         c->half_close = 1;
 }
 
+/* Step the sender, deliver what the segment proves and what it carries (flags as classified). */
+static void carry(Conn *c, Endpoint *sender, Endpoint *receiver, int role, const Seg *s, int kind) {
+    if (s->flags & F_ACK) take_proven(c, sender, receiver, s);
+    send(c, sender, role, s);
+    track_half_close(c, sender, receiver, s, kind);
+    note_sent(sender, s);
+    if (s->flags & (F_SYN | F_FIN)) queue_push(c, &sender->unreceived, s);  /* until an ACK proves it arrived */
+    else deliver_all(c, sender, receiver, s);
+}
+
+/* ---- what a passive observer infers (connection.py) ------------------------------------- */
+
+/* The client's SYN captured after the SYN,ACK that answers it: note it, change nothing (late_syn). */
+static int late_syn(Conn *c, const Packet *p, Endpoint *sender, int role) {
+    if (!(c->isn_inferred && role == ROLE_CLIENT && (p->flags & (F_SYN | F_ACK | F_RST)) == F_SYN &&
+          p->seq == sender->isn && !c->bare_syn[ROLE_CLIENT]))
+        return 0;
+    c->bare_syn[ROLE_CLIENT] = 1;
+    if (p->has_options) sender->options = p->options;
+    c->syn_data |= p->payload_len > 0;
+    sender->payload_bytes += p->payload_len;
+    drop_anomalies(c, AN_STARTS_AFTER_SYN);
+    anomaly(c, p->frame, AN_LATE_SYN, ROLE_CLIENT, 0, 0);
+    return 1;
+}
+
+/* Run a segment `peer` must have sent, dated at the evidence for it, as if captured; not counted
+ * (packets, bytes, handshake times): only the machines move (feed_inferred). */
+static void feed_inferred(Conn *c, Endpoint *sender, Endpoint *peer, int peer_role, const Seg *evidence,
+                          uint8_t flags, uint32_t seq, uint32_t ack) {
+    Packet inferred;
+    memset(&inferred, 0, sizeof inferred);
+    inferred.frame = evidence->frame;
+    inferred.ts = evidence->ts;
+    inferred.flags = flags;
+    inferred.seq = seq;
+    inferred.ack = ack;
+    int kind = KIND_NONE;
+    if (flags & (F_SYN | F_FIN)) kind = classify(c, &inferred, peer, peer_role, &flags);
+    Seg s = {evidence->frame, evidence->ts, seq, ack, 0, flags};
+    carry(c, peer, sender, peer_role, &s, kind);
+    c->unseen = (uint8_t)(peer_role + 1);
+}
+
+/* The peer's FIN: a bare segment of `sender` moved its ACK by exactly one, and `sender` has sent
+ * its own FIN by now (infer_fin). */
+static void infer_fin(Conn *c, Endpoint *sender, Endpoint *peer, int peer_role, const Packet *p) {
+    int fresh = 0;
+    if (!c->has_ack_hi || seq_gt(p->ack, c->ack_hi)) {
+        int moved_one = c->has_ack_hi && p->ack == c->ack_hi + 1 && p->payload_len == 0;
+        c->ack_hi = p->ack;
+        c->has_ack_hi = 1;
+        c->has_fin_hint = (uint8_t)moved_one;
+        if (moved_one) {
+            c->fin_hint = (Seg){p->frame, p->ts, p->seq, p->ack, 0, p->flags};
+            fresh = 1;
+        }
+    }
+    if (!c->has_fin_hint || peer->has_fin || !in_set(machine.synchronized, peer->state) ||
+        !(sender->has_fin || (p->flags & F_FIN)))
+        return;
+    Seg hint = c->fin_hint;
+    uint32_t fin_seq = hint.ack - 1, acked = hint.seq;
+    if (sender->has_fin && !sender->fin_acked && seq_gt(acked, sender->fin_seq))
+        feed_inferred(c, sender, peer, peer_role, &hint, F_ACK, fin_seq, acked);
+    feed_inferred(c, sender, peer, peer_role, &hint, F_FIN | F_ACK, fin_seq, acked);
+    if (!fresh) {  /* the hint, sent earlier, proves the FIN and acknowledged it */
+        take_proven(c, sender, peer, &hint);
+        receive(c, peer, &hint, NULL, &hint);
+    }
+}
+
+/* Nothing of `peer` was seen: what `p` acknowledges is evidence of what `peer` sent (infer_unseen). */
+static void infer_unseen(Conn *c, Endpoint *sender, Endpoint *peer, int role, const Packet *p) {
+    if (peer->packets || (p->flags & (F_SYN | F_RST)) || !(p->flags & F_ACK)) return;
+    int peer_role = !role;
+    Seg evidence = {p->frame, p->ts, p->seq, p->ack, 0, p->flags};
+    if (sender->state == ST_SYN_SENT && !peer->has_isn)  /* the server's SYN,ACK */
+        feed_inferred(c, sender, peer, peer_role, &evidence, F_SYN | F_ACK, p->ack - 1, sender->syn_end);
+    else if (sender->state == ST_SYN_RCVD && peer->state == ST_SYN_SENT)  /* the client's ACK */
+        feed_inferred(c, sender, peer, peer_role, &evidence, F_ACK, p->ack, sender->syn_end);
+    infer_fin(c, sender, peer, peer_role, p);
+}
+
 int conn_add(Conn *c, const Packet *p) {
     conn_advance(c, p->ts);
     int role = sender_role(c, p);
@@ -519,6 +651,8 @@ int conn_add(Conn *c, const Packet *p) {
     c->last_frame = p->frame;
     c->end = p->ts;
     if (p->ts > c->last_ts) c->last_ts = p->ts;
+    if (late_syn(c, p, sender, role)) return c->out_of_memory ? -1 : 0;
+    infer_unseen(c, sender, receiver, role, p);
     uint8_t flags;
     int kind = classify(c, p, sender, role, &flags);
     int ignored = (flags & F_RST) && rst_ignored(c, sender, receiver, p, role);
@@ -532,6 +666,7 @@ int conn_add(Conn *c, const Packet *p) {
             return c->out_of_memory ? -1 : 0;
         }
     }
+    if (kind == KIND_EARLY_FIN) return c->out_of_memory ? -1 : 0;
     if (c->awaiting == role + 1) {  /* it proves it is synchronized; a RST (from SYN_RCVD) proves nothing */
         if (flags & F_RST) {
             c->awaiting = 0;
@@ -541,12 +676,7 @@ int conn_add(Conn *c, const Packet *p) {
         }
     }
     Seg s = {p->frame, p->ts, p->seq, p->ack, (uint32_t)p->payload_len, flags};
-    if (flags & F_ACK) take_proven(c, sender, receiver, &s);
-    send(c, sender, role, &s);
-    track_half_close(c, sender, receiver, &s, kind);
-    note_sent(sender, &s);
-    if (flags & (F_SYN | F_FIN)) queue_push(c, &sender->unreceived, &s);  /* until an ACK proves it arrived */
-    else deliver_all(c, sender, receiver, &s);
+    carry(c, sender, receiver, role, &s, kind);
     return c->out_of_memory ? -1 : 0;
 }
 
@@ -626,7 +756,8 @@ static int went_through(const History *h, uint8_t state) {
 
 static const char *open_label(const Conn *c) {
     int bare = c->bare_syn[0] + c->bare_syn[1];
-    if (bare == 0) return OPEN_LABELS[5];
+    if (bare == 0)  /* a capture of the server's side only saw the handshake from there */
+        return c->unseen == ROLE_CLIENT + 1 && c->synack_seen && synchronized(c) ? OPEN_LABELS[0] : OPEN_LABELS[5];
     if (bare == 2) return OPEN_LABELS[1];
     if (synchronized(c)) return OPEN_LABELS[0];
     if (c->synack_seen) return OPEN_LABELS[4];

@@ -187,6 +187,7 @@ typedef struct {
     uint32_t isn, syn_end, fin_seq, snd_nxt, data_after_peer_fin;
     uint32_t ack_sent;       /* highest ACK field sent (has_ack_sent): its rcv.nxt was at least this */
     int64_t last_sent_frame;
+    double last_sent_ts;     /* when it last sent (a keep-alive follows quiet) */
     double time_wait_until;
     int64_t packets, payload_bytes;
     Options options;
@@ -197,7 +198,7 @@ typedef struct {
 enum { ROLE_CLIENT, ROLE_SERVER };
 enum { HS_NONE, HS_SYN, HS_SYNACK, HS_ACK };  /* Conn.hs_stage */
 enum { AN_STARTS_AFTER_SYN, AN_SECOND_ISN, AN_SECOND_FIN, AN_FORBIDDEN, AN_RST_NOT_ACCEPTABLE, AN_RST_IGNORED,
-       AN_THIRD_ACK_IGNORED, N_ANOMALY_KINDS };
+       AN_THIRD_ACK_IGNORED, AN_LATE_SYN, N_ANOMALY_KINDS };
 typedef struct { int64_t frame; uint8_t kind, role, event, state; } Anomaly;
 /* An anomaly's kind (the sentence it prints: kind, role, event, state) and how many there were of it.
  * Only the first ANOMALY_EXAMPLES of each kind are kept in Conn.anomalies (connection.ANOMALY_EXAMPLES). */
@@ -238,6 +239,11 @@ typedef struct Conn {
     uint8_t awaiting;        /* 1 + the role of a server whose third ACK did not take (0: none; connection.py) */
     int64_t reused_frame;    /* the new SYN that reused its 4-tuple (0: none): TIME_WAIT ends there */
     double reused_ts;
+    /* what a passive observer infers (connection.py: unseen, isn_inferred, ack_hi, fin_hint) */
+    uint8_t unseen;          /* 0: none; 1 + the role whose segments were only inferred */
+    uint8_t isn_inferred, has_ack_hi, has_fin_hint;
+    uint32_t ack_hi;
+    Seg fin_hint;
 } Conn;
 
 typedef struct {  /* the labels of a finished connection (labels.py) */

@@ -427,6 +427,9 @@ static void anomaly_text(Buffer *b, const Anomaly *a) {
         put_state(b, a->state);
         LIT(b, " is not acceptable: ignored (a possible blind reset, RFC 5961)");
         break;
+    case AN_LATE_SYN:
+        LIT(b, "SYN captured after its SYN,ACK");
+        break;
     default:
         LIT(b, "RST not acceptable to the ");
         buf_puts(b, ROLES[a->role]);
@@ -680,6 +683,8 @@ static int write_json(Buffer *b, const Conn *c, const Labels *l, const OutputSty
         buf_putc(b, ']');
     }
     json_anomaly_counts(b, c);
+    LIT(b, ", \"unseen\": ");
+    json_opt_str(b, c->unseen ? ROLES[c->unseen - 1] : NULL);
     if (style->capture) {
         LIT(b, ", \"capture\": ");
         buf_put(b, style->capture, style->capture_len);
@@ -753,6 +758,7 @@ static int write_csv(Buffer *b, const Conn *c, const Labels *l, const OutputStyl
         buf_putc(b, '/');
         buf_int(b, c->key.vlan & 0xFFFF);
     }
+    csv_text(b, c->unseen ? ROLES[c->unseen - 1] : NULL);
     buf_putc(b, '\n');
     return 0;
 }
