@@ -311,7 +311,7 @@ def test_crafted_captures(tmp_path: Path, batch: int) -> None:
 def test_crafted_captures_are_tcp_traffic(tmp_path: Path) -> None:
     """The crafted captures are mostly analyzable TCP, with connections of every kind (not just skipped frames)."""
     opened, closed, anomalies, segments = set(), set(), 0, 0
-    for seed in range(0, 400, 7):
+    for seed in range(0, 480, 3):  # a simultaneous close is rare (8 of the 480 seeds the comparison runs)
         made = crafted(seed)
         out = run_cli(["analyze", "--engine", "compiled", "-f", "json", *made.options, str(made.write(tmp_path))])
         records = [json.loads(line) for line in out.stdout.splitlines()]
