@@ -8,18 +8,21 @@ stays behind `engine="reference"` and `keep_segments=True` (a `Connection`
 with its segments, for ladders and lessons).
 
 How the records cross over. The engine writes its output format "records"
-(output.c, FORMAT_RECORDS): for each connection its CSV row and its JSON
-line, made by the same two writers as `--format csv` and `--format json`,
-joined by a tab. It writes them from its formatting thread into a pipe; this
-module reads the pipe on the caller's thread in 1 MiB pieces and makes a
-`Record` per line holding the two texts. Parsing them waits until a field is
-asked for: the flat fields (labels, final states, counters) come from the
-CSV cells, split once (`str.split` is ~40 times cheaper than `json.loads` of
-the whole record, which costs 17 us: 4 s for the 250,000 records of the
-benchmark capture); the nested ones (`states`, `options`, `anomalies`, the
-timing figures) and `analyzer.record(rec)` from the JSON line. Memory stays
-bounded by open connections: the pipe, the engine's bounded queues and one
-piece of text at a time; a consumer that stops reading stops the engine.
+(output.c, FORMAT_RECORDS): for each connection the head of its CSV row (the
+cells up to `final_server`: id, ends, frames, times, labels, final states)
+and its JSON line, made by the same writers as `--format csv` and `--format
+json`, each on a line. It writes them from its formatting thread into a
+pipe; this module reads the pipe on the caller's thread in 1 MiB pieces and
+turns each piece into Records with the loops in C (`records()`): no Python
+code runs per record. Parsing waits until a field is asked for: the head
+fields come from the head cells, split with the piece (`str.split` is ~40
+times cheaper than `json.loads` of the whole record, which costs 17 us: 4 s
+for the 250,000 records of the benchmark capture); everything else
+(`states`, `options`, `anomalies`, the timing figures) and
+`analyzer.record(rec)` from the JSON line, parsed once, when first asked
+for. Memory stays bounded by open connections: the pipe, the engine's
+bounded queues and one piece of text at a time; a consumer that stops
+reading stops the engine.
 
 A record's fields are the JSON record's keys, as attributes: a key added to
 the JSON record (report.record and output.c's write_json) is an attribute
@@ -30,11 +33,14 @@ column and should be read without parsing the JSON needs a property below.
 from __future__ import annotations
 
 import csv
+import io
 import ipaddress
 import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
+from operator import methodcaller
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -45,7 +51,7 @@ from analyzer.connection import Connection, Timeouts
 from analyzer.fsm import State
 from analyzer.pipeline import Stats
 from analyzer.pipeline import analyze as analyze_reference
-from analyzer.report import CSV_FIELDS
+from analyzer.report import CSV_FIELDS, flat_from_record
 from analyzer.where import Where
 from analyzer.where import parse as parse_where
 
@@ -64,28 +70,30 @@ class Step(NamedTuple):
     frame: int | None  # None: the 2*MSL timer
 
 
-class EndpointView:
-    """One end of a `Record`, shaped like connection.Endpoint: `str()` is "ip:port" ("[ip6]:port")."""
+class EndpointView(tuple):  # type: ignore[type-arg]
+    """One end of a `Record`, shaped like connection.Endpoint: `str()` is "ip:port" ("[ip6]:port").
 
-    __slots__ = ("_record", "_side")
+    A (record, side) pair: a tuple subclass, so making one runs no Python code (see Record)."""
 
-    def __init__(self, record: Record, side: str) -> None:
-        self._record, self._side = record, side
+    __slots__ = ()
+
+    def __new__(cls, record: Record, side: str) -> EndpointView:
+        return tuple.__new__(cls, (record, side))
 
     def __str__(self) -> str:
-        return self._record.cell(self._side)
+        return self[0].cell(self[1])  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
-        return f"<{self._side} {self} {self.state}>"
+        return f"<{self[1]} {self} {self.state}>"
 
     @property
     def state(self) -> State:
         """The final state."""
-        return _STATES[self._record.cells()[_FINAL[self._side]]]
+        return _STATES[self[0][0][_FINAL[self[1]]]]
 
     @property
     def history(self) -> list[Step]:
-        return [Step(_STATES[state], ts, frame) for state, ts, frame in self._record.states[self._side]]
+        return [Step(_STATES[state], ts, frame) for state, ts, frame in self[0].states[self[1]]]
 
     @property
     def port(self) -> int:
@@ -98,65 +106,62 @@ class EndpointView:
 
     @property
     def packets(self) -> int:
-        return int(self._record.cell(f"packets_{self._side}"))
+        return self[0].packets[self[1]]  # type: ignore[no-any-return]
 
     @property
     def payload_bytes(self) -> int:
-        return int(self._record.cell(f"payload_bytes_{self._side}"))
+        return self[0].payload_bytes[self[1]]  # type: ignore[no-any-return]
 
     @property
     def options(self) -> dict[str, Any]:
-        return self._record.options[self._side]  # type: ignore[no-any-return]
+        return self[0].options[self[1]]  # type: ignore[no-any-return]
 
 
 _ID, _OPEN, _CLOSE, _HALF, _CLOSER, _RESET_BY, _RESET_STATE = (
     _CELL[name] for name in ("id", "open", "close", "half_close", "active_closer", "reset_by", "reset_state"))
 _FINAL = {"client": _CELL["final_client"], "server": _CELL["final_server"]}
 _HEAD = max(_FINAL.values()) + 1  # the cells split at once; the rest only when one of them is asked for
+_CLIENT, _SERVER = ("client", "server")
 
 
-class Record:
+class Record(tuple):  # type: ignore[type-arg]
     """One connection as the engine reported it: the JSON record's keys as attributes.
 
     `rec.id`, `rec.open`, `rec.start`, `rec.states`, `rec.state_time`...; `rec.labels` as
     Connection.labels; `rec.client` / `rec.server` are `EndpointView`s (`.state`, `.history`,
     `str()` = "ip:port"). `analyzer.record(rec)` is the JSON record as a dict.
+
+    Inside, a tuple (head cells, JSON line, [parsed JSON or None]), made by `records()` a piece of
+    output at a time with no Python code per record: the head cells (report.CSV_FIELDS up to
+    final_server, as text, "" for null: no cell there holds a comma) split in C, the JSON parsed only
+    when a key outside them is first asked for. Iterating it yields those three, not the keys.
     """
 
-    __slots__ = ("_cells", "_json", "_row", "_text")
-
-    def __init__(self, row: bytes, text: bytes) -> None:
-        self._row = row  # the CSV row (no line end; the capture cell empty)
-        self._text = text  # the JSON line
-        self._cells: list[str] | None = None
-        self._json: dict[str, Any] | None = None
+    __slots__ = ()
 
     def cells(self) -> list[str]:
-        """The CSV row's first cells (report.CSV_FIELDS up to final_server), as text ("" for null): what is
-        read most is split first (a full split, 58 cells, costs three times as much)."""
-        cells = self._cells
-        if cells is None:  # no cell holds a comma: no capture, numbers, names, "A > B" state lists
-            cells = self._cells = self._row.decode().split(",", _HEAD)
-        return cells
+        """The CSV row's head cells (report.CSV_FIELDS up to final_server), as text ("" for null)."""
+        return self[0]  # type: ignore[no-any-return]
 
     def cell(self, name: str) -> str:
         """The CSV cell `name`."""
         index = _CELL[name]
         if index < _HEAD:
-            return self.cells()[index]
-        return next(csv.reader([self._row.decode()]))[index]  # a later column may come to quote a comma
+            return self[0][index]  # type: ignore[no-any-return]
+        return next(csv.reader([self.csv_row().decode()]))[index]
 
     def record(self) -> dict[str, Any]:
         """The JSON record, a new dict each time (json.loads of the CLI's line)."""
-        return json.loads(self._text)  # type: ignore[no-any-return]
+        return json.loads(self[1])  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:  # the JSON record's other keys, parsed once when first asked for
         if name.startswith("_"):
             raise AttributeError(name)
-        if self._json is None:
-            self._json = self.record()
+        cache = self[2]
+        if cache[0] is None:
+            cache[0] = self.record()
         try:
-            return self._json[name]
+            return cache[0][name]
         except KeyError:
             raise AttributeError(f"a record has no {name!r}") from None
 
@@ -165,35 +170,35 @@ class Record:
 
     @property
     def id(self) -> int:
-        return int(self.cells()[_ID])
+        return int(self[0][_ID])
 
     @property
     def client(self) -> EndpointView:
-        return EndpointView(self, "client")
+        return EndpointView(self, _CLIENT)
 
     @property
     def server(self) -> EndpointView:
-        return EndpointView(self, "server")
+        return EndpointView(self, _SERVER)
 
     @property
     def open(self) -> str:
-        return self.cells()[_OPEN]
+        return self[0][_OPEN]  # type: ignore[no-any-return]
 
     @property
     def close(self) -> str:
-        return self.cells()[_CLOSE]
+        return self[0][_CLOSE]  # type: ignore[no-any-return]
 
     @property
     def labels(self) -> dict[str, Any]:
         """As Connection.labels: open, close, half_close, active_closer, reset_by, reset_state."""
-        cells = self.cells()
+        cells = self[0]
         return {"open": cells[_OPEN], "close": cells[_CLOSE], "half_close": cells[_HALF] == "True",
                 "active_closer": cells[_CLOSER] or None, "reset_by": cells[_RESET_BY] or None,
                 "reset_state": cells[_RESET_STATE] or None}
 
     @property
     def final(self) -> dict[str, str]:
-        cells = self.cells()
+        cells = self[0]
         return {"client": cells[_FINAL["client"]], "server": cells[_FINAL["server"]]}
 
     @property
@@ -205,8 +210,11 @@ class Record:
         return float(self.cell("end"))
 
     def csv_row(self) -> bytes:
-        """The CLI's CSV row (no line end), with the capture cell empty."""
-        return self._row
+        """The CLI's CSV row (no line end), with the capture cell empty: made from the JSON record, as the
+        reference pipeline makes its rows (report.flat_from_record)."""
+        out = io.StringIO()
+        csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="").writerow(flat_from_record(self.record()))
+        return out.getvalue().encode()
 
 
 def record(conn: Record | Connection, capture: str | None = None) -> dict[str, Any]:
@@ -297,14 +305,19 @@ def _widen(fd: int) -> None:
 
 
 def records(fd: int) -> Iterator[Record]:
-    """The records the engine writes to `fd` (format "records": a CSV line, then a JSON line), a piece at a time."""
+    """The records the engine writes to `fd` (format "records": a CSV line, then a JSON line), a piece at a time.
+
+    Each piece becomes Records with the loops in C (map, zip, methodcaller): no Python code runs per record,
+    which is what keeps iterating the API near the speed of the engine itself."""
     rest = b""
+    split_head = methodcaller("split", ",")
     while chunk := os.read(fd, CHUNK):
         lines = (rest + chunk).split(b"\n")
         rest = lines.pop()  # the last line's start (b"" when the piece ended with a line)
         if len(lines) % 2:  # a CSV line whose JSON line has not come yet
             rest = lines.pop() + b"\n" + rest
-        yield from map(Record, lines[0::2], lines[1::2])  # the loop in C: a third faster than a Python one
+        heads = map(split_head, b"\n".join(lines[0::2]).decode().split("\n"))
+        yield from map(Record, zip(heads, lines[1::2], map(list, repeat((None,))), strict=False))
     if rest:
         raise ValueError(f"the engine's output ends in a partial record: {rest[:80]!r}")
 

@@ -137,10 +137,14 @@ CSV_FIELDS += ["unseen"]
 
 def flat_record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
     """One connection as a flat row, for CSV and DataFrames."""
-    rec = record(conn, capture)
+    return flat_from_record(record(conn, capture), capture)
+
+
+def flat_from_record(rec: dict[str, Any], capture: str | None = None) -> dict[str, Any]:
+    """A JSON record (`record`) as a flat row, for CSV and DataFrames."""
     row = {key: rec.get(key) for key in CSV_FIELDS if key in rec}
     row["capture"] = capture
-    row["duration"] = round(conn.end - conn.start, 9)
+    row["duration"] = round(rec["end"] - rec["start"], 9)
     for side in ("client", "server"):
         row[f"final_{side}"] = rec["final"][side]
         row[f"states_{side}"] = " > ".join(state for state, _, _ in rec["states"][side])
@@ -156,7 +160,7 @@ def flat_record(conn: Connection, capture: str | None = None) -> dict[str, Any]:
         row[f"final_age_{side}"] = rec["final_age"][side]
         for state, secs in rec["state_time"][side].items():
             row[f"state_time_{side}_{state}"] = secs
-    row["vlan"] = "/".join(map(str, conn.vlan)) or None
+    row["vlan"] = "/".join(map(str, rec["vlan"] or ())) or None
     return row
 
 

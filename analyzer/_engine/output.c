@@ -712,7 +712,8 @@ static void csv_text(Buffer *b, const char *s) {
     if (s) buf_puts(b, s);
 }
 
-static int write_csv(Buffer *b, const Conn *c, const Labels *l, const OutputStyle *style) {
+/* The CSV row's head: its cells up to final_server (records.py reads these without parsing the JSON). */
+static int csv_head(Buffer *b, const Conn *c, const Labels *l, const OutputStyle *style) {
     const Endpoint *client = &c->ep[ROLE_CLIENT], *server = &c->ep[ROLE_SERVER];
     if (style->capture) buf_put(b, style->capture, style->capture_len);
     csv_int(b, c->id);
@@ -738,6 +739,12 @@ static int write_csv(Buffer *b, const Conn *c, const Labels *l, const OutputStyl
     csv_text(b, c->roles_inferred ? "True" : "False");
     csv_text(b, machine.state_names[client->state]);
     csv_text(b, machine.state_names[server->state]);
+    return 0;
+}
+
+static int write_csv(Buffer *b, const Conn *c, const Labels *l, const OutputStyle *style) {
+    const Endpoint *client = &c->ep[ROLE_CLIENT], *server = &c->ep[ROLE_SERVER];
+    if (csv_head(b, c, l, style)) return -1;
     buf_putc(b, ',');
     csv_states(b, &client->history);
     buf_putc(b, ',');
@@ -837,10 +844,12 @@ static int write_table_row(Buffer *b, const Conn *c, const Labels *l, const Outp
     return 0;
 }
 
-/* FORMAT_RECORDS: the CSV row, then the JSON line (the capture in neither). */
+/* FORMAT_RECORDS: the CSV row's head (up to final_server), then the JSON line (the capture in neither). */
 static int write_both(Buffer *b, const Conn *c, const Labels *labels) {
     const OutputStyle plain = {0};
-    return write_csv(b, c, labels, &plain) ? -1 : write_json(b, c, labels, &plain);
+    if (csv_head(b, c, labels, &plain)) return -1;
+    buf_putc(b, '\n');
+    return write_json(b, c, labels, &plain);
 }
 
 int write_record(Buffer *b, const Conn *c, const Labels *labels, const OutputStyle *style) {
