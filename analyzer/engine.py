@@ -141,9 +141,7 @@ def run(path: str | Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: s
 
     Raises CaptureError, as `capture.read_frames` does, when the file is not a readable capture.
     """
-    if bpf is not None:
-        check_filter(bpf)
-    _ready(bpf)
+    _ready(bpf, check=True)
     opened = open_capture(path)
     try:
         check_head(opened)
@@ -184,9 +182,7 @@ def collect(path: str | Path, ids: list[int], timeouts: Timeouts, stop_early: bo
     "finished": {id: (finished_at, finishing frame or None)}, "connections": how many were numbered,
     "frames_read", "stopped"}; ids never made are left out. Raises CaptureError as `run` does.
     """
-    if bpf is not None:
-        check_filter(bpf)
-    _ready(bpf)
+    _ready(bpf, check=True)
     opened = open_capture(path)
     try:
         check_head(opened)
@@ -210,8 +206,11 @@ def _optional(bpf: str | None, where: Where | None) -> tuple[str | bytes | None,
     return () if bpf is None else (bpf,)
 
 
-def _ready(bpf: str | None) -> None:
-    """Refuse to run without the engine (or, with a filter, without libpcap in it); configure it once."""
+def _ready(bpf: str | None, check: bool = False) -> None:
+    """Refuse to run without the engine (or, with a filter, without libpcap in it); configure it once. With
+    `check`, first check the filter expression (bpf.FilterError if libpcap cannot compile it)."""
+    if check and bpf is not None:
+        check_filter(bpf)
     if _engine is None:
         raise RuntimeError("the compiled engine is not built (no C compiler at install time)")
     _configure()

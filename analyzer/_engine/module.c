@@ -321,6 +321,20 @@ static PyObject *result(Run *run, const char *error) {
         "tunnels", tunnel_counts(stats), "last_frame", (long long)stats->last_number);
 }
 
+/* Whether run() or collect() can go: the engine configured, and libpcap built in for a filter; if not, an
+ * exception is set. */
+static int can_run(const char *expression) {
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "the engine is not configured: call configure() first");
+        return 0;
+    }
+    if (expression != NULL && !FILTERS_BUILT) {
+        PyErr_SetString(PyExc_ValueError, "the engine was built without libpcap: no filters");
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *run_capture(PyObject *self, PyObject *args) {
     Run run = {0};
     Timeouts timeouts;
@@ -336,14 +350,7 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
                           &timeouts.close_linger, &capture, &capture_len, &run.sink.style.colour, &expression,
                           &program, &program_len))
         return NULL;
-    if (!configured) {
-        PyErr_SetString(PyExc_RuntimeError, "the engine is not configured: call configure() first");
-        return NULL;
-    }
-    if (expression != NULL && !FILTERS_BUILT) {
-        PyErr_SetString(PyExc_ValueError, "the engine was built without libpcap: no filters");
-        return NULL;
-    }
+    if (!can_run(expression)) return NULL;
     Where where;
     if (program != NULL) {
         const char *why;
@@ -438,14 +445,7 @@ static PyObject *collect(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "Oi(dddd)Op|y", &readinto, &fd_in, &timeouts.msl, &timeouts.idle,
                           &timeouts.handshake, &timeouts.close_linger, &wanted, &stop_early, &expression))
         return NULL;
-    if (!configured) {
-        PyErr_SetString(PyExc_RuntimeError, "the engine is not configured: call configure() first");
-        return NULL;
-    }
-    if (expression != NULL && !FILTERS_BUILT) {
-        PyErr_SetString(PyExc_ValueError, "the engine was built without libpcap: no filters");
-        return NULL;
-    }
+    if (!can_run(expression)) return NULL;
     size_t n;
     int64_t *ids = wanted_ids(wanted, &n);
     if (ids == NULL) return NULL;
