@@ -187,3 +187,32 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     result = run_cli(str(bad))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and "bad.pcap" in result.stderr
+
+
+def sample_records(name: str) -> list[dict]:  # type: ignore[type-arg]
+    import analyzer
+
+    return [analyzer.record(r) for r in analyzer.analyze(str(SAMPLES / name))]
+
+
+def tallied(records: list[dict]) -> list[tuple[str, str, int]]:  # type: ignore[type-arg]
+    tally, census = Tally(), Census()
+    for record in records:
+        tally.add(record)
+        census.add(record)
+    return [(f.kind, f.endpoint, f.count) for f in findings(tally, census, Limits())]
+
+
+def test_fin_wait_2_lingering_past_the_threshold() -> None:
+    (record,) = sample_records("close_wait_left_open.pcap")
+    assert ("fin-wait-2", "10.77.0.2:9000", 1) not in tallied([record])  # 0.04 s: just the capture's end
+    record["final_age"]["client"] = 12.0  # the client's FIN_WAIT_2 had lasted 12 s when the capture ended
+    assert ("fin-wait-2", "10.77.0.2:9000", 1) in tallied([record])
+
+
+def test_slow_handshakes_by_median() -> None:
+    (record,) = sample_records("fourway_server_close.pcap")
+    assert tallied([record]) == []
+    record["handshake_rtt"]["total"] = 0.5
+    assert tallied([record, record, dict(record, handshake_rtt={"total": 0.001})]) == [
+        ("slow-handshake", "10.77.0.2:9000", 3)]
