@@ -38,6 +38,7 @@ SIDES = ("server", "client")
 STATES = ("SYN_SENT", "SYN_RCVD", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSE_WAIT",
           "CLOSING", "LAST_ACK", "TIME_WAIT")
 TOTAL = "*"  # the endpoint key of the whole capture's census
+COUNTED = frozenset(STATES)
 
 Key = tuple[str, str, str]  # (endpoint, side, state)
 
@@ -55,13 +56,24 @@ class Peak:
     at: float
 
 
+Bins = dict[int, int]  # sample index -> change of the census there
+
+
+def _bins() -> defaultdict[str, Bins]:
+    return defaultdict(lambda: defaultdict(int))
+
+
 @dataclass
 class Census:
-    """The sweep: deltas per (endpoint, side, state) in bins of `width` microseconds."""
+    """The sweep: per (endpoint, side), per state, the census's changes in bins of `width` microseconds.
+
+    `changes` hold the transitions (at the first sample point at or after them), `lows` the ends of the
+    final states (at the first sample point after them: still counted at a point equal to the end). The
+    whole capture's census (TOTAL) is the sum over endpoints, made when asked for."""
 
     width: int = FIRST_WIDTH_US
-    changes: dict[Key, dict[int, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
-    lows: dict[Key, dict[int, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    changes: dict[tuple[str, str], defaultdict[str, Bins]] = field(default_factory=lambda: defaultdict(_bins))
+    lows: dict[tuple[str, str], defaultdict[str, Bins]] = field(default_factory=lambda: defaultdict(_bins))
     first_bin: int | None = None
     last_bin: int | None = None
     end_us: int | None = None  # the latest time seen: the capture's end
@@ -71,50 +83,42 @@ class Census:
     def add(self, rec: dict[str, Any]) -> None:
         """Count one finished record (analyzer.record's dict)."""
         endpoint = rec["server"]
+        ages = rec.get("final_age") or {}
         for side in SIDES:
             steps = rec["states"][side]
-            if not steps:
-                continue
-            age = (rec.get("final_age") or {}).get(side) or 0.0
-            self._side(endpoint, side, steps, micros(steps[-1][1] + age))
+            if steps:
+                times = [round(step[1] * 1_000_000) for step in steps]
+                finish = times[-1] + micros(ages.get(side) or 0.0)
+                self._span(min(times), max(finish, *times))
+                self._side(endpoint, side, steps, times, finish)
 
-    def _side(self, endpoint: str, side: str, steps: list[list[Any]], finish: int) -> None:
-        previous = None
-        for state, ts, _frame in steps:
-            when = micros(ts)
-            if previous in STATES:
-                self._change(endpoint, side, previous, when, -1)
-            if state in STATES:
-                self._change(endpoint, side, state, when, +1)
-            previous = state
-        if previous in STATES:
+    def _side(self, endpoint: str, side: str, steps: list[list[Any]], times: list[int], finish: int) -> None:
+        width, table, previous = self.width, self.changes[(endpoint, side)], None
+        for step, when in zip(steps, times, strict=True):
+            index = -(-when // width)  # the first sample point at or after `when`
+            if previous is not None:
+                table[previous][index] -= 1
+            previous = step[0] if step[0] in COUNTED else None
+            if previous is not None:
+                table[previous][index] += 1
+        if previous is not None:
             self._finish(endpoint, side, previous, finish)
-
-    def _change(self, endpoint: str, side: str, state: str, when: int, delta: int) -> None:
-        index = -(-when // self.width)  # the first sample point at or after `when`
-        self._note_bin(index, when)
-        index = -(-when // self.width)  # the width may have doubled
-        for name in (endpoint, TOTAL):
-            self.changes[(name, side, state)][index] += delta
 
     def _finish(self, endpoint: str, side: str, state: str, when: int) -> None:
         """The final state ends at `when`: still counted at a sample point equal to it."""
-        index = when // self.width + 1
-        self._note_bin(index, when)
-        index = when // self.width + 1
-        for name in (endpoint, TOTAL):
-            self.lows[(name, side, state)][index] -= 1
+        self.lows[(endpoint, side)][state][when // self.width + 1] -= 1
         if self.finish_us is None or when > self.finish_us:
             self.finish_us = when
             self.last_finishes.clear()
         if when == self.finish_us:
-            for name in (endpoint, TOTAL):
-                self.last_finishes[(name, side, state)] += 1
+            self.last_finishes[(endpoint, side, state)] += 1
 
-    def _note_bin(self, index: int, when: int) -> None:
-        self.end_us = when if self.end_us is None else max(self.end_us, when)
-        self.first_bin = index if self.first_bin is None else min(self.first_bin, index)
-        self.last_bin = index if self.last_bin is None else max(self.last_bin, index)
+    def _span(self, first: int, last: int) -> None:
+        """Make room for times from `first` to `last` (microseconds): bins doubled until they fit."""
+        self.end_us = last if self.end_us is None else max(self.end_us, last)
+        low, high = -(-first // self.width), last // self.width + 1
+        self.first_bin = low if self.first_bin is None else min(self.first_bin, low)
+        self.last_bin = high if self.last_bin is None else max(self.last_bin, high)
         while self.last_bin - self.first_bin >= MAX_BINS:
             self._double()
 
@@ -125,23 +129,41 @@ class Census:
         floor(t/2w)+1 = floor((k-1)/2)+1, which is ceil(k/2) for an integer k."""
         self.width *= 2
         for table in (self.changes, self.lows):
-            for key, bins in table.items():
-                merged: dict[int, int] = defaultdict(int)
-                for index, delta in bins.items():
-                    merged[-(-index // 2)] += delta
-                table[key] = merged
+            for states in table.values():
+                for state, bins in states.items():
+                    merged: Bins = defaultdict(int)
+                    for index, delta in bins.items():
+                        merged[-(-index // 2)] += delta
+                    states[state] = merged
         assert self.first_bin is not None and self.last_bin is not None
         self.first_bin = -(-self.first_bin // 2)
         self.last_bin = -(-self.last_bin // 2)
 
-    @property
-    def at_end(self) -> dict[Key, int]:
-        """The final states still held at the capture's end (left at the latest time of all)."""
-        return self.last_finishes if self.finish_us == self.end_us else {}
+    def _table(self, table: dict[tuple[str, str], defaultdict[str, Bins]], endpoint: str,
+               side: str) -> dict[str, Bins]:
+        """One endpoint's bins per state, or for TOTAL the sum over endpoints."""
+        if endpoint != TOTAL:
+            return table.get((endpoint, side), {})
+        merged: defaultdict[str, Bins] = _bins()
+        for (_name, which), states in table.items():
+            if which == side:
+                for state, bins in states.items():
+                    for index, delta in bins.items():
+                        merged[state][index] += delta
+        return merged
+
+    def end_census(self, endpoint: str, side: str) -> dict[str, int]:
+        """The states of connections still there at the capture's end (what `ss` would have shown then)."""
+        if self.finish_us != self.end_us:  # every final state ended before the last transition
+            return {}
+        counts = {state: sum(n for (name, which, st), n in self.last_finishes.items()
+                             if st == state and which == side and endpoint in (name, TOTAL))
+                  for state in STATES}
+        return {state: n for state, n in counts.items() if n}
 
     def endpoints(self) -> list[str]:
-        """The server endpoints counted, in order of their names (the total not included)."""
-        return sorted({key[0] for key in (*self.changes, *self.lows)} - {TOTAL})
+        """The server endpoints counted, in order of their names."""
+        return sorted({key[0] for key in (*self.changes, *self.lows)})
 
     def series(self, endpoint: str, side: str) -> tuple[list[float], dict[str, list[int]]]:
         """Sample times (seconds) and the census of each state at them, the capture's end last."""
@@ -149,16 +171,17 @@ class Census:
             return [], {}
         indexes = range(self.first_bin, min(self.last_bin, (self.end_us - 1) // self.width) + 1)
         times = [index * self.width / 1e6 for index in indexes] + [self.end_us / 1e6]
+        changes, lows = self._table(self.changes, endpoint, side), self._table(self.lows, endpoint, side)
+        at_end = self.end_census(endpoint, side)
         counts: dict[str, list[int]] = {}
         for state in STATES:
-            key = (endpoint, side, state)
-            if key not in self.changes:
+            if state not in changes:
                 continue
-            ups, downs, total, values = self.changes[key], self.lows.get(key, {}), 0, []
+            ups, downs, total, values = changes[state], lows.get(state, {}), 0, []
             for index in indexes:
                 total += ups.get(index, 0) + downs.get(index, 0)
                 values.append(total)
-            values.append(self.at_end.get(key, 0))
+            values.append(at_end.get(state, 0))
             counts[state] = values
         return times, counts
 
@@ -171,8 +194,3 @@ class Census:
             if top > 0:
                 result[state] = Peak(top, times[values.index(top)])
         return result
-
-    def end_census(self, endpoint: str, side: str) -> dict[str, int]:
-        """The states of connections still there at the capture's end (what `ss` would have shown)."""
-        at_end = self.at_end
-        return {state: at_end[(endpoint, side, state)] for state in STATES if at_end.get((endpoint, side, state))}

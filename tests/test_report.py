@@ -158,7 +158,7 @@ def test_census_memory_is_bounded_by_bins_not_connections() -> None:
     for i in range(20_000):  # one connection a second for 20,000 s, each 0.5 s in ESTABLISHED
         census.add(rec("s:1", [["ESTABLISHED", float(i), 1], ["CLOSED", i + 0.5, 2]],
                        [["ESTABLISHED", float(i), 1], ["CLOSED", i + 0.5, 2]], (0.0, 0.0)))
-    assert all(len(bins) <= MAX_BINS + 1 for bins in census.changes.values())
+    assert all(len(bins) <= MAX_BINS + 1 for states in census.changes.values() for bins in states.values())
     times, counts = census.series("s:1", "server")
     assert len(times) <= MAX_BINS + 1 and max(counts["ESTABLISHED"]) <= 1
 
