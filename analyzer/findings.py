@@ -155,9 +155,10 @@ ADVICE = {
     "time-wait-pile:server": (
         "The server closes first, so the server holds each connection's TIME_WAIT for 2*MSL (60 s on Linux, "
         "fixed: TCP_TIMEWAIT_LEN). TIME_WAIT sockets cost little memory and do not block the listening port; "
-        "they matter when they hit net.ipv4.tcp_max_tw_buckets (beyond it the kernel destroys them early and "
-        "logs 'TCP: time wait bucket table overflow'). Fixes: let the client close first (HTTP: the client ends "
-        "the exchange), or keep connections alive and reuse them. net.ipv4.tcp_fin_timeout does NOT shorten "
+        "they matter when they reach net.ipv4.tcp_max_tw_buckets (beyond it a closing socket skips TIME_WAIT "
+        "and the kernel counts TcpExtTCPTimeWaitOverflow, see `nstat -az`). Fixes: let the client close "
+        "first (HTTP: the client ends the exchange), or keep connections alive and reuse them. "
+        "net.ipv4.tcp_fin_timeout does NOT shorten "
         "TIME_WAIT on Linux (it bounds orphaned FIN_WAIT_2); net.ipv4.tcp_tw_reuse helps only outgoing "
         "connections, not a server's accepted ones; SO_REUSEADDR lets a restarted server bind its port while "
         "old connections are in TIME_WAIT, nothing more."),

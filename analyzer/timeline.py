@@ -39,6 +39,8 @@ STATES = ("SYN_SENT", "SYN_RCVD", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "CL
           "CLOSING", "LAST_ACK", "TIME_WAIT")
 TOTAL = "*"  # the endpoint key of the whole capture's census
 COUNTED = frozenset(STATES)
+END_SLACK_US = 2  # a final state held "at the end" if it ended this close to the end: a last transition
+# and its final_age are each rounded to the microsecond, so their sum may miss the end by one
 
 Key = tuple[str, str, str]  # (endpoint, side, state)
 
@@ -107,10 +109,11 @@ class Census:
     def _finish(self, endpoint: str, side: str, state: str, when: int) -> None:
         """The final state ends at `when`: still counted at a sample point equal to it."""
         self.lows[(endpoint, side)][state][when // self.width + 1] -= 1
+        if self.finish_us is None or when > self.finish_us + END_SLACK_US:
+            self.last_finishes.clear()
         if self.finish_us is None or when > self.finish_us:
             self.finish_us = when
-            self.last_finishes.clear()
-        if when == self.finish_us:
+        if when >= self.finish_us - END_SLACK_US:
             self.last_finishes[(endpoint, side, state)] += 1
 
     def _span(self, first: int, last: int) -> None:
@@ -154,7 +157,7 @@ class Census:
 
     def end_census(self, endpoint: str, side: str) -> dict[str, int]:
         """The states of connections still there at the capture's end (what `ss` would have shown then)."""
-        if self.finish_us != self.end_us:  # every final state ended before the last transition
+        if self.finish_us is None or self.end_us is None or self.finish_us < self.end_us - END_SLACK_US:
             return {}
         counts = {state: sum(n for (name, which, st), n in self.last_finishes.items()
                              if st == state and which == side and endpoint in (name, TOTAL))

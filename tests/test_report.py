@@ -216,3 +216,13 @@ def test_slow_handshakes_by_median() -> None:
     record["handshake_rtt"]["total"] = 0.5
     assert tallied([record, record, dict(record, handshake_rtt={"total": 0.001})]) == [
         ("slow-handshake", "10.77.0.2:9000", 3)]
+
+
+def test_end_census_allows_a_microsecond_of_rounding() -> None:
+    census = Census()
+    # both still open at the capture's end (10 ms); the second's transition + age, each rounded, is 1 us short
+    census.add(rec("s:1", [["ESTABLISHED", 0.001, 1]], [["ESTABLISHED", 0.001, 1]], (0.009, 0.009)))
+    census.add(rec("s:1", [["ESTABLISHED", 0.002, 2]], [["ESTABLISHED", 0.002, 2]], (0.007999, 0.007999)))
+    assert census.end_census("s:1", "client") == {"ESTABLISHED": 2}
+    census.add(rec("s:1", [["ESTABLISHED", 0.003, 3]], [["ESTABLISHED", 0.003, 3]], (0.001, 0.001)))
+    assert census.end_census("s:1", "client") == {"ESTABLISHED": 2}  # the third had ended 6 ms before
