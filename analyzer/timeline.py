@@ -159,9 +159,13 @@ class Census:
         """The states of connections still there at the capture's end (what `ss` would have shown then)."""
         if self.finish_us is None or self.end_us is None or self.finish_us < self.end_us - END_SLACK_US:
             return {}
-        counts = {state: sum(n for (name, which, st), n in self.last_finishes.items()
-                             if st == state and which == side and endpoint in (name, TOTAL))
-                  for state in STATES}
+        counts = dict.fromkeys(STATES, 0)
+        if endpoint == TOTAL:
+            for (_name, which, state), n in self.last_finishes.items():
+                counts[state] += n if which == side else 0
+        else:
+            for state in STATES:
+                counts[state] = self.last_finishes.get((endpoint, side, state), 0)
         return {state: n for state, n in counts.items() if n}
 
     def endpoints(self) -> list[str]:
@@ -189,11 +193,28 @@ class Census:
         return times, counts
 
     def peaks(self, endpoint: str, side: str) -> dict[str, Peak]:
-        """Each state's largest census and when (the first sample time it was reached)."""
-        times, counts = self.series(endpoint, side)
+        """Each state's largest census and when (the first sample time it was reached), as `series` has
+        them; computed over the bins that change only (the census is flat between them), so an endpoint
+        with few connections costs little however many sample points the capture has."""
+        if self.first_bin is None or self.end_us is None:
+            return {}
+        last = (self.end_us - 1) // self.width  # the last sample point before the capture's end
+        changes, lows = self._table(self.changes, endpoint, side), self._table(self.lows, endpoint, side)
+        at_end = self.end_census(endpoint, side)
         result = {}
-        for state, values in counts.items():
-            top = max(values)
+        for state in STATES:
+            if state not in changes:
+                continue
+            ups, downs = changes[state], lows.get(state, {})
+            top, top_at, total = 0, 0.0, 0
+            for index in sorted({*ups, *downs}):
+                if index > last:
+                    break
+                total += ups.get(index, 0) + downs.get(index, 0)
+                if total > top:
+                    top, top_at = total, index * self.width / 1e6
+            if at_end.get(state, 0) > top:
+                top, top_at = at_end[state], self.end_us / 1e6
             if top > 0:
-                result[state] = Peak(top, times[values.index(top)])
+                result[state] = Peak(top, top_at)
         return result

@@ -226,3 +226,14 @@ def test_end_census_allows_a_microsecond_of_rounding() -> None:
     assert census.end_census("s:1", "client") == {"ESTABLISHED": 2}
     census.add(rec("s:1", [["ESTABLISHED", 0.003, 3]], [["ESTABLISHED", 0.003, 3]], (0.001, 0.001)))
     assert census.end_census("s:1", "client") == {"ESTABLISHED": 2}  # the third had ended 6 ms before
+
+
+def test_peaks_agree_with_the_series() -> None:
+    report = build([str(SAMPLES / "busy.pcap")])
+    census = report.census
+    for name in [*census.endpoints(), TOTAL]:
+        for side in ("server", "client"):
+            times, counts = census.series(name, side)
+            expected = {state: (max(values), times[values.index(max(values))])
+                        for state, values in counts.items() if max(values) > 0}
+            assert {s: (p.count, p.at) for s, p in census.peaks(name, side).items()} == expected
