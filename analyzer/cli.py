@@ -22,6 +22,7 @@ from analyzer.labels import CLOSE_LABELS, OPEN_LABELS
 from analyzer.ladder_cli import add_ladder
 from analyzer.pipeline import Stats, analyze
 from analyzer.report import Census, csv_header, table_header, write_csv, write_json, write_summary, write_table
+from analyzer.report_cli import add_report
 from analyzer.styled import Styled, console_for, is_tty
 from analyzer.where import STATE_NAMES, WhereError
 from analyzer.where import parse as parse_where
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_analyze(commands)
     add_ladder(commands)
+    add_report(commands)
     add_live(commands)
     return parser
 

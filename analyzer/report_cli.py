@@ -1,0 +1,171 @@
+"""`synfin report`: from connections to answers, per server endpoint.
+
+Runs the compiled engine (analyzer.analyze) over each capture and feeds every
+finished record, once, to the census of states over time (timeline.Census)
+and the per-endpoint tally (findings.Tally); then writes the findings with
+their evidence and advice, and the census peaks, as text (for a terminal),
+JSON (one object) or HTML (report_html.py: one self-contained file with the
+pictures). Nothing here keeps records: memory is bounded by endpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import analyzer
+from analyzer.findings import MIN_PILE, Finding, Limits, Tally, findings, rtt_percentile
+from analyzer.timeline import SIDES, TOTAL, Census
+
+DESCRIPTION = """\
+What a capture says about each server endpoint: how many connections sat in
+each TCP state over time (the offline netstat census, on both sides), and
+findings with their evidence and advice: TIME_WAIT piles, CLOSE_WAIT leaks,
+listen-queue overflows, refused ports, aborts (RSTs), unanswered SYNs, slow
+handshakes, keep-alives."""
+
+
+@dataclass
+class Report:
+    """Everything a report shows, computed once from the records."""
+
+    captures: list[str]
+    census: Census
+    tally: Tally
+    findings: list[Finding]
+    stats: analyzer.Stats
+
+
+def build(captures: list[str], msl: float = 30.0, min_pile: int = MIN_PILE, **options: Any) -> Report:
+    """Read every capture once through the compiled engine; census and tally the records."""
+    census, tally, stats = Census(), Tally(), analyzer.Stats()
+    for path in captures:
+        for rec in analyzer.analyze(path, stats=stats, msl=msl, **options):
+            data = analyzer.record(rec)
+            census.add(data)
+            tally.add(data)
+    return Report(captures, census, tally, findings(tally, census, Limits(msl, min_pile)), stats)
+
+
+def when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def endpoint_rows(report: Report) -> Iterator[dict[str, Any]]:
+    """One row per server endpoint: connections, the largest census of each state per side, RTTs."""
+    for name in report.census.endpoints():
+        end = report.tally.endpoints[name]
+        peaks = {side: {state: peak.count for state, peak in report.census.peaks(name, side).items()}
+                 for side in SIDES}
+        yield {"endpoint": name, "connections": end.connections, "peaks": peaks,
+               "at_end": {side: report.census.end_census(name, side) for side in SIDES},
+               "retransmits": dict(end.retransmits),
+               "handshake_rtt": {"p50": rtt_percentile(end.rtt, 0.5), "p90": rtt_percentile(end.rtt, 0.9),
+                                 "p99": rtt_percentile(end.rtt, 0.99)}}
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    total = {side: {state: {"peak": p.count, "peak_at": p.at} for state, p in
+                    report.census.peaks(TOTAL, side).items()} for side in SIDES}
+    return {"captures": report.captures, "connections": report.tally.records,
+            "findings": [f.json() for f in report.findings], "census": total,
+            "at_end": {side: report.census.end_census(TOTAL, side) for side in SIDES},
+            "endpoints": list(endpoint_rows(report))}
+
+
+def write_text(report: Report, out: IO[str]) -> None:
+    out.write(f"{', '.join(report.captures)}: {report.tally.records} connections, "
+              f"{len(report.census.endpoints())} server endpoints, {len(report.findings)} findings\n")
+    for finding in report.findings:
+        out.write(f"\n[{finding.kind}] {finding.endpoint}: {summary(finding)}\n")
+        if finding.examples:
+            out.write("  e.g. " + ", ".join(f"#{i} (frame {f})" for i, f in finding.examples) + "\n")
+        out.write(wrap(finding.advice, "  advice: ") + "\n")
+    out.write("\nStates over time (most at once; at the capture's end), per server endpoint:\n")
+    for row in endpoint_rows(report):
+        out.write(f"  {row['endpoint']}  {row['connections']} connections\n")
+        for side in SIDES:
+            peaks = ", ".join(f"{s} {n}" for s, n in row["peaks"][side].items()) or "-"
+            ends = ", ".join(f"{s} {n}" for s, n in row["at_end"][side].items()) or "-"
+            out.write(f"    {side:6}  peak: {peaks}; at end: {ends}\n")
+
+
+def summary(finding: Finding) -> str:
+    """The finding's evidence in one sentence."""
+    ev = finding.evidence
+    if finding.kind == "time-wait-pile":
+        rate = f", {ev['closes_per_second']} closes/s x 2*MSL = {ev['steady_state']} at once if that rate went on" \
+            if ev["closes_per_second"] else ""
+        return (f"{ev['side']} side closed first {ev['closes']} times; {ev['peak']} in TIME_WAIT at once "
+                f"at {when(ev['peak_at'])}{rate}; {ev['at_end']} at the capture's end")
+    if finding.kind in ("close-wait-leak", "fin-wait-2"):
+        ages = ", ".join(f"{age:.3f}" for age in ev["ages"])
+        return (f"{finding.count} connections left in {ev['state']} on the {ev['side']} side at the capture's "
+                f"end (oldest {ev['max_age']:.3f} s; ages {ages} s)")
+    if finding.kind == "listen-overflow":
+        return (f"{ev['dropped_handshakes']} handshakes with a SYN resent or a third ACK dropped, while "
+                f"{ev['clean_handshakes']} completed at once (SYN resent {ev['syn_retransmits']}, "
+                f"SYN-ACK resent {ev['synack_retransmits']})")
+    if finding.kind == "aborts":
+        return f"{finding.count} connections reset by the {ev['sender']} in {ev['state']}"
+    if finding.kind == "slow-handshake":
+        return f"{finding.count} handshakes, median {ev['p50']} s, p90 {ev['p90']} s, p99 {ev['p99']} s"
+    return (f"{finding.count} of {ev['connections']} connections, from {when(ev['first'])} "
+            f"to {when(ev['last'])}")
+
+
+def wrap(text: str, lead: str, width: int = 100) -> str:
+    import textwrap
+
+    return textwrap.fill(text, width, initial_indent=lead, subsequent_indent=" " * len(lead))
+
+
+def add_report(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from analyzer.capture import capture_path
+    from analyzer.cli import add_filter_option, add_timing_options
+
+    parser = commands.add_parser("report", help="states over time, findings and advice per server endpoint",
+                                 description=DESCRIPTION)
+    parser.add_argument("captures", nargs="+", type=capture_path, metavar="CAPTURE",
+                        help="pcap or pcapng files, optionally gzipped; - reads standard input")
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here (default: standard output)")
+    parser.add_argument("-f", "--format", choices=("text", "json", "html"), default="text",
+                        help="text (default), json (one object) or html (one self-contained file)")
+    parser.add_argument("--min-time-wait", type=int, default=MIN_PILE, metavar="N",
+                        help="report a TIME_WAIT pile when one side of an endpoint held N at once "
+                             f"(default {MIN_PILE})")
+    add_filter_option(parser)
+    add_timing_options(parser)
+    parser.set_defaults(run=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    try:
+        report = build([str(c) for c in args.captures], msl=args.msl, idle_timeout=args.idle_timeout,
+                       handshake_timeout=args.handshake_timeout, bpf=args.bpf, min_pile=args.min_time_wait)
+    except (analyzer.CaptureError, analyzer.FilterError, OSError) as error:
+        print(f"synfin report: {error}", file=sys.stderr)
+        return 2
+    out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        if args.format == "json":
+            json.dump(to_json(report), out, indent=1)
+            out.write("\n")
+        elif args.format == "html":
+            from analyzer.report_html import write_html
+
+            write_html(report, out, msl=args.msl)
+        else:
+            write_text(report, out)
+    finally:
+        if args.output:
+            out.close()
+    return 0
