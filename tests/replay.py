@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +54,7 @@ class LiveRun:
     analyzed: int             # frames synfin read
     records: list[Record]     # the final report
     events: list[Record]
+    err: str                  # what synfin wrote to standard error
     rss_kb: list[int] = field(default_factory=list)  # synfin's VmRSS, every RSS_EVERY seconds
 
 
@@ -109,8 +111,11 @@ class ReplayLink:
     def close(self) -> None:
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=20, check=False)
 
-    def replay(self, capture: Path, rate: str, live: list[str], tmp: Path) -> LiveRun:
-        """Replay `capture` at `rate` with `synfin live -i r1 -f json LIVE...` listening; what it reported."""
+    def replay(self, capture: Path, rate: str, live: list[str], tmp: Path,
+               stop: Callable[[subprocess.Popen[bytes]], None] | None = None, status: int = 0) -> LiveRun:
+        """Replay `capture` at `rate` with `synfin live -i r1 -f json LIVE...` listening; what it reported.
+
+        Once it has read everything, `stop` ends it (default: SIGTERM); it must exit with `status`."""
         out_path, err_path = tmp / "live.out", tmp / "live.err"
         with open(out_path, "w") as out, open(err_path, "w") as err:
             sniffer = subprocess.Popen(self.exec(sys.executable, "-m", "analyzer", "live", "-i", "r1", "-f", "json",
@@ -120,7 +125,7 @@ class ReplayLink:
                 rss = [_rss(sniffer.pid)]
                 sent, seconds = self._tcpreplay(capture, rate, sniffer.pid, rss)
                 _settle(out_path, sniffer.pid, rss)
-                sniffer.send_signal(signal.SIGTERM)
+                (stop or _terminate)(sniffer)
                 sniffer.wait(timeout=600)
             finally:
                 if sniffer.poll() is None:
@@ -128,12 +133,12 @@ class ReplayLink:
                     sniffer.wait()
         text = err_path.read_text()
         counts = KERNEL_LINE.search(text)
-        if sniffer.returncode != 0 or counts is None or "Traceback" in text:
+        if sniffer.returncode != status or counts is None or "Traceback" in text:
             raise ReplayError(f"synfin live failed (status {sniffer.returncode}): {text.strip()[-800:]}")
         lines = [json.loads(line) for line in out_path.read_text().splitlines() if line.startswith("{")]
         received, dropped, analyzed = (int(x) for x in counts.groups())
         return LiveRun(sent, seconds, received, dropped, analyzed, [x for x in lines if "event" not in x],
-                       [x for x in lines if "event" in x], [kb for kb in rss if kb])
+                       [x for x in lines if "event" in x], text, [kb for kb in rss if kb])
 
     def _tcpreplay(self, capture: Path, rate: str, pid: int, rss: list[int]) -> tuple[int, float]:
         speed = ["--topspeed"] if rate == "top" else [f"--pps={rate}"]
@@ -149,6 +154,10 @@ class ReplayLink:
         if replay.returncode != 0 or sent is None:
             raise ReplayError(f"tcpreplay failed: {report.strip()[-500:]}")
         return int(sent.group(1)), seconds
+
+
+def _terminate(sniffer: subprocess.Popen[bytes]) -> None:
+    sniffer.send_signal(signal.SIGTERM)
 
 
 def _run(cmd: list[str]) -> None:

@@ -12,6 +12,7 @@ whichever path `synfin live` takes by default.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ SAMPLE = ROOT / "samples" / "busy.pcap"
 SAMPLE_FRAMES = 3280  # capinfos -c samples/busy.pcap
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def link() -> ReplayLink:
     reason = namespaces_unavailable("tcpreplay", "ethtool")
     if reason:
@@ -51,3 +52,16 @@ def test_top_speed_replay_labels_as_analyze(link: ReplayLink, tmp_path: Path) ->
     opened = [e for e in run.events if e["event"] == "open"]
     assert len(opened) == len(expected)  # one open event per connection, as the reference announces them
 
+
+
+@pytest.mark.kernel
+def test_interface_deleted_while_running(link: ReplayLink, tmp_path: Path) -> None:
+    """The veth is deleted under a running capture: the report of what was read, then one line why; status 1."""
+    written = tmp_path / "written.pcap"
+    expected = labels(analyze(SAMPLE))
+    run = link.replay(SAMPLE, "top", ["-w", str(written)], tmp_path,
+                      stop=lambda _: subprocess.run(link.exec("ip", "link", "del", "r0"), check=True), status=1)
+    assert run.err.strip().splitlines()[-1] == "synfin live: stopped: the interface r1 disappeared"
+    assert run.analyzed == SAMPLE_FRAMES and run.dropped == 0
+    assert differing(expected, labels(run.records)) == []  # the whole report of what was read
+    assert analyze(written) == run.records  # and the -w file was closed whole: it reads back to the same
