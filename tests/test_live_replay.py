@@ -13,6 +13,7 @@ whichever path `synfin live` takes by default.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ SAMPLE_FRAMES = 3280  # capinfos -c samples/busy.pcap
 
 
 @pytest.fixture()
-def link() -> ReplayLink:
+def link() -> Iterator[ReplayLink]:
     reason = namespaces_unavailable("tcpreplay", "ethtool")
     if reason:
         pytest.skip(f"replay tests: {reason}")
@@ -35,8 +36,10 @@ def link() -> ReplayLink:
         made.__enter__()
     except ReplayError as err:
         pytest.skip(f"cannot create the replay namespace here: {err}")
-    yield made  # type: ignore[misc]
-    made.close()
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 @pytest.mark.kernel
