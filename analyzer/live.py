@@ -15,7 +15,10 @@ is skipped, as tcpdump does.
 `PcapWriter` writes the frames to a nanosecond pcap (`-w`), so `synfin
 analyze` of the file sees exactly the frames, numbers and times the live run saw.
 Errors a user can cause (no permission, no such interface, a bad filter)
-raise `LiveError` with one sentence.
+raise `LiveError` with one sentence. An interface that goes down or is
+deleted while the capture runs ends reading, as it does for libpcap:
+`LiveCapture.lost` then says which, so the caller can still report what was
+read before.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
 LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL = 1, 113
 DLT_EN10MB, DLT_RAW = 1, 12  # what libpcap compiles for: Ethernet headers, or bare IP
 ANY = "any"
+INTERFACE_GONE = frozenset({errno.ENETDOWN, errno.ENODEV, errno.ENXIO})  # what recvmsg says then
 DEFAULT_FILTERS = {False: "tcp or (vlan and tcp)", True: "tcp"}  # by "cooked"
 DEFAULT_SNAPLEN = 262144
 _TIMESPEC = struct.Struct("@qq")
@@ -94,6 +98,7 @@ class LiveCapture:
         self.kernel = KernelCounts()
         self.frames = 0
         self.skipped = 0  # loopback's outgoing copies, when the kernel cannot skip them
+        self.lost: str | None = None  # why the interface can no longer be read (None: it can)
         self._buf = bytearray(snaplen)
         self._sock = _open_socket(iface, self.cooked)
         try:
@@ -135,6 +140,11 @@ class LiveCapture:
                 size, anc, _, addr = recv([buf], _CMSG_SPACE, socket.MSG_TRUNC)
             except BlockingIOError:
                 break
+            except OSError as err:
+                if err.errno not in INTERFACE_GONE:
+                    raise
+                self.lost = self._why_lost()
+                break
             if addr[2] == PACKET_OUTGOING and (self.loopback or addr[3] == ARPHRD_LOOPBACK):
                 self.skipped += 1
                 continue  # loopback: the same packet comes back in
@@ -148,6 +158,11 @@ class LiveCapture:
                 writer.write(sec, nsec, data, size)
             frames.append(RawFrame(self.frames, sec + nsec * 1e-9, self.linktype, data, size))
         return frames
+
+    def _why_lost(self) -> str:
+        if self.iface not in interface_names():
+            return f"the interface {self.iface} disappeared"
+        return f"the interface {self.iface} went down"
 
     def drop_counts(self) -> KernelCounts:
         """Add up the kernel's counters (reading them resets them) and return the totals."""

@@ -5,7 +5,9 @@ capture file goes through. While it runs, events (opened, state changes,
 closed) are printed one per line, or as JSON Lines, or summarised in a table
 refreshed in place (`--summary`). When it stops (Ctrl-C, SIGTERM, `--count`,
 `--duration`) it prints the per-connection report and summary exactly as
-`synfin analyze` would, and what the kernel dropped.
+`synfin analyze` would, and what the kernel dropped. Should the interface go
+down or disappear while it runs, it stops too, prints the same report and
+then one line saying why, and exits with status 1 (EXIT_INTERFACE_LOST).
 
 Memory stays flat: idle connections are finished on wall-clock time when no
 packets come (`Pipeline.tick`), and finished connections are pickled to a
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # rich is imported when the command runs, not when its option
     from rich.console import Console, Group
     from rich.live import Live
 
+EXIT_INTERFACE_LOST = 1  # the report of what was read is complete; the capture ended early
 BATCH = 256  # frames read between two looks at the clock, signals and output
 BUSY_SECONDS = 0.1  # reading at most this long, then back to the clock, signals, --summary
 STOP_DRAIN_SECONDS = 2.0  # on stop, frames already queued are still read, this long at most
@@ -125,6 +128,9 @@ def run_live(args: argparse.Namespace) -> int:
         err.print(f"[red]synfin live: {problem.strerror or problem}"
                   f"{f': {problem.filename}' if problem.filename else ''}[/]", soft_wrap=True)
         return EXIT_BAD_INPUT
+    if capture.lost:
+        err.print(f"[red]synfin live: stopped: {capture.lost}[/]", soft_wrap=True)
+        return EXIT_INTERFACE_LOST
     return 0
 
 
@@ -158,7 +164,7 @@ class Session:
             poller.register(self.capture.fileno(), select.POLLIN)
             poller.register(self.stop.fileno(), select.POLLIN)
             next_refresh = 0.0
-            while not (self.stop.requested or self._counted()):
+            while not (self.stop.requested or self._counted() or self.capture.lost):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -167,7 +173,8 @@ class Session:
                 if view is not None and time.monotonic() >= next_refresh:
                     view.update(self._summary_table(), refresh=True)
                     next_refresh = time.monotonic() + REFRESH_SECONDS
-            self._read(time.monotonic() + STOP_DRAIN_SECONDS)  # captured before the stop
+            if not self.capture.lost:
+                self._read(time.monotonic() + STOP_DRAIN_SECONDS)  # captured before the stop
             self._take(self.pipeline.close())
             if view is not None:
                 view.update(self._summary_table(), refresh=True)
@@ -175,11 +182,13 @@ class Session:
 
     def _read(self, until: float) -> None:
         """Feed what the socket holds, up to time `until`; tick the clock once it is empty."""
-        while not self._counted():
+        while not (self._counted() or self.capture.lost):
             limit = self._limit()
             frames = self.capture.read(limit, self.writer)
             for frame in frames:
                 self._take(self.pipeline.feed(frame))
+            if self.capture.lost:
+                break
             if len(frames) < limit:  # the queue is empty: everything up to now is in
                 self._take(self.pipeline.tick(time.time()))
                 break
