@@ -3,7 +3,7 @@ VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 DEMO    ?= samples/busy.pcap
-APT_PKGS := tcpdump tshark tcptrace nftables iproute2 ethtool gcc libc6-dev libasan8 libubsan1 libpcap-dev chromium
+APT_PKGS := tcpdump tshark tcptrace tcpreplay nftables iproute2 ethtool gcc libc6-dev libasan8 libubsan1 libpcap-dev chromium
 # make sanitize / make fuzz: the engine built with ASan+UBSan and edge coverage (tests/fuzz/build.py), run
 # from build/sanitize/ (a copy of the package, first on the path; PYTHONSAFEPATH keeps the current directory's
 # analyzer/ out). Python is not instrumented, so the sanitizer runtimes are preloaded. SYNFIN_SANITIZED=1 tells
@@ -43,9 +43,10 @@ demo: venv
 	$(VENV)/bin/synfin analyze $(DEMO)
 
 ## apt-deps: the Debian packages the tests use (real captures, peers to cross-check, gcc for the engine,
-## libpcap-dev for its BPF filters: without it the engine builds without them; chromium renders synfin report's HTML)
+## libpcap-dev for its BPF filters: without it the engine builds without them; chromium renders synfin report's HTML;
+## tcpreplay replays captures into a veth for the live tests)
 apt-deps:
-	@missing=""; for c in tcpdump tshark tcptrace nft ip ethtool gcc chromium; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=""; for c in tcpdump tshark tcptrace tcpreplay editcap mergecap nft ip ethtool gcc chromium; do command -v $$c >/dev/null || missing=1; done; \
 	for lib in libasan.so libubsan.so; do [ -e "$$(gcc -print-file-name=$$lib 2>/dev/null)" ] || missing=1; done; \
 	printf '#include <pcap.h>\nint main(void){return !pcap_open_dead(1,9);}\n' | gcc -x c - -lpcap -o /dev/null 2>/dev/null || missing=1; \
 	if [ -n "$$missing" ]; then \
