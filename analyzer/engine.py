@@ -39,6 +39,7 @@ import json
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,6 +49,7 @@ from analyzer.connection import Timeouts
 from analyzer.decode import LINKTYPE_NAMES
 from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events, step
 from analyzer.pipeline import NAMED_PROBLEMS
+from analyzer.rotated import CaptureSet
 from analyzer.where import Where
 
 try:
@@ -151,6 +153,52 @@ def run(path: str | Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: s
         return run_opened(opened, write, fd_out, fmt, timeouts, capture, progress, bpf, colour, where)
     finally:
         opened.close()
+
+
+def chainable(capture_set: CaptureSet) -> bool:
+    """Whether the engine can read the set itself, from descriptors: only plain files that can seek (a gzip
+    file is unpacked in Python; run_set refuses it, and the caller reads the set with the reference)."""
+    for path in capture_set.files:
+        opened = open_capture(path)
+        try:
+            if opened.gzipped or opened.start is None:
+                return False
+        finally:
+            opened.close()
+    return True
+
+
+def run_set(capture_set: CaptureSet, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | None = None,
+            colour: bool = False, progress: Progress | None = None, bpf: str | None = None,
+            where: Where | None = None) -> dict[str, Any]:
+    """run() on a rotated set (rotated.py), read as one capture: every file is opened (and its head checked)
+    here, and the engine's reader goes from one file's descriptor to the next (reader.c, reader_chain).
+    counts["last_ts"] has each file's last frame time (None: no frame). The set must be `chainable`."""
+    if bpf is not None:
+        check_filter(bpf)
+    _ready(bpf)
+    with ExitStack() as stack:
+        opened = []
+        for path in capture_set.files:
+            one = open_capture(path)
+            stack.callback(one.close)
+            check_head(one)
+            if one.gzipped or one.start is None:
+                raise ValueError(f"{one.name}: not a plain file: the engine cannot chain it")
+            opened.append(one)
+        write, fd_out = _writer(out)
+        limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+        fds = tuple(one.own_fd() for one in opened)
+        try:
+            counts = _engine.run(None, fds, progress, write, fd_out, FORMATS[fmt], limits, _quoted(capture, fmt),
+                                 colour, *_optional(bpf, where))
+        except OSError as err:
+            if isinstance(err, BrokenPipeError):
+                raise
+            raise CaptureError(f"{capture_set.name}: read error: {err}") from None
+    if counts["error"]:
+        raise CaptureError(f"{capture_set.files[counts['file']]}: {counts['error']}")
+    return counts
 
 
 def run_opened(opened: OpenCapture, write: Callable[[bytes], object], fd_out: int, fmt: str, timeouts: Timeouts,
