@@ -12,6 +12,7 @@ out across boundaries too: the set's clock is the frames', whichever file they a
 from __future__ import annotations
 
 import gzip
+import json
 import random
 import shutil
 import subprocess
@@ -172,3 +173,4 @@ def test_plain_captures_stay_separate(tmp_path: Path) -> None:
     status, out, err = analyze(list(map(str, parts)), "compiled")
     assert status == 0
     assert err.count("frames") == 2 and "set of" not in err
+    assert {json.loads(line)["capture"] for line in out.splitlines()} == {str(p) for p in parts}
