@@ -39,7 +39,6 @@ import json
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
@@ -168,34 +167,57 @@ def chainable(capture_set: CaptureSet) -> bool:
     return True
 
 
+def open_set(capture_set: CaptureSet) -> list[OpenCapture]:
+    """Every file of a `chainable` set opened and its head checked (CaptureError, naming it, if one is no
+    capture; ValueError if one cannot be chained); the caller closes them."""
+    opened: list[OpenCapture] = []
+    try:
+        for path in capture_set.files:
+            opened.append(open_capture(path))
+            check_head(opened[-1])
+            if opened[-1].gzipped or opened[-1].start is None:
+                raise ValueError(f"{opened[-1].name}: not a plain file: the engine cannot chain it")
+    except BaseException:
+        for one in opened:
+            one.close()
+        raise
+    return opened
+
+
 def run_set(capture_set: CaptureSet, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | None = None,
             colour: bool = False, progress: Progress | None = None, bpf: str | None = None,
             where: Where | None = None) -> dict[str, Any]:
     """run() on a rotated set (rotated.py), read as one capture: every file is opened (and its head checked)
-    here, and the engine's reader goes from one file's descriptor to the next (reader.c, reader_chain).
+    first, and the engine's reader goes from one file's descriptor to the next (reader.c, reader_chain).
     counts["last_ts"] has each file's last frame time (None: no frame). The set must be `chainable`."""
     if bpf is not None:
         check_filter(bpf)
     _ready(bpf)
-    with ExitStack() as stack:
-        opened = []
-        for path in capture_set.files:
-            one = open_capture(path)
-            stack.callback(one.close)
-            check_head(one)
-            if one.gzipped or one.start is None:
-                raise ValueError(f"{one.name}: not a plain file: the engine cannot chain it")
-            opened.append(one)
+    opened = open_set(capture_set)
+    try:
         write, fd_out = _writer(out)
-        limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
-        fds = tuple(one.own_fd() for one in opened)
-        try:
-            counts = _engine.run(None, fds, progress, write, fd_out, FORMATS[fmt], limits, _quoted(capture, fmt),
-                                 colour, *_optional(bpf, where))
-        except OSError as err:
-            if isinstance(err, BrokenPipeError):
-                raise
-            raise CaptureError(f"{capture_set.name}: read error: {err}") from None
+        return run_set_opened(capture_set, opened, write, fd_out, fmt, timeouts, capture, progress, bpf, colour,
+                              where)
+    finally:
+        for one in opened:
+            one.close()
+
+
+def run_set_opened(capture_set: CaptureSet, opened: list[OpenCapture], write: Callable[[bytes], object],
+                   fd_out: int, fmt: str, timeouts: Timeouts, capture: str | None = None,
+                   progress: Progress | None = None, bpf: str | None = None, colour: bool = False,
+                   where: Where | None = None) -> dict[str, Any]:
+    """run_set() on files open_set() opened (as run_opened() for one file); the caller closes them."""
+    _ready(bpf)
+    limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+    fds = tuple(one.own_fd() for one in opened)
+    try:
+        counts = _engine.run(None, fds, progress, write, fd_out, FORMATS[fmt], limits, _quoted(capture, fmt),
+                             colour, *_optional(bpf, where))
+    except OSError as err:
+        if isinstance(err, BrokenPipeError):
+            raise
+        raise CaptureError(f"{capture_set.name}: read error: {err}") from None
     if counts["error"]:
         raise CaptureError(f"{capture_set.files[counts['file']]}: {counts['error']}")
     return counts

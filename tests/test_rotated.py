@@ -174,3 +174,20 @@ def test_plain_captures_stay_separate(tmp_path: Path) -> None:
     assert status == 0
     assert err.count("frames") == 2 and "set of" not in err
     assert {json.loads(line)["capture"] for line in out.splitlines()} == {str(p) for p in parts}
+
+
+def test_api_reads_a_directory_or_a_list(tmp_path: Path) -> None:
+    """analyzer.analyze(DIR) and analyzer.analyze([files]): the whole file's records, on both engines;
+    the Stats say where the files meet."""
+    import analyzer
+
+    parts = cut("port_reuse.pcap", tmp_path / "parts", ["-c", "3"])
+    whole = [analyzer.record(r) for r in analyzer.analyze(SAMPLES / "port_reuse.pcap")]
+    for engine_name in ENGINES:
+        stats = analyzer.Stats()
+        assert [analyzer.record(r) for r in analyzer.analyze(tmp_path / "parts", engine=engine_name,
+                                                             stats=stats)] == whole
+        assert stats.boundaries is not None and len(stats.boundaries.names) == len(parts) == 8
+        assert stats.frames == 22
+        given = [str(p) for p in reversed(parts)]
+        assert [analyzer.record(r) for r in analyzer.analyze(given, engine=engine_name)] == whole
