@@ -245,31 +245,37 @@ def run_opened(opened: OpenCapture, write: Callable[[bytes], object], fd_out: in
     return counts
 
 
-def collect(path: str | Path, ids: list[int], timeouts: Timeouts, stop_early: bool = True,
+def collect(path: str | Path | CaptureSet, ids: list[int], timeouts: Timeouts, stop_early: bool = True,
             bpf: str | None = None) -> dict[str, Any]:
     """The frames of the connections numbered `ids` (as `run` numbers them, with `bpf` too), for the ladder.
 
-    The capture is opened and read as `run` reads it; reading stops once every one of them has finished if
-    `stop_early` (collect.c). Returns {"frames": {id: [(number, ts, linktype, data, wire_len, now), ...]},
-    "finished": {id: (finished_at, finishing frame or None)}, "connections": how many were numbered,
-    "frames_read", "stopped"}; ids never made are left out. Raises CaptureError as `run` does.
+    The capture (or a `chainable` rotated set) is opened and read as `run` reads it; reading stops once every
+    one of them has finished if `stop_early` (collect.c). Returns {"frames": {id: [(number, ts, linktype, data,
+    wire_len, now), ...]}, "finished": {id: (finished_at, finishing frame or None)}, "connections": how many
+    were numbered, "frames_read", "stopped"}; ids never made are left out. Raises CaptureError as `run` does.
     """
     if bpf is not None:
         check_filter(bpf)
     _ready(bpf)
-    opened = open_capture(path)
+    is_set = isinstance(path, CaptureSet)
+    opened = open_set(path) if isinstance(path, CaptureSet) else [open_capture(path)]
+    name = path.name if isinstance(path, CaptureSet) else opened[0].name
     try:
-        check_head(opened)
+        if not is_set:
+            check_head(opened[0])
         limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+        fds: int | tuple[int, ...] = tuple(one.own_fd() for one in opened) if is_set else opened[0].own_fd()
         try:
-            found = _engine.collect(opened.stream.readinto, opened.own_fd(), limits, sorted(set(ids)), stop_early,
+            found = _engine.collect(opened[0].stream.readinto, fds, limits, sorted(set(ids)), stop_early,
                                     *(() if bpf is None else (bpf.encode(),)))
         except (OSError, EOFError, zlib.error) as err:  # as capture.read_frames
-            raise CaptureError(f"{opened.name}: read error: {err}") from None
+            raise CaptureError(f"{name}: read error: {err}") from None
     finally:
-        opened.close()
+        for one in opened:
+            one.close()
     if found["error"]:
-        raise CaptureError(f"{opened.name}: {found['error']}")
+        where = path.files[found["file"]] if isinstance(path, CaptureSet) else name
+        raise CaptureError(f"{where}: {found['error']}")
     return found
 
 

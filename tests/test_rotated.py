@@ -191,3 +191,17 @@ def test_api_reads_a_directory_or_a_list(tmp_path: Path) -> None:
         assert stats.frames == 22
         given = [str(p) for p in reversed(parts)]
         assert [analyzer.record(r) for r in analyzer.analyze(given, engine=engine_name)] == whole
+
+
+def test_ladder_draws_from_a_set(tmp_path: Path) -> None:
+    """`synfin ladder DIR/` and `--set`: the whole file's ladders (ids, frame numbers), with --where too, on
+    both engines (the compiled one collects the frames across files: collect.c through reader_chain)."""
+    parts = cut("busy.pcap", tmp_path / "parts", ["-c", "41"])
+    for extra in (["--conn", "0", "7", "339"], ["--where", "close=reset", "--conn", *map(str, range(40))]):
+        for engine_name in ENGINES:
+            whole = run_cli(["ladder", str(SAMPLES / "busy.pcap"), "--engine", engine_name, "--text", *extra])
+            assert whole.status == 0 and whole.stdout
+            as_dir = run_cli(["ladder", str(tmp_path / "parts"), "--engine", engine_name, "--text", *extra])
+            assert (as_dir.status, as_dir.stdout) == (0, whole.stdout)
+            listed = run_cli(["ladder", "--engine", engine_name, "--text", *extra, "--set", *map(str, parts)])
+            assert (listed.status, listed.stdout) == (0, whole.stdout)

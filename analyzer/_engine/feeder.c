@@ -339,8 +339,9 @@ int feeder_open_set(Feeder *f, int fd, const int *more, size_t n_more, Filter *f
     return open_feeder(f, fd, more, n_more, NULL, NULL, filter, 0);
 }
 
-int feeder_open_raw(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter) {
-    return open_feeder(f, fd, NULL, 0, fill, fill_ctx, filter, 1);
+int feeder_open_raw(Feeder *f, int fd, const int *more, size_t n_more, FillFn fill, void *fill_ctx,
+                    Filter *filter) {
+    return open_feeder(f, fd, more, n_more, fill, fill_ctx, filter, 1);
 }
 
 Batch *feeder_next(Feeder *f) {

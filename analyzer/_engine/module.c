@@ -17,6 +17,10 @@
  *       `stop_early` (collect.c: the ladder's source);
  *   FILTERS: 1 if the engine was built with libpcap (filters), else 0.
  *
+ * For both, fd_in may be a tuple of descriptors: a rotated set (analyzer/rotated.py), its files read one
+ * after another as one capture, frame numbers going on (reader.c, reader_chain); run() then also returns
+ * "last_ts", each file's last frame time (None: no frame), and both "file", the file reading ended in.
+ *
  * run() holds the GIL only to call Python (readinto, write, progress) and between batches: the
  * tracking and formatting run without it, so the Python API (analyzer/records.py) runs the engine on a
  * thread of its own and reads its output (format 3, FORMAT_RECORDS) on the caller's thread meanwhile.
@@ -511,11 +515,12 @@ static int64_t *wanted_ids(PyObject *seq, size_t *n) {
 }
 
 static PyObject *collect(PyObject *self, PyObject *args) {
-    PyObject *readinto, *wanted;
+    PyObject *readinto, *wanted, *fds;
     Timeouts timeouts;
-    int fd_in, stop_early;
+    int fd_in, stop_early, *more = NULL;
+    size_t n_more = 0;
     const char *expression = NULL;
-    if (!PyArg_ParseTuple(args, "Oi(dddd)Op|y", &readinto, &fd_in, &timeouts.msl, &timeouts.idle,
+    if (!PyArg_ParseTuple(args, "OO(dddd)Op|y", &readinto, &fds, &timeouts.msl, &timeouts.idle,
                           &timeouts.handshake, &timeouts.close_linger, &wanted, &stop_early, &expression))
         return NULL;
     if (!configured) {
@@ -529,16 +534,23 @@ static PyObject *collect(PyObject *self, PyObject *args) {
     size_t n;
     int64_t *ids = wanted_ids(wanted, &n);
     if (ids == NULL) return NULL;
+    if (input_fds(fds, &fd_in, &more, &n_more)) {
+        PyMem_Free(ids);
+        return NULL;
+    }
     Filter filter;
     if (expression != NULL && filter_init(&filter, expression)) {
         PyMem_Free(ids);
+        PyMem_Free(more);
         return PyErr_NoMemory();
     }
     running++;
-    PyObject *out = collect_frames(readinto, fd_in, &timeouts, ids, n, stop_early, expression ? &filter : NULL);
+    PyObject *out = collect_frames(readinto, fd_in, more ? more + 1 : NULL, n_more, &timeouts, ids, n, stop_early,
+                                   expression ? &filter : NULL);
     running--;
     if (expression != NULL) filter_free(&filter);
     PyMem_Free(ids);
+    PyMem_Free(more);
     return out;
 }
 
