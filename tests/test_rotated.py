@@ -205,3 +205,54 @@ def test_ladder_draws_from_a_set(tmp_path: Path) -> None:
             assert (as_dir.status, as_dir.stdout) == (0, whole.stdout)
             listed = run_cli(["ladder", "--engine", engine_name, "--text", *extra, "--set", *map(str, parts)])
             assert (listed.status, listed.stdout) == (0, whole.stdout)
+
+
+def mergecap(files: list[Path], into: Path) -> Path:
+    """The files joined by `mergecap -a` (one after another, in the order given)."""
+    subprocess.run(["mergecap", "-a", "-w", str(into), *map(str, files)], check=True)
+    return into
+
+
+@pytest.mark.skipif(shutil.which("mergecap") is None, reason="needs mergecap")
+def test_pcapng_parts_as_mergecap_joins_them(tmp_path: Path) -> None:
+    """Parts written as pcapng (a section and an interface each): the records of `mergecap -a` of the parts
+    in time order, byte for byte, frame numbers included."""
+    (tmp_path / "parts").mkdir()
+    subprocess.run(["editcap", "-F", "pcapng", "-c", "3", str(SAMPLES / "port_reuse.pcap"),
+                    str(tmp_path / "parts" / "p.pcapng")], check=True)
+    parts = sorted((tmp_path / "parts").iterdir())
+    joined = mergecap(parts, tmp_path / "joined.pcapng")
+    for engine_name in ENGINES:
+        expected = analyze([str(joined)], engine_name)[1]
+        assert analyze(["--set", *map(str, reversed(parts))], engine_name)[1] == expected
+
+
+def rounded(value: object) -> object:
+    """JSON values with every time to the microsecond (the files' resolution)."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.skipif(shutil.which("mergecap") is None, reason="needs mergecap")
+def test_mixed_formats_and_link_types(tmp_path: Path) -> None:
+    """A pcap of Linux cooked frames (any_interface.pcap), a pcapng and a pcap of Ethernet frames: the same
+    records (times to the microsecond) as `mergecap -a`, which re-encodes them all as one pcapng; both
+    engines the same bytes, and the summary counts both link types."""
+    ethernet = tmp_path / "ethernet.pcapng"
+    subprocess.run(["editcap", "-F", "pcapng", str(SAMPLES / "refused.pcap"), str(ethernet)], check=True)
+    order = sorted([SAMPLES / "any_interface.pcap", ethernet, SAMPLES / "half_close.pcap"],
+                   key=lambda p: next(f.ts for f in read_frames(p) if isinstance(f, RawFrame)))
+    joined = mergecap(order, tmp_path / "joined.pcapng")
+    outcomes = {e: analyze(["--set", *map(str, order[::-1])], e) for e in ENGINES}
+    assert outcomes["reference"] == outcomes["compiled"]
+    status, out, err = outcomes["compiled"]
+    assert status == 0
+    expected = analyze([str(joined)], "compiled")[1]
+    assert [rounded(json.loads(line)) for line in out.splitlines()] == \
+        [rounded(json.loads(line)) for line in expected.splitlines()]
+    assert "(EN10MB " in err.splitlines()[0] and "LINUX_SLL" in err.splitlines()[0]
