@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -31,11 +32,18 @@ pytestmark = pytest.mark.skipif(shutil.which("editcap") is None or not engine.av
                                 reason="needs editcap and the compiled engine")
 
 
+def tool(command: list[str], **options: object) -> subprocess.CompletedProcess[str]:
+    """A Wireshark tool run without LD_PRELOAD (make sanitize preloads the sanitizers' runtimes, under which
+    editcap hangs)."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return subprocess.run(command, check=True, env=env, text=True, **options)  # type: ignore[call-overload, no-any-return]
+
+
 def cut(sample: str, into: Path, how: list[str]) -> list[Path]:
     """The sample cut by `editcap -F pcap HOW` into `into`, the parts renamed so that name order runs
     backwards in time (part 0 holds the last frames)."""
     into.mkdir()
-    subprocess.run(["editcap", "-F", "pcap", *how, str(SAMPLES / sample), str(into / "part.pcap")], check=True)
+    tool(["editcap", "-F", "pcap", *how, str(SAMPLES / sample), str(into / "part.pcap")])
     made = sorted(into.iterdir())  # editcap numbers them in time order
     assert len(made) > 1
     renamed = []
@@ -134,8 +142,7 @@ def test_gaps_and_overlaps(tmp_path: Path) -> None:
 
 def tshark_times(path: Path) -> list[float]:
     """Every frame's time as tshark reads it (an independent reader)."""
-    done = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch"],
-                          capture_output=True, text=True, check=True)
+    done = tool(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch"], capture_output=True)
     return [float(line) for line in done.stdout.split()]
 
 
@@ -209,7 +216,7 @@ def test_ladder_draws_from_a_set(tmp_path: Path) -> None:
 
 def mergecap(files: list[Path], into: Path) -> Path:
     """The files joined by `mergecap -a` (one after another, in the order given)."""
-    subprocess.run(["mergecap", "-a", "-w", str(into), *map(str, files)], check=True)
+    tool(["mergecap", "-a", "-w", str(into), *map(str, files)])
     return into
 
 
@@ -218,8 +225,7 @@ def test_pcapng_parts_as_mergecap_joins_them(tmp_path: Path) -> None:
     """Parts written as pcapng (a section and an interface each): the records of `mergecap -a` of the parts
     in time order, byte for byte, frame numbers included."""
     (tmp_path / "parts").mkdir()
-    subprocess.run(["editcap", "-F", "pcapng", "-c", "3", str(SAMPLES / "port_reuse.pcap"),
-                    str(tmp_path / "parts" / "p.pcapng")], check=True)
+    tool(["editcap", "-F", "pcapng", "-c", "3", str(SAMPLES / "port_reuse.pcap"), str(tmp_path / "parts" / "p.pcapng")])
     parts = sorted((tmp_path / "parts").iterdir())
     joined = mergecap(parts, tmp_path / "joined.pcapng")
     for engine_name in ENGINES:
@@ -244,7 +250,7 @@ def test_mixed_formats_and_link_types(tmp_path: Path) -> None:
     records (times to the microsecond) as `mergecap -a`, which re-encodes them all as one pcapng; both
     engines the same bytes, and the summary counts both link types."""
     ethernet = tmp_path / "ethernet.pcapng"
-    subprocess.run(["editcap", "-F", "pcapng", str(SAMPLES / "refused.pcap"), str(ethernet)], check=True)
+    tool(["editcap", "-F", "pcapng", str(SAMPLES / "refused.pcap"), str(ethernet)])
     order = sorted([SAMPLES / "any_interface.pcap", ethernet, SAMPLES / "half_close.pcap"],
                    key=lambda p: next(f.ts for f in read_frames(p) if isinstance(f, RawFrame)))
     joined = mergecap(order, tmp_path / "joined.pcapng")
