@@ -158,7 +158,7 @@ def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     parser.add_argument("--no-summary", action="store_true", help="leave out the summary")
     add_engine_option(parser, ", the one live capture uses")
     add_timing_options(parser)
-    parser.set_defaults(run=run_analyze)
+    parser.set_defaults(run=run_analyze, usage_error=parser.error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,9 +204,8 @@ def pick_engine(args: argparse.Namespace, err: Styled) -> bool:
 def run_analyze(args: argparse.Namespace) -> int:
     err = Styled()  # standard error
     status = 0
-    if not args.captures and not args.set_files:
-        err.line(("synfin analyze: give a CAPTURE, a directory or --set FILE ...", "red"))
-        return EXIT_BAD_INPUT
+    if not args.captures and not args.set_files:  # argparse's message and status 2, as when CAPTURE was required
+        args.usage_error("the following arguments are required: CAPTURE (or --set FILE ...)")
     if not check_filter_args(args, args.captures + (args.set_files or []), err) or not check_where_args(args, err):
         return EXIT_BAD_INPUT
     if not pick_engine(args, err):

@@ -108,7 +108,7 @@ def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_engine_option(parser, "; used for --conn all, and for every connection with --text, --mermaid or "
                               "a PDF: see ladder_source.py")
     add_timing_options(parser)
-    parser.set_defaults(run=run_ladder)
+    parser.set_defaults(run=run_ladder, usage_error=parser.error)
 
 
 class LadderError(Exception):
@@ -119,9 +119,8 @@ def run_ladder(args: argparse.Namespace) -> int:
     from analyzer.cli import check_filter_args, check_where_args, pick_engine
 
     err = Styled()  # standard error
-    if (args.capture is None) == (args.set_files is None):
-        err.line(("synfin ladder: give one CAPTURE (a file or a directory) or --set FILE ...", "red"))
-        return EXIT_BAD_INPUT
+    if (args.capture is None) == (args.set_files is None):  # argparse's message and status 2
+        args.usage_error("give one CAPTURE (a file or a directory), or --set FILE ...")
     given = [args.capture] if args.capture is not None else args.set_files
     if (not check_filter_args(args, given, err) or not check_where_args(args, err)
             or not pick_engine(args, err)):
