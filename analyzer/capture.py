@@ -28,7 +28,7 @@ import io
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -278,47 +278,60 @@ def read_frames(path: str | Path, progress: Progress | None = None) -> Iterator[
 
     `progress`, if given, is called with the number of file bytes read so far.
     """
+    yield from read_numbered(path, progress, 0)
+
+
+def read_numbered(path: str | Path, progress: Progress | None, start: int) -> Generator[Item, None, int]:
+    """read_frames, its frames numbered on from `start` (a rotated set's next file: rotated.py); returns the
+    last number the file used (a damaged record's too), where the next file's numbering goes on."""
     capture = open_capture(path)
     try:
         check_head(capture)
         read = _read_pcap if capture.head in PCAP_MAGICS else _read_pcapng
-        last = 0  # the last whole frame's number
-        for item in read(capture.name, _Blocks(capture, progress)):
+        last = start  # the last whole frame's number
+        number = start
+        reading = read(capture.name, _Blocks(capture, progress), start)
+        while True:
+            try:
+                item = next(reading)
+            except StopIteration as end:
+                number = end.value
+                break
             if isinstance(item, RawFrame):
                 last = item.number
             yield item
         if capture.cut:
             yield CaptureDamage(last + 1, GZIP_CUT)
+        return number
     except (OSError, EOFError, zlib.error) as err:
         raise CaptureError(f"{capture.name}: read error: {err}") from None
     finally:
         capture.close()
 
 
-def _read_pcap(name: str, blocks: _Blocks) -> Iterator[Item]:
+def _read_pcap(name: str, blocks: _Blocks, number: int) -> Generator[Item, None, int]:
     header = blocks.read(24)
     if len(header) < 24:
         raise CaptureError(f"{name}: pcap file header is cut short ({len(header)} of 24 bytes)")
     order, unit = PCAP_MAGICS[header[:4]]
     linktype = struct.unpack(order + "I", header[20:24])[0] & 0x0FFFFFFF
     record = struct.Struct(order + "IIII")
-    number = 0
     while True:
         head = blocks.read(16)
         if not head:
-            return
+            return number
         number += 1
         if len(head) < 16:
             yield CaptureDamage(number, f"record header cut short ({len(head)} of 16 bytes)")
-            return
+            return number
         sec, frac, caplen, wire_len = record.unpack(head)
         if caplen > MAX_RECORD:
             yield CaptureDamage(number, f"garbled record header (length {caplen}); rest of file skipped")
-            return
+            return number
         data = blocks.read(caplen)
         if len(data) < caplen:
             yield CaptureDamage(number, f"record cut short ({len(data)} of {caplen} bytes)")
-            return
+            return number
         yield RawFrame(number, sec + frac * unit, linktype, data, wire_len)
 
 
@@ -329,18 +342,17 @@ class _Interface:
     offset: int
 
 
-def _read_pcapng(name: str, blocks: _Blocks) -> Iterator[Item]:
+def _read_pcapng(name: str, blocks: _Blocks, number: int) -> Generator[Item, None, int]:
     order = "<"
     interfaces: list[_Interface] = []
-    number = 0
     first = True
     while True:
         head = blocks.read(8)
         if not head:
-            return
+            return number
         if len(head) < 8:
             yield CaptureDamage(number + 1, f"block header cut short ({len(head)} of 8 bytes)")
-            return
+            return number
         if head[:4] == PCAPNG_SHB:
             order = _section_byte_order(name, blocks.read(4))
             interfaces = []
@@ -354,12 +366,12 @@ def _read_pcapng(name: str, blocks: _Blocks) -> Iterator[Item]:
             if first:
                 raise CaptureError(f"{name}: pcapng section header is garbled")
             yield CaptureDamage(number + 1, f"garbled pcapng block (length {body_len + 8}); rest skipped")
-            return
+            return number
         body = blocks.read(body_len)
         if len(body) < body_len:
             what = "packet block" if head[:4] != PCAPNG_SHB else "section header"
             yield CaptureDamage(number + 1, f"{what} cut short ({len(body)} of {body_len} bytes)")
-            return
+            return number
         block_type = struct.unpack(order + "I", head[:4])[0]
         if block_type in (2, 3, 6):
             number += 1

@@ -23,6 +23,7 @@ from analyzer.ladder_cli import add_ladder
 from analyzer.pipeline import Stats, analyze
 from analyzer.report import Census, csv_header, table_header, write_csv, write_json, write_summary, write_table
 from analyzer.report_cli import add_report
+from analyzer.rotated import CaptureSet, from_directory, from_files, set_size
 from analyzer.styled import Styled, console_for, is_tty
 from analyzer.where import STATE_NAMES, WhereError
 from analyzer.where import parse as parse_where
@@ -138,11 +139,18 @@ def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         "analyze", help="analyze capture files (pcap, pcapng, gzip)",
         description="Report how every TCP connection in the captures opened and closed (with --filter, in "
                     "the frames a BPF expression selects, as tcpdump -r FILE EXPR does).")
-    parser.add_argument("captures", nargs="+", type=capture_path, metavar="CAPTURE",
+    parser.add_argument("captures", nargs="*", type=capture_path, metavar="CAPTURE",
                         help="pcap or pcapng file, optionally gzip-compressed; a named pipe or <(command) "
                              "works too; - reads standard input (called 'standard input' in messages and "
-                             "the summary, '-' in the capture column; ./- is a file named -). A filter expression "
-                             "goes in --filter, never here")
+                             "the summary, '-' in the capture column; ./- is a file named -). A directory is a "
+                             "rotated set (its capture files read as one capture, see --set). Each CAPTURE is "
+                             "analyzed on its own. A filter expression goes in --filter, never here")
+    parser.add_argument("--set", nargs="+", type=Path, dest="set_files", metavar="FILE",
+                        help="files of one rotated set (tcpdump -C/-G, dumpcap ring buffer), read as ONE capture "
+                             "as mergecap -a joins them: in the order of their first frame times (not their "
+                             "names), frame numbers going on from file to file, connections continued across "
+                             "files; the summary names the largest gap and every overlap between files. Put "
+                             "--set after any CAPTURE (it takes every file that follows)")
     add_filter_option(parser)
     add_where_option(parser, "; the summary counts the connections it matched (and says how many of all)")
     parser.add_argument("-f", "--format", choices=("table", "json", "csv"), default="table",
@@ -152,7 +160,7 @@ def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     parser.add_argument("--no-summary", action="store_true", help="leave out the summary")
     add_engine_option(parser, ", the one live capture uses")
     add_timing_options(parser)
-    parser.set_defaults(run=run_analyze)
+    parser.set_defaults(run=run_analyze, usage_error=parser.error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,9 +206,16 @@ def pick_engine(args: argparse.Namespace, err: Styled) -> bool:
 def run_analyze(args: argparse.Namespace) -> int:
     err = Styled()  # standard error
     status = 0
-    if not check_filter_args(args, args.captures, err) or not check_where_args(args, err):
+    if not args.captures and not args.set_files:  # argparse's message and status 2, as when CAPTURE was required
+        args.usage_error("the following arguments are required: CAPTURE (or --set FILE ...)")
+    if not check_filter_args(args, args.captures + (args.set_files or []), err) or not check_where_args(args, err):
         return EXIT_BAD_INPUT
     if not pick_engine(args, err):
+        return EXIT_BAD_INPUT
+    try:
+        args.captures = with_sets(args.captures, args.set_files)
+    except CaptureError as problem:
+        err.line((f"synfin: {problem}", "red"))
         return EXIT_BAD_INPUT
     with ExitStack() as stack:
         out: IO[str] = (stack.enter_context(open(args.output, "w", encoding="utf-8"))
@@ -217,32 +232,60 @@ def run_analyze(args: argparse.Namespace) -> int:
     return status
 
 
-def _analyze_one(args: argparse.Namespace, path: str | Path, out: IO[str], table_console: Console | None,
-                 summary: Styled, err: Styled, index: int) -> None:
+def with_sets(captures: list[str | Path], set_files: list[Path] | None) -> list[str | Path | CaptureSet]:
+    """The captures to analyze: each directory a rotated set, and the files of --set one more (rotated.py).
+    Raises CaptureError (a file that is no capture, a directory without one) before anything is analyzed."""
+    items: list[str | Path | CaptureSet] = [
+        from_directory(c) if isinstance(c, Path) and c.is_dir() else c for c in captures]
+    if set_files:
+        items.append(from_files(set_files))
+    return items
+
+
+def _name(path: str | Path | CaptureSet) -> str:
+    return path.name if isinstance(path, CaptureSet) else capture_name(path)
+
+
+def _analyze_one(args: argparse.Namespace, path: str | Path | CaptureSet, out: IO[str],
+                 table_console: Console | None, summary: Styled, err: Styled, index: int) -> None:
     stats, census = Stats(), Census()
-    capture = (STDIN if is_stdin(path) else capture_name(path)) if len(args.captures) > 1 else None
+    capture = (STDIN if is_stdin(path) else _name(path)) if len(args.captures) > 1 else None
     if table_console is not None and len(args.captures) > 1:
-        table_console.rule(capture_name(path))
+        table_console.rule(_name(path))
+    compiled = args.compiled and (not isinstance(path, CaptureSet) or _chainable(path, err))
     with _progress_bar(path, err) as progress:
-        if args.compiled:
+        if compiled:
             colour = table_console is not None and table_console.is_terminal and not table_console.no_color
             if args.format == "table":
                 out.write(table_header())
             elif args.format == "csv" and index == 0:
                 out.write(csv_header())
             timeouts = Timeouts(msl=args.msl, idle=args.idle_timeout, handshake=args.handshake_timeout)
-            counts = engine.run(path, out, args.format, timeouts, capture, colour, progress, args.bpf,
-                                args.where_filter)
+            run = engine.run_set if isinstance(path, CaptureSet) else engine.run
+            counts = run(path, out, args.format, timeouts, capture, colour, progress, args.bpf,  # type: ignore[arg-type]
+                         args.where_filter)
             engine.stats_from(counts, stats)
             engine.census_from(counts, census)
+            if isinstance(path, CaptureSet):
+                stats.boundaries = path.boundaries(counts["last_ts"])
         else:
             _analyze_reference(args, path, out, table_console, stats, census, capture, progress, index)
     if not args.no_summary:
         where = args.where_filter.text if args.where_filter is not None else None
-        write_summary(capture_name(path), stats, census, summary, where)
+        write_summary(_name(path), stats, census, summary, where)
 
 
-def _analyze_reference(args: argparse.Namespace, path: str | Path, out: IO[str], table_console: Console | None,
+def _chainable(capture_set: CaptureSet, err: Styled) -> bool:
+    """Whether the compiled engine can read the set; a note if not (a gzip file in it: the reference reads it)."""
+    if engine.chainable(capture_set):
+        return True
+    err.line((f"synfin: note: {capture_set.name} holds a gzip file, which the compiled engine cannot chain; "
+              "using the reference pipeline, which is slow on large captures", "yellow"))
+    return False
+
+
+def _analyze_reference(args: argparse.Namespace, path: str | Path | CaptureSet, out: IO[str],
+                       table_console: Console | None,
                        stats: Stats, census: Census, capture: str | None, progress: Any, index: int) -> None:
     """The Python pipeline: a Connection object per connection, written by report.py."""
     conns = census.count(analyze(path, msl=args.msl, idle_timeout=args.idle_timeout,
@@ -257,13 +300,16 @@ def _analyze_reference(args: argparse.Namespace, path: str | Path, out: IO[str],
 
 
 @contextmanager
-def _progress_bar(path: str | Path, err: Styled) -> Iterator[object]:
+def _progress_bar(path: str | Path | CaptureSet, err: Styled) -> Iterator[object]:
     """A progress bar on stderr for large files, when stderr is a terminal (none for a pipe: no size)."""
-    try:
-        info = os.fstat(0) if is_stdin(path) else os.stat(path)
-        size = info.st_size if stat.S_ISREG(info.st_mode) else 0
-    except OSError:
-        size = 0
+    if isinstance(path, CaptureSet):
+        size = set_size(path)
+    else:
+        try:
+            info = os.fstat(0) if is_stdin(path) else os.stat(path)
+            size = info.st_size if stat.S_ISREG(info.st_mode) else 0
+        except OSError:
+            size = 0
     if size < PROGRESS_MIN_BYTES or not err.is_terminal:
         yield None
         return
@@ -271,7 +317,8 @@ def _progress_bar(path: str | Path, err: Styled) -> Iterator[object]:
 
     bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                    TimeRemainingColumn(), console=err.console, transient=True)
-    task = bar.add_task(capture_name(path) if is_stdin(path) else Path(path).name, total=size)
+    label = path.name if isinstance(path, CaptureSet) else capture_name(path) if is_stdin(path) else Path(path).name
+    task = bar.add_task(label, total=size)
     with bar:
         yield lambda done: bar.update(task, completed=done)
 

@@ -48,6 +48,7 @@ from analyzer.connection import Timeouts
 from analyzer.decode import LINKTYPE_NAMES
 from analyzer.fsm import SYNCHRONIZED, Event, State, receive_events, send_events, step
 from analyzer.pipeline import NAMED_PROBLEMS
+from analyzer.rotated import CaptureSet
 from analyzer.where import Where
 
 try:
@@ -151,6 +152,73 @@ def run(path: str | Path, out: IO[str], fmt: str, timeouts: Timeouts, capture: s
         opened.close()
 
 
+def chainable(capture_set: CaptureSet) -> bool:
+    """Whether the engine can read the set itself, from descriptors: only plain files that can seek (a gzip
+    file is unpacked in Python; run_set refuses it, and the caller reads the set with the reference)."""
+    for path in capture_set.files:
+        opened = open_capture(path)
+        try:
+            if opened.gzipped or opened.start is None:
+                return False
+        finally:
+            opened.close()
+    return True
+
+
+def open_set(capture_set: CaptureSet) -> list[OpenCapture]:
+    """Every file of a `chainable` set opened and its head checked (CaptureError, naming it, if one is no
+    capture; ValueError if one cannot be chained); the caller closes them."""
+    opened: list[OpenCapture] = []
+    try:
+        for path in capture_set.files:
+            opened.append(open_capture(path))
+            check_head(opened[-1])
+            if opened[-1].gzipped or opened[-1].start is None:
+                raise ValueError(f"{opened[-1].name}: not a plain file: the engine cannot chain it")
+    except BaseException:
+        for one in opened:
+            one.close()
+        raise
+    return opened
+
+
+def run_set(capture_set: CaptureSet, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | None = None,
+            colour: bool = False, progress: Progress | None = None, bpf: str | None = None,
+            where: Where | None = None) -> dict[str, Any]:
+    """run() on a rotated set (rotated.py), read as one capture: every file is opened (and its head checked)
+    first, and the engine's reader goes from one file's descriptor to the next (reader.c, reader_chain).
+    counts["last_ts"] has each file's last frame time (None: no frame). The set must be `chainable`."""
+    _ready(bpf, check=True)
+    opened = open_set(capture_set)
+    try:
+        write, fd_out = _writer(out)
+        return run_set_opened(capture_set, opened, write, fd_out, fmt, timeouts, capture, progress, bpf, colour,
+                              where)
+    finally:
+        for one in opened:
+            one.close()
+
+
+def run_set_opened(capture_set: CaptureSet, opened: list[OpenCapture], write: Callable[[bytes], object],
+                   fd_out: int, fmt: str, timeouts: Timeouts, capture: str | None = None,
+                   progress: Progress | None = None, bpf: str | None = None, colour: bool = False,
+                   where: Where | None = None) -> dict[str, Any]:
+    """run_set() on files open_set() opened (as run_opened() for one file); the caller closes them."""
+    _ready(bpf)
+    limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+    fds = tuple(one.own_fd() for one in opened)
+    try:
+        counts = _engine.run(None, fds, progress, write, fd_out, FORMATS[fmt], limits, _quoted(capture, fmt),
+                             colour, *_optional(bpf, where))
+    except OSError as err:
+        if isinstance(err, BrokenPipeError):
+            raise
+        raise CaptureError(f"{capture_set.name}: read error: {err}") from None
+    if counts["error"]:
+        raise CaptureError(f"{capture_set.files[counts['file']]}: {counts['error']}")
+    return counts
+
+
 def run_opened(opened: OpenCapture, write: Callable[[bytes], object], fd_out: int, fmt: str, timeouts: Timeouts,
                capture: str | None = None, progress: Progress | None = None, bpf: str | None = None,
                colour: bool = False, where: Where | None = None) -> dict[str, Any]:
@@ -173,29 +241,35 @@ def run_opened(opened: OpenCapture, write: Callable[[bytes], object], fd_out: in
     return counts
 
 
-def collect(path: str | Path, ids: list[int], timeouts: Timeouts, stop_early: bool = True,
+def collect(path: str | Path | CaptureSet, ids: list[int], timeouts: Timeouts, stop_early: bool = True,
             bpf: str | None = None) -> dict[str, Any]:
     """The frames of the connections numbered `ids` (as `run` numbers them, with `bpf` too), for the ladder.
 
-    The capture is opened and read as `run` reads it; reading stops once every one of them has finished if
-    `stop_early` (collect.c). Returns {"frames": {id: [(number, ts, linktype, data, wire_len, now), ...]},
-    "finished": {id: (finished_at, finishing frame or None)}, "connections": how many were numbered,
-    "frames_read", "stopped"}; ids never made are left out. Raises CaptureError as `run` does.
+    The capture (or a `chainable` rotated set) is opened and read as `run` reads it; reading stops once every
+    one of them has finished if `stop_early` (collect.c). Returns {"frames": {id: [(number, ts, linktype, data,
+    wire_len, now), ...]}, "finished": {id: (finished_at, finishing frame or None)}, "connections": how many
+    were numbered, "frames_read", "stopped"}; ids never made are left out. Raises CaptureError as `run` does.
     """
     _ready(bpf, check=True)
-    opened = open_capture(path)
+    is_set = isinstance(path, CaptureSet)
+    opened = open_set(path) if isinstance(path, CaptureSet) else [open_capture(path)]
+    name = path.name if isinstance(path, CaptureSet) else opened[0].name
     try:
-        check_head(opened)
+        if not is_set:
+            check_head(opened[0])
         limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+        fds: int | tuple[int, ...] = tuple(one.own_fd() for one in opened) if is_set else opened[0].own_fd()
         try:
-            found = _engine.collect(opened.stream.readinto, opened.own_fd(), limits, sorted(set(ids)), stop_early,
+            found = _engine.collect(opened[0].stream.readinto, fds, limits, sorted(set(ids)), stop_early,
                                     *(() if bpf is None else (bpf.encode(),)))
         except (OSError, EOFError, zlib.error) as err:  # as capture.read_frames
-            raise CaptureError(f"{opened.name}: read error: {err}") from None
+            raise CaptureError(f"{name}: read error: {err}") from None
     finally:
-        opened.close()
+        for one in opened:
+            one.close()
     if found["error"]:
-        raise CaptureError(f"{opened.name}: {found['error']}")
+        where = path.files[found["file"]] if isinstance(path, CaptureSet) else name
+        raise CaptureError(f"{where}: {found['error']}")
     return found
 
 

@@ -31,9 +31,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from analyzer import engine
 from analyzer.capture import CaptureError, capture_name, capture_path, is_stdin
 from analyzer.connection import Connection, Timeouts
 from analyzer.pipeline import analyze
+from analyzer.rotated import CaptureSet
 from analyzer.styled import Styled
 from analyzer.where import matching_ids
 
@@ -77,9 +79,13 @@ def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = commands.add_parser(
         "ladder", help="draw connections as ladder diagrams (PNG, SVG, PDF, text, Mermaid)",
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("capture", type=capture_path, metavar="CAPTURE",
+    parser.add_argument("capture", nargs="?", type=capture_path, metavar="CAPTURE",
                         help="pcap or pcapng file, optionally gzipped; a named pipe or <(command) works too; "
-                             "- reads standard input (pictures are then named stdin-ID.png)")
+                             "- reads standard input (pictures are then named stdin-ID.png); a directory is "
+                             "a rotated set, read as one capture (see --set)")
+    parser.add_argument("--set", nargs="+", type=Path, dest="set_files", metavar="FILE",
+                        help="instead of CAPTURE: the files of one rotated set, read as one capture, as "
+                             "`synfin analyze --set` reads them (connection ids and frame numbers the same)")
     parser.add_argument("--conn", nargs="+", action="extend", metavar="ID", default=[],
                         help="connection ids to draw, as `synfin analyze` numbers them, or 'all' "
                              f"(default: all of them, if there are at most {MAX_DEFAULT_FILES})")
@@ -102,7 +108,7 @@ def add_ladder(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_engine_option(parser, "; used for --conn all, and for every connection with --text, --mermaid or "
                               "a PDF: see ladder_source.py")
     add_timing_options(parser)
-    parser.set_defaults(run=run_ladder)
+    parser.set_defaults(run=run_ladder, usage_error=parser.error)
 
 
 class LadderError(Exception):
@@ -113,10 +119,14 @@ def run_ladder(args: argparse.Namespace) -> int:
     from analyzer.cli import check_filter_args, check_where_args, pick_engine
 
     err = Styled()  # standard error
-    if (not check_filter_args(args, [args.capture], err) or not check_where_args(args, err)
+    if (args.capture is None) == (args.set_files is None):  # argparse's message and status 2
+        args.usage_error("give one CAPTURE (a file or a directory), or --set FILE ...")
+    given = [args.capture] if args.capture is not None else args.set_files
+    if (not check_filter_args(args, given, err) or not check_where_args(args, err)
             or not pick_engine(args, err)):
         return EXIT_BAD_INPUT
     try:
+        _as_set(args)
         _check_output(args)
         wanted = _wanted(args.conn)
         conns = _select(args, wanted)
@@ -138,6 +148,23 @@ def run_ladder(args: argparse.Namespace) -> int:
 
 class _Nothing(Exception):
     """The capture holds no TCP connection."""
+
+
+def _as_set(args: argparse.Namespace) -> None:
+    """A directory or --set as the rotated set it is (rotated.py); a set with a gzip file in it goes through
+    the reference pipeline (the engine cannot chain it)."""
+    from analyzer.rotated import from_directory, from_files
+
+    if args.set_files is not None:
+        args.capture = from_files(args.set_files)
+    elif isinstance(args.capture, Path) and args.capture.is_dir():
+        args.capture = from_directory(args.capture)
+    if isinstance(args.capture, CaptureSet) and args.compiled and not engine.chainable(args.capture):
+        args.compiled = False
+
+
+def _name(capture: str | Path | CaptureSet) -> str:
+    return capture.name if isinstance(capture, CaptureSet) else capture_name(capture)
 
 
 def _check_output(args: argparse.Namespace) -> None:
@@ -173,7 +200,9 @@ def _select(args: argparse.Namespace, wanted: set[int] | None) -> list[Connectio
     return _select_reference(args, wanted, None if matched is None else (lambda conn: conn.id in matched))
 
 
-def _rereadable(path: str | Path) -> bool:
+def _rereadable(path: str | Path | CaptureSet) -> bool:
+    if isinstance(path, CaptureSet):
+        return True
     try:
         return not is_stdin(path) and stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
@@ -201,7 +230,7 @@ def _select_compiled(args: argparse.Namespace, wanted: set[int] | None,
     ids = sorted(wanted) if wanted is not None else list(range(MAX_DEFAULT_FILES + 1))
     found = find(args.capture, ids, _timeouts(args), args.bpf, stop_early=wanted is not None)
     if found.count == 0:
-        raise _Nothing(f"{capture_name(args.capture)}: no TCP connections to draw")
+        raise _Nothing(f"{_name(args.capture)}: no TCP connections to draw")
     seen = range(found.count)  # ids are dense: unless reading stopped early, these are all of them
     missing = sorted(wanted - {c.id for c in found.connections}) if wanted is not None else []
     if missing:  # never finished, so reading went on to the end: `seen` is every connection
@@ -219,13 +248,13 @@ def _timeouts(args: argparse.Namespace) -> Timeouts:
 
 
 def _no_such(args: argparse.Namespace, missing: list[int], seen: Iterable[int]) -> str:
-    return (f"{capture_name(args.capture)}: no connection{'s' if len(missing) > 1 else ''} "
+    return (f"{_name(args.capture)}: no connection{'s' if len(missing) > 1 else ''} "
             f"{', '.join(map(str, missing))}; the connections there are {id_ranges(seen)}")
 
 
 def _no_match(args: argparse.Namespace, wanted: set[int] | None) -> str:
     among = f" among connections {id_ranges(wanted)}" if wanted is not None else ""
-    return f"{capture_name(args.capture)}: no connection{among} matches --where {args.where_filter.text}"
+    return f"{_name(args.capture)}: no connection{among} matches --where {args.where_filter.text}"
 
 
 def _too_many(args: argparse.Namespace, kept: Iterable[int], seen: Iterable[int]) -> str:
@@ -233,7 +262,7 @@ def _too_many(args: argparse.Namespace, kept: Iterable[int], seen: Iterable[int]
     kept = sorted(kept)
     which = (f"{len(kept)} connections matching --where ({id_ranges(kept)})" if args.where_filter is not None
              else f"{len(kept)} connections ({id_ranges(seen)})")
-    return (f"{capture_name(args.capture)} has {which}: choose some "
+    return (f"{_name(args.capture)} has {which}: choose some "
             "with --conn ID ..., or draw them all with --conn all or -o FILE.pdf")
 
 
@@ -251,7 +280,7 @@ def _select_reference(args: argparse.Namespace, wanted: set[int] | None,
         else:
             conn.notes = None  # let the segments go
     if not seen:
-        raise _Nothing(f"{capture_name(args.capture)}: no TCP connections to draw")
+        raise _Nothing(f"{_name(args.capture)}: no TCP connections to draw")
     missing = sorted(wanted - set(seen)) if wanted is not None else []
     if missing:
         raise LadderError(_no_such(args, missing, seen))
@@ -299,8 +328,12 @@ def _emit(args: argparse.Namespace, ladders: list[Ladder]) -> None:
         print(path)
 
 
-def capture_stem(path: str | Path) -> str:
-    """'busy' for busy.pcap, busy.pcapng and busy.pcap.gz; 'stdin' for standard input ("-")."""
+def capture_stem(path: str | Path | CaptureSet) -> str:
+    """'busy' for busy.pcap, busy.pcapng and busy.pcap.gz; 'stdin' for standard input ("-"); a rotated set's
+    directory name, or its first file's stem."""
+    if isinstance(path, CaptureSet):
+        directory = Path(path.name)
+        return directory.name if directory.is_dir() else capture_stem(path.files[0])
     if is_stdin(path):
         return "stdin"
     name = Path(path).name

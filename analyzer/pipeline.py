@@ -24,6 +24,7 @@ from analyzer.capture import CaptureDamage, Progress, RawFrame, read_frames
 from analyzer.connection import Connection, Timeouts
 from analyzer.decode import Segment, Skip, decode
 from analyzer.layers import KIND_BIT
+from analyzer.rotated import Boundaries, CaptureSet, read_set
 from analyzer.tracker import Tracker
 from analyzer.where import parse as parse_where
 
@@ -47,6 +48,7 @@ class Stats:
     filter_failed: tuple[int, str] | None = None  # a link type the filter cannot apply to, and libpcap's reason
     tunnelled: int = 0  # TCP segments that came through one or more encapsulations ...
     tunnels: Counter[str] = field(default_factory=Counter)  # ... and how many through each kind
+    boundaries: Boundaries | None = None  # a rotated set's: where its files meet (rotated.py)
 
     def note_tunnels(self, kinds: int) -> None:
         self.tunnelled += 1
@@ -142,11 +144,12 @@ def run_frames(frames: Iterable[RawFrame | CaptureDamage], stats: Stats, options
     yield from pipeline.close()
 
 
-def analyze(path: str | Path, *, msl: float = 30.0, idle_timeout: float = 900.0,
+def analyze(path: str | Path | CaptureSet, *, msl: float = 30.0, idle_timeout: float = 900.0,
             handshake_timeout: float = 40.0, keep_segments: bool = False,
             stats: Stats | None = None, progress: Progress | None = None,
             bpf: str | None = None, where: str | Iterable[str] | None = None) -> Iterator[Connection]:
-    """Analyze one capture file; yield its connections as they finish.
+    """Analyze one capture file, or a rotated set (rotated.py) as one capture; yield its connections as they
+    finish.
 
     Pass a `Stats` to read the frame counts and skipped frames afterwards.
     `bpf`, a BPF expression as tcpdump takes it ("tcp port 443"), analyzes only
@@ -160,6 +163,11 @@ def analyze(path: str | Path, *, msl: float = 30.0, idle_timeout: float = 900.0,
     matcher = parse_where(where)
     options = Options(Timeouts(msl=msl, idle=idle_timeout, handshake=handshake_timeout),
                       keep_segments, BpfFilter(bpf) if bpf is not None else None)
-    frames = read_frames(path, progress)  # as given: the string "-" is standard input
-    conns = run_frames(frames, stats if stats is not None else Stats(), options)
+    stats = stats if stats is not None else Stats()
+    if isinstance(path, CaptureSet):
+        stats.boundaries = Boundaries()
+        frames = read_set(path, stats.boundaries, progress)
+    else:
+        frames = read_frames(path, progress)  # as given: the string "-" is standard input
+    conns = run_frames(frames, stats, options)
     return conns if matcher is None else matcher.filter(conns)

@@ -46,12 +46,14 @@ from typing import IO, Any, NamedTuple
 
 from analyzer import engine
 from analyzer.bpf import check as check_filter
-from analyzer.capture import OpenCapture, Progress, check_head, open_capture
+from analyzer.capture import OpenCapture, Progress, check_head, is_stdin, open_capture
 from analyzer.connection import Connection, Timeouts
+from analyzer.engine import chainable
 from analyzer.fsm import State
 from analyzer.pipeline import Stats
 from analyzer.pipeline import analyze as analyze_reference
 from analyzer.report import CSV_FIELDS, flat_from_record
+from analyzer.rotated import CaptureSet, from_directory, from_files, set_size
 from analyzer.where import Where
 from analyzer.where import parse as parse_where
 
@@ -246,12 +248,14 @@ class EngineRun:
         self.outcome: dict[str, Any] = {}
 
     def start(self, fmt: str, capture: str | None = None) -> int:
-        opened = open_capture(self.path)
+        opened = engine.open_set(self.path) if isinstance(self.path, CaptureSet) else [open_capture(self.path)]
         try:
-            check_head(opened)
+            if not isinstance(self.path, CaptureSet):
+                check_head(opened[0])
             read_fd, write_fd = os.pipe()
         except BaseException:
-            opened.close()
+            for one in opened:
+                one.close()
             raise
         _widen(write_fd)
         self.read_fd = read_fd
@@ -260,15 +264,21 @@ class EngineRun:
         self.thread.start()
         return read_fd
 
-    def _run(self, opened: OpenCapture, write_fd: int, fmt: str, capture: str | None) -> None:
+    def _run(self, opened: list[OpenCapture], write_fd: int, fmt: str, capture: str | None) -> None:
         try:
-            self.outcome["counts"] = engine.run_opened(opened, _no_write, write_fd, fmt, self.timeouts,
-                                                       capture, self.progress, self.bpf, where=self.where)
+            if isinstance(self.path, CaptureSet):
+                self.outcome["counts"] = engine.run_set_opened(self.path, opened, _no_write, write_fd, fmt,
+                                                               self.timeouts, capture, self.progress, self.bpf,
+                                                               where=self.where)
+            else:
+                self.outcome["counts"] = engine.run_opened(opened[0], _no_write, write_fd, fmt, self.timeouts,
+                                                           capture, self.progress, self.bpf, where=self.where)
         except BaseException as err:  # handed to the caller's thread by finish()
             self.outcome["error"] = err
         finally:
             os.close(write_fd)
-            opened.close()
+            for one in opened:
+                one.close()
 
     def _stop(self) -> None:
         if self.read_fd >= 0:
@@ -287,7 +297,11 @@ class EngineRun:
             raise self.outcome["error"]
         if self.stats is not None:
             engine.stats_from(self.outcome["counts"], self.stats)
-        if self.progress is not None and isinstance(self.path, (str, Path)) and str(self.path) != "-":
+            if isinstance(self.path, CaptureSet):
+                self.stats.boundaries = self.path.boundaries(self.outcome["counts"]["last_ts"])
+        if self.progress is not None and isinstance(self.path, CaptureSet):
+            self.progress(set_size(self.path))
+        elif self.progress is not None and isinstance(self.path, (str, Path)) and str(self.path) != "-":
             self.progress(Path(self.path).stat().st_size)  # the whole file read, as the reference reports
 
 
@@ -406,7 +420,7 @@ def choose(engine_name: str, keep_segments: bool, bpf: str | None) -> str:
     return "reference" if reasons else "compiled"
 
 
-def analyze(path: str | Path, *, msl: float = 30.0, idle_timeout: float = 900.0,
+def analyze(path: str | Path | CaptureSet | list[str | Path], *, msl: float = 30.0, idle_timeout: float = 900.0,
             handshake_timeout: float = 40.0, keep_segments: bool = False,
             stats: Stats | None = None, progress: Progress | None = None,
             bpf: str | None = None, where: str | Iterable[str] | None = None,
@@ -422,13 +436,27 @@ def analyze(path: str | Path, *, msl: float = 30.0, idle_timeout: float = 900.0,
     after the records before it, for damage that stops reading). `where`, --where terms ("close=reset", or a
     list of them: all must hold; analyzer/where.py), yields only the connections they match (`stats` still
     counts them all); a bad term raises `WhereError` at once.
+
+    A directory, a list of files or a rotated.CaptureSet is a rotated set, read as one capture (rotated.py;
+    a set holding a gzip file on the reference pipeline, which the engine cannot chain).
     """
     if bpf is not None:
         check_filter(bpf)
     matcher = parse_where(where)
-    if choose(engine, keep_segments, bpf) == "reference":
+    path = as_set(path)
+    reference = isinstance(path, CaptureSet) and engine != "compiled" and not chainable(path)
+    if reference or choose(engine, keep_segments, bpf) == "reference":
         return analyze_reference(path, msl=msl, idle_timeout=idle_timeout, handshake_timeout=handshake_timeout,
                                  keep_segments=keep_segments, stats=stats, progress=progress, bpf=bpf,
                                  where=where)
     timeouts = Timeouts(msl=msl, idle=idle_timeout, handshake=handshake_timeout)
     return RecordStream(EngineRun(path, timeouts, stats, progress, bpf, matcher))
+
+
+def as_set(path: str | Path | CaptureSet | list[str | Path]) -> str | Path | CaptureSet:
+    """A directory or a list of files as the rotated set it is (CaptureError if it holds no capture)."""
+    if isinstance(path, (list, tuple)):
+        return from_files([Path(p) for p in path])
+    if not isinstance(path, CaptureSet) and not is_stdin(path) and Path(path).is_dir():
+        return from_directory(Path(path))
+    return path

@@ -21,6 +21,7 @@ from analyzer.fsm import State
 from analyzer.labels import CLOSE_LABELS, OPEN_LABELS
 from analyzer.layers import TUNNEL_KINDS
 from analyzer.pipeline import Stats
+from analyzer.rotated import NAMED_OVERLAPS, Boundaries
 from analyzer.styled import Styled
 
 if TYPE_CHECKING:
@@ -317,6 +318,20 @@ def write_summary(capture: str, stats: Stats, census: Census, out: Styled, where
     if stats.bad_frames:
         named = "; ".join(f"frame {frame}: {what}" for frame, what in stats.problem_frames)
         out.line("  ", (f"bad frames: {stats.bad_frames}", "yellow"), f" (first: {named})")
+    if stats.boundaries is not None:
+        _write_boundaries(stats.boundaries, out)
+
+
+def _write_boundaries(bounds: Boundaries, out: Styled) -> None:
+    """A rotated set's files (rotated.py): how many, the largest gap where two meet, and every overlap."""
+    gap = bounds.largest_gap()
+    out.line(f"  set of {_plural(len(bounds.names), 'file')}, read in time order"
+             + (f"; largest gap {gap[0]:.6f} s, between {gap[1]} and {gap[2]}" if gap else ""))
+    overlaps = bounds.overlaps()
+    if overlaps:
+        named = "; ".join(f"{b} starts {seconds:.6f} s before {a} ends" for seconds, a, b in overlaps[:NAMED_OVERLAPS])
+        more = f" (and {len(overlaps) - NAMED_OVERLAPS} more)" if len(overlaps) > NAMED_OVERLAPS else ""
+        out.line("  ", (f"overlaps: {len(overlaps)}", "yellow"), f" ({named}{more})")
 
 
 def _write_labels(census: Census, out: Styled) -> None:

@@ -311,16 +311,20 @@ class _IdCollector:
 
 def matching_ids(path: Any, where: Where, *, timeouts: Any = None, bpf: str | None = None) -> list[int]:
     """The ids of the capture's connections that `where` matches, in order, numbered as `synfin analyze` (with
-    the same `bpf` filter and `timeouts`, a connection.Timeouts) numbers them. The compiled engine tests them
-    when it is built (and can run `bpf`), else the reference pipeline. The capture is read once, to the end.
+    the same `bpf` filter and `timeouts`, a connection.Timeouts) numbers them (`path` may be a rotated set). The
+    compiled engine tests them when it is built (and can run `bpf`), else the reference pipeline. The capture
+    is read once, to the end.
     Raises CaptureError as analyze does."""
     from analyzer import engine  # not at the top: engine.py imports this module
     from analyzer.connection import Timeouts
+    from analyzer.rotated import CaptureSet
 
     timeouts = timeouts or Timeouts()
-    if engine.available() and (bpf is None or engine.filters_available()):
+    is_set = isinstance(path, CaptureSet)
+    if engine.available() and (bpf is None or engine.filters_available()) and (not is_set or engine.chainable(path)):
         collector = _IdCollector()
-        engine.run(path, collector, "json", timeouts, bpf=bpf, where=where)  # type: ignore[arg-type]
+        run = engine.run_set if is_set else engine.run
+        run(path, collector, "json", timeouts, bpf=bpf, where=where)  # type: ignore[arg-type]
         return sorted(collector.ids)
     from analyzer.pipeline import analyze
 

@@ -153,9 +153,10 @@ static PyObject *result(const Collect *col, const Feeder *feeder, const Tracker 
     }
     PyObject *out = NULL;
     if (status == 0)
-        out = Py_BuildValue("{s:O,s:O,s:L,s:L,s:O,s:z}", "frames", frames, "finished", finished, "connections",
+        out = Py_BuildValue("{s:O,s:O,s:L,s:L,s:O,s:z,s:n}", "frames", frames, "finished", finished, "connections",
                             (long long)t->next_id, "frames_read", (long long)feeder->stats.frames, "stopped",
-                            stopped ? Py_True : Py_False, "error", ended == READ_ERROR ? feeder->message : NULL);
+                            stopped ? Py_True : Py_False, "error", ended == READ_ERROR ? feeder->message : NULL,
+                            "file", (Py_ssize_t)feeder->reader.file);
     Py_XDECREF(frames);
     Py_XDECREF(finished);
     return out;
@@ -186,8 +187,8 @@ static void collect_free(Collect *col) {
     sink_free(&col->sink);
 }
 
-PyObject *collect_frames(PyObject *readinto, int fd_in, const Timeouts *timeouts, const int64_t *ids, size_t n,
-                         int stop_early, Filter *filter) {
+PyObject *collect_frames(PyObject *readinto, int fd_in, const int *more, size_t n_more, const Timeouts *timeouts,
+                         const int64_t *ids, size_t n, int stop_early, Filter *filter) {
     Collect col;
     Feeder feeder;
     Tracker tracker;
@@ -197,7 +198,7 @@ PyObject *collect_frames(PyObject *readinto, int fd_in, const Timeouts *timeouts
         collect_free(&col);
         return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     }
-    int opened = feeder_open_raw(&feeder, fd_in, python_fill, readinto, filter);
+    int opened = feeder_open_raw(&feeder, fd_in, more, n_more, python_fill, readinto, filter);
     if (opened == READ_ERROR) {
         ended = READ_ERROR;
         status = 0;

@@ -305,7 +305,8 @@ static int give_raw(Feeder *f, Batch *batches, size_t n) {
     return 0;
 }
 
-static int open_feeder(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter, int keep_raw) {
+static int open_feeder(Feeder *f, int fd, const int *more, size_t n_more, FillFn fill, void *fill_ctx,
+                       Filter *filter, int keep_raw) {
     memset(f, 0, sizeof *f);
     f->filter = filter;
     f->keep_raw = keep_raw;
@@ -314,6 +315,7 @@ static int open_feeder(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *f
     int status = fd >= 0 ? reader_open(&f->reader, read_fd, f) : reader_open(&f->reader, fill, fill_ctx);
     if (status == READ_ERROR) memcpy(f->message, f->reader.message, sizeof f->message);
     if (status != READ_FRAME) return status;
+    if (n_more && (fd < 0 || reader_chain(&f->reader, more, n_more))) return READ_FAILED;
     if (fd < 0) {
         f->inline_batch = calloc(1, sizeof *f->inline_batch);
         return f->inline_batch && give_raw(f, f->inline_batch, 1) == 0 ? READ_FRAME : READ_FAILED;
@@ -329,11 +331,17 @@ static int open_feeder(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *f
 }
 
 int feeder_open(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter) {
-    return open_feeder(f, fd, fill, fill_ctx, filter, 0);
+    return open_feeder(f, fd, NULL, 0, fill, fill_ctx, filter, 0);
 }
 
-int feeder_open_raw(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter) {
-    return open_feeder(f, fd, fill, fill_ctx, filter, 1);
+/* A rotated set: `fd`, then the `n_more` files on `more` (kept by the caller until feeder_close), as one. */
+int feeder_open_set(Feeder *f, int fd, const int *more, size_t n_more, Filter *filter) {
+    return open_feeder(f, fd, more, n_more, NULL, NULL, filter, 0);
+}
+
+int feeder_open_raw(Feeder *f, int fd, const int *more, size_t n_more, FillFn fill, void *fill_ctx,
+                    Filter *filter) {
+    return open_feeder(f, fd, more, n_more, fill, fill_ctx, filter, 1);
 }
 
 Batch *feeder_next(Feeder *f) {

@@ -103,8 +103,10 @@ typedef struct {
  * batches are read on demand through `fill`. Frames that `filter` (if not NULL) rejects
  * are only counted. READ_FRAME, READ_ERROR or READ_FAILED. */
 int feeder_open(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter);
+int feeder_open_set(Feeder *f, int fd, const int *more, size_t n_more, Filter *filter);
 /* The same, keeping each packet's frame as captured (Batch.raw). */
-int feeder_open_raw(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter);
+int feeder_open_raw(Feeder *f, int fd, const int *more, size_t n_more, FillFn fill, void *fill_ctx,
+                    Filter *filter);
 Batch *feeder_next(Feeder *f);   /* the next batch (NULL: out of memory) */
 void feeder_done(Feeder *f);     /* the caller is through with the batch feeder_next gave */
 void feeder_stop(Feeder *f);     /* stop the thread (its counts stay) */

@@ -17,6 +17,10 @@
  *       `stop_early` (collect.c: the ladder's source);
  *   FILTERS: 1 if the engine was built with libpcap (filters), else 0.
  *
+ * For both, fd_in may be a tuple of descriptors: a rotated set (analyzer/rotated.py), its files read one
+ * after another as one capture, frame numbers going on (reader.c, reader_chain); run() then also returns
+ * "last_ts", each file's last frame time (None: no frame), and both "file", the file reading ended in.
+ *
  * run() holds the GIL only to call Python (readinto, write, progress) and between batches: the
  * tracking and formatting run without it, so the Python API (analyzer/records.py) runs the engine on a
  * thread of its own and reads its output (format 3, FORMAT_RECORDS) on the caller's thread meanwhile.
@@ -25,6 +29,8 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <string.h>
 
 #include "collect.h"
@@ -335,6 +341,68 @@ static int can_run(const char *expression) {
     return 1;
 }
 
+static PyObject *run_inputs(Run *run_, int fd_in, const int *more, size_t n_more, int is_set,
+                            const Timeouts *limits, const char *capture, Py_ssize_t capture_len,
+                            const char *expression, const char *program, Py_ssize_t program_len);
+
+/* fd_in: a descriptor, or a tuple of them (a rotated set, read as one capture: reader_chain); -1: an exception. */
+static int input_fds(PyObject *given, int *fd, int **more, size_t *n_more) {
+    *more = NULL;
+    *n_more = 0;
+    if (!PyTuple_Check(given)) {
+        long value = PyLong_AsLong(given);
+        if (value == -1 && PyErr_Occurred()) return -1;
+        if (value < INT_MIN || value > INT_MAX) {
+            PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+            return -1;
+        }
+        *fd = (int)value;
+        return 0;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(given);
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "a set of no files");
+        return -1;
+    }
+    *more = PyMem_Calloc((size_t)n, sizeof **more);
+    if (*more == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long value = PyLong_AsLong(PyTuple_GET_ITEM(given, i));
+        if (value < 0 || value > INT_MAX) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a set's descriptors must be >= 0");
+            PyMem_Free(*more);
+            *more = NULL;
+            return -1;
+        }
+        (*more)[i] = (int)value;
+    }
+    *fd = (*more)[0];
+    *n_more = (size_t)n - 1;
+    return 0;
+}
+
+/* A set's own counts: the file reading stopped in, and each file's last frame time (None: no frame). */
+static PyObject *with_set_counts(PyObject *out, const Reader *r, size_t n_files) {
+    if (out == NULL || n_files == 0) return out;
+    PyObject *times = PyList_New((Py_ssize_t)n_files);
+    for (size_t i = 0; times != NULL && i < n_files; i++) {
+        double ts = r->last_ts ? r->last_ts[i] : NAN;
+        PyObject *item = isnan(ts) ? Py_NewRef(Py_None) : PyFloat_FromDouble(ts);
+        if (item == NULL) Py_CLEAR(times);
+        else PyList_SET_ITEM(times, (Py_ssize_t)i, item);
+    }
+    PyObject *file = PyLong_FromSize_t(r->file);
+    int failed = times == NULL || file == NULL || PyDict_SetItemString(out, "last_ts", times)
+                 || PyDict_SetItemString(out, "file", file);
+    Py_XDECREF(times);
+    Py_XDECREF(file);
+    if (failed) Py_CLEAR(out);
+    return out;
+}
+
 static PyObject *run_capture(PyObject *self, PyObject *args) {
     Run run = {0};
     Timeouts timeouts;
@@ -343,14 +411,28 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     const char *expression = NULL;
     const char *program = NULL;
     Py_ssize_t program_len = 0;
-    int fd_in;
+    int fd_in, *more = NULL;
+    size_t n_more = 0;
+    PyObject *fds;
     run.sink.fd = -1;
-    if (!PyArg_ParseTuple(args, "OiOOii(dddd)z#p|zz#", &run.readinto, &fd_in, &run.progress, &run.write,
+    if (!PyArg_ParseTuple(args, "OOOOii(dddd)z#p|zz#", &run.readinto, &fds, &run.progress, &run.write,
                           &run.sink.fd, &run.sink.style.format, &timeouts.msl, &timeouts.idle, &timeouts.handshake,
                           &timeouts.close_linger, &capture, &capture_len, &run.sink.style.colour, &expression,
                           &program, &program_len))
         return NULL;
     if (!can_run(expression)) return NULL;
+    if (input_fds(fds, &fd_in, &more, &n_more)) return NULL;
+    PyObject *out = run_inputs(&run, fd_in, more ? more + 1 : NULL, n_more, PyTuple_Check(fds), &timeouts, capture, capture_len,
+                               expression, program, program_len);
+    PyMem_Free(more);
+    return out;
+}
+
+static PyObject *run_inputs(Run *run_, int fd_in, const int *more, size_t n_more, int is_set,
+                            const Timeouts *limits, const char *capture, Py_ssize_t capture_len,
+                            const char *expression, const char *program, Py_ssize_t program_len) {
+    Run run = *run_;
+    Timeouts timeouts = *limits;
     Where where;
     if (program != NULL) {
         const char *why;
@@ -377,7 +459,8 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     Tracker tracker;
     PyObject *out = NULL;
     int tracker_ready = 0, ended = 0;
-    int status = feeder_open(&run.feeder, fd_in, fill, run.readinto, run.filtered ? &run.filter : NULL);
+    int status = is_set ? feeder_open_set(&run.feeder, fd_in, more, n_more, run.filtered ? &run.filter : NULL)
+                        : feeder_open(&run.feeder, fd_in, fill, run.readinto, run.filtered ? &run.filter : NULL);
     if (status == READ_ERROR) {
         status = 0;
         ended = READ_ERROR;
@@ -394,6 +477,7 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     if (status == 0 && run.sink.error == 0) {
         out = result(&run, ended == READ_ERROR ? run.feeder.message : NULL);
+        if (is_set) out = with_set_counts(out, &run.feeder.reader, n_more + 1);
     } else if (!PyErr_Occurred()) {
         if (run.sink.error > 0) {
             errno = run.sink.error;
@@ -438,27 +522,35 @@ static int64_t *wanted_ids(PyObject *seq, size_t *n) {
 }
 
 static PyObject *collect(PyObject *self, PyObject *args) {
-    PyObject *readinto, *wanted;
+    PyObject *readinto, *wanted, *fds;
     Timeouts timeouts;
-    int fd_in, stop_early;
+    int fd_in, stop_early, *more = NULL;
+    size_t n_more = 0;
     const char *expression = NULL;
-    if (!PyArg_ParseTuple(args, "Oi(dddd)Op|y", &readinto, &fd_in, &timeouts.msl, &timeouts.idle,
+    if (!PyArg_ParseTuple(args, "OO(dddd)Op|y", &readinto, &fds, &timeouts.msl, &timeouts.idle,
                           &timeouts.handshake, &timeouts.close_linger, &wanted, &stop_early, &expression))
         return NULL;
     if (!can_run(expression)) return NULL;
     size_t n;
     int64_t *ids = wanted_ids(wanted, &n);
     if (ids == NULL) return NULL;
+    if (input_fds(fds, &fd_in, &more, &n_more)) {
+        PyMem_Free(ids);
+        return NULL;
+    }
     Filter filter;
     if (expression != NULL && filter_init(&filter, expression)) {
         PyMem_Free(ids);
+        PyMem_Free(more);
         return PyErr_NoMemory();
     }
     running++;
-    PyObject *out = collect_frames(readinto, fd_in, &timeouts, ids, n, stop_early, expression ? &filter : NULL);
+    PyObject *out = collect_frames(readinto, fd_in, more ? more + 1 : NULL, n_more, &timeouts, ids, n, stop_early,
+                                   expression ? &filter : NULL);
     running--;
     if (expression != NULL) filter_free(&filter);
     PyMem_Free(ids);
+    PyMem_Free(more);
     return out;
 }
 

@@ -221,14 +221,8 @@ static int pcapng_next(Reader *r, Frame *f) {
 
 /* ---- the public face ---------------------------------------------------------------- */
 
-int reader_open(Reader *r, FillFn fill, void *ctx) {
-    int fd = r->fd;
-    size_t read_size = r->read_size;
-    memset(r, 0, sizeof *r);
-    r->fd = fd;
-    r->read_size = read_size;
-    r->fill = fill;
-    r->fill_ctx = ctx;
+/* Tell the format from the first 4 bytes and read a pcap file header. */
+static int open_format(Reader *r) {
     long got = ensure(r, 4);
     if (got < 0) return READ_FAILED;
     const uint8_t *m = r->buf + r->pos;
@@ -243,13 +237,50 @@ int reader_open(Reader *r, FillFn fill, void *ctx) {
     return fail(r, "not a pcap or pcapng capture", 0, 0);
 }
 
+int reader_open(Reader *r, FillFn fill, void *ctx) {
+    int fd = r->fd;
+    size_t read_size = r->read_size;
+    memset(r, 0, sizeof *r);
+    r->fd = fd;
+    r->read_size = read_size;
+    r->fill = fill;
+    r->fill_ctx = ctx;
+    return open_format(r);
+}
+
+/* Read the files on `next_fds` after this one, as mergecap -a would join them (capture.read_set). */
+int reader_chain(Reader *r, const int *next_fds, size_t n_next) {
+    if (n_next > SIZE_MAX / sizeof *r->last_ts - 1) return -1;
+    r->last_ts = malloc((n_next + 1) * sizeof *r->last_ts);
+    if (r->last_ts == NULL) return -1;
+    for (size_t i = 0; i <= n_next; i++) r->last_ts[i] = NAN;
+    r->next_fds = next_fds;
+    r->n_next = n_next;
+    return 0;
+}
+
+/* The next file of the set: its format read afresh, frame numbers going on. */
+static int next_file(Reader *r) {
+    r->fd = r->next_fds[r->file++];
+    r->pos = r->end = 0;
+    r->eof = r->done = r->pcapng = r->started = r->big_endian = 0;
+    r->n_interfaces = 0;
+    return open_format(r);
+}
+
 int reader_next(Reader *r, Frame *f) {
-    if (r->done) return READ_END;
-    return r->pcapng ? pcapng_next(r, f) : pcap_next(r, f);
+    for (;;) {
+        int status = r->done ? READ_END : r->pcapng ? pcapng_next(r, f) : pcap_next(r, f);
+        if (status == READ_FRAME && r->last_ts != NULL) r->last_ts[r->file] = f->ts;
+        if (status != READ_END || r->file >= r->n_next) return status;
+        status = next_file(r);
+        if (status != READ_FRAME) return status;
+    }
 }
 
 void reader_close(Reader *r) {
     free(r->buf);
     free(r->interfaces);
+    free(r->last_ts);
     memset(r, 0, sizeof *r);
 }

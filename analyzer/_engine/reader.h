@@ -33,10 +33,16 @@ typedef struct {
     int64_t number;
     int64_t damage_frame;
     char message[160];
+    /* A rotated set (reader_chain): the files' descriptors after `fd`, read one after another as one
+     * capture (frame numbers go on), and each file's last frame time (NAN: none), `file` the one read now. */
+    const int *next_fds;
+    size_t n_next, file;
+    double *last_ts;
 } Reader;
 
 int reader_open(Reader *r, FillFn fill, void *ctx);
 int reader_next(Reader *r, Frame *f);
+int reader_chain(Reader *r, const int *next_fds, size_t n_next);
 void reader_close(Reader *r);
 
 #endif
