@@ -24,32 +24,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from synfin_peak import run
 
 DEFAULT_CAPTURE = Path("/tmp/flood/bench250/bench.pcap")
 EARLY = 6083
-PEAK = """
-import sys
-from analyzer.cli import main
-status = main(sys.argv[1:])
-with open("/proc/self/status") as status_file:
-    print("peak-rss-kib", next(line.split()[1] for line in status_file if line.startswith("VmHWM:")),
-          file=sys.stderr)
-sys.exit(status)
-"""
-
-
-def run(args: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of `synfin ARGS`, standard output to /dev/null."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PEAK, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, check=True)
-    seconds = time.perf_counter() - start
-    peak = next(line for line in done.stderr.splitlines() if line.startswith("peak-rss-kib"))
-    return seconds, int(peak.split()[1]) * 1024
-
-
 def pick(capture: Path) -> list[int]:
     """An early, a middle and a late connection (by last frame)."""
     done = subprocess.run([sys.executable, "-m", "analyzer", "analyze", "-f", "json", "--no-summary", str(capture)],
