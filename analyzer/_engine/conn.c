@@ -35,7 +35,8 @@ static inline int64_t seq_len(const Seg *s) {
     return s->payload_len + ((s->flags & F_SYN) ? 1 : 0) + ((s->flags & F_FIN) ? 1 : 0);
 }
 
-/* Twice the room (4 if none), or out of memory when twice would not fit in the uint32_t count. */
+/* Twice the room (4 if none), or out of memory when twice would not fit in the uint32_t count. `items` is
+ * freed once copied unless it is `inline_items` (NULL for a list with no inline room). */
 static void *grow(Conn *c, void *items, void *inline_items, uint32_t *capacity, size_t size) {
     if (*capacity > UINT32_MAX / 2 || (size_t)*capacity * 2 > SIZE_MAX / size) {
         c->out_of_memory = 1;
@@ -86,16 +87,9 @@ static AnomalyKind *anomaly_kind(Conn *c, uint8_t kind, uint8_t role, uint8_t ev
         if (k->kind == kind && k->role == role && k->event == event && k->state == state) return k;
     }
     if (c->n_kinds == c->cap_kinds) {
-        uint32_t cap = c->cap_kinds ? c->cap_kinds * 2 : 2;
-        _Static_assert(SIZE_MAX / sizeof(AnomalyKind) >= UINT32_MAX, "a uint32_t count of kinds fits a size_t");
-        AnomalyKind *bigger = c->cap_kinds > UINT32_MAX / 2 ? NULL
-                                                            : realloc(c->kinds, (size_t)cap * sizeof(AnomalyKind));
-        if (bigger == NULL) {
-            c->out_of_memory = 1;
-            return NULL;
-        }
+        AnomalyKind *bigger = grow(c, c->kinds, NULL, &c->cap_kinds, sizeof(AnomalyKind));
+        if (bigger == NULL) return NULL;
         c->kinds = bigger;
-        c->cap_kinds = cap;
     }
     c->kinds[c->n_kinds] = (AnomalyKind){0, kind, role, event, state};
     return &c->kinds[c->n_kinds++];
@@ -108,16 +102,9 @@ static void anomaly(Conn *c, int64_t frame, uint8_t kind, uint8_t role, uint8_t 
     c->anomalies_total++;
     if (++k->count > ANOMALY_EXAMPLES) return;
     if (c->n_anomalies == c->cap_anomalies) {
-        uint32_t cap = c->cap_anomalies ? c->cap_anomalies * 2 : 2;
-        _Static_assert(SIZE_MAX / sizeof(Anomaly) >= UINT32_MAX, "a uint32_t count of anomalies fits a size_t");
-        Anomaly *bigger = c->cap_anomalies > UINT32_MAX / 2 ? NULL
-                                                            : realloc(c->anomalies, (size_t)cap * sizeof(Anomaly));
-        if (bigger == NULL) {
-            c->out_of_memory = 1;
-            return;
-        }
+        Anomaly *bigger = grow(c, c->anomalies, NULL, &c->cap_anomalies, sizeof(Anomaly));
+        if (bigger == NULL) return;
         c->anomalies = bigger;
-        c->cap_anomalies = cap;
     }
     c->anomalies[c->n_anomalies++] = (Anomaly){frame, kind, role, event, state};
 }
