@@ -32,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.replay import RSS_EVERY, ReplayError, ReplayLink, analyze, differing, labels  # noqa: E402
+from tests.netns import NetnsError  # noqa: E402
+from tests.replay import RSS_EVERY, ReplayLink, analyze, differing, labels  # noqa: E402
 
 DEFAULT_CAPTURE = Path("/tmp/flood/bench250/bench.pcap")
 
@@ -53,7 +54,7 @@ def main() -> int:
             with ReplayLink() as link:
                 for rate in args.rates.split(","):
                     _step(link, cut, rate.strip(), expected, args, Path(tmp))
-        except ReplayError as err:
+        except NetnsError as err:  # setting up the link, or a ReplayError
             print(f"live_replay: {err}", file=sys.stderr)
             return 1
     return 0

@@ -40,7 +40,8 @@ def namespaces_unavailable(*tools: str) -> str | None:
     return None
 
 
-def _run(cmd: Sequence[str]) -> None:
+def run_command(cmd: Sequence[str]) -> None:
+    """Run a setup command (ip, ethtool, ...); NetnsError with its message if it cannot run or fails."""
     try:
         result = subprocess.run(list(cmd), capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -70,18 +71,18 @@ class NetnsPair:
         self.close()
 
     def _build(self) -> None:
-        _run(["ip", "netns", "add", self.client])
-        _run(["ip", "netns", "add", self.server])
-        _run(["ip", "-n", self.client, "link", "add", self.client_if, "type", "veth",
+        run_command(["ip", "netns", "add", self.client])
+        run_command(["ip", "netns", "add", self.server])
+        run_command(["ip", "-n", self.client, "link", "add", self.client_if, "type", "veth",
               "peer", "name", self.server_if, "netns", self.server])
         for ns, dev, addr in ((self.client, self.client_if, CLIENT_ADDR),
                               (self.server, self.server_if, SERVER_ADDR)):
-            _run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
-            _run(["ip", "-n", ns, "link", "set", dev, "up"])
-            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            _run(self.exec(ns, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off",
+            run_command(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
+            run_command(["ip", "-n", ns, "link", "set", dev, "up"])
+            run_command(["ip", "-n", ns, "link", "set", "lo", "up"])
+            run_command(self.exec(ns, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off",
                            "gro", "off", "sg", "off"))
-        _run(self.exec(self.client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"))
+        run_command(self.exec(self.client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"))
 
     @staticmethod
     def exec(ns: str, *cmd: str) -> list[str]:

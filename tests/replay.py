@@ -30,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.netns import NetnsError, run_command
+
 ROOT = Path(__file__).resolve().parent.parent
 LABEL_KEYS = ("open", "close", "active_closer", "reset_by")
 KERNEL_LINE = re.compile(r"kernel: (\d+) frames passed the filter, (\d+) dropped, (\d+) analyzed")
@@ -41,8 +43,8 @@ Key = tuple[str, str, int]
 Record = dict[str, Any]
 
 
-class ReplayError(RuntimeError):
-    """tcpreplay or synfin live failed; the message says how."""
+class ReplayError(NetnsError):
+    """tcpreplay or synfin live failed; the message says how (setting up the link fails with NetnsError)."""
 
 
 @dataclass
@@ -93,9 +95,9 @@ class ReplayLink:
                          "peer", "name", "r1", "mtu", "9000"],
                         ["ip", "-n", self.ns, "link", "set", "r0", "up"],
                         ["ip", "-n", self.ns, "link", "set", "r1", "up"]):
-                _run(cmd)
+                run_command(cmd)
             for dev in ("r0", "r1"):
-                _run(self.exec("ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"))
+                run_command(self.exec("ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"))
         except BaseException:
             self.close()
             raise
@@ -158,12 +160,6 @@ class ReplayLink:
 
 def _terminate(sniffer: subprocess.Popen[bytes]) -> None:
     sniffer.send_signal(signal.SIGTERM)
-
-
-def _run(cmd: list[str]) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
-    if done.returncode:
-        raise ReplayError(f"{' '.join(cmd)}: {done.stderr.strip()}")
 
 
 def _wait_listening(err_path: Path, sniffer: subprocess.Popen[bytes]) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import namespaces_unavailable
-from tests.replay import ReplayError, ReplayLink, analyze, differing, labels
+from tests.netns import NetnsError, namespaces_unavailable
+from tests.replay import ReplayLink, analyze, differing, labels
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "busy.pcap"
@@ -34,7 +34,7 @@ def link() -> Iterator[ReplayLink]:
     made = ReplayLink()
     try:
         made.__enter__()
-    except ReplayError as err:
+    except NetnsError as err:
         pytest.skip(f"cannot create the replay namespace here: {err}")
     try:
         yield made
