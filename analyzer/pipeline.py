@@ -26,6 +26,7 @@ from analyzer.decode import Segment, Skip, decode
 from analyzer.layers import KIND_BIT
 from analyzer.rotated import Boundaries, CaptureSet, read_set
 from analyzer.tracker import Tracker
+from analyzer.where import Where
 from analyzer.where import parse as parse_where
 
 NAMED_PROBLEMS = 5  # how many bad frames the summary names one by one
@@ -147,7 +148,7 @@ def run_frames(frames: Iterable[RawFrame | CaptureDamage], stats: Stats, options
 def analyze(path: str | Path | CaptureSet, *, msl: float = 30.0, idle_timeout: float = 900.0,
             handshake_timeout: float = 40.0, keep_segments: bool = False,
             stats: Stats | None = None, progress: Progress | None = None,
-            bpf: str | None = None, where: str | Iterable[str] | None = None) -> Iterator[Connection]:
+            bpf: str | None = None, where: str | Iterable[str] | Where | None = None) -> Iterator[Connection]:
     """Analyze one capture file, or a rotated set (rotated.py) as one capture; yield its connections as they
     finish.
 

@@ -423,7 +423,7 @@ def choose(engine_name: str, keep_segments: bool, bpf: str | None) -> str:
 def analyze(path: str | Path | CaptureSet | list[str | Path], *, msl: float = 30.0, idle_timeout: float = 900.0,
             handshake_timeout: float = 40.0, keep_segments: bool = False,
             stats: Stats | None = None, progress: Progress | None = None,
-            bpf: str | None = None, where: str | Iterable[str] | None = None,
+            bpf: str | None = None, where: str | Iterable[str] | Where | None = None,
             engine: str = "auto") -> Iterator[Record] | Iterator[Connection]:
     """Analyze one capture; yield its connections as they finish, in the order of `synfin analyze -f json`.
 

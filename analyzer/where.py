@@ -156,11 +156,11 @@ class Where:
         return bytes(out)
 
 
-def parse(terms: str | Iterable[str] | None) -> Where | None:
-    """`--where` terms (a string, or several: each may hold several terms separated by spaces) as a Where;
-    None for no terms at all. Raises WhereError on the first term it cannot read."""
-    if terms is None:
-        return None
+def parse(terms: str | Iterable[str] | Where | None) -> Where | None:
+    """`--where` terms (a string, or several: each may hold several terms separated by spaces) as a Where (a
+    Where as it is); None for no terms at all. Raises WhereError on the first term it cannot read."""
+    if terms is None or isinstance(terms, Where):
+        return terms
     texts = [terms] if isinstance(terms, str) else list(terms)
     clauses = [_clause(term) for text in texts for term in text.split()]
     if not clauses:
@@ -292,42 +292,15 @@ def _end(name: str) -> tuple[bytes, int]:
 # -- which connections: their ids, for `synfin ladder --where` ---------------------------------------------------
 
 
-class _IdCollector:
-    """A text stream that keeps only the ids of the JSON Lines written to it (each line starts {"id": N, ...)."""
-
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self._rest = ""
-
-    def write(self, text: str) -> int:
-        lines = (self._rest + text).split("\n")
-        self._rest = lines.pop()
-        self.ids += (int(line[len('{"id": '):line.index(",")]) for line in lines if line)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
 def matching_ids(path: Any, where: Where, *, timeouts: Any = None, bpf: str | None = None) -> list[int]:
     """The ids of the capture's connections that `where` matches, in order, numbered as `synfin analyze` (with
-    the same `bpf` filter and `timeouts`, a connection.Timeouts) numbers them (`path` may be a rotated set). The
-    compiled engine tests them when it is built (and can run `bpf`), else the reference pipeline. The capture
-    is read once, to the end.
-    Raises CaptureError as analyze does."""
-    from analyzer import engine  # not at the top: engine.py imports this module
+    the same `bpf` filter and `timeouts`, a connection.Timeouts) numbers them (`path` may be a rotated set):
+    analyzer.analyze with where=, so the compiled engine tests them when it can, else the reference pipeline.
+    The capture is read once, to the end. Raises CaptureError as analyze does."""
     from analyzer.connection import Timeouts
-    from analyzer.rotated import CaptureSet
+    from analyzer.records import analyze  # not at the top: records.py imports this module
 
     timeouts = timeouts or Timeouts()
-    is_set = isinstance(path, CaptureSet)
-    if engine.available() and (bpf is None or engine.filters_available()) and (not is_set or engine.chainable(path)):
-        collector = _IdCollector()
-        run = engine.run_set if is_set else engine.run
-        run(path, collector, "json", timeouts, bpf=bpf, where=where)  # type: ignore[arg-type]
-        return sorted(collector.ids)
-    from analyzer.pipeline import analyze
-
     conns = analyze(path, msl=timeouts.msl, idle_timeout=timeouts.idle, handshake_timeout=timeouts.handshake,
-                    bpf=bpf)
-    return sorted(conn.id for conn in where.filter(conns))
+                    bpf=bpf, where=where)
+    return sorted(conn.id for conn in conns)
