@@ -122,7 +122,7 @@ class EndpointView(tuple):  # type: ignore[type-arg]
 _ID, _OPEN, _CLOSE, _HALF, _CLOSER, _RESET_BY, _RESET_STATE = (
     _CELL[name] for name in ("id", "open", "close", "half_close", "active_closer", "reset_by", "reset_state"))
 _FINAL = {"client": _CELL["final_client"], "server": _CELL["final_server"]}
-_HEAD = max(_FINAL.values()) + 1  # the cells split at once; the rest only when one of them is asked for
+_HEAD = max(_FINAL.values()) + 1  # the head cells the engine sends (FORMAT_RECORDS); the rest from the JSON
 _CLIENT, _SERVER = ("client", "server")
 
 
@@ -140,10 +140,6 @@ class Record(tuple):  # type: ignore[type-arg]
     """
 
     __slots__ = ()
-
-    def cells(self) -> list[str]:
-        """The CSV row's head cells (report.CSV_FIELDS up to final_server), as text ("" for null)."""
-        return self[0]  # type: ignore[no-any-return]
 
     def cell(self, name: str) -> str:
         """The CSV cell `name`."""
