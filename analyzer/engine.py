@@ -56,7 +56,8 @@ try:
 except ImportError:  # built without a C compiler: the reference path only
     _engine = None
 
-FORMATS = {"json": 0, "csv": 1, "table": 2, "records": 3}  # records: the API's (output.c, records.py)
+# records: the API's (output.c, records.py); census: synfin report's (output.c write_census, columns.py)
+FORMATS = {"json": 0, "csv": 1, "table": 2, "records": 3, "census": 4}
 STATES = list(State)
 EVENTS = list(Event)
 READ_BLOCK = 4 << 20

@@ -23,6 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from analyzer.columns import RETRANSMITS, ROLES, STATE_NAMES, Batch
+from analyzer.labels import CLOSE_LABELS, OPEN_LABELS
 from analyzer.timeline import Census
 
 EXAMPLES = 3
@@ -38,7 +42,14 @@ class Limits:
 
     msl: float = 30.0
     min_pile: int = MIN_PILE
-OVERFLOW_NOTE = "resent its SYN-ACK after the ACK of it"
+_TIME_WAIT = STATE_NAMES.index("TIME_WAIT")
+_HANDSHAKE = OPEN_LABELS.index("handshake")
+#: the tally's group names; a reset's is "reset:<sender>:<state>", every pair (None: not known) from _RESETS on
+GROUPS = [*(f"{kind}:{side}" for kind in ("time-wait", "CLOSE_WAIT", "FIN_WAIT_2") for side in ("server", "client")),
+          "refused", "unanswered", "overflow", "keepalive"]
+_RESETS = len(GROUPS)
+GROUPS += [f"reset:{by}:{state}" for by in (None, *ROLES) for state in (None, *STATE_NAMES)]
+_GROUP = {name: i for i, name in enumerate(GROUPS)}
 
 
 @dataclass
@@ -93,49 +104,133 @@ class Endpoint:
 
 
 class Tally:
-    """Per-endpoint counts over finished records; `add` each record, then run `findings`."""
+    """Per-endpoint counts over finished records; `add` each record (or `add_batch` them), then run `findings`."""
 
     def __init__(self) -> None:
         self.endpoints: dict[str, Endpoint] = defaultdict(Endpoint)
         self.records = 0
 
     def add(self, rec: dict[str, Any]) -> None:
-        self.records += 1
-        end = self.endpoints[rec["server"]]
-        end.connections += 1
-        retx = rec["retransmits"]
-        end.retransmits.update({k: v for k, v in retx.items() if v})
-        if rec["open"] == "handshake" and not retx["syn"] and not retx["synack"]:
-            end.handshakes += 1
-        rtt = (rec.get("handshake_rtt") or {}).get("total")
-        if rtt is not None and rtt > 0:
-            end.rtt[math.floor(math.log10(rtt) * RTT_BINS_PER_DECADE)] += 1
-        for kind, frame, when, age in events(rec):
-            end.groups[kind].note(rec, frame, when, age)
+        """Count one finished record (analyzer.record's dict)."""
+        self.add_batch(Batch.of_records([rec]))
+
+    def add_batch(self, batch: Batch) -> None:
+        """Count a batch of finished records (columns.py), as if added one by one in their order."""
+        if not len(batch):
+            return
+        self.records += len(batch)
+        names, endpoint = batch.endpoints
+        ends = [self.endpoints[name] for name in names]
+        for end, count in zip(ends, np.bincount(endpoint, minlength=len(names)).tolist(), strict=True):
+            end.connections += count
+        self._retransmits(ends, endpoint, batch)
+        clean = (batch.number("open") == _HANDSHAKE) & (batch.number("syn") == 0) & (batch.number("synack") == 0)
+        for end, count in zip(ends, np.bincount(endpoint[clean], minlength=len(names)).tolist(), strict=True):
+            end.handshakes += count
+        rtt = batch.number("rtt")
+        timed = rtt > 0  # 0.0: no handshake RTT
+        values, which = np.unique(rtt[timed], return_inverse=True)
+        bins = np.array([math.floor(math.log10(v) * RTT_BINS_PER_DECADE) for v in values.tolist()], dtype=np.int64)
+        pairs, counts = np.unique(np.stack([endpoint[timed], bins[which.reshape(-1)]], axis=1), axis=0,
+                                  return_counts=True)
+        for (name, index), count in zip(pairs.tolist(), counts.tolist(), strict=True):
+            ends[name].rtt[index] += count
+        _note_events(ends, endpoint, batch)
+
+    @staticmethod
+    def _retransmits(ends: list[Endpoint], endpoint: np.ndarray, batch: Batch) -> None:
+        """Each endpoint's retransmissions, the kinds in the order they were first seen (as Counter.update
+        of each record's non-zero counts leaves them)."""
+        firsts, sums = [], []
+        for kind in RETRANSMITS:
+            counts = batch.number(kind)
+            seen = np.flatnonzero(counts)
+            first = np.full(len(ends), len(batch))
+            np.minimum.at(first, endpoint[seen], seen)
+            firsts.append(first.tolist())
+            sums.append(np.bincount(endpoint[seen], weights=counts[seen], minlength=len(ends)).tolist())
+        for e, end in enumerate(ends):
+            order = sorted((firsts[k][e], k) for k in range(len(RETRANSMITS)) if firsts[k][e] < len(batch))
+            for _, k in order:
+                end.retransmits[RETRANSMITS[k]] += int(sums[k][e])
 
 
-def events(rec: dict[str, Any]) -> list[tuple[str, int, float | None, float | None]]:
-    """The notable things about one record: (group name, frame, time, age at the end)."""
-    found: list[tuple[str, int, float | None, float | None]] = []
-    ages = rec.get("final_age") or {}
-    for side in ("server", "client"):
-        steps = rec["states"][side]
-        for state, ts, frame in steps:
-            if state == "TIME_WAIT":
-                found.append((f"time-wait:{side}", frame or rec["last_frame"], ts, None))
-        final = rec["final"][side]
-        if final in ("CLOSE_WAIT", "FIN_WAIT_2") and steps:
-            found.append((f"{final}:{side}", steps[-1][2] or rec["last_frame"], steps[-1][1], ages.get(side) or 0.0))
-    if rec["open"] in ("refused", "unanswered"):
-        found.append((rec["open"], rec["first_frame"], rec["start"], None))
-    if rec["close"] == "reset":
-        found.append((f"reset:{rec['reset_by']}:{rec['reset_state']}", rec["last_frame"], rec["end"], None))
-    overflow = [a["frame"] for a in rec.get("anomalies") or [] if OVERFLOW_NOTE in a["what"]]
-    if overflow or rec["retransmits"]["syn"]:
-        found.append(("overflow", overflow[0] if overflow else rec["first_frame"], rec["start"], None))
-    if rec.get("keepalives"):
-        found.append(("keepalive", rec["first_frame"], rec["start"], None))
-    return found
+def _note_events(ends: list[Endpoint], endpoint: np.ndarray, batch: Batch) -> None:
+    """Each group's events (`events`), noted in the order of the records."""
+    found = events(batch)
+    if not len(found.key):
+        return
+    code = endpoint[found.record] * len(GROUPS) + found.key
+    order = np.argsort(code, kind="stable")
+    code = code[order]
+    starts = np.flatnonzero(np.concatenate([[True], code[1:] != code[:-1]]))
+    ids = batch.number("id")
+    for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(code)], strict=True):
+        rows = order[start:stop]
+        name, key = divmod(int(code[start]), len(GROUPS))
+        group = ends[name].groups[GROUPS[key]]
+        group.count += len(rows)
+        head = rows[:EXAMPLES - len(group.examples)]
+        group.examples.extend(zip(ids[found.record[head]].tolist(), found.frame[head].tolist(), strict=True))
+        whens = found.when[rows]
+        first, last = float(whens.min()), float(whens.max())
+        group.first = first if group.first is None else min(group.first, first)
+        group.last = last if group.last is None else max(group.last, last)
+        ages = found.age[rows]
+        if not np.isnan(ages[0]):  # a group's events all have an age, or none has
+            group.ages.extend(ages[:EXAMPLES - len(group.ages)].tolist())
+            group.max_age = max(group.max_age, float(ages.max()))
+
+
+@dataclass
+class Events:
+    """The notable things about a batch's records: group (index in GROUPS), record, frame, time, age (NaN: none)."""
+
+    key: np.ndarray
+    record: np.ndarray
+    frame: np.ndarray
+    when: np.ndarray
+    age: np.ndarray
+
+
+def events(batch: Batch) -> Events:
+    """Each record's TIME_WAIT entries, final CLOSE_WAIT or FIN_WAIT_2 (with its age at the end), refused or
+    unanswered open, reset (by whom, in which state), overflow (a third ACK ignored or a SYN resent) and
+    keep-alives, as rows."""
+    parts: list[tuple[np.ndarray | int, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
+    first_frame, last_frame = batch.number("first_frame"), batch.number("last_frame")
+    start, end = batch.number("start"), batch.number("end")
+    record, server = batch.step_record, batch.step_server
+    frame = np.where(batch.step_frames > 0, batch.step_frames, last_frame[record])  # a timer's: the last frame
+    entered = np.flatnonzero(batch.step_states == _TIME_WAIT)
+    parts.append((np.where(server[entered], _GROUP["time-wait:server"], _GROUP["time-wait:client"]),
+                  record[entered], frame[entered], batch.step_times[entered], None))
+    ends = np.cumsum(batch.step_counts)
+    for side, last_step in (("server", ends - 1), ("client", ends - batch.step_counts + batch.number("n_client") - 1)):
+        final = batch.number(f"final_{side}")
+        for state in ("CLOSE_WAIT", "FIN_WAIT_2"):
+            rows = np.flatnonzero((final == STATE_NAMES.index(state)) & (batch.number(f"n_{side}") > 0))
+            at = last_step[rows]
+            parts.append((_GROUP[f"{state}:{side}"], rows, frame[at], batch.step_times[at],
+                          batch.number(f"age_{side}")[rows]))
+    opened = batch.number("open")
+    for label in ("refused", "unanswered"):
+        rows = np.flatnonzero(opened == OPEN_LABELS.index(label))
+        parts.append((_GROUP[label], rows, first_frame[rows], start[rows], None))
+    rows = np.flatnonzero(batch.number("close") == CLOSE_LABELS.index("reset"))
+    by, state = batch.number("reset_by")[rows], batch.number("reset_state")[rows]
+    parts.append((_RESETS + (by + 1) * (len(STATE_NAMES) + 1) + state + 1, rows, last_frame[rows], end[rows], None))
+    overflow = batch.number("overflow")
+    rows = np.flatnonzero((overflow > 0) | (batch.number("syn") > 0))
+    parts.append((_GROUP["overflow"], rows, np.where(overflow[rows] > 0, overflow[rows], first_frame[rows]),
+                  start[rows], None))
+    rows = np.flatnonzero(batch.number("keepalives") > 0)
+    parts.append((_GROUP["keepalive"], rows, first_frame[rows], start[rows], None))
+    return Events(np.concatenate([np.broadcast_to(p[0], len(p[1])) for p in parts]).astype(np.int64),
+                  np.concatenate([p[1] for p in parts]).astype(np.int64),
+                  np.concatenate([p[2] for p in parts]).astype(np.int64),
+                  np.concatenate([p[3] for p in parts]),
+                  np.concatenate([np.full(len(p[1]), np.nan) if p[4] is None else p[4] for p in parts]))
 
 
 def rtt_percentile(bins: Counter[int], share: float) -> float | None:

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import analyzer
+from analyzer.columns import Batch, batches_of, read_census
 from analyzer.findings import MIN_PILE, Finding, Limits, Tally, findings, rtt_percentile
+from analyzer.records import RecordStream
 from analyzer.timeline import SIDES, TOTAL, Census
 
 DESCRIPTION = """\
@@ -42,14 +44,23 @@ class Report:
     stats: analyzer.Stats
 
 
-def build(captures: list[str], msl: float = 30.0, min_pile: int = MIN_PILE, **options: Any) -> Report:
-    """Read every capture once through the compiled engine; census and tally the records."""
+def build(captures: list[str], msl: float = 30.0, min_pile: int = MIN_PILE, engine: str = "auto",
+          **options: Any) -> Report:
+    """Read every capture once (the compiled engine unless `engine` says otherwise); census and tally the
+    records in batches (columns.py): the engine's "census" output, or the reference pipeline's records."""
     census, tally, stats = Census(), Tally(), analyzer.Stats()
+
+    def add(batch: Batch) -> None:
+        census.add_batch(batch)
+        tally.add_batch(batch)
+
     for path in captures:
-        for rec in analyzer.analyze(path, stats=stats, msl=msl, **options):
-            data = analyzer.record(rec)
-            census.add(data)
-            tally.add(data)
+        stream = analyzer.analyze(path, stats=stats, msl=msl, engine=engine, **options)
+        if isinstance(stream, RecordStream):
+            stream.consume(lambda out: read_census(out, add), "census")
+        else:
+            for batch in batches_of(analyzer.record(conn) for conn in stream):
+                add(batch)
     return Report(captures, census, tally, findings(tally, census, Limits(msl, min_pile)), stats)
 
 

@@ -32,6 +32,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from analyzer.columns import STATE_NAMES, Batch
+
 MAX_BINS = 512
 FIRST_WIDTH_US = 1024  # 2**10 microseconds, about 1 ms
 SIDES = ("server", "client")
@@ -43,6 +47,8 @@ END_SLACK_US = 2  # a final state held "at the end" if it ended this close to th
 # and its final_age are each rounded to the microsecond, so their sum may miss the end by one
 
 Key = tuple[str, str, str]  # (endpoint, side, state)
+_COUNTED = np.array([name in COUNTED for name in STATE_NAMES])  # by state index (columns.STATE_NAMES)
+_SIDE_NAMES = ("client", "server")  # a step's side: columns.Batch.step_server
 
 
 def micros(seconds: float) -> int:
@@ -83,38 +89,88 @@ class Census:
     last_finishes: dict[Key, int] = field(default_factory=lambda: defaultdict(int))  # those left then
 
     def add(self, rec: dict[str, Any]) -> None:
-        """Count one finished record (analyzer.record's dict)."""
-        endpoint = rec["server"]
-        ages = rec.get("final_age") or {}
-        for side in SIDES:
-            steps = rec["states"][side]
-            if steps:
-                times = [round(step[1] * 1_000_000) for step in steps]
-                finish = times[-1] + micros(ages.get(side) or 0.0)
-                self._span(min(times), max(finish, *times))
-                self._side(endpoint, side, steps, times, finish)
+        """Count one finished record (analyzer.record's dict, or as much of it as the census reads)."""
+        self.add_batch(Batch.of_records([rec]))
 
-    def _side(self, endpoint: str, side: str, steps: list[list[Any]], times: list[int], finish: int) -> None:
-        width, table, previous = self.width, self.changes[(endpoint, side)], None
-        for step, when in zip(steps, times, strict=True):
-            index = -(-when // width)  # the first sample point at or after `when`
-            if previous is not None:
-                table[previous][index] -= 1
-            previous = step[0] if step[0] in COUNTED else None
-            if previous is not None:
-                table[previous][index] += 1
-        if previous is not None:
-            self._finish(endpoint, side, previous, finish)
+    def add_batch(self, batch: Batch) -> None:
+        """Count a batch of finished records (columns.py), as if added one by one in their order."""
+        if not len(batch.steps):
+            return
+        names, endpoint = batch.endpoints
+        record, server = batch.step_record, batch.step_server
+        state = batch.step_states
+        times = np.round(batch.step_times * 1_000_000).astype(np.int64)  # micros(), step by step
+        group = record * 2 + server  # one group per (record, side), in order
+        last = np.ones(len(group), dtype=bool)
+        last[:-1] = group[1:] != group[:-1]
+        ages = np.where(server, batch.number("age_server")[record], batch.number("age_client")[record])
+        finish = times[last] + np.round(ages[last] * 1_000_000).astype(np.int64)
+        self._span(int(times.min()), int(max(times.max(), finish.max())))
+        counted = _COUNTED[state]
+        where = (endpoint[record], server.astype(np.int64))
+        for key in np.flatnonzero(np.bincount(where[0] * 2 + where[1])).tolist():
+            self.changes[(names[key // 2], _SIDE_NAMES[key % 2])]  # the side is seen, even with no state counted
+        index = -(-times // self.width)  # the first sample point at or after each transition
+        follows = np.zeros(len(group), dtype=bool)  # a step whose previous step (same side) was counted
+        follows[1:] = (group[1:] == group[:-1]) & counted[:-1]
+        ups, downs = np.flatnonzero(counted), np.flatnonzero(follows)
+        self._add(self.changes, names, [np.concatenate([column[ups], column[downs]]) for column in where]
+                  + [np.concatenate([state[ups], state[downs - 1]]), np.concatenate([index[ups], index[downs]])],
+                  np.concatenate([np.ones(len(ups)), -np.ones(len(downs))]))
+        self._finishes(names, [column[last] for column in where] + [state[last]], finish, counted[last],
+                       record[last], server[last])
 
-    def _finish(self, endpoint: str, side: str, state: str, when: int) -> None:
-        """The final state ends at `when`: still counted at a sample point equal to it."""
-        self.lows[(endpoint, side)][state][when // self.width + 1] -= 1
-        if self.finish_us is None or when > self.finish_us + END_SLACK_US:
+    def _finishes(self, names: list[str], keys: list[np.ndarray], finish: np.ndarray, counted: np.ndarray,
+                  record: np.ndarray, server: np.ndarray) -> None:
+        """The final states end at `finish`: still counted at a sample point equal to it. The connections
+        left at the capture's end are those that ended within END_SLACK_US of the latest end seen so far
+        (as each record came: the server side before the client side), since the last end that came more
+        than END_SLACK_US after all before it."""
+        keys, finish = [column[counted] for column in keys], finish[counted]
+        if not len(finish):
+            return
+        self._add(self.lows, names, [*keys, finish // self.width + 1], -np.ones(len(finish)))
+        order = np.lexsort((~server[counted], record[counted]))  # by record, its server side first
+        keys, finish = [column[order] for column in keys], finish[order]
+        latest = np.maximum.accumulate(finish)
+        if self.finish_us is not None:
+            latest = np.maximum(latest, self.finish_us)
+        before = np.concatenate([[latest[0] if self.finish_us is None else self.finish_us], latest[:-1]])
+        clears = finish > before + END_SLACK_US
+        if self.finish_us is None:
+            clears[0] = True
+        kept = finish >= latest - END_SLACK_US
+        if clears.any():
             self.last_finishes.clear()
-        if self.finish_us is None or when > self.finish_us:
-            self.finish_us = when
-        if when >= self.finish_us - END_SLACK_US:
-            self.last_finishes[(endpoint, side, state)] += 1
+            kept[:np.flatnonzero(clears)[-1]] = False
+        self.finish_us = int(latest[-1])
+        for key in zip(*(column[kept].tolist() for column in keys), strict=True):
+            self.last_finishes[(names[key[0]], _SIDE_NAMES[key[1]], STATE_NAMES[key[2]])] += 1
+
+    def _add(self, table: dict[tuple[str, str], defaultdict[str, Bins]], names: list[str],
+             keys: list[np.ndarray], deltas: np.ndarray) -> None:
+        """Add `deltas` at (endpoint, side, state, bin index) `keys`, summed per key first."""
+        if not len(deltas):
+            return
+        name, side, state, index = keys
+        low = int(index.min())
+        span = int(index.max()) - low + 1
+        code = ((name * 2 + side) * len(STATE_NAMES) + state) * span + (index - low)  # one integer per key
+        if int(code.max()) < 4 * len(code) + (1 << 20):  # few keys possible: count them all, no sort
+            present = np.bincount(code)
+            unique = np.flatnonzero(present)
+            sums = np.bincount(code, weights=deltas)[unique]
+        else:
+            unique, inverse = np.unique(code, return_inverse=True)
+            sums = np.bincount(inverse.reshape(-1), weights=deltas, minlength=len(unique))
+        for key, delta in zip(unique.tolist(), sums.tolist(), strict=True):
+            rest, offset = divmod(key, span)
+            rest, state_index = divmod(rest, len(STATE_NAMES))
+            self._bins(table, names[rest // 2], rest % 2, state_index)[offset + low] += int(delta)
+
+    @staticmethod
+    def _bins(table: dict[tuple[str, str], defaultdict[str, Bins]], name: str, side: int, state: int) -> Bins:
+        return table[(name, _SIDE_NAMES[side])][STATE_NAMES[state]]
 
     def _span(self, first: int, last: int) -> None:
         """Make room for times from `first` to `last` (microseconds): bins doubled until they fit."""

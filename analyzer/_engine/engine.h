@@ -340,7 +340,9 @@ extern int ipv4_mapped_dotted;  /* write ::ffff:a.b.c.d as this Python's ipaddre
 
 /* FORMAT_RECORDS, for the Python API (analyzer/records.py): each connection as two lines, its CSV row
  * and its JSON line, from the same two writers. */
-enum { FORMAT_JSON, FORMAT_CSV, FORMAT_TABLE, FORMAT_RECORDS };
+/* FORMAT_CENSUS, for synfin report (analyzer/columns.py): each connection as three lines of what the census
+ * and the findings read (output.c, write_census). */
+enum { FORMAT_JSON, FORMAT_CSV, FORMAT_TABLE, FORMAT_RECORDS, FORMAT_CENSUS };
 typedef struct {
     int format, colour;
     const char *capture;       /* already quoted for the format, or NULL */

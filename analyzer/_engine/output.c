@@ -852,8 +852,100 @@ static int write_both(Buffer *b, const Conn *c, const Labels *labels) {
     return write_json(b, c, labels, &plain);
 }
 
+/* FORMAT_CENSUS, for synfin report (analyzer/columns.py, which makes the same columns from JSON records):
+ * what the census of states over time and the findings read, as three lines that numpy parses a piece at a
+ * time, integers only (numpy parses a decimal fraction several times slower than an integer).
+ * 1: the server endpoint.
+ * 2: id, first_frame, last_frame, start, end; the open and close labels (their index in OPEN_LABELS,
+ *    CLOSE_LABELS), the resetting role and its state (-1: no reset), the final states of client and
+ *    server; the SYN, SYN-ACK and FIN retransmissions, keepalives, the handshake RTT's total (0.0: none),
+ *    the final ages of client and server (0.0: no transition), the frame of the first listed "third ACK
+ *    ignored" anomaly (0: none), the number of client and server transitions.
+ * 3: each transition (client's, then server's) as two integers: (frame + 1) * 16 + its state's index
+ *    (frame -1: a timer), and its time.
+ * A time or duration is written as the bits of the double that Python reads from the JSON record's text
+ * (int64, decimal), so both engines' columns hold the very same floats; a state is its index in
+ * machine.state_names (fsm.State). */
+static void census_int(Buffer *b, int64_t v) {
+    buf_putc(b, ' ');
+    buf_int(b, v);
+}
+
+static void census_bits(Buffer *b, double x) {
+    int64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    census_int(b, bits);
+}
+
+/* The double that Python parses from buf_round6's text (glibc's strtod rounds correctly, as Python's). */
+static int census_round6(Buffer *b, double x) {
+    Buffer text = {0};
+    int failed = buf_round6(&text, x) || buf_reserve(&text, 1);
+    if (!failed) {
+        text.data[text.len] = '\0';
+        census_bits(b, strtod(text.data, NULL));
+    }
+    free(text.data);
+    return failed ? -1 : 0;
+}
+
+static int label_index(const char *const *labels, int count, const char *label) {
+    for (int i = 0; i < count; i++)
+        if (labels[i] == label) return i;
+    return -1;
+}
+
+static void census_transitions(Buffer *b, const History *h, int *first) {
+    for (uint32_t i = 0; i < h->count; i++) {
+        const Transition *t = &h->items[i];
+        if (!*first) buf_putc(b, ' ');
+        *first = 0;
+        buf_int(b, ((t->frame < 0 ? -1 : t->frame) + 1) * 16 + t->state);
+        census_bits(b, t->ts);
+    }
+}
+
+static int write_census(Buffer *b, const Conn *c, const Labels *l) {
+    const Endpoint *client = &c->ep[ROLE_CLIENT], *server = &c->ep[ROLE_SERVER];
+    endpoint_name(b, server, c->ip_version);
+    buf_putc(b, '\n');
+    buf_int(b, c->id);
+    census_int(b, c->first_frame);
+    census_int(b, c->last_frame);
+    census_bits(b, c->start);
+    census_bits(b, c->end);
+    census_int(b, label_index(OPEN_LABELS, 6, l->open));
+    census_int(b, label_index(CLOSE_LABELS, 7, l->close));
+    census_int(b, c->has_reset ? c->reset_role : -1);
+    census_int(b, c->has_reset ? c->reset_state : -1);
+    census_int(b, client->state);
+    census_int(b, server->state);
+    for (int i = 0; i < 3; i++) census_int(b, c->retransmits[i]);
+    census_int(b, c->keepalives);
+    if (!has_handshake_rtt(c, l)) census_bits(b, 0.0);
+    else if (census_round6(b, c->hs_ts[2] - c->hs_ts[0])) return -1;
+    for (int role = 0; role < 2; role++) {
+        const History *h = &c->ep[role].history;
+        if (h->count == 0) census_bits(b, 0.0);
+        else if (census_round6(b, c->finished_at - h->items[h->count - 1].ts)) return -1;
+    }
+    int64_t overflow = 0;
+    for (uint32_t i = 0; i < c->n_anomalies && !overflow; i++)
+        if (c->anomalies[i].kind == AN_THIRD_ACK_IGNORED) overflow = c->anomalies[i].frame;
+    census_int(b, overflow);
+    census_int(b, client->history.count);
+    census_int(b, server->history.count);
+    buf_putc(b, '\n');
+    int first = 1;
+    census_transitions(b, &client->history, &first);
+    census_transitions(b, &server->history, &first);
+    buf_putc(b, '\n');
+    return 0;
+}
+
 int write_record(Buffer *b, const Conn *c, const Labels *labels, const OutputStyle *style) {
     if (style->format == FORMAT_RECORDS) return write_both(b, c, labels);
+    if (style->format == FORMAT_CENSUS) return write_census(b, c, labels);
     if (style->format == FORMAT_JSON) return write_json(b, c, labels, style);
     if (style->format == FORMAT_CSV) return write_csv(b, c, labels, style);
     return write_table_row(b, c, labels, style);
