@@ -917,6 +917,122 @@ def make_busy(out: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------
+# 24: server_states, checked against `ss` (issue 15)
+# --------------------------------------------------------------------------
+
+STATES_KINDS: dict[str, tuple[int, int]] = {  # kind: (server port, connections)
+    "slow_accept": (9107, 3),
+    "server_close": (9102, 60),
+    "close_wait": (9106, 5),
+    "client_reset": (9103, 10),
+    "server_reset": (9104, 10),
+    "refused": (9109, 5),
+}
+STATES_HOW = {
+    "slow_accept": "listen(1) server that accepts only ~1.6 s after the clients start: the third client's SYN "
+                   "finds the accept queue full and is dropped; the client resends it (no SYN cookies)",
+    "server_close": "server FIN first after its reply: TIME_WAIT on the server, 60 of them",
+    "close_wait": "client closes, the server reads the end of file and never closes while captured: CLOSE_WAIT",
+    "client_reset": "client closes with SO_LINGER 0: RST from the client",
+    "server_reset": "server closes with SO_LINGER 0: RST from the server",
+    "refused": "SYN to a closed port answered by RST+ACK",
+}
+STATES_SNAPSHOTS = (1.3, 2.3, 4.0)  # seconds after the clients start: `ss -tan` in both namespaces
+
+
+def states_specs() -> tuple[dict[str, Any], dict[str, Any]]:
+    """One listener per kind (not refused) and the client groups, the slow-accept ones first, all at once."""
+    def port(kind: str) -> int:
+        return STATES_KINDS[kind][0]
+
+    request = [["send", 60], ["recv", 60]]
+    client = {
+        "slow_accept": [connect(SERVER4, port("slow_accept")), ["send", 100], ["recv", 100], ["close"]],
+        "server_close": [connect(SERVER4, port("server_close")), ["send", 60], ["recv", 120], ["eof"], ["close"]],
+        "close_wait": [connect(SERVER4, port("close_wait")), *request, ["close"]],
+        "client_reset": [connect(SERVER4, port("client_reset")), *request, ["linger0"], ["close"]],
+        "server_reset": [connect(SERVER4, port("server_reset")), *request, ["eof"], ["close"]],
+        "refused": [connect(SERVER4, port("refused"))],
+    }
+    server = {
+        "slow_accept": [["recv", 100], ["send", 100], ["eof"], ["close"]],
+        "server_close": [["recv", 60], ["send", 120], ["close"]],
+        "close_wait": [["recv", 60], ["send", 60], ["eof"], ["sleep", 12], ["close"]],
+        "client_reset": [["recv", 60], ["send", 60], ["eof"], ["close"]],
+        "server_reset": [["recv", 60], ["send", 60], ["sleep", 0.05], ["linger0"], ["close"]],
+    }
+    listeners = [{"addr": SERVER4, "port": port(k), "accepts": n, "backlog": 512, "steps": server[k]}
+                 for k, (_, n) in STATES_KINDS.items() if k in server]
+    listeners[0].update(backlog=1, accept_after=2.2)  # ~1.6 s after the clients start
+    clients = [{"steps": client[k], "count": n, "stagger": 0.0 if k == "slow_accept" else 0.01}
+               for k, (_, n) in STATES_KINDS.items()]
+    return {"listeners": listeners, "deadline": 40}, {"clients": clients, "deadline": 30}
+
+
+def ss_snapshot(lab: Lab) -> dict[str, Any]:
+    """`ss -tan` in the server's, then the client's namespace, with the wall-clock times around the two."""
+    before = time.time()
+    server = netlab.run(netlab.in_ns(lab.server, "ss", "-tanH"))
+    client = netlab.run(netlab.in_ns(lab.client, "ss", "-tanH"))
+    after = time.time()
+    keep = lambda text: [" ".join(line.split()[i] for i in (0, 3, 4)) for line in text.splitlines()]  # noqa: E731
+    return {"from": round(before, 6), "to": round(after, 6), "server": keep(server), "client": keep(client)}
+
+
+def check_states(paths: list[Path]) -> None:
+    segs = load(paths[0])
+    manifest = json.loads(paths[1].read_text())
+    conns = busy_connections(segs)
+    expect(len(conns) == manifest["total"], f"{len(conns)} connections")
+    per_port = Counter(port for _, port in conns)
+    expect(per_port == Counter({int(p): n for p, n in manifest["ports_count"].items()}), f"ports {per_port}")
+    snapshots = json.loads(paths[2].read_text())["snapshots"]
+    expect(len(snapshots) == len(STATES_SNAPSHOTS), "snapshots missing")
+    first = snapshots[0]["server"]
+    for state, least in (("CLOSE-WAIT", STATES_KINDS["close_wait"][1]), ("TIME-WAIT", STATES_KINDS["server_close"][1])):
+        expect(sum(line.startswith(state) for line in first) >= least, f"{state} missing: {first}")
+    syns = Counter(s.sport for s in segs if s.tag == "S" and s.dport == STATES_KINDS["slow_accept"][0])
+    expect(max(syns.values()) > 1, f"no SYN resent to the slow server: {dict(syns)}")
+
+
+@scenario("server_states", check_states)
+def make_states(out: Path) -> list[Path]:
+    """93 connections of six kinds made on purpose for `synfin report`'s findings (server-first closes: a
+    TIME_WAIT pile; a CLOSE_WAIT leak; linger-0 resets from both sides; a closed port; a listen(1) server
+    that accepts slowly: a dropped third ACK), with `ss -tan` taken in both namespaces at 1.3, 2.3 and 4.0 s
+    (server_states.ss.json): the truth the report's census is checked against (tests/test_report_ss.py)."""
+    path, manifest, snapshots = (out / "server_states.pcap", out / "server_states.manifest.json",
+                                 out / "server_states.ss.json")
+    server_spec, client_spec = states_specs()
+    taken = []
+    with Lab() as lab:
+        lab.sysctl(lab.server, "net.ipv4.tcp_abort_on_overflow", 0)
+        lab.sysctl(lab.server, "net.ipv4.tcp_syncookies", 0)
+        server = lab.peer(lab.server, server_spec)
+        with lab.capture(path, snaplen=96):
+            start = time.time()
+            clients = lab.peer(lab.client, client_spec)
+            for at in STATES_SNAPSHOTS:
+                time.sleep(max(0.0, start + at - time.time()))
+                taken.append({"at": at, **ss_snapshot(lab)})
+            clients.finish(timeout=30)
+        server.finish(timeout=40)
+    manifest.write_text(json.dumps({
+        "capture": path.name, "client": CLIENT4, "server": SERVER4,
+        "total": sum(n for _, n in STATES_KINDS.values()),
+        "kinds": {k: n for k, (_, n) in STATES_KINDS.items()},
+        "ports": {k: p for k, (p, _) in STATES_KINDS.items()},
+        "ports_count": {str(p): n for p, n in STATES_KINDS.values()},
+        "how": STATES_HOW,
+    }, indent=2) + "\n")
+    snapshots.write_text(json.dumps({
+        "what": "`ss -tanH` (state, local, peer) in the server's and the client's namespace during the capture; "
+                "from/to: the wall-clock time (the capture's clock) before and after the two",
+        "snapshots": taken}, indent=1) + "\n")
+    return [path, manifest, snapshots]
+
+
+# --------------------------------------------------------------------------
 # 25-26: VLANs and tunnels (issue 13)
 # --------------------------------------------------------------------------
 # This kernel has VXLAN and veths, but no 8021q, bridge VLAN filtering, tc
