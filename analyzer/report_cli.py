@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +23,7 @@ import analyzer
 from analyzer.columns import Batch, batches_of, read_census
 from analyzer.findings import MIN_PILE, Finding, Limits, Tally, findings, rtt_percentile
 from analyzer.records import RecordStream
+from analyzer.rotated import CaptureSet
 from analyzer.timeline import SIDES, TOTAL, Census
 
 DESCRIPTION = """\
@@ -37,17 +38,19 @@ handshakes, keep-alives."""
 class Report:
     """Everything a report shows, computed once from the records."""
 
-    captures: list[str]
+    captures: list[str]  # as messages name them (a rotated set: its name)
     census: Census
     tally: Tally
     findings: list[Finding]
     stats: analyzer.Stats
+    inputs: list[str | Path | CaptureSet] = field(default_factory=list)  # what was read (sets as sets)
 
 
-def build(captures: list[str], msl: float = 30.0, min_pile: int = MIN_PILE, engine: str = "auto",
-          **options: Any) -> Report:
+def build(captures: list[str | Path | CaptureSet], msl: float = 30.0, min_pile: int = MIN_PILE,
+          engine: str = "auto", **options: Any) -> Report:
     """Read every capture once (the compiled engine unless `engine` says otherwise); census and tally the
-    records in batches (columns.py): the engine's "census" output, or the reference pipeline's records."""
+    records in batches (columns.py): the engine's "census" output, or the reference pipeline's records. A
+    directory, or a rotated.CaptureSet, is a rotated set read as one capture (as analyzer.analyze reads it)."""
     census, tally, stats = Census(), Tally(), analyzer.Stats()
 
     def add(batch: Batch) -> None:
@@ -61,7 +64,8 @@ def build(captures: list[str], msl: float = 30.0, min_pile: int = MIN_PILE, engi
         else:
             for batch in batches_of(analyzer.record(conn) for conn in stream):
                 add(batch)
-    return Report(captures, census, tally, findings(tally, census, Limits(msl, min_pile)), stats)
+    names = [c.name if isinstance(c, CaptureSet) else str(c) for c in captures]
+    return Report(names, census, tally, findings(tally, census, Limits(msl, min_pile)), stats, list(captures))
 
 
 def when(seconds: float | None) -> str:
@@ -145,8 +149,14 @@ def add_report(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     parser = commands.add_parser("report", help="states over time, findings and advice per server endpoint",
                                  description=DESCRIPTION)
-    parser.add_argument("captures", nargs="+", type=capture_path, metavar="CAPTURE",
-                        help="pcap or pcapng files, optionally gzipped; - reads standard input")
+    parser.add_argument("captures", nargs="*", type=capture_path, metavar="CAPTURE",
+                        help="pcap or pcapng files, optionally gzipped; - reads standard input; a directory is a "
+                             "rotated set (its capture files read as one capture, see --set). All of them go "
+                             "into one report")
+    parser.add_argument("--set", nargs="+", type=Path, dest="set_files", metavar="FILE",
+                        help="files of one rotated set (tcpdump -C/-G, dumpcap ring buffer), read as ONE capture "
+                             "as `synfin analyze --set` reads them (connection ids and frame numbers the same). "
+                             "Put --set after any CAPTURE (it takes every file that follows)")
     parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here (default: standard output)")
     parser.add_argument("-f", "--format", choices=("text", "json", "html"), default="text",
                         help="text (default), json (one object) or html (one self-contained file)")
@@ -155,12 +165,16 @@ def add_report(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                              f"(default {MIN_PILE})")
     add_filter_option(parser)
     add_timing_options(parser)
-    parser.set_defaults(run=run_report)
+    parser.set_defaults(run=run_report, usage_error=parser.error)
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from analyzer.cli import with_sets
+
+    if not args.captures and not args.set_files:  # argparse's message and status 2
+        args.usage_error("the following arguments are required: CAPTURE (or --set FILE ...)")
     try:
-        report = build([str(c) for c in args.captures], msl=args.msl, idle_timeout=args.idle_timeout,
+        report = build(with_sets(args.captures, args.set_files), msl=args.msl, idle_timeout=args.idle_timeout,
                        handshake_timeout=args.handshake_timeout, bpf=args.bpf, min_pile=args.min_time_wait)
     except (analyzer.CaptureError, analyzer.FilterError, OSError) as error:
         print(f"synfin report: {error}", file=sys.stderr)

@@ -16,9 +16,10 @@ import base64
 import html
 from typing import IO, Any
 
-from analyzer import ladder, ladder_plot
+from analyzer import engine, ladder, ladder_plot
 from analyzer.capture import is_stdin
 from analyzer.findings import Finding
+from analyzer.rotated import CaptureSet
 from analyzer.timeline_plot import busiest, to_png
 
 MAX_LADDERS = 8
@@ -52,14 +53,17 @@ def finding_html(finding: Finding, sentence: str, picture: str) -> str:
 
 def ladders(report: Any, msl: float) -> dict[int, str]:
     """The ladder picture of each finding's first example, by connection id (one capture, a file)."""
-    if len(report.captures) != 1 or is_stdin(report.captures[0]):
+    if len(report.inputs) != 1 or is_stdin(report.inputs[0]):
+        return {}
+    source = report.inputs[0]
+    if isinstance(source, CaptureSet) and not engine.chainable(source):  # a gzip file in it: no frames to fetch
         return {}
     from analyzer.ladder_source import connections
 
     ids = sorted({f.examples[0][0] for f in report.findings if f.examples})[:MAX_LADDERS]
     if not ids:
         return {}
-    conns = connections(report.captures[0], ids, msl=msl)
+    conns = connections(source, ids, msl=msl)  # type: ignore[arg-type]
     return {conn.id: f"<details><summary>ladder of connection #{conn.id}</summary>"
                      f"{png(ladder_plot.to_bytes(ladder.build(conn)), f'ladder of connection {conn.id}')}</details>"
             for conn in conns}
