@@ -368,3 +368,5 @@ def census_from(counts: dict[str, Any], census: Any) -> None:
     census.half_close = counts["half_close"]
     census.anomalies = counts["anomalies"]
     census.matched = counts["matched"]
+    census.retransmits = Counter(dict(zip(("syn", "synack", "fin"), counts["retransmits"], strict=True)))
+    census.endpoints = {name: list(row) for name, row in counts["endpoints"].items()}

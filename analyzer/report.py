@@ -241,6 +241,13 @@ def write_table(conns: Iterable[Connection], console: Console) -> None:
     out.flush()
 
 
+#: a server endpoint's counts in the summary, in this order (the engine's sink.c count_endpoint)
+ENDPOINT_FINALS = ("TIME_WAIT", "CLOSE_WAIT", "FIN_WAIT_2")
+ENDPOINT_COUNTS = ("connections", "handshakes", "closed", "reset", "refused",
+                   *(f"{side} {state}" for side in ("client", "server") for state in ENDPOINT_FINALS))
+NAMED_ENDPOINTS = 5  # the summary's busiest server endpoints
+
+
 class Census:
     """Counts kept while streaming, for the summary."""
 
@@ -252,11 +259,15 @@ class Census:
         self.half_close = 0
         self.anomalies = 0
         self.matched = 0  # the connections counted here: with --where, those it matched
+        self.retransmits: Counter[str] = Counter()  # SYN, SYN-ACK, FIN segments sent again
+        self.endpoints: dict[str, list[int]] = {}  # per server endpoint: ENDPOINT_COUNTS (sink.c count_endpoint)
 
     def count(self, conns: Iterable[Connection]) -> Iterable[Connection]:
         for conn in conns:
             self.matched += 1
             labels = conn.labels
+            self.retransmits.update(conn.retransmits)
+            self._endpoint(conn, labels)
             self.open[str(labels["open"])] += 1
             self.close[str(labels["close"])] += 1
             self.closer[str(labels["active_closer"])] += 1
@@ -265,6 +276,17 @@ class Census:
             self.half_close += bool(labels["half_close"])
             self.anomalies += sum(conn.anomaly_counts.values())
             yield conn
+
+    def _endpoint(self, conn: Connection, labels: dict[str, Any]) -> None:
+        row = self.endpoints.setdefault(endpoint_name(conn.server), [0] * len(ENDPOINT_COUNTS))
+        row[0] += 1
+        row[1] += labels["open"] == "handshake"
+        row[2] += labels["close"] in ("four-way", "three-way", "simultaneous")
+        row[3] += labels["close"] == "reset"
+        row[4] += labels["open"] == "refused"
+        for index, side in enumerate((conn.client, conn.server)):
+            if str(side.state) in ENDPOINT_FINALS:
+                row[5 + index * len(ENDPOINT_FINALS) + ENDPOINT_FINALS.index(str(side.state))] += 1
 
 
 NAMED_COUNTS = 10  # the summary names this many link types, and skip reasons; the rest it counts
@@ -306,6 +328,7 @@ def write_summary(capture: str, stats: Stats, census: Census, out: Styled, where
         out.line(f"  {census.matched} of {_plural(stats.connections, 'connection')} matched --where {where}")
     if any(census.final.values()):  # no connection, nothing to break down: the first line said how many
         _write_labels(census, out)
+        _write_endpoints(census, out)
     if census.anomalies:
         out.line(f"  anomalies: {census.anomalies} (see the JSON output)")
     if stats.tunnelled:
@@ -345,6 +368,23 @@ def _write_labels(census: Census, out: Styled) -> None:
     for side in ("client", "server"):
         finals = {state: n for (who, state), n in census.final.items() if who == side}
         out.line(f"  final {side} states: " + (", ".join(f"{s} {n}" for s, n in sorted(finals.items())) or "-"))
+
+
+def _write_endpoints(census: Census, out: Styled) -> None:
+    """The retransmissions, the busiest server endpoints (connections, how they opened and ended, the final
+    states that pile up), and where to look further."""
+    retx = census.retransmits
+    out.line(f"  retransmitted: SYN {retx['syn']}, SYN-ACK {retx['synack']}, FIN {retx['fin']}")
+    busiest = sorted(census.endpoints.items(), key=lambda item: (-item[1][0], item[0]))[:NAMED_ENDPOINTS]
+    out.line(f"  busiest server endpoints ({len(busiest)} of {len(census.endpoints)}):")
+    for name, row in busiest:
+        counts = dict(zip(ENDPOINT_COUNTS, row, strict=True))
+        finals = ", ".join(f"{key} {counts[key]}" for key in ENDPOINT_COUNTS[5:] if counts[key])
+        out.line(f"    {name}: {_plural(counts['connections'], 'connection')}, {counts['handshakes']} handshake, "
+                 f"{counts['closed']} closed, {counts['reset']} reset"
+                 + (f", {counts['refused']} refused" if counts["refused"] else "")
+                 + (f"; at the end {finals}" if finals else ""))
+    out.line("  per endpoint over time, findings and advice: synfin report CAPTURE")
 
 
 def _filter_failed(stats: Stats) -> str:

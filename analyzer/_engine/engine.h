@@ -350,5 +350,6 @@ typedef struct {
 } OutputStyle;
 
 int write_record(Buffer *b, const Conn *c, const Labels *labels, const OutputStyle *style);
+void server_name(Buffer *b, const Conn *c);  /* "ip:port" of the server end, as the outputs write it */
 
 #endif

@@ -305,6 +305,26 @@ static PyObject *tunnel_counts(const FrameStats *stats) {
     return dict;
 }
 
+/* Per server endpoint, its counts (sink.h EndpointCount): {"ip:port": (n, ...)}. */
+static PyObject *endpoint_counts(const EndpointTable *t) {
+    PyObject *dict = PyDict_New();
+    for (size_t i = 0; dict && i < t->cap; i++) {
+        const EndpointCount *e = &t->slots[i];
+        if (e->len == 0) continue;
+        PyObject *row = PyTuple_New(EP_N);
+        for (int k = 0; row && k < EP_N; k++) {
+            PyObject *n = PyLong_FromLongLong(e->n[k]);
+            if (n == NULL) Py_CLEAR(row);
+            else PyTuple_SET_ITEM(row, k, n);
+        }
+        PyObject *key = PyUnicode_FromStringAndSize(e->name, e->len);
+        if (row == NULL || key == NULL || PyDict_SetItem(dict, key, row)) Py_CLEAR(dict);
+        Py_XDECREF(key);
+        Py_XDECREF(row);
+    }
+    return dict;
+}
+
 static PyObject *result(Run *run, const char *error) {
     static const char *const closers[] = {"client", "server", "both", "None"};
     const Census *census = &run->sink.census;
@@ -312,7 +332,8 @@ static PyObject *result(Run *run, const char *error) {
     const char *states[N_STATES];
     for (int i = 0; i < N_STATES; i++) states[i] = machine.state_names[i];
     return Py_BuildValue(
-        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L,s:L,s:N,s:L,s:L,s:N,s:L}",
+        "{s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:L,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:z,s:L,s:L,s:N,s:L,s:L,s:N,s:L,"
+        "s:(LLL),s:N}",
         "frames", (long long)stats->frames, "segments", (long long)stats->segments,
         "connections", (long long)census->connections, "skipped", reasons(stats, 0), "malformed",
         reasons(stats, 1), "problems", problems(stats->problems, stats->n_problems), "damage",
@@ -324,7 +345,10 @@ static PyObject *result(Run *run, const char *error) {
         "anomalies", (long long)census->anomalies, "error", error,
         "formatted_by_tracker", (long long)run->sink.helped, "unmatched", (long long)stats->unmatched,
         "filter_failed", filter_failed(run), "matched", (long long)census->matched, "tunnelled", (long long)stats->tunnelled,
-        "tunnels", tunnel_counts(stats), "last_frame", (long long)stats->last_number);
+        "tunnels", tunnel_counts(stats), "last_frame", (long long)stats->last_number,
+        "retransmits", (long long)census->retransmits[0], (long long)census->retransmits[1],
+        (long long)census->retransmits[2],
+        "endpoints", endpoint_counts(&run->sink.endpoints));
 }
 
 /* Whether run() or collect() can go: the engine configured, and libpcap built in for a filter; if not, an

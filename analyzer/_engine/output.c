@@ -943,6 +943,8 @@ static int write_census(Buffer *b, const Conn *c, const Labels *l) {
     return 0;
 }
 
+void server_name(Buffer *b, const Conn *c) { endpoint_name(b, &c->ep[ROLE_SERVER], c->ip_version); }
+
 int write_record(Buffer *b, const Conn *c, const Labels *labels, const OutputStyle *style) {
     if (style->format == FORMAT_RECORDS) return write_both(b, c, labels);
     if (style->format == FORMAT_CENSUS) return write_census(b, c, labels);

@@ -43,12 +43,73 @@ static inline void push_conn(Conn **list, Conn *c) {
 
 /* ---- the work on one connection (either thread) ---------------------------------- */
 
-static void count(Census *census, const Conn *c, const Labels *labels) {
+static uint64_t name_hash(const char *name, size_t len) {  /* FNV-1a */
+    uint64_t h = 1469598103934665603u;
+    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)name[i]) * 1099511628211u;
+    return h;
+}
+
+static EndpointCount *endpoint_slot(EndpointCount *slots, size_t cap, const char *name, size_t len) {
+    size_t i = name_hash(name, len) & (cap - 1);
+    while (slots[i].len && (slots[i].len != len || memcmp(slots[i].name, name, len))) i = (i + 1) & (cap - 1);
+    return &slots[i];
+}
+
+int endpoint_add(EndpointTable *t, const char *name, size_t len, const int64_t *n) {
+    if (len == 0 || len >= sizeof t->slots->name) return 0;  /* never: "ip:port" is at most 55 bytes */
+    if (2 * (t->used + 1) > t->cap) {  /* at most half full */
+        size_t cap = t->cap ? 2 * t->cap : 64;
+        EndpointCount *slots = calloc(cap, sizeof *slots);
+        if (slots == NULL) return -1;
+        for (size_t i = 0; i < t->cap; i++)
+            if (t->slots[i].len) *endpoint_slot(slots, cap, t->slots[i].name, t->slots[i].len) = t->slots[i];
+        free(t->slots);
+        t->slots = slots;
+        t->cap = cap;
+    }
+    EndpointCount *slot = endpoint_slot(t->slots, t->cap, name, len);
+    if (slot->len == 0) {
+        memcpy(slot->name, name, len);
+        slot->len = (uint8_t)len;
+        t->used++;
+    }
+    for (int k = 0; k < EP_N; k++) slot->n[k] += n[k];
+    return 0;
+}
+
+static int final_index(uint8_t state) {
+    const char *name = machine.state_names[state];
+    return strcmp(name, "TIME_WAIT") == 0 ? 0 : strcmp(name, "CLOSE_WAIT") == 0 ? 1
+         : strcmp(name, "FIN_WAIT_2") == 0 ? 2 : -1;
+}
+
+/* The connection's counts in its server endpoint's row. */
+static int count_endpoint(Share *share, const Conn *c, int open, int close) {
+    Buffer *name = &share->name;
+    name->len = 0;
+    server_name(name, c);
+    if (name->data == NULL) return -1;
+    int64_t n[EP_N] = {0};
+    n[EP_CONNECTIONS] = 1;
+    n[EP_HANDSHAKES] = open == 0;
+    n[EP_CLOSED] = close <= 2;  /* four-way, three-way, simultaneous */
+    n[EP_RESET] = CLOSE_LABELS[close][0] == 'r';
+    n[EP_REFUSED] = OPEN_LABELS[open][0] == 'r';
+    for (int role = 0; role < 2; role++) {
+        int which = final_index(c->ep[role].state);
+        if (which >= 0) n[EP_FINALS + role * EP_FINAL_STATES + which] = 1;
+    }
+    return endpoint_add(&share->endpoints, name->data, name->len, n);
+}
+
+static int count(Share *share, const Conn *c, const Labels *labels) {
+    Census *census = &share->census;
     int open = 0, close = 0;
     while (OPEN_LABELS[open] != labels->open) open++;
     while (CLOSE_LABELS[close] != labels->close) close++;
     census->open[open]++;
     census->close[close]++;
+    for (int i = 0; i < 3; i++) census->retransmits[i] += c->retransmits[i];
     const char *closer = labels->active_closer;
     census->closer[closer == NULL ? 3 : closer[0] == 'c' ? 0 : closer[0] == 's' ? 1 : 2]++;
     census->final[0][c->ep[ROLE_CLIENT].state]++;
@@ -56,6 +117,7 @@ static void count(Census *census, const Conn *c, const Labels *labels) {
     census->half_close += c->half_close;
     census->anomalies += c->anomalies_total;
     census->matched++;
+    return count_endpoint(share, c, open, close);
 }
 
 static int write_fd(int fd, Buffer *out) {
@@ -88,8 +150,8 @@ static int settle(const Sink *sink, Share *share, Conn *c) {
         conn_labels(c, &labels);
         share->census.connections++;
         if (sink->where == NULL || where_matches(sink->where, c, &labels)) {
-            count(&share->census, c, &labels);
-            status = write_record(&share->out, c, &labels, &sink->style);
+            status = count(share, c, &labels);
+            if (status == 0) status = write_record(&share->out, c, &labels, &sink->style);
         }
     }
     conn_free(c);
@@ -255,6 +317,8 @@ int sink_take(void *ctx, Conn *c) {
 int sink_finish(Sink *sink) {
     if (!sink->threaded) {
         sink->census = sink->own.census;
+        sink->endpoints = sink->own.endpoints;
+        sink->own.endpoints = (EndpointTable){0};
         return sink->error ? sink->error : flush(sink, &sink->own.out);
     }
     int status = hand_over(sink);
@@ -270,6 +334,12 @@ int sink_finish(Sink *sink) {
     pthread_cond_destroy(&sink->turn);
     sink->census = sink->own.census;
     add_census(&sink->census, &sink->helper.census);
+    sink->endpoints = sink->own.endpoints;
+    sink->own.endpoints = (EndpointTable){0};
+    const EndpointTable *more = &sink->helper.endpoints;
+    for (size_t i = 0; i < more->cap && status == 0; i++)
+        if (more->slots[i].len) status = endpoint_add(&sink->endpoints, more->slots[i].name, more->slots[i].len,
+                                                      more->slots[i].n);
     return status ? status : sink->error;
 }
 
@@ -335,4 +405,9 @@ void sink_free(Sink *sink) {
     free(sink->ring);
     free(sink->own.out.data);
     free(sink->helper.out.data);
+    free(sink->own.name.data);
+    free(sink->helper.name.data);
+    free(sink->own.endpoints.slots);
+    free(sink->helper.endpoints.slots);
+    free(sink->endpoints.slots);
 }

@@ -13,13 +13,31 @@ typedef struct {
     int64_t final[2][N_STATES];
     int64_t half_close, anomalies;
     int64_t matched;       /* connections that passed --where (all of them without one): the counts above */
+    int64_t retransmits[3];  /* SYN, SYN-ACK, FIN segments sent again */
 } Census;
+
+/* Per server endpoint ("ip:port", as output.c names it), for the summary (report.Census.endpoints): the
+ * counts of EP_COUNT_NAMES (module.c). Open addressing; grows with the endpoints seen. */
+enum { EP_CONNECTIONS, EP_HANDSHAKES, EP_CLOSED, EP_RESET, EP_REFUSED, EP_FINALS, EP_N = EP_FINALS + 6 };
+#define EP_FINAL_STATES 3  /* TIME_WAIT, CLOSE_WAIT, FIN_WAIT_2: client's, then server's */
+typedef struct {
+    char name[64];
+    uint8_t len;           /* 0: a free slot */
+    int64_t n[EP_N];
+} EndpointCount;
+typedef struct {
+    EndpointCount *slots;
+    size_t cap, used;
+} EndpointTable;
+int endpoint_add(EndpointTable *t, const char *name, size_t len, const int64_t *n);  /* 0, or -1: no memory */
 
 typedef int (*WriteFn)(void *ctx, const char *data, size_t len);  /* nonzero: failed */
 
 typedef struct {  /* one thread's output: text not yet written, and what it counted */
     Buffer out;
     Census census;
+    EndpointTable endpoints;
+    Buffer name;           /* scratch: the server endpoint's name */
 } Share;
 
 typedef struct {
@@ -31,6 +49,7 @@ typedef struct {
     Share own;             /* the writer's (or, inline, the only) share */
     Share helper;          /* the tracker's, from units it formats when the queue is full */
     Census census;         /* both shares' counts, after sink_finish */
+    EndpointTable endpoints;  /* both shares' endpoints, after sink_finish */
     int64_t helped;        /* connections the tracker's thread formatted */
     int error;             /* an errno from writing, or -1 */
     /* the second thread's queue */
