@@ -27,13 +27,11 @@ import numpy as np
 
 from analyzer.columns import RETRANSMITS, ROLES, STATE_NAMES, Batch
 from analyzer.labels import CLOSE_LABELS, OPEN_LABELS
+from analyzer.thresholds import MIN_LINGER, MIN_PILE, SLOW_RTT
 from analyzer.timeline import Census
 
 EXAMPLES = 3
 RTT_BINS_PER_DECADE = 50
-MIN_PILE = 50  # TIME_WAIT at once on one endpoint's side before it is called a pile (synfin report --min-time-wait)
-MIN_LINGER = 10.0  # seconds a FIN_WAIT_2 must have lasted at the capture's end
-SLOW_RTT = 0.2  # seconds: a median handshake this slow is reported
 
 
 @dataclass

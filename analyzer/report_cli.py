@@ -17,14 +17,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import analyzer
-from analyzer.columns import Batch, batches_of, read_census
-from analyzer.findings import MIN_PILE, Finding, Limits, Tally, findings, rtt_percentile
 from analyzer.records import RecordStream
 from analyzer.rotated import CaptureSet
-from analyzer.timeline import SIDES, TOTAL, Census
+from analyzer.thresholds import MIN_PILE
+
+if TYPE_CHECKING:  # numpy's modules, imported when a report is made (not when `synfin` starts)
+    from analyzer.columns import Batch
+    from analyzer.findings import Finding, Tally
+    from analyzer.timeline import Census
 
 DESCRIPTION = """\
 What a capture says about each server endpoint: how many connections sat in
@@ -51,6 +54,10 @@ def build(captures: list[str | Path | CaptureSet], msl: float = 30.0, min_pile: 
     """Read every capture once (the compiled engine unless `engine` says otherwise); census and tally the
     records in batches (columns.py): the engine's "census" output, or the reference pipeline's records. A
     directory, or a rotated.CaptureSet, is a rotated set read as one capture (as analyzer.analyze reads it)."""
+    from analyzer.columns import batches_of, read_census
+    from analyzer.findings import Limits, Tally, findings
+    from analyzer.timeline import Census
+
     census, tally, stats = Census(), Tally(), analyzer.Stats()
 
     def add(batch: Batch) -> None:
@@ -76,6 +83,9 @@ def when(seconds: float | None) -> str:
 
 def endpoint_rows(report: Report) -> Iterator[dict[str, Any]]:
     """One row per server endpoint: connections, the largest census of each state per side, RTTs."""
+    from analyzer.findings import rtt_percentile
+    from analyzer.timeline import SIDES
+
     for name in report.census.endpoints():
         end = report.tally.endpoints[name]
         peaks = {side: {state: peak.count for state, peak in report.census.peaks(name, side).items()}
@@ -88,6 +98,8 @@ def endpoint_rows(report: Report) -> Iterator[dict[str, Any]]:
 
 
 def to_json(report: Report) -> dict[str, Any]:
+    from analyzer.timeline import SIDES, TOTAL
+
     total = {side: {state: {"peak": p.count, "peak_at": p.at} for state, p in
                     report.census.peaks(TOTAL, side).items()} for side in SIDES}
     return {"captures": report.captures, "connections": report.tally.records,
@@ -97,6 +109,8 @@ def to_json(report: Report) -> dict[str, Any]:
 
 
 def write_text(report: Report, out: IO[str]) -> None:
+    from analyzer.timeline import SIDES
+
     out.write(f"{', '.join(report.captures)}: {report.tally.records} connections, "
               f"{len(report.census.endpoints())} server endpoints, {len(report.findings)} findings\n")
     for finding in report.findings:
