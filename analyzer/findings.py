@@ -129,10 +129,13 @@ class Tally:
         timed = rtt > 0  # 0.0: no handshake RTT
         values, which = np.unique(rtt[timed], return_inverse=True)
         bins = np.array([math.floor(math.log10(v) * RTT_BINS_PER_DECADE) for v in values.tolist()], dtype=np.int64)
-        pairs, counts = np.unique(np.stack([endpoint[timed], bins[which.reshape(-1)]], axis=1), axis=0,
-                                  return_counts=True)
-        for (name, index), count in zip(pairs.tolist(), counts.tolist(), strict=True):
-            ends[name].rtt[index] += count
+        if len(values):
+            index = bins[which.reshape(-1)]
+            low = int(index.min())
+            span = int(index.max()) - low + 1
+            counts = np.bincount(endpoint[timed] * span + (index - low))  # per (endpoint, bin): no sort
+            for code in np.flatnonzero(counts).tolist():
+                ends[code // span].rtt[code % span + low] += int(counts[code])
         _note_events(ends, endpoint, batch)
 
     @staticmethod

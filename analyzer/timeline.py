@@ -163,10 +163,14 @@ class Census:
         else:
             unique, inverse = np.unique(code, return_inverse=True)
             sums = np.bincount(inverse.reshape(-1), weights=deltas, minlength=len(unique))
+        groups: dict[int, Bins] = {}  # (name, side, state) code -> its bins
         for key, delta in zip(unique.tolist(), sums.tolist(), strict=True):
-            rest, offset = divmod(key, span)
-            rest, state_index = divmod(rest, len(STATE_NAMES))
-            self._bins(table, names[rest // 2], rest % 2, state_index)[offset + low] += int(delta)
+            group, offset = divmod(key, span)
+            bins = groups.get(group)
+            if bins is None:
+                rest, state_index = divmod(group, len(STATE_NAMES))
+                bins = groups[group] = self._bins(table, names[rest // 2], rest % 2, state_index)
+            bins[offset + low] += int(delta)
 
     @staticmethod
     def _bins(table: dict[tuple[str, str], defaultdict[str, Bins]], name: str, side: int, state: int) -> Bins:
