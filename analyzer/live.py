@@ -194,12 +194,16 @@ def _open_socket(iface: str, cooked: bool) -> socket.socket:
     try:
         return socket.socket(socket.AF_PACKET, kind, socket.htons(ETH_P_ALL))
     except PermissionError:
-        raise LiveError(
-            f"capturing on {iface} needs the CAP_NET_RAW capability, which this process "
-            "does not have: run synfin as root (sudo), or grant it to the Python interpreter "
-            "(setcap cap_net_raw,cap_net_admin+eip ...)") from None
+        raise LiveError(permission_message(iface)) from None
     except OSError as err:
         raise LiveError(f"cannot open a packet socket for {iface}: {err.strerror or err}") from None
+
+
+def permission_message(iface: str) -> str:
+    """What a capture without CAP_NET_RAW is told (both live paths)."""
+    return (f"capturing on {iface} needs the CAP_NET_RAW capability, which this process "
+            "does not have: run synfin as root (sudo), or grant it to the Python interpreter "
+            "(setcap cap_net_raw,cap_net_admin+eip ...)")
 
 
 def _drain(sock: socket.socket) -> None:
