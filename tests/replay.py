@@ -30,6 +30,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from analyzer.capture import read_frames
+from analyzer.connection import Timeouts
+from analyzer.events import EventWatcher, event_json, format_event
+from analyzer.pipeline import Options, Pipeline, Stats
 from tests.netns import NetnsError, run_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +62,7 @@ class LiveRun:
     events: list[Record]
     err: str                  # what synfin wrote to standard error
     rss_kb: list[int] = field(default_factory=list)  # synfin's VmRSS, every RSS_EVERY seconds
+    out: str = ""             # what synfin wrote to standard output, as it is
 
 
 def labels(records: list[Record]) -> dict[Key, tuple[Any, ...]]:
@@ -80,6 +85,21 @@ def analyze(path: Path) -> list[Record]:
     done = subprocess.run([sys.executable, "-m", "analyzer", "analyze", str(path), "-f", "json", "--no-summary"],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def reference_events(path: Path, fmt: str) -> str:
+    """The events the reference live path prints for the frames of `path` (a live run's -w file), as
+    live_cli.Session makes them: the Pipeline, an EventWatcher on it, every finished connection announced."""
+    line = event_json if fmt == "json" else format_event
+    lines: list[str] = []
+    watcher = EventWatcher(lambda event: lines.append(line(event) + "\n"))
+    pipeline = Pipeline(Stats(), Options(Timeouts()), watcher.on_segment)
+    for frame in read_frames(path):
+        for conn in pipeline.feed(frame):
+            watcher.finished(conn)
+    for conn in pipeline.close():
+        watcher.finished(conn)
+    return "".join(lines)
 
 
 class ReplayLink:
@@ -133,14 +153,14 @@ class ReplayLink:
                 if sniffer.poll() is None:
                     sniffer.kill()
                     sniffer.wait()
-        text = err_path.read_text()
-        counts = KERNEL_LINE.search(text)
+        text, printed = err_path.read_text(), out_path.read_text()
+        counts = KERNEL_LINE.search(text) or KERNEL_LINE.search(printed)  # -f text: the summary is on stdout
         if sniffer.returncode != status or counts is None or "Traceback" in text:
             raise ReplayError(f"synfin live failed (status {sniffer.returncode}): {text.strip()[-800:]}")
-        lines = [json.loads(line) for line in out_path.read_text().splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
         received, dropped, analyzed = (int(x) for x in counts.groups())
         return LiveRun(sent, seconds, received, dropped, analyzed, [x for x in lines if "event" not in x],
-                       [x for x in lines if "event" in x], text, [kb for kb in rss if kb])
+                       [x for x in lines if "event" in x], text, [kb for kb in rss if kb], printed)
 
     def _tcpreplay(self, capture: Path, rate: str, pid: int, rss: list[int]) -> tuple[int, float]:
         speed = ["--topspeed"] if rate == "top" else [f"--pps={rate}"]

@@ -244,7 +244,10 @@ typedef struct { double ts; int64_t frame; int role; uint32_t index; } NewState;
 static void announce_states(Events *e, Conn *c) {
     NewState fixed[16], *items = fixed;
     size_t n = 0, want = 0;
-    for (int role = 0; role < 2; role++) want += c->ep[role].history.count - c->told_states[role];
+    for (int role = 0; role < 2; role++) {  /* a history can be rewritten shorter (connection.py: awaiting) */
+        if (c->told_states[role] > c->ep[role].history.count) c->told_states[role] = c->ep[role].history.count;
+        want += c->ep[role].history.count - c->told_states[role];
+    }
     if (want == 0) return;
     if (want > 16 && (items = malloc(want * sizeof *items)) == NULL) {
         e->failed = 1;
