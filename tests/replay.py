@@ -54,7 +54,7 @@ class ReplayError(NetnsError):
 @dataclass
 class LiveRun:
     sent: int                 # frames tcpreplay sent
-    seconds: float            # how long tcpreplay took
+    seconds: float            # how long tcpreplay took to send them (its own "Actual: ... sent in" figure)
     received: int             # frames that passed the filter (the kernel's count)
     dropped: int              # ... and that the kernel dropped
     analyzed: int             # frames synfin read
@@ -175,7 +175,8 @@ class ReplayLink:
         sent = re.search(r"Successful packets:\s+(\d+)", report)
         if replay.returncode != 0 or sent is None:
             raise ReplayError(f"tcpreplay failed: {report.strip()[-500:]}")
-        return int(sent.group(1)), seconds
+        sending = re.search(r"Actual: \d+ packets \(\d+ bytes\) sent in ([\d.]+) seconds", report)
+        return int(sent.group(1)), float(sending.group(1)) if sending else seconds
 
 
 def _terminate(sniffer: subprocess.Popen[bytes]) -> None:
