@@ -11,7 +11,9 @@ only when the engine was built with libpcap, see filters_available()); with
 --where, a test of each finished connection (where.py, where.c). Each
 C file names the Python module it follows. `collect()` finds a few
 connections' frames for the ladder and stops reading once they have finished
-(collect.c, ladder_source.py).
+(collect.c, ladder_source.py). `_engine.live()` reads a live interface through
+libpcap's ring and prints events.py's events from C (live.c, events.c; driven
+by live_engine.py for `synfin live`).
 
 One set of TCP rules
 ====================

@@ -134,8 +134,10 @@ class ReplayLink:
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=20, check=False)
 
     def replay(self, capture: Path, rate: str, live: list[str], tmp: Path,
-               stop: Callable[[subprocess.Popen[bytes]], None] | None = None, status: int = 0) -> LiveRun:
-        """Replay `capture` at `rate` with `synfin live -i r1 -f json LIVE...` listening; what it reported.
+               stop: Callable[[subprocess.Popen[bytes]], None] | None = None, status: int = 0,
+               loops: int = 1) -> LiveRun:
+        """Replay `capture` at `rate` (`loops` times over) with `synfin live -i r1 -f json LIVE...` listening;
+        what it reported.
 
         Once it has read everything, `stop` ends it (default: SIGTERM); it must exit with `status`."""
         out_path, err_path = tmp / "live.out", tmp / "live.err"
@@ -145,7 +147,7 @@ class ReplayLink:
             try:
                 _wait_listening(err_path, sniffer)
                 rss = [_rss(sniffer.pid)]
-                sent, seconds = self._tcpreplay(capture, rate, sniffer.pid, rss)
+                sent, seconds = self._tcpreplay(capture, rate, sniffer.pid, rss, loops)
                 _settle(out_path, sniffer.pid, rss)
                 (stop or _terminate)(sniffer)
                 sniffer.wait(timeout=600)
@@ -162,8 +164,9 @@ class ReplayLink:
         return LiveRun(sent, seconds, received, dropped, analyzed, [x for x in lines if "event" not in x],
                        [x for x in lines if "event" in x], text, [kb for kb in rss if kb], printed)
 
-    def _tcpreplay(self, capture: Path, rate: str, pid: int, rss: list[int]) -> tuple[int, float]:
+    def _tcpreplay(self, capture: Path, rate: str, pid: int, rss: list[int], loops: int = 1) -> tuple[int, float]:
         speed = ["--topspeed"] if rate == "top" else [f"--pps={rate}"]
+        speed += [f"--loop={loops}"] if loops > 1 else []
         start = time.monotonic()
         replay = subprocess.Popen(self.exec("tcpreplay", "-q", "-i", "r0", *speed, str(capture)),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

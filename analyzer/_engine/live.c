@@ -73,6 +73,7 @@ int live_open(Live *l, const LiveOptions *o) {
     if (o->loopback) (void)pcap_setdirection(p, PCAP_D_IN);
     if (pcap_setnonblock(p, 1, errbuf)) return failure(l, LIVE_FAILED, "cannot read without blocking", errbuf);
     l->fd = pcap_get_selectable_fd(p);
+    l->block_ms = o->block_ms;
     if (o->dump_path != NULL) {
         l->dump = pcap_dump_open(p, o->dump_path);
         if (l->dump == NULL) return failure(l, LIVE_FAILED, "cannot write", pcap_geterr(p));
@@ -154,12 +155,19 @@ int live_pump(Live *l, double seconds, size_t enough, int drain) {
         /* the ring is empty: everything up to now is in */
         if (tracker_tick(&l->tracker, wall_clock()) || hand_over(l)) l->failed = 1;
         double left = until - monotonic();
-        if (drain || left <= 0) break;
+        if (left <= 0) break;
+        /* Draining, the ring counts as empty only once no block has come for two block timeouts: the kernel
+         * hands over the block it is filling only when it is full or `block_ms` old, and the frames in it
+         * were captured before the stop. */
+        int wait_ms = drain ? 2 * l->block_ms + 10 : (int)ceil(left * 1000);
+        if (wait_ms > left * 1000 + 1) wait_ms = (int)ceil(left * 1000);
         struct pollfd wait = {l->fd, POLLIN, 0};
-        if (poll(&wait, 1, (int)ceil(left * 1000)) < 0) {
+        int ready = poll(&wait, 1, wait_ms);
+        if (ready < 0) {
             if (errno == EINTR) break;  /* a signal: back to Python */
             l->failed = 1;
         }
+        if (ready == 0 && drain) break;
     }
     if (l->dump != NULL) pcap_dump_flush(l->dump);
     return l->failed ? -1 : 0;

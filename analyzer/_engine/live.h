@@ -21,6 +21,7 @@ typedef struct {
     void *pcap;              /* pcap_t *, opaque here so that module.c needs no pcap.h */
     void *dump;              /* pcap_dumper_t * (-w), or NULL */
     int fd;                  /* the ring's descriptor, to wait on */
+    int block_ms;            /* LiveOptions.block_ms */
     uint32_t linktype;
     Feeder *feeder;          /* its counts only (feeder_frame) */
     Sink *sink;
@@ -40,8 +41,8 @@ typedef struct {
 int live_open(Live *l, const LiveOptions *o);   /* LIVE_OK, or a code and l->error */
 int live_start(Live *l, const Timeouts *timeouts);  /* the tracker; 0, or -1: out of memory */
 /* Read what the ring holds for up to `seconds` (waiting for more meanwhile), until l->events holds
- * `enough` bytes, the count is reached, or the interface is lost. With `drain`, stop as soon as the ring
- * is empty. 0, or -1 (l->failed). Runs without the GIL. */
+ * `enough` bytes, the count is reached, or the interface is lost. With `drain`, stop once the ring is
+ * empty and no block has come for two block timeouts. 0, or -1 (l->failed). Runs without the GIL. */
 int live_pump(Live *l, double seconds, size_t enough, int drain);
 int live_finish(Live *l);   /* every open connection finished and announced; 0 or -1 */
 void live_census(const Live *l, int64_t census[2][N_STATES]);  /* the open connections' states */
