@@ -72,7 +72,8 @@ def interface_names() -> list[str]:
     return [*sorted({name for _, name in socket.if_nameindex()}), ANY]
 
 
-def _device_type(name: str) -> int:
+def device_type(name: str) -> int:
+    """The ARPHRD_ type of interface `name` (-1: unknown)."""
     try:
         return int(Path(f"/sys/class/net/{name}/type").read_text())
     except (OSError, ValueError):
@@ -88,7 +89,7 @@ class LiveCapture:
             raise LiveError(f"there is no interface named {iface!r}; the interfaces here are: "
                             + ", ".join(interface_names()))
         self.iface = iface
-        device = -1 if iface == ANY else _device_type(iface)
+        device = -1 if iface == ANY else device_type(iface)
         self.cooked = device not in (ARPHRD_ETHER, ARPHRD_LOOPBACK)
         self.linktype = LINKTYPE_LINUX_SLL if self.cooked else LINKTYPE_ETHERNET
         self.loopback = device == ARPHRD_LOOPBACK

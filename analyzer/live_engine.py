@@ -37,7 +37,7 @@ from analyzer.live import (
     ARPHRD_LOOPBACK,
     DEFAULT_FILTERS,
     LiveError,
-    _device_type,
+    device_type,
     interface_names,
     permission_message,
 )
@@ -45,8 +45,7 @@ from analyzer.pipeline import Stats
 from analyzer.report import Census, table_header, write_summary
 from analyzer.styled import Styled, is_tty
 
-EVENT_FORMATS = {"text": 1, "json": 2}  # events.c; 0: only counted (--summary)
-RECORD_FORMATS = {"text": engine.FORMATS["table"], "json": engine.FORMATS["json"]}
+RECORD_FORMATS = {"text": "table", "json": "json"}  # the final report's, by --format
 REFRESH_SECONDS = 0.5
 
 
@@ -56,7 +55,7 @@ def usable(iface: str) -> str | None:
         return "the compiled engine is not built"
     if not engine.filters_available():
         return "the compiled engine was built without libpcap (libpcap-dev)"
-    if iface != ANY and iface in interface_names() and _device_type(iface) not in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
+    if iface != ANY and iface in interface_names() and device_type(iface) not in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
         return f"{iface} is neither Ethernet nor loopback (the engine reads those, and 'any')"
     return None
 
@@ -94,7 +93,6 @@ class EngineSession:
         colour = args.format == "text" and self.table_console.is_terminal and not self.table_console.no_color
         if args.write is not None:
             _check_writable(args.write)
-        engine._ready(None)
         with contextlib.ExitStack() as stack:
             self.spool = stack.enter_context(tempfile.TemporaryFile())
             sink = stack.enter_context(open(os.devnull, "wb")) if args.no_report else self.spool
@@ -102,13 +100,11 @@ class EngineSession:
             if args.summary:
                 self._view = stack.enter_context(_live_view(self.out))
             timeouts = Timeouts(msl=args.msl, idle=args.idle_timeout, handshake=args.handshake_timeout)
-            limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
-            counts = engine._engine.live(
+            counts = engine.live(
                 self.iface, self.filter, args.snaplen, args.buffer_size << 20,
-                not args.no_promiscuous_mode and self.iface != ANY, self._loopback(),
-                None if args.write is None else str(args.write), 0 if args.summary else EVENT_FORMATS[args.format],
-                sink.fileno(), RECORD_FORMATS[args.format], colour, limits, args.count or 0, args.summary,
-                self._handle)
+                not args.no_promiscuous_mode and self.iface != ANY, self._loopback(), args.write,
+                "counted" if args.summary else args.format, sink.fileno(), RECORD_FORMATS[args.format], colour,
+                timeouts, args.count or 0, args.summary, self._handle)
             if "open_error" in counts:
                 raise LiveError(self._open_error(counts["open_error"], counts["message"]))
             self.counts = counts
@@ -117,7 +113,7 @@ class EngineSession:
             self.report(report_out)
 
     def _loopback(self) -> bool:
-        return self.iface != ANY and _device_type(self.iface) == ARPHRD_LOOPBACK
+        return self.iface != ANY and device_type(self.iface) == ARPHRD_LOOPBACK
 
     def _handle(self, events: bytes, frames: int, received: int, dropped: int, totals: tuple[int, int, int],
                 census: tuple[int, ...] | None) -> bool:
@@ -156,12 +152,13 @@ class EngineSession:
         self._next_refresh = time.monotonic() + REFRESH_SECONDS
 
     def _open_error(self, code: int, message: str) -> str:
-        if code == engine._engine.LIVE_PERMISSION:
+        kind = engine.live_error(code)
+        if kind == "permission":
             return permission_message(self.iface)
-        if code == engine._engine.LIVE_NO_DEVICE:
+        if kind == "no device":
             return (f"there is no interface named {self.iface!r}; the interfaces here are: "
                     + ", ".join(interface_names()))
-        if code == engine._engine.LIVE_BAD_FILTER:
+        if kind == "bad filter":
             return f"bad filter {self.filter!r}: {message}"
         return f"cannot capture on {self.iface}: {message}"
 

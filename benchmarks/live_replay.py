@@ -15,7 +15,9 @@ how long that took (tcpreplay's own figure) and the rate that makes, what the
 kernel dropped before synfin read it, frames
 synfin analyzed, the connections of `synfin analyze` of the same cut whose
 labels (open, close, active closer, who reset) are missing from the live
-report or differ; and synfin's resident memory (VmRSS, sampled every 0.2 s)
+report or differ; synfin's CPU time from listening until it has read
+everything (user + system: how much of a core the rate costs it); and its
+resident memory (VmRSS, sampled every 0.2 s)
 at the start, at its peak and at the end of the step; with `--rss-every S`,
 also its RSS every S seconds through the step: on a long replay (`--frames 0
 --rates 20000 --rss-every 10`), whether memory stays flat.
@@ -54,7 +56,7 @@ def main() -> int:
         print(f"{args.capture} (first {args.frames or 'all'} frames): {len(expected)} connections in "
               f"synfin analyze; synfin live {' '.join(args.live) or '(default options)'}")
         print(f"{'rate (frames/s)':>16} {'engine':>9} {'sent':>9} {'seconds':>8} {'sent/s':>8} {'dropped':>8} "
-              f"{'analyzed':>9} {'labels differ':>16}  RSS MB start/peak/end")
+              f"{'analyzed':>9} {'labels differ':>16} {'CPU s':>6}  RSS MB start/peak/end")
         try:
             with ReplayLink() as link:
                 for rate in args.rates.split(","):
@@ -95,7 +97,8 @@ def _step(link: ReplayLink, cut: Path, rate: str, engine: str, expected: dict,  
     rss = "/".join(f"{kb / 1024:.0f}" for kb in (run.rss_kb[0], max(run.rss_kb), run.rss_kb[-1])) \
         if run.rss_kb else "-"
     print(f"{rate:>16} {engine:>9} {run.sent:>9} {run.seconds:>8.2f} {run.sent / run.seconds:>8.0f} "
-          f"{run.dropped:>8} {run.analyzed:>9} {differ:>6} of {len(expected):<7}  {rss}", flush=True)
+          f"{run.dropped:>8} {run.analyzed:>9} {differ:>6} of {len(expected):<7} {run.cpu_seconds:>6.2f}  {rss}",
+          flush=True)
     if args.rss_every > 0 and run.rss_kb:
         every = max(1, round(args.rss_every / RSS_EVERY))
         print(f"{'':>16} RSS MB every {args.rss_every:g} s: "

@@ -63,6 +63,7 @@ class LiveRun:
     err: str                  # what synfin wrote to standard error
     rss_kb: list[int] = field(default_factory=list)  # synfin's VmRSS, every RSS_EVERY seconds
     out: str = ""             # what synfin wrote to standard output, as it is
+    cpu_seconds: float = 0.0  # synfin's CPU time (user + system) from listening to the end of the replay
 
 
 def labels(records: list[Record]) -> dict[Key, tuple[Any, ...]]:
@@ -147,8 +148,10 @@ class ReplayLink:
             try:
                 _wait_listening(err_path, sniffer)
                 rss = [_rss(sniffer.pid)]
+                cpu = _cpu_seconds(sniffer.pid)
                 sent, seconds = self._tcpreplay(capture, rate, sniffer.pid, rss, loops)
                 _settle(out_path, sniffer.pid, rss)
+                cpu = _cpu_seconds(sniffer.pid) - cpu
                 (stop or _terminate)(sniffer)
                 sniffer.wait(timeout=600)
             finally:
@@ -162,7 +165,7 @@ class ReplayLink:
         lines = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
         received, dropped, analyzed = (int(x) for x in counts.groups())
         return LiveRun(sent, seconds, received, dropped, analyzed, [x for x in lines if "event" not in x],
-                       [x for x in lines if "event" in x], text, [kb for kb in rss if kb], printed)
+                       [x for x in lines if "event" in x], text, [kb for kb in rss if kb], printed, cpu)
 
     def _tcpreplay(self, capture: Path, rate: str, pid: int, rss: list[int], loops: int = 1) -> tuple[int, float]:
         speed = ["--topspeed"] if rate == "top" else [f"--pps={rate}"]
@@ -203,6 +206,15 @@ def _settle(out_path: Path, pid: int, rss: list[int]) -> None:
             size, since = now, time.monotonic()
         rss.append(_rss(pid))
         time.sleep(RSS_EVERY)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far, in seconds (/proc/PID/stat's utime and stime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss(pid: int) -> int:
