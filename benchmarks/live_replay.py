@@ -2,7 +2,8 @@
 
     sudo python benchmarks/live_replay.py [--capture bench.pcap] [--frames 100000]
                                           [--rates 10000,50000,100000,250000,top]
-                                          [--engines compiled,reference] [-- LIVE OPTIONS...]
+                                          [--engines compiled,reference] [--preload]
+                                          [-- LIVE OPTIONS...]
 
 The first `--frames` frames of the capture (an `editcap -r` cut; 0: all of
 it) are replayed with `tcpreplay` into one end of a veth pair inside a network
@@ -76,6 +77,8 @@ def _options() -> argparse.Namespace:
                         help="frames per second, comma-separated; 'top' is tcpreplay --topspeed")
     parser.add_argument("--engines", default="compiled,reference",
                         help="synfin live --engine for each rate, comma-separated (default: compiled,reference)")
+    parser.add_argument("--preload", action="store_true",
+                        help="tcpreplay --preload-pcap: the cut read into memory first, so top speed is higher")
     parser.add_argument("--rss-every", type=float, default=0, metavar="SECONDS",
                         help="also print synfin's RSS every SECONDS through each step")
     parser.add_argument("live", nargs="*", help="after --: more options for synfin live")
@@ -92,7 +95,7 @@ def _cut(capture: Path, frames: int, tmp: Path) -> Path:
 
 def _step(link: ReplayLink, cut: Path, rate: str, engine: str, expected: dict,  # type: ignore[type-arg]
           args: argparse.Namespace, tmp: Path) -> None:
-    run = link.replay(cut, rate, ["--engine", engine, *args.live], tmp)
+    run = link.replay(cut, rate, ["--engine", engine, *args.live], tmp, preload=args.preload)
     differ = len(differing(expected, labels(run.records)))
     rss = "/".join(f"{kb / 1024:.0f}" for kb in (run.rss_kb[0], max(run.rss_kb), run.rss_kb[-1])) \
         if run.rss_kb else "-"

@@ -136,9 +136,9 @@ class ReplayLink:
 
     def replay(self, capture: Path, rate: str, live: list[str], tmp: Path,
                stop: Callable[[subprocess.Popen[bytes]], None] | None = None, status: int = 0,
-               loops: int = 1) -> LiveRun:
-        """Replay `capture` at `rate` (`loops` times over) with `synfin live -i r1 -f json LIVE...` listening;
-        what it reported.
+               loops: int = 1, preload: bool = False) -> LiveRun:
+        """Replay `capture` at `rate` (`loops` times over; `preload`: read into memory first, tcpreplay -K, which
+        sends faster) with `synfin live -i r1 -f json LIVE...` listening; what it reported.
 
         Once it has read everything, `stop` ends it (default: SIGTERM); it must exit with `status`."""
         out_path, err_path = tmp / "live.out", tmp / "live.err"
@@ -149,7 +149,7 @@ class ReplayLink:
                 _wait_listening(err_path, sniffer)
                 rss = [_rss(sniffer.pid)]
                 cpu = _cpu_seconds(sniffer.pid)
-                sent, seconds = self._tcpreplay(capture, rate, sniffer.pid, rss, loops)
+                sent, seconds = self._tcpreplay(capture, rate, sniffer.pid, rss, loops, preload)
                 _settle(out_path, sniffer.pid, rss)
                 cpu = _cpu_seconds(sniffer.pid) - cpu
                 (stop or _terminate)(sniffer)
@@ -167,9 +167,10 @@ class ReplayLink:
         return LiveRun(sent, seconds, received, dropped, analyzed, [x for x in lines if "event" not in x],
                        [x for x in lines if "event" in x], text, [kb for kb in rss if kb], printed, cpu)
 
-    def _tcpreplay(self, capture: Path, rate: str, pid: int, rss: list[int], loops: int = 1) -> tuple[int, float]:
+    def _tcpreplay(self, capture: Path, rate: str, pid: int, rss: list[int], loops: int = 1,
+                   preload: bool = False) -> tuple[int, float]:
         speed = ["--topspeed"] if rate == "top" else [f"--pps={rate}"]
-        speed += [f"--loop={loops}"] if loops > 1 else []
+        speed += ([f"--loop={loops}"] if loops > 1 else []) + (["--preload-pcap"] if preload else [])
         start = time.monotonic()
         replay = subprocess.Popen(self.exec("tcpreplay", "-q", "-i", "r0", *speed, str(capture)),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
