@@ -1,16 +1,21 @@
 """`synfin live`: the analysis as it happens, on a live interface.
 
-Frames come from `live.LiveCapture` and go through the very `Pipeline` a
-capture file goes through. While it runs, events (opened, state changes,
-closed) are printed one per line, or as JSON Lines, or summarised in a table
-refreshed in place (`--summary`). When it stops (Ctrl-C, SIGTERM, `--count`,
+Two paths, chosen by --engine: the compiled engine reads libpcap's ring
+(live_engine.py, the default whenever the engine was built with libpcap and
+the device is Ethernet, loopback or `any`); the reference path, below, where
+frames come from `live.LiveCapture` and go through the very `Pipeline` a
+capture file goes through. Both print the same events and report.
+
+While it runs, events (opened, state changes, closed) are printed one per
+line, or as JSON Lines, or summarised in a table refreshed in place
+(`--summary`). When it stops (Ctrl-C, SIGTERM, `--count`,
 `--duration`) it prints the per-connection report and summary exactly as
 `synfin analyze` would, and what the kernel dropped. Should the interface go
 down or disappear while it runs, it stops too, prints the same report and
 then one line saying why, and exits with status 1 (EXIT_INTERFACE_LOST).
 
 Memory stays flat: idle connections are finished on wall-clock time when no
-packets come (`Pipeline.tick`), and finished connections are pickled to a
+packets come (`Pipeline.tick`), and, on the reference path, finished connections are pickled to a
 temporary file (in $TMPDIR, about 1.5 kB each) until the final report reads
 them back; `--no-report` keeps nothing.
 """

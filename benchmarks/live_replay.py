@@ -95,7 +95,8 @@ def _cut(capture: Path, frames: int, tmp: Path) -> Path:
 
 def _step(link: ReplayLink, cut: Path, rate: str, engine: str, expected: dict,  # type: ignore[type-arg]
           args: argparse.Namespace, tmp: Path) -> None:
-    run = link.replay(cut, rate, ["--engine", engine, *args.live], tmp, preload=args.preload)
+    run = link.replay(cut, rate, ["--engine", engine, *args.live], tmp, preload=args.preload,
+                      keep_events=False)
     differ = len(differing(expected, labels(run.records)))
     rss = "/".join(f"{kb / 1024:.0f}" for kb in (run.rss_kb[0], max(run.rss_kb), run.rss_kb[-1])) \
         if run.rss_kb else "-"

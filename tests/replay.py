@@ -136,9 +136,10 @@ class ReplayLink:
 
     def replay(self, capture: Path, rate: str, live: list[str], tmp: Path,
                stop: Callable[[subprocess.Popen[bytes]], None] | None = None, status: int = 0,
-               loops: int = 1, preload: bool = False) -> LiveRun:
+               loops: int = 1, preload: bool = False, keep_events: bool = True) -> LiveRun:
         """Replay `capture` at `rate` (`loops` times over; `preload`: read into memory first, tcpreplay -K, which
-        sends faster) with `synfin live -i r1 -f json LIVE...` listening; what it reported.
+        sends faster) with `synfin live -i r1 -f json LIVE...` listening; what it reported (without
+        `keep_events`, only its final report and counts: a long replay prints gigabytes of events).
 
         Once it has read everything, `stop` ends it (default: SIGTERM); it must exit with `status`."""
         out_path, err_path = tmp / "live.out", tmp / "live.err"
@@ -158,14 +159,14 @@ class ReplayLink:
                 if sniffer.poll() is None:
                     sniffer.kill()
                     sniffer.wait()
-        text, printed = err_path.read_text(), out_path.read_text()
-        counts = KERNEL_LINE.search(text) or KERNEL_LINE.search(printed)  # -f text: the summary is on stdout
+        text = err_path.read_text()
+        records, events, printed, kernel = _read_output(out_path, keep_events)
+        counts = KERNEL_LINE.search(text) or KERNEL_LINE.search(kernel)  # -f text: the summary is on stdout
         if sniffer.returncode != status or counts is None or "Traceback" in text:
             raise ReplayError(f"synfin live failed (status {sniffer.returncode}): {text.strip()[-800:]}")
-        lines = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
         received, dropped, analyzed = (int(x) for x in counts.groups())
-        return LiveRun(sent, seconds, received, dropped, analyzed, [x for x in lines if "event" not in x],
-                       [x for x in lines if "event" in x], text, [kb for kb in rss if kb], printed, cpu)
+        return LiveRun(sent, seconds, received, dropped, analyzed, records, events, text, [kb for kb in rss if kb],
+                       printed, cpu)
 
     def _tcpreplay(self, capture: Path, rate: str, pid: int, rss: list[int], loops: int = 1,
                    preload: bool = False) -> tuple[int, float]:
@@ -184,6 +185,27 @@ class ReplayLink:
             raise ReplayError(f"tcpreplay failed: {report.strip()[-500:]}")
         sending = re.search(r"Actual: \d+ packets \(\d+ bytes\) sent in ([\d.]+) seconds", report)
         return int(sent.group(1)), float(sending.group(1)) if sending else seconds
+
+
+def _read_output(path: Path, keep_events: bool) -> tuple[list[Record], list[Record], str, str]:
+    """The JSON records and (with `keep_events`) events of a live run's output, read line by line; the output
+    as it is (only with `keep_events`), and its last kernel line ("" if none)."""
+    records: list[Record] = []
+    events: list[Record] = []
+    kept: list[str] = []
+    kernel = ""
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if keep_events:
+                kept.append(line)
+            if line.startswith('{"event"'):
+                if keep_events:
+                    events.append(json.loads(line))
+            elif line.startswith("{"):
+                records.append(json.loads(line))
+            elif line.startswith("  kernel: "):
+                kernel = line
+    return records, events, "".join(kept), kernel
 
 
 def _terminate(sniffer: subprocess.Popen[bytes]) -> None:
