@@ -20,7 +20,9 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <linux/if_packet.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -31,6 +33,9 @@
 #include <pcap/pcap.h>
 
 #define DISPATCH_MAX 4096
+#ifndef PACKET_IGNORE_OUTGOING
+#define PACKET_IGNORE_OUTGOING 23
+#endif
 
 static double wall_clock(void) {  /* time.time() */
     struct timespec now;
@@ -69,8 +74,12 @@ int live_open(Live *l, const LiveOptions *o) {
     status = pcap_setfilter(p, &program);
     pcap_freecode(&program);
     if (status) return failure(l, LIVE_FAILED, "the kernel refused the compiled filter", pcap_geterr(p));
-    /* live.py's PACKET_IGNORE_OUTGOING: libpcap would skip the copies anyway, but the kernel would count them */
-    if (o->loopback) (void)pcap_setdirection(p, PCAP_D_IN);
+    /* live.py's PACKET_IGNORE_OUTGOING (Linux 4.20+): libpcap skips loopback's outgoing copies itself, but the
+     * kernel would still count them as passing the filter */
+    if (o->loopback) {
+        int one = 1;
+        (void)setsockopt(pcap_fileno(p), SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one);
+    }
     if (pcap_setnonblock(p, 1, errbuf)) return failure(l, LIVE_FAILED, "cannot read without blocking", errbuf);
     l->fd = pcap_get_selectable_fd(p);
     l->block_ms = o->block_ms;
