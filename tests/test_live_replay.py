@@ -92,3 +92,15 @@ def test_interface_deleted_while_running(link: ReplayLink, tmp_path: Path, engin
     assert run.analyzed == SAMPLE_FRAMES and run.dropped == 0
     assert differing(expected, labels(run.records)) == []  # the whole report of what was read
     assert analyze(written) == run.records  # and the -w file was closed whole: it reads back to the same
+
+
+@pytest.mark.kernel
+def test_interface_set_down_while_running(link: ReplayLink, tmp_path: Path, engine: str) -> None:
+    """The veth is set down under a running capture: the report of what was read, one line why; status 1."""
+    written = tmp_path / "written.pcap"
+    run = link.replay(SAMPLE, "top", ["--engine", engine, "-w", str(written)], tmp_path,
+                      stop=lambda _: subprocess.run(link.exec("ip", "link", "set", "r1", "down"), check=True), status=1)
+    assert run.err.strip().splitlines()[-1] == "synfin live: stopped: the interface r1 went down"
+    assert run.analyzed == SAMPLE_FRAMES and run.dropped == 0
+    assert differing(labels(analyze(SAMPLE)), labels(run.records)) == []
+    assert analyze(written) == run.records
