@@ -343,6 +343,8 @@ int buf_reserve(Buffer *b, size_t more);
 int buf_float(Buffer *b, double x);       /* repr(x), as Python prints it */
 int buf_round9(Buffer *b, double x);      /* repr(round(x, 9)) */
 int buf_round6(Buffer *b, double x);      /* repr(round(x, 6)): the timing figures, in microseconds */
+double round9(double x);                  /* round(x, 9), as Python rounds (events.c's durations) */
+void buf_endpoint(Buffer *b, const Endpoint *ep, int ip_version);  /* report.endpoint_name, as the outputs write it */
 
 extern int ipv4_mapped_dotted;  /* write ::ffff:a.b.c.d as this Python's ipaddress does (3.13+) */
 
@@ -356,7 +358,5 @@ typedef struct {
 } OutputStyle;
 
 int write_record(Buffer *b, const Conn *c, const Labels *labels, const OutputStyle *style);
-void buf_endpoint(Buffer *b, const Endpoint *ep, int ip_version);  /* report.endpoint_name */
-double round9(double x);  /* round(x, 9), as Python rounds */
 
 #endif
