@@ -11,7 +11,9 @@ only when the engine was built with libpcap, see filters_available()); with
 --where, a test of each finished connection (where.py, where.c). Each
 C file names the Python module it follows. `collect()` finds a few
 connections' frames for the ladder and stops reading once they have finished
-(collect.c, ladder_source.py).
+(collect.c, ladder_source.py). `_engine.live()` reads a live interface through
+libpcap's ring and prints events.py's events from C (live.c, events.c; driven
+by live_engine.py for `synfin live`).
 
 One set of TCP rules
 ====================
@@ -272,6 +274,38 @@ def collect(path: str | Path | CaptureSet, ids: list[int], timeouts: Timeouts, s
         where = path.files[found["file"]] if isinstance(path, CaptureSet) else name
         raise CaptureError(f"{where}: {found['error']}")
     return found
+
+
+LIVE_EVENTS = {"counted": 0, "text": 1, "json": 2}  # events.c's formats ("counted": only the rates)
+
+
+def live(iface: str, bpf: str, snaplen: int, buffer_bytes: int, promiscuous: bool, loopback: bool,
+         dump: Path | None, events: str, fd_out: int, fmt: str, colour: bool, timeouts: Timeouts, count: int,
+         census: bool, handler: Callable[..., bool]) -> dict[str, Any]:
+    """Analyze the live interface `iface` through libpcap's ring (analyzer/_engine/live.c) until `handler`
+    returns true, `count` frames (0: no limit) have been read, or the interface is lost.
+
+    The filter `bpf` is compiled into the kernel; `loopback`: the kernel skips outgoing copies; `dump`: the
+    frames are written there (pcap, nanoseconds). Events (`events`, LIVE_EVENTS) go to handler(events: bytes,
+    frames, received, dropped, (opens, closes, resets), census), called once the capture is on and then at
+    least every 0.1 s; `census` asks for the open connections' states (clients' then servers', a count per
+    STATES entry). Each finished connection is written to `fd_out` as `fmt`, as run() writes it. Returns run()'s
+    counts and "received", "dropped", "drained", "lost" (live_capture in module.c); or {"open_error": one of
+    LIVE_PERMISSION, LIVE_NO_DEVICE, LIVE_BAD_FILTER or another code, "message": libpcap's}.
+    """
+    _ready(None)
+    if not filters_available():
+        raise RuntimeError("the compiled engine was built without libpcap: no live capture")
+    limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+    return _engine.live(iface, bpf, snaplen, buffer_bytes, promiscuous, loopback, None if dump is None else str(dump),
+                        LIVE_EVENTS[events], fd_out, FORMATS[fmt], colour, limits, count, census, handler)
+
+
+def live_error(code: int) -> str:
+    """Which failure a live() "open_error" code is: "permission", "no device", "bad filter" or "other"."""
+    names = {getattr(_engine, "LIVE_PERMISSION", -1): "permission", getattr(_engine, "LIVE_NO_DEVICE", -1): "no device",
+             getattr(_engine, "LIVE_BAD_FILTER", -1): "bad filter"}
+    return names.get(code, "other")
 
 
 def _optional(bpf: str | None, where: Where | None) -> tuple[str | bytes | None, ...]:

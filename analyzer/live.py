@@ -72,7 +72,8 @@ def interface_names() -> list[str]:
     return [*sorted({name for _, name in socket.if_nameindex()}), ANY]
 
 
-def _device_type(name: str) -> int:
+def device_type(name: str) -> int:
+    """The ARPHRD_ type of interface `name` (-1: unknown)."""
     try:
         return int(Path(f"/sys/class/net/{name}/type").read_text())
     except (OSError, ValueError):
@@ -88,7 +89,7 @@ class LiveCapture:
             raise LiveError(f"there is no interface named {iface!r}; the interfaces here are: "
                             + ", ".join(interface_names()))
         self.iface = iface
-        device = -1 if iface == ANY else _device_type(iface)
+        device = -1 if iface == ANY else device_type(iface)
         self.cooked = device not in (ARPHRD_ETHER, ARPHRD_LOOPBACK)
         self.linktype = LINKTYPE_LINUX_SLL if self.cooked else LINKTYPE_ETHERNET
         self.loopback = device == ARPHRD_LOOPBACK
@@ -194,12 +195,16 @@ def _open_socket(iface: str, cooked: bool) -> socket.socket:
     try:
         return socket.socket(socket.AF_PACKET, kind, socket.htons(ETH_P_ALL))
     except PermissionError:
-        raise LiveError(
-            f"capturing on {iface} needs the CAP_NET_RAW capability, which this process "
-            "does not have: run synfin as root (sudo), or grant it to the Python interpreter "
-            "(setcap cap_net_raw,cap_net_admin+eip ...)") from None
+        raise LiveError(permission_message(iface)) from None
     except OSError as err:
         raise LiveError(f"cannot open a packet socket for {iface}: {err.strerror or err}") from None
+
+
+def permission_message(iface: str) -> str:
+    """What a capture without CAP_NET_RAW is told (both live paths)."""
+    return (f"capturing on {iface} needs the CAP_NET_RAW capability, which this process "
+            "does not have: run synfin as root (sudo), or grant it to the Python interpreter "
+            "(setcap cap_net_raw,cap_net_admin+eip ...)")
 
 
 def _drain(sock: socket.socket) -> None:

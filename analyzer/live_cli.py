@@ -1,16 +1,21 @@
 """`synfin live`: the analysis as it happens, on a live interface.
 
-Frames come from `live.LiveCapture` and go through the very `Pipeline` a
-capture file goes through. While it runs, events (opened, state changes,
-closed) are printed one per line, or as JSON Lines, or summarised in a table
-refreshed in place (`--summary`). When it stops (Ctrl-C, SIGTERM, `--count`,
+Two paths, chosen by --engine: the compiled engine reads libpcap's ring
+(live_engine.py, the default whenever the engine was built with libpcap and
+the device is Ethernet, loopback or `any`); the reference path, below, where
+frames come from `live.LiveCapture` and go through the very `Pipeline` a
+capture file goes through. Both print the same events and report.
+
+While it runs, events (opened, state changes, closed) are printed one per
+line, or as JSON Lines, or summarised in a table refreshed in place
+(`--summary`). When it stops (Ctrl-C, SIGTERM, `--count`,
 `--duration`) it prints the per-connection report and summary exactly as
 `synfin analyze` would, and what the kernel dropped. Should the interface go
 down or disappear while it runs, it stops too, prints the same report and
 then one line saying why, and exits with status 1 (EXIT_INTERFACE_LOST).
 
 Memory stays flat: idle connections are finished on wall-clock time when no
-packets come (`Pipeline.tick`), and finished connections are pickled to a
+packets come (`Pipeline.tick`), and, on the reference path, finished connections are pickled to a
 temporary file (in $TMPDIR, about 1.5 kB each) until the final report reads
 them back; `--no-report` keeps nothing.
 """
@@ -35,6 +40,7 @@ from analyzer.cli import EXIT_BAD_INPUT, add_timing_options
 from analyzer.connection import Connection, Timeouts
 from analyzer.events import Event, EventWatcher, event_json, format_event
 from analyzer.live import DEFAULT_SNAPLEN, LiveCapture, LiveError, PcapWriter
+from analyzer.live_engine import EngineSession, usable
 from analyzer.pipeline import Options, Pipeline, Stats
 from analyzer.report import Census, write_json, write_summary, write_table
 from analyzer.styled import Styled, is_tty
@@ -43,6 +49,8 @@ if TYPE_CHECKING:  # rich is imported when the command runs, not when its option
     from rich.console import Console, Group
     from rich.live import Live
 
+ENGINE_BUFFER_MIB = 128  # a TPACKET_V3 ring: about half a second of tcpreplay's top speed on the benchmark capture
+REFERENCE_BUFFER_MIB = 32
 EXIT_INTERFACE_LOST = 1  # the report of what was read is complete; the capture ended early
 BATCH = 256  # frames read between two looks at the clock, signals and output
 BUSY_SECONDS = 0.1  # reading at most this long, then back to the clock, signals, --summary
@@ -81,10 +89,16 @@ def add_live(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                              "then not kept on disk until the end: for runs of days)")
     parser.add_argument("-s", "--snaplen", type=_positive_int, default=DEFAULT_SNAPLEN,
                         metavar="BYTES", help=f"bytes kept of each frame (default {DEFAULT_SNAPLEN})")
-    parser.add_argument("-B", "--buffer-size", type=_positive_int, default=32, metavar="MiB",
-                        help="kernel receive buffer, MiB (default 32)")
+    parser.add_argument("-B", "--buffer-size", type=_positive_int, default=None, metavar="MiB",
+                        help=f"kernel buffer, MiB: the compiled engine's ring (default {ENGINE_BUFFER_MIB}), the "
+                             f"reference's socket buffer (default {REFERENCE_BUFFER_MIB})")
     parser.add_argument("-p", "--no-promiscuous-mode", action="store_true",
                         help="do not put the interface into promiscuous mode")
+    parser.add_argument("--engine", choices=("auto", "compiled", "reference"), default="auto",
+                        help="compiled: the C engine reads libpcap's ring (fast: see the README); reference: "
+                             "the Python pipeline reads a packet socket (slow); auto (default): compiled when "
+                             "built with libpcap and the interface is Ethernet, loopback or 'any'. Both print "
+                             "the same events and report")
     add_timing_options(parser)
     parser.set_defaults(run=run_live)
 
@@ -107,6 +121,42 @@ def run_live(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    why_not = usable(args.interface) if args.engine != "reference" else "reference"
+    if args.engine == "compiled" and why_not is not None:
+        err.print(f"[red]synfin live: {why_not}; use --engine reference[/]", soft_wrap=True)
+        return EXIT_BAD_INPUT
+    if why_not is None:
+        args.buffer_size = args.buffer_size or ENGINE_BUFFER_MIB
+        return _run_engine(args, err)
+    args.buffer_size = args.buffer_size or REFERENCE_BUFFER_MIB
+    if args.engine == "auto":
+        err.print(f"[yellow]synfin: note: {why_not}; using the reference pipeline, which drops frames "
+                  "above about 10,000 a second[/]", soft_wrap=True)
+    return _run_reference(args, err)
+
+
+def _run_engine(args: argparse.Namespace, err: Console) -> int:
+    """The compiled path (live_engine.py)."""
+    try:
+        with contextlib.ExitStack() as stack:
+            report = stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else None
+            session = EngineSession(args, err)
+            session.run(report or sys.stdout)
+    except LiveError as problem:
+        err.print(f"[red]synfin live: {problem}[/]", soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except OSError as problem:  # the -o file, mostly
+        err.print(f"[red]synfin live: {problem.strerror or problem}"
+                  f"{f': {problem.filename}' if problem.filename else ''}[/]", soft_wrap=True)
+        return EXIT_BAD_INPUT
+    if session.lost:
+        err.print(f"[red]synfin live: stopped: {session.lost}[/]", soft_wrap=True)
+        return EXIT_INTERFACE_LOST
+    return 0
+
+
+def _run_reference(args: argparse.Namespace, err: Console) -> int:
+    """The Python path: live.py's packet socket into the reference pipeline."""
     try:
         with contextlib.ExitStack() as stack:
             capture = stack.enter_context(LiveCapture(
@@ -249,11 +299,14 @@ class Session:
         if not self.args.no_summary:
             write_summary(f"{self.capture.iface} (live)", self.stats, self.census, Styled(console=summary_console))
         kernel = self.capture.kernel
-        dropped = f"[yellow]{kernel.dropped} dropped[/]" if kernel.dropped else "0 dropped"
-        unread = self.capture.unread
-        left = f", [yellow]{unread} left unread at the stop[/]" if unread else ""
-        summary_console.print(f"  kernel: {kernel.received} frames passed the filter, {dropped}, "
-                              f"{self.capture.frames} analyzed{left}")
+        summary_console.print(kernel_line(kernel.received, kernel.dropped, self.capture.frames, self.capture.unread))
+
+
+def kernel_line(received: int, dropped: int, analyzed: int, unread: int) -> str:
+    """The report's last line: what the kernel passed and dropped, what was analyzed (rich markup)."""
+    drops = f"[yellow]{dropped} dropped[/]" if dropped else "0 dropped"
+    left = f", [yellow]{unread} left unread at the stop[/]" if unread else ""
+    return f"  kernel: {received} frames passed the filter, {drops}, {analyzed} analyzed{left}"
 
 
 class Spool:
@@ -312,7 +365,7 @@ class Rates:
 
     def __init__(self) -> None:
         self.totals = {"opens": 0, "closes": 0, "resets": 0}
-        self._recent: dict[str, deque[float]] = {kind: deque() for kind in self.totals}
+        self._recent: dict[str, deque[tuple[float, int]]] = {kind: deque() for kind in self.totals}
 
     def note(self, event: Event) -> None:
         kind = event["event"]
@@ -324,14 +377,19 @@ class Rates:
                 self._count("resets")
 
     def _count(self, kind: str) -> None:
-        self.totals[kind] += 1
-        self._recent[kind].append(time.monotonic())
+        self.add(kind, 1)
+
+    def add(self, kind: str, count: int) -> None:
+        """`count` more of `kind` now (the engine's totals come in steps, between reads)."""
+        if count:
+            self.totals[kind] += count
+            self._recent[kind].append((time.monotonic(), count))
 
     def per_second(self, kind: str) -> float:
         recent, cutoff = self._recent[kind], time.monotonic() - RATE_WINDOW
-        while recent and recent[0] < cutoff:
+        while recent and recent[0][0] < cutoff:
             recent.popleft()
-        return len(recent) / RATE_WINDOW
+        return sum(count for _, count in recent) / RATE_WINDOW
 
 
 STATE_ORDER = ("SYN_SENT", "SYN_RCVD", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSE_WAIT",
@@ -340,14 +398,21 @@ STATE_ORDER = ("SYN_SENT", "SYN_RCVD", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2"
 
 def summary_view(iface: str, pipeline: Pipeline, rates: Rates, capture: LiveCapture) -> Group:
     """The census of endpoint states of the open connections, and the rates."""
-    from rich.console import Group
-    from rich.table import Table
-
     census: dict[str, list[int]] = {state: [0, 0] for state in STATE_ORDER}
     for conn in pipeline.tracker.open.values():
         for side, ep in enumerate((conn.client, conn.server)):
             census.setdefault(str(ep.state), [0, 0])[side] += 1
-    states = Table(title=f"{iface}: {len(pipeline.tracker.open)} open connections", box=None,
+    kernel = capture.drop_counts()
+    return summary_group(iface, len(pipeline.tracker.open), census, rates, capture.frames, kernel.dropped)
+
+
+def summary_group(iface: str, open_count: int, census: dict[str, list[int]], rates: Rates, frames: int,
+                  dropped: int) -> Group:
+    """--summary's view: states of the open connections (clients, servers), the rates, the frame counts."""
+    from rich.console import Group
+    from rich.table import Table
+
+    states = Table(title=f"{iface}: {open_count} open connections", box=None,
                    header_style="bold", title_justify="left")
     for name, justify in (("state", "left"), ("clients", "right"), ("servers", "right")):
         states.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -359,7 +424,4 @@ def summary_view(iface: str, pipeline: Pipeline, rates: Rates, capture: LiveCapt
         flow.add_column(name, justify="right" if name else "left")
     for kind in ("opens", "closes", "resets"):
         flow.add_row(kind, f"{rates.per_second(kind):.1f}", str(rates.totals[kind]))
-    kernel = capture.drop_counts()
-    frames = f"{capture.frames} frames, {kernel.dropped} dropped by the kernel"
-    return Group(states, "", flow, "", frames)
-
+    return Group(states, "", flow, "", f"{frames} frames, {dropped} dropped by the kernel")

@@ -1,6 +1,7 @@
 """How fast can `synfin live` keep up? Steady connection rates, stepped up, until it misses one.
 
     sudo python benchmarks/live_rate.py [--seconds 3] [--rates 250,500,...] [--format json]
+                                        [--engine auto|compiled|reference]
 
 A client namespace opens and closes connections at a steady rate to a server
 namespace across a veth pair (see tests/netns.py); `synfin live -i s0` runs in
@@ -126,11 +127,12 @@ class Step:
         return self.good == self.made == self.records
 
 
-def run_step(net: NetnsPair, rate: float, seconds: float, fmt: str, buffer_mib: int) -> Step:
+def run_step(net: NetnsPair, rate: float, seconds: float, fmt: str, buffer_mib: int, engine: str) -> Step:
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         sniffer = subprocess.Popen(
             net.exec(net.server, sys.executable, "-m", "analyzer", "live", "-i", net.server_if,
-                     "--format", fmt, "-B", str(buffer_mib), "tcp"), cwd=ROOT, stdout=out, stderr=err, text=True)
+                     "--format", fmt, "-B", str(buffer_mib), "--engine", engine, "tcp"),
+            cwd=ROOT, stdout=out, stderr=err, text=True)
         try:
             _wait_listening(err)
             gen = subprocess.run(net.exec(net.client, sys.executable, __file__, "generate", SERVER_ADDR,
@@ -190,6 +192,8 @@ def main() -> int:
                              "sniffer that falls behind drops within a step instead of catching up after")
     parser.add_argument("--format", choices=("json", "text"), default="json",
                         help="event format of the sniffer (default json)")
+    parser.add_argument("--engine", choices=("auto", "compiled", "reference"), default="auto",
+                        help="synfin live --engine (default auto: the compiled engine when built with libpcap)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("live_rate: needs root (network namespaces, packet capture)", file=sys.stderr)
@@ -204,7 +208,7 @@ def main() -> int:
         try:
             assert server.stdout is not None and server.stdout.readline().strip() == "ready"
             for rate in (float(r) for r in args.rates.split(",")):
-                step = run_step(net, rate, args.seconds, args.format, args.buffer)
+                step = run_step(net, rate, args.seconds, args.format, args.buffer, args.engine)
                 _print(step)
                 if not step.ok:
                     break

@@ -30,6 +30,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from analyzer.capture import read_frames
+from analyzer.connection import Timeouts
+from analyzer.events import EventWatcher, event_json, format_event
+from analyzer.pipeline import Options, Pipeline, Stats
 from tests.netns import NetnsError, run_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +54,7 @@ class ReplayError(NetnsError):
 @dataclass
 class LiveRun:
     sent: int                 # frames tcpreplay sent
-    seconds: float            # how long tcpreplay took
+    seconds: float            # how long tcpreplay took to send them (its own "Actual: ... sent in" figure)
     received: int             # frames that passed the filter (the kernel's count)
     dropped: int              # ... and that the kernel dropped
     analyzed: int             # frames synfin read
@@ -58,6 +62,8 @@ class LiveRun:
     events: list[Record]
     err: str                  # what synfin wrote to standard error
     rss_kb: list[int] = field(default_factory=list)  # synfin's VmRSS, every RSS_EVERY seconds
+    out: str = ""             # what synfin wrote to standard output, as it is
+    cpu_seconds: float = 0.0  # synfin's CPU time (user + system) from listening to the end of the replay
 
 
 def labels(records: list[Record]) -> dict[Key, tuple[Any, ...]]:
@@ -80,6 +86,21 @@ def analyze(path: Path) -> list[Record]:
     done = subprocess.run([sys.executable, "-m", "analyzer", "analyze", str(path), "-f", "json", "--no-summary"],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def reference_events(path: Path, fmt: str) -> str:
+    """The events the reference live path prints for the frames of `path` (a live run's -w file), as
+    live_cli.Session makes them: the Pipeline, an EventWatcher on it, every finished connection announced."""
+    line = event_json if fmt == "json" else format_event
+    lines: list[str] = []
+    watcher = EventWatcher(lambda event: lines.append(line(event) + "\n"))
+    pipeline = Pipeline(Stats(), Options(Timeouts()), watcher.on_segment)
+    for frame in read_frames(path):
+        for conn in pipeline.feed(frame):
+            watcher.finished(conn)
+    for conn in pipeline.close():
+        watcher.finished(conn)
+    return "".join(lines)
 
 
 class ReplayLink:
@@ -114,8 +135,11 @@ class ReplayLink:
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=20, check=False)
 
     def replay(self, capture: Path, rate: str, live: list[str], tmp: Path,
-               stop: Callable[[subprocess.Popen[bytes]], None] | None = None, status: int = 0) -> LiveRun:
-        """Replay `capture` at `rate` with `synfin live -i r1 -f json LIVE...` listening; what it reported.
+               stop: Callable[[subprocess.Popen[bytes]], None] | None = None, status: int = 0,
+               loops: int = 1, preload: bool = False, keep_events: bool = True) -> LiveRun:
+        """Replay `capture` at `rate` (`loops` times over; `preload`: read into memory first, tcpreplay -K, which
+        sends faster) with `synfin live -i r1 -f json LIVE...` listening; what it reported (without
+        `keep_events`, only its final report and counts: a long replay prints gigabytes of events).
 
         Once it has read everything, `stop` ends it (default: SIGTERM); it must exit with `status`."""
         out_path, err_path = tmp / "live.out", tmp / "live.err"
@@ -125,8 +149,10 @@ class ReplayLink:
             try:
                 _wait_listening(err_path, sniffer)
                 rss = [_rss(sniffer.pid)]
-                sent, seconds = self._tcpreplay(capture, rate, sniffer.pid, rss)
+                cpu = _cpu_seconds(sniffer.pid)
+                sent, seconds = self._tcpreplay(capture, rate, sniffer.pid, rss, loops, preload)
                 _settle(out_path, sniffer.pid, rss)
+                cpu = _cpu_seconds(sniffer.pid) - cpu
                 (stop or _terminate)(sniffer)
                 sniffer.wait(timeout=600)
             finally:
@@ -134,16 +160,18 @@ class ReplayLink:
                     sniffer.kill()
                     sniffer.wait()
         text = err_path.read_text()
-        counts = KERNEL_LINE.search(text)
+        records, events, printed, kernel = _read_output(out_path, keep_events)
+        counts = KERNEL_LINE.search(text) or KERNEL_LINE.search(kernel)  # -f text: the summary is on stdout
         if sniffer.returncode != status or counts is None or "Traceback" in text:
             raise ReplayError(f"synfin live failed (status {sniffer.returncode}): {text.strip()[-800:]}")
-        lines = [json.loads(line) for line in out_path.read_text().splitlines() if line.startswith("{")]
         received, dropped, analyzed = (int(x) for x in counts.groups())
-        return LiveRun(sent, seconds, received, dropped, analyzed, [x for x in lines if "event" not in x],
-                       [x for x in lines if "event" in x], text, [kb for kb in rss if kb])
+        return LiveRun(sent, seconds, received, dropped, analyzed, records, events, text, [kb for kb in rss if kb],
+                       printed, cpu)
 
-    def _tcpreplay(self, capture: Path, rate: str, pid: int, rss: list[int]) -> tuple[int, float]:
+    def _tcpreplay(self, capture: Path, rate: str, pid: int, rss: list[int], loops: int = 1,
+                   preload: bool = False) -> tuple[int, float]:
         speed = ["--topspeed"] if rate == "top" else [f"--pps={rate}"]
+        speed += ([f"--loop={loops}"] if loops > 1 else []) + (["--preload-pcap"] if preload else [])
         start = time.monotonic()
         replay = subprocess.Popen(self.exec("tcpreplay", "-q", "-i", "r0", *speed, str(capture)),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -155,7 +183,29 @@ class ReplayLink:
         sent = re.search(r"Successful packets:\s+(\d+)", report)
         if replay.returncode != 0 or sent is None:
             raise ReplayError(f"tcpreplay failed: {report.strip()[-500:]}")
-        return int(sent.group(1)), seconds
+        sending = re.search(r"Actual: \d+ packets \(\d+ bytes\) sent in ([\d.]+) seconds", report)
+        return int(sent.group(1)), float(sending.group(1)) if sending else seconds
+
+
+def _read_output(path: Path, keep_events: bool) -> tuple[list[Record], list[Record], str, str]:
+    """The JSON records and (with `keep_events`) events of a live run's output, read line by line; the output
+    as it is (only with `keep_events`), and its last kernel line ("" if none)."""
+    records: list[Record] = []
+    events: list[Record] = []
+    kept: list[str] = []
+    kernel = ""
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if keep_events:
+                kept.append(line)
+            if line.startswith('{"event"'):
+                if keep_events:
+                    events.append(json.loads(line))
+            elif line.startswith("{"):
+                records.append(json.loads(line))
+            elif line.startswith("  kernel: "):
+                kernel = line
+    return records, events, "".join(kept), kernel
 
 
 def _terminate(sniffer: subprocess.Popen[bytes]) -> None:
@@ -179,6 +229,15 @@ def _settle(out_path: Path, pid: int, rss: list[int]) -> None:
             size, since = now, time.monotonic()
         rss.append(_rss(pid))
         time.sleep(RSS_EVERY)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far, in seconds (/proc/PID/stat's utime and stime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss(pid: int) -> int:

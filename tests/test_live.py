@@ -5,7 +5,8 @@ namespace makes one connection of each kind (normal close, refused, reset by
 SO_LINGER 0, half-close with data after SHUT_WR). Each run checks the events
 and the final report against what the client did, and that the `-w` capture
 analyzes to the very same records. User errors (no such interface, a bad
-filter, no CAP_NET_RAW) give one sentence and no traceback.
+filter, no CAP_NET_RAW) give one sentence and no traceback. Every test runs
+on both paths (`--engine compiled` and `--engine reference`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import IO, Any
 import pytest
 
 from analyzer.cli import main
+from analyzer.engine import filters_available
 from tests.netns import SERVER_ADDR, NetnsError, NetnsPair, namespaces_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +45,14 @@ EXPECTED = {  # kind -> labels of the final report
 
 
 # -- the network ---------------------------------------------------------------
+
+@pytest.fixture(params=["compiled", "reference"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each test on both live paths: the compiled engine on libpcap's ring, the reference on a packet socket."""
+    if request.param == "compiled" and not filters_available():
+        pytest.skip("the compiled engine was built without libpcap: no live capture in it")
+    return str(request.param)
+
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[NetnsPair]:
@@ -116,8 +126,8 @@ class Lines:
 class Sniffer:
     """`synfin live` in the background in the server namespace."""
 
-    def __init__(self, net: NetnsPair, *args: str) -> None:
-        cmd = [sys.executable, "-m", "analyzer", "live", *args]
+    def __init__(self, net: NetnsPair, engine: str, *args: str) -> None:
+        cmd = [sys.executable, "-m", "analyzer", "live", "--engine", engine, *args]
         self.proc = subprocess.Popen(net.exec(net.server, *cmd), cwd=ROOT, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert self.proc.stdout is not None and self.proc.stderr is not None
@@ -168,9 +178,10 @@ def analyze_json(path: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("iface", ["s0", "any"])
-def test_every_kind_of_connection_reported(net: NetnsPair, server: None, tmp_path: Path, iface: str) -> None:
+def test_every_kind_of_connection_reported(net: NetnsPair, server: None, tmp_path: Path, iface: str,
+                                           engine: str) -> None:
     pcap = tmp_path / "live.pcap"
-    sniffer = Sniffer(net, "-i", iface, "--format", "json", "-w", str(pcap), "tcp", "port", "8001",
+    sniffer = Sniffer(net, engine, "-i", iface, "--format", "json", "-w", str(pcap), "tcp", "port", "8001",
                       "or", "port", "8002", "or", "port", "8003", "or", "port", "8009")
     try:
         ports = client(net, "kinds")
@@ -204,8 +215,8 @@ def _check_events(events: list[dict[str, Any]], record: dict[str, Any]) -> None:
 
 
 @pytest.mark.kernel
-def test_events_are_flushed_as_they_happen(net: NetnsPair, server: None) -> None:
-    sniffer = Sniffer(net, "-i", "s0", "--format", "json", "--no-summary", "port", "8009")
+def test_events_are_flushed_as_they_happen(net: NetnsPair, server: None, engine: str) -> None:
+    sniffer = Sniffer(net, engine, "-i", "s0", "--format", "json", "--no-summary", "port", "8009")
     try:
         port = client(net, "kinds")["refused"]
         seen = []
@@ -221,9 +232,9 @@ def test_events_are_flushed_as_they_happen(net: NetnsPair, server: None) -> None
 
 
 @pytest.mark.kernel
-def test_text_events_and_the_analyze_report(net: NetnsPair, server: None, tmp_path: Path) -> None:
+def test_text_events_and_the_analyze_report(net: NetnsPair, server: None, tmp_path: Path, engine: str) -> None:
     pcap = tmp_path / "text.pcap"
-    sniffer = Sniffer(net, "-i", "s0", "-w", str(pcap), "port", "8001")
+    sniffer = Sniffer(net, engine, "-i", "s0", "-w", str(pcap), "port", "8001")
     try:
         port = client(net, "kinds")["normal"]
         out, _ = sniffer.stop()
@@ -239,8 +250,8 @@ def test_text_events_and_the_analyze_report(net: NetnsPair, server: None, tmp_pa
 
 
 @pytest.mark.kernel
-def test_count_stops_it(net: NetnsPair, server: None) -> None:
-    sniffer = Sniffer(net, "-i", "s0", "-c", "3", "--format", "json", "port", "8001")
+def test_count_stops_it(net: NetnsPair, server: None, engine: str) -> None:
+    sniffer = Sniffer(net, engine, "-i", "s0", "-c", "3", "--format", "json", "port", "8001")
     try:
         client(net, "kinds")
         out, err = sniffer.wait()  # stops by itself
@@ -252,8 +263,8 @@ def test_count_stops_it(net: NetnsPair, server: None) -> None:
 
 
 @pytest.mark.kernel
-def test_idle_connections_are_finished_while_running(net: NetnsPair, server: None) -> None:
-    sniffer = Sniffer(net, "-i", "s0", "--format", "json", "--idle-timeout", "0.5", "--duration", "8",
+def test_idle_connections_are_finished_while_running(net: NetnsPair, server: None, engine: str) -> None:
+    sniffer = Sniffer(net, engine, "-i", "s0", "--format", "json", "--idle-timeout", "0.5", "--duration", "8",
                       "port", "8001")
     holder = subprocess.Popen(net.exec(net.client, sys.executable, TRAFFIC, "idle", SERVER_ADDR, "3"),
                               stdout=subprocess.PIPE, text=True)
@@ -272,8 +283,8 @@ def test_idle_connections_are_finished_while_running(net: NetnsPair, server: Non
 
 
 @pytest.mark.kernel
-def test_summary_table(net: NetnsPair, server: None) -> None:
-    sniffer = Sniffer(net, "-i", "s0", "--summary", "--duration", "1.5", "port", "8001")
+def test_summary_table(net: NetnsPair, server: None, engine: str) -> None:
+    sniffer = Sniffer(net, engine, "-i", "s0", "--summary", "--duration", "1.5", "port", "8001")
     try:
         client(net, "kinds")
         out, _ = sniffer.wait()
@@ -284,30 +295,30 @@ def test_summary_table(net: NetnsPair, server: None) -> None:
 
 
 @pytest.mark.kernel
-def test_without_cap_net_raw(tmp_path: Path) -> None:
+def test_without_cap_net_raw(tmp_path: Path, engine: str) -> None:
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to drop the capability")
     cmd = ["setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw",
-           sys.executable, "-m", "analyzer", "live", "-i", "lo", "--duration", "1"]
+           sys.executable, "-m", "analyzer", "live", "--engine", engine, "-i", "lo", "--duration", "1"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert "CAP_NET_RAW" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    status = main(["live", *args])
+def run_cli(capsys: pytest.CaptureFixture[str], engine: str, *args: str) -> tuple[int, str]:
+    status = main(["live", "--engine", engine, *args])
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err
     return status, captured.err
 
 
-def test_unknown_interface_lists_the_interfaces(capsys: pytest.CaptureFixture[str]) -> None:
-    status, err = run_cli(capsys, "-i", "nosuch0")
+def test_unknown_interface_lists_the_interfaces(capsys: pytest.CaptureFixture[str], engine: str) -> None:
+    status, err = run_cli(capsys, engine, "-i", "nosuch0")
     assert status == 2
     assert "no interface named 'nosuch0'" in err and "lo" in err and "any" in err
 
 
-def test_bad_filter(capsys: pytest.CaptureFixture[str]) -> None:
-    status, err = run_cli(capsys, "-i", "lo", "tcp", "portt", "80")
+def test_bad_filter(capsys: pytest.CaptureFixture[str], engine: str) -> None:
+    status, err = run_cli(capsys, engine, "-i", "lo", "tcp", "portt", "80")
     assert status == 2 and "bad filter 'tcp portt 80'" in err and "syntax error" in err

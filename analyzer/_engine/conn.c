@@ -716,6 +716,8 @@ static void leave_time_wait(Conn *c) {
 }
 
 int conn_finish(Conn *c) {
+    if (c->finished) return c->out_of_memory ? -1 : 0;  /* live.c finished it for its events already */
+    c->finished = 1;
     conn_advance(c, c->last_ts);
     for (int role = 0; role < 2; role++) {
         Endpoint *sender = &c->ep[role], *receiver = &c->ep[!role];

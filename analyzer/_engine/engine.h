@@ -244,6 +244,11 @@ typedef struct Conn {
     uint8_t isn_inferred, has_ack_hi, has_fin_hint;
     uint32_t ack_hi;
     Seg fin_hint;
+    uint8_t finished;        /* conn_finish has run (live.c finishes it before the sink does) */
+    /* what events.c has announced of it (events.py's _Seen): history entries, open, close and its labels */
+    uint8_t told_open, told_close, told_half_close, told_reset, told_reset_state;  /* told_reset: 1 + role */
+    uint32_t told_states[2];
+    const char *told_labels[3];  /* open, close, active_closer (Labels) */
 } Conn;
 
 typedef struct {  /* the labels of a finished connection (labels.py) */
@@ -305,6 +310,8 @@ typedef struct {
     int64_t prefetched_id;  /* the head of the heap when its connection was last prefetched */
     int64_t next_id;
     int64_t last_id;  /* the connection tracker_add's last packet went to (collect.c) */
+    Conn *last_conn;  /* ... that connection, unless it is still a HalfOpen record (then NULL) */
+    double last_ts;   /* the latest packet time added: the flush's (a live tick may have moved `now` past it) */
     double now;
     HalfOpenPool pool;
     size_t in_handshake;  /* open connections waiting on the handshake timeout (records too) */
@@ -319,6 +326,7 @@ void packet_key(Packet *p);
 void tracker_prefetch(const Tracker *t, const Packet *p, int conn_too);
 int tracker_add(Tracker *t, const Packet *p);
 int tracker_flush(Tracker *t);
+int tracker_tick(Tracker *t, double now);  /* no packet until `now` (live.c): finish what timed out by then */
 void tracker_free(Tracker *t);
 
 /* ---- output ------------------------------------------------------------- */
@@ -335,6 +343,8 @@ int buf_reserve(Buffer *b, size_t more);
 int buf_float(Buffer *b, double x);       /* repr(x), as Python prints it */
 int buf_round9(Buffer *b, double x);      /* repr(round(x, 9)) */
 int buf_round6(Buffer *b, double x);      /* repr(round(x, 6)): the timing figures, in microseconds */
+double round9(double x);                  /* round(x, 9), as Python rounds (events.c's durations) */
+void buf_endpoint(Buffer *b, const Endpoint *ep, int ip_version);  /* report.endpoint_name, as the outputs write it */
 
 extern int ipv4_mapped_dotted;  /* write ::ffff:a.b.c.d as this Python's ipaddress does (3.13+) */
 

@@ -257,6 +257,26 @@ static void read_batch(Feeder *f, Batch *batch) {
     }
 }
 
+/* One frame from a live capture (live.c), already filtered by the kernel: counted as read_batch counts it,
+ * and decoded into p, its key made. 1: p is a segment to track (its tunnel text, if any, in f->text until the
+ * next frame); 0: not a segment (counted); -1: out of memory. */
+int feeder_frame(Feeder *f, const Frame *frame, Packet *p) {
+    Skip skip;
+    FrameStats *s = &f->stats;
+    s->last_number = frame->number;
+    s->frames++;
+    if (count_link(s, frame->linktype)) return -1;
+    if (decode_frame(frame, p, &skip, f->text)) return note_skip(s, frame->number, &skip) ? -1 : 0;
+    s->segments++;
+    p->tunnel_at = 0;
+    if (p->tunnel != NULL) {
+        s->tunnelled++;
+        for (int k = 0; k < N_TUNNEL_KINDS; k++) s->tunnels[k] += (p->kinds >> k) & 1;
+    }
+    packet_key(p);
+    return 1;
+}
+
 /* ---- the reading thread --------------------------------------------------------------- */
 
 static long read_fd(void *ctx, uint8_t *dst, size_t n) {

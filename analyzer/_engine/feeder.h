@@ -107,6 +107,7 @@ int feeder_open_set(Feeder *f, int fd, const int *more, size_t n_more, Filter *f
 /* The same, keeping each packet's frame as captured (Batch.raw). */
 int feeder_open_raw(Feeder *f, int fd, const int *more, size_t n_more, FillFn fill, void *fill_ctx,
                     Filter *filter);
+int feeder_frame(Feeder *f, const Frame *frame, Packet *p);  /* live.c: one frame, counted and decoded */
 Batch *feeder_next(Feeder *f);   /* the next batch (NULL: out of memory) */
 void feeder_done(Feeder *f);     /* the caller is through with the batch feeder_next gave */
 void feeder_stop(Feeder *f);     /* stop the thread (its counts stay) */

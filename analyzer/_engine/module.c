@@ -15,7 +15,11 @@
  *       reads a capture as run() does, and returns the frames of the
  *       connections numbered `ids`, stopping once they have all finished if
  *       `stop_early` (collect.c: the ladder's source);
- *   FILTERS: 1 if the engine was built with libpcap (filters), else 0.
+ *   live(iface, filter, snaplen, buffer_bytes, promiscuous, loopback, dump, events, fd_out, format, colour, timeouts,
+ *        count, census, handler) -> dict
+ *       captures from a live interface (live.c) until handler() asks it to stop, the count is reached or
+ *       the interface is lost: see live_capture below;
+ *   FILTERS: 1 if the engine was built with libpcap (filters, live capture), else 0.
  *
  * For both, fd_in may be a tuple of descriptors: a rotated set (analyzer/rotated.py), its files read one
  * after another as one capture, frame numbers going on (reader.c, reader_chain); run() then also returns
@@ -37,6 +41,7 @@
 #include "engine.h"
 #include "feeder.h"
 #include "filter.h"
+#include "live.h"
 #include "sink.h"
 #include "where.h"
 
@@ -578,6 +583,169 @@ static PyObject *collect(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* ---- live capture (live.c) ----------------------------------------------------------------- */
+
+#define LIVE_READ_SECONDS 0.1      /* back to Python (signals, printing, the clock) at least this often */
+#define LIVE_EVENT_BYTES (1 << 20) /* ... or once this many bytes of events are waiting */
+#define LIVE_DRAIN_SECONDS 2.0     /* on stop, frames already in the ring are read, this long at most */
+#define LIVE_BLOCK_MS 10           /* a ring block is handed over once full or this old */
+
+/* Hand the events waiting to handler(events, frames, received, dropped, (opens, closes, resets), census):
+ * its truth (stop), or -1 with an exception. census: the open connections' states, 2 x N_STATES ints
+ * (clients', servers'), when asked for (--summary), else None. */
+static int call_handler(Live *live, PyObject *handler, int with_census) {
+    live_stats(live);
+    PyObject *census = Py_None;
+    Py_INCREF(census);
+    if (with_census) {
+        int64_t counts[2][N_STATES];
+        live_census(live, counts);
+        Py_DECREF(census);
+        census = PyTuple_New(2 * N_STATES);
+        for (int i = 0; census != NULL && i < 2 * N_STATES; i++) {
+            PyObject *n = PyLong_FromLongLong(counts[i / N_STATES][i % N_STATES]);
+            if (n == NULL) Py_CLEAR(census);
+            else PyTuple_SET_ITEM(census, i, n);
+        }
+        if (census == NULL) return -1;
+    }
+    const Events *e = &live->events;
+    PyObject *got = PyObject_CallFunction(handler, "y#LLL(LLL)N", e->out.data ? e->out.data : "",
+                                          (Py_ssize_t)e->out.len, (long long)live->frames,
+                                          (long long)live->received, (long long)live->dropped, (long long)e->opens,
+                                          (long long)e->closes, (long long)e->resets, census);
+    live->events.out.len = 0;
+    if (got == NULL) return -1;
+    int stop = PyObject_IsTrue(got);
+    Py_DECREF(got);
+    return stop;
+}
+
+static int live_counted(const Live *live) { return live->count && live->frames >= live->count; }
+
+/* Read until the handler says stop (or the count, or the interface is gone); then what the ring still
+ * holds, for LIVE_DRAIN_SECONDS at most; then finish every connection. 0, -1 (l->failed) or -2 (an
+ * exception). */
+static int live_loop(Live *live, PyObject *handler, int with_census) {
+    int status = 0;
+    int stop = call_handler(live, handler, with_census);  /* once before reading: the capture is on */
+    if (stop < 0) return -2;
+    while (!stop) {
+        Py_BEGIN_ALLOW_THREADS
+        status = live_pump(live, LIVE_READ_SECONDS, LIVE_EVENT_BYTES, 0);
+        Py_END_ALLOW_THREADS
+        if (status) return -1;
+        if (PyErr_CheckSignals()) return -2;
+        stop = call_handler(live, handler, with_census);
+        if (stop < 0) return -2;
+        stop = stop || live->lost || live_counted(live);
+    }
+    double until = 0;
+    if (!live->lost && !live_counted(live)) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        until = (double)now.tv_sec + (double)now.tv_nsec * 1e-9 + LIVE_DRAIN_SECONDS;
+    }
+    for (;;) {  /* captured before the stop */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double left = until - ((double)now.tv_sec + (double)now.tv_nsec * 1e-9);
+        if (left <= 0) break;
+        Py_BEGIN_ALLOW_THREADS
+        status = live_pump(live, left, LIVE_EVENT_BYTES, 1);
+        Py_END_ALLOW_THREADS
+        if (status) return -1;
+        int full = live->events.out.len >= LIVE_EVENT_BYTES;
+        if (call_handler(live, handler, with_census) < 0) return -2;
+        if (!full || live->lost) break;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    status = live_finish(live);
+    Py_END_ALLOW_THREADS
+    if (status) return -1;
+    return call_handler(live, handler, with_census) < 0 ? -2 : 0;
+}
+
+/* live(iface, filter, snaplen, buffer_bytes, promiscuous, loopback, dump, events, fd_out, format, colour,
+ *      (msl, idle, handshake, close_linger), count, census, handler) -> dict
+ * events: 0 counted only, 1 text lines, 2 JSON Lines (events.c); each finished connection's record is
+ * written to fd_out as `format` (as run() writes them) by the sink's thread. Returns run()'s counts and
+ * "received", "dropped" (the kernel's), "drained" (the ring was read empty at the stop), "lost" (libpcap's
+ * reason the interface could no longer be read, or None); or, if the capture cannot start, {"open_error": LIVE_PERMISSION.., "message": libpcap's}. */
+static PyObject *live_capture(PyObject *self, PyObject *args) {
+    LiveOptions options = {.block_ms = LIVE_BLOCK_MS};
+    Timeouts timeouts;
+    long long count;
+    int events, with_census;
+    PyObject *handler;
+    Run run = {0};
+    if (!PyArg_ParseTuple(args, "ssiippziiip(dddd)LpO", &options.iface, &options.filter, &options.snaplen,
+                          &options.buffer_bytes, &options.promiscuous, &options.loopback, &options.dump_path, &events, &run.sink.fd,
+                          &run.sink.style.format, &run.sink.style.colour, &timeouts.msl, &timeouts.idle,
+                          &timeouts.handshake, &timeouts.close_linger, &count, &with_census, &handler))
+        return NULL;
+    if (!can_run(NULL)) return NULL;
+    if (run.sink.fd < 0) return PyErr_Format(PyExc_ValueError, "live() writes its records to a descriptor");
+    Live live = {0};
+    live.feeder = &run.feeder;
+    live.sink = &run.sink;
+    live.count = count;
+    live.events.format = events;
+    PyObject *out = NULL;
+    running++;
+    int code = live_open(&live, &options), sink_started = 0, status = -1;
+    if (code != LIVE_OK) {
+        out = Py_BuildValue("{s:i,s:s}", "open_error", code, "message", live.error);
+        goto close;
+    }
+    if (sink_start(&run.sink) == 0) sink_started = 1;
+    if (!sink_started || live_start(&live, &timeouts)) {
+        PyErr_NoMemory();
+        goto close;
+    }
+    status = live_loop(&live, handler, with_census);
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    int sunk;
+    Py_BEGIN_ALLOW_THREADS
+    sunk = sink_finish(&run.sink);
+    Py_END_ALLOW_THREADS
+    sink_started = 0;
+    if (type != NULL) PyErr_Restore(type, value, traceback);
+    if (status == -2) goto close;
+    if (status == -1 || sunk) {
+        if (sunk > 0) {
+            errno = sunk;
+            PyErr_SetFromErrno(PyExc_OSError);
+        } else {
+            PyErr_NoMemory();
+        }
+        goto close;
+    }
+    live_stats(&live);
+    out = result(&run, NULL);
+    if (out != NULL) {
+        PyObject *received = PyLong_FromLongLong(live.received), *dropped = PyLong_FromLongLong(live.dropped);
+        PyObject *lost = live.lost ? PyUnicode_FromString(live.error) : Py_NewRef(Py_None);
+        if (received == NULL || dropped == NULL || lost == NULL || PyDict_SetItemString(out, "received", received) ||
+            PyDict_SetItemString(out, "dropped", dropped) || PyDict_SetItemString(out, "lost", lost) ||
+            PyDict_SetItemString(out, "drained", live.drained ? Py_True : Py_False))
+            Py_CLEAR(out);
+        Py_XDECREF(received);
+        Py_XDECREF(dropped);
+        Py_XDECREF(lost);
+    }
+close:
+    Py_BEGIN_ALLOW_THREADS
+    if (sink_started) (void)sink_finish(&run.sink);
+    live_close(&live);  /* the tracker first: its connections are the sink's memory */
+    sink_free(&run.sink);
+    Py_END_ALLOW_THREADS
+    feeder_close(&run.feeder);
+    running--;
+    return out;
+}
+
 /* ---- number formatting, exposed so tests can hold it to repr() ------------------------ */
 
 static PyObject *format_with(int (*format)(Buffer *, double), PyObject *arg) {
@@ -600,6 +768,7 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Hand the state machine of analyzer.fsm to the engine, as tables."},
     {"run", run_capture, METH_VARARGS, "Analyze one capture; write its connections; return the counts."},
     {"collect", collect, METH_VARARGS, "The frames of some connections of a capture, for the ladder (collect.c)."},
+    {"live", live_capture, METH_VARARGS, "Analyze a live interface (live.c) until told to stop; return the counts."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -609,5 +778,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "analyzer._engine",
 PyMODINIT_FUNC PyInit__engine(void) {
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddIntConstant(m, "FILTERS", FILTERS_BUILT)) Py_CLEAR(m);
+    if (m != NULL && (PyModule_AddIntConstant(m, "LIVE_PERMISSION", LIVE_PERMISSION) ||
+                      PyModule_AddIntConstant(m, "LIVE_NO_DEVICE", LIVE_NO_DEVICE) ||
+                      PyModule_AddIntConstant(m, "LIVE_BAD_FILTER", LIVE_BAD_FILTER)))
+        Py_CLEAR(m);
     return m;
 }

@@ -273,6 +273,17 @@ static int buf_round(Buffer *b, double x, int digits) {
 
 int buf_round9(Buffer *b, double x) { return buf_round(b, x, 9); }
 
+double round9(double x) {
+    double magnitude = fabs(x);
+    if (magnitude >= 1e-4 && magnitude < 9e6) {
+        double rounded = (double)round_half_even(magnitude, 9) / (double)POW10[9];
+        return x < 0 ? -rounded : rounded;
+    }
+    char text[400];
+    snprintf(text, sizeof text, "%.*f", 9, x);
+    return strtod(text, NULL);
+}
+
 /* repr(round(x, 6)), the timing figures, without going through repr: x rounds (exactly,
  * half-even) to n microseconds, and for n < 10**15 the decimal n / 10**6 has at most 15
  * significant digits (DBL_DIG), so it is the shortest that reads back as the double nearest
@@ -392,6 +403,8 @@ static void endpoint_name(Buffer *b, const Endpoint *ep, int ip_version) {
 }
 
 static const char *const ROLES[] = {"client", "server"};
+
+void buf_endpoint(Buffer *b, const Endpoint *ep, int ip_version) { endpoint_name(b, ep, ip_version); }
 static const char *const OPTION_KEYS[] = {"mss", "wscale", "sack", "timestamps", "fastopen"};
 
 static void anomaly_text(Buffer *b, const Anomaly *a) {

@@ -371,6 +371,7 @@ int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, NewC
     t->new_conn = new_conn;
     t->ctx = ctx;
     t->now = -INFINITY;
+    t->last_ts = -INFINITY;
     t->prefetched_id = -1;
     return table_resize(t, 1024);
 }
@@ -446,6 +447,8 @@ static Conn *add_conn(Tracker *t, size_t i, const Packet *p) {
 
 int tracker_add(Tracker *t, const Packet *p) {
     if (expire(t, p->ts)) return -1;
+    if (p->ts > t->last_ts) t->last_ts = p->ts;
+    t->last_conn = NULL;
     prefetch_next_wake(t);
     size_t i = table_find(t, &p->key, p->hash);
     Conn *c = NULL;
@@ -479,6 +482,7 @@ int tracker_add(Tracker *t, const Packet *p) {
         if (c == NULL) return -1;
     }
     t->last_id = c->id;
+    t->last_conn = c;
     if (conn_add(c, p)) goto failed;
     if (c->in_handshake || fresh) census(t, c);  /* out of the handshake, a connection stays out */
     double wake = conn_wake_time(c);
@@ -509,7 +513,7 @@ static int flush_one(Tracker *t, Ref r) {
         if (c == NULL) return -1;
     }
     c->scheduled = NAN;
-    c->finished_at = t->now;  /* the capture's end: its last segment's time */
+    c->finished_at = t->last_ts;  /* the capture's end: its last segment's time (tracker.py's last_segment_ts) */
     return t->finished(t->ctx, c);
 }
 
@@ -554,6 +558,10 @@ int tracker_flush(Tracker *t) {
     free(in_order);
     return status;
 }
+
+/* Packet time `now` has come without a packet (a live capture's clock): what timed out by then finishes, as
+ * tracker.py's expire(now) from Pipeline.tick. */
+int tracker_tick(Tracker *t, double now) { return expire(t, now); }
 
 void tracker_free(Tracker *t) {
     for (size_t i = 0; i < t->n_slots; i++) {  /* the Conn itself is the sink's (slabs) */
