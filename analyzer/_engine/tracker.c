@@ -336,6 +336,10 @@ static int retire(Tracker *t, Conn *c, double at) {
     slot_free(t, c->slot);
     c->scheduled = NAN;
     c->finished_at = at;
+    c->retired_frame = t->at_frame;
+    c->retired_how = t->at_how;
+    c->retired_before = t->at_before;
+    c->retired_ts = t->at_ts;
     return t->finished(t->ctx, c);  /* it is theirs now: finished, written and freed there */
 }
 
@@ -351,6 +355,7 @@ static int expire(Tracker *t, double now) {
         conn_advance(c, now);
         double wake = conn_wake_time(c);
         if (wake <= now) {
+            c->retired_when = entry.when;
             if (retire(t, c, wake)) return -1;
         } else {
             if (c->in_handshake) census(t, c);
@@ -371,6 +376,7 @@ int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, NewC
     t->new_conn = new_conn;
     t->ctx = ctx;
     t->now = -INFINITY;
+    t->first_ts = NAN;
     t->prefetched_id = -1;
     return table_resize(t, 1024);
 }
@@ -445,6 +451,11 @@ static Conn *add_conn(Tracker *t, size_t i, const Packet *p) {
 }
 
 int tracker_add(Tracker *t, const Packet *p) {
+    t->at_frame = p->frame;
+    t->at_before = t->now;
+    t->at_ts = p->ts;
+    t->at_how = RETIRED_TIMER;
+    if (isnan(t->first_ts)) t->first_ts = p->ts;
     if (expire(t, p->ts)) return -1;
     prefetch_next_wake(t);
     size_t i = table_find(t, &p->key, p->hash);
@@ -461,6 +472,8 @@ int tracker_add(Tracker *t, const Packet *p) {
         was = NULL;
         c->reused_frame = p->frame;  /* conn_finish: an end in TIME_WAIT leaves it at this SYN */
         c->reused_ts = p->ts;
+        c->retired_when = p->ts;
+        t->at_how = RETIRED_REUSE;
         if (retire(t, c, p->ts)) return -1;
         c = NULL;
         i = table_find(t, &p->key, p->hash);
@@ -510,6 +523,9 @@ static int flush_one(Tracker *t, Ref r) {
     }
     c->scheduled = NAN;
     c->finished_at = t->now;  /* the capture's end: its last segment's time */
+    c->retired_frame = INT64_MAX;
+    c->retired_how = RETIRED_FLUSH;
+    c->retired_when = c->retired_before = c->retired_ts = t->now;
     return t->finished(t->ctx, c);
 }
 
@@ -553,6 +569,14 @@ int tracker_flush(Tracker *t) {
     }
     free(in_order);
     return status;
+}
+
+int tracker_tick(Tracker *t, double now, int64_t frame, double before, double ts, uint8_t how) {
+    t->at_frame = frame;
+    t->at_before = before;
+    t->at_ts = ts;
+    t->at_how = how;
+    return expire(t, now);
 }
 
 void tracker_free(Tracker *t) {

@@ -1,0 +1,12 @@
+/* parts.c: the engine's side of a rotated set analyzed file by file, in parallel (analyzer/parallel.py). */
+#ifndef SYNFIN_PARTS_H
+#define SYNFIN_PARTS_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+PyObject *count_numbers(PyObject *self, PyObject *args);
+PyObject *collect_keys(PyObject *self, PyObject *args);
+PyObject *replay(PyObject *self, PyObject *args);
+
+#endif
