@@ -51,9 +51,12 @@ def mapper(workers: int | None = None, scheduler: str | None = None) -> Iterator
 
 
 def _client_map(client: Any) -> Mapper:
-    def map_on_cluster(function: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
+    def map_on_cluster(function: Callable[..., Any], items: Sequence[Any], shared: Any = None) -> list[Any]:
         if not items:
             return []
-        return list(client.gather(client.map(function, list(items), pure=False)))
+        if shared is None:
+            return list(client.gather(client.map(function, list(items), pure=False)))
+        sent = client.scatter(shared, broadcast=True)  # once to each worker, not in every task
+        return list(client.gather(client.map(function, list(items), shared=sent, pure=False)))
 
     return map_on_cluster

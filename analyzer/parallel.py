@@ -33,11 +33,13 @@ connections and labels from the kept records and the remade ones.
 
 from __future__ import annotations
 
+import heapq
 import io
 import math
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 from analyzer import engine
@@ -55,16 +57,19 @@ except ImportError:
     _engine = None
 
 FLUSH = 4  # Conn.retired_how: RETIRED_FLUSH (engine.h)
-META = b"\x1e"
+KEY_BYTES = 48  # engine.h's Key
 TABLE_ID_WIDTH = 5  # report._COLUMNS: the id column
 
-#: map(function, items) -> results, in order: the builtin map, or a Dask client's (dask_exec.py)
-Mapper = Callable[[Callable[..., Any], Sequence[Any]], list[Any]]
+#: map(function, items, shared) -> [function(item, shared=shared) ...] in order (without `shared` if it is None):
+#: run_in_sequence, or on a Dask cluster (dask_exec.py: `shared` sent to each worker once)
+Mapper = Callable[..., list[Any]]
 
 
-def run_in_sequence(function: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
+def run_in_sequence(function: Callable[..., Any], items: Sequence[Any], shared: Any = None) -> list[Any]:
     """The plain executor: each item in turn, here."""
-    return [function(item) for item in items]
+    if shared is None:
+        return [function(item) for item in items]
+    return [function(item, shared=shared) for item in items]
 
 
 @dataclass
@@ -79,22 +84,40 @@ class Settings:
     where: bytes | None  # Where.for_engine()
 
 
-@dataclass
-class Record:
-    """One connection of a part: its facts (sink.c, write_meta) and its text."""
+class Records:
+    """The connections of one engine run written with OutputStyle.meta: each one's facts (sink.c, write_meta)
+    in arrays (split by the engine: _engine.split_meta) and its text; record i is index i of each."""
 
-    key: bytes
-    first_frame: int
-    retired_frame: int
-    how: int
-    when: float
-    before: float
-    ts: float
-    census: tuple[int, ...]  # open, close, closer, final client, final server, half_close, anomalies, matched
-    text: bytes
+    INTS = 12  # id, first frame, retired frame, how, then the census's: open, close, closer, final client and
+    # server states, half_close, anomalies, matched
+    FLOATS = 3  # when, before, ts
 
-    def order(self) -> tuple[int, int, float, int]:
-        return (self.retired_frame, self.how, self.when, self.first_frame)
+    def __init__(self, data: bytes) -> None:
+        keys, ints, floats, self.texts = _engine.split_meta(data)
+        self.keys = [keys[i:i + KEY_BYTES] for i in range(0, len(keys), KEY_BYTES)]
+        self.ints, self.floats = array("q", ints), array("d", floats)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def first_frames(self) -> array[int]:
+        return self.ints[1::self.INTS]
+
+    def hows(self) -> array[int]:
+        return self.ints[3::self.INTS]
+
+    def order(self, i: int) -> tuple[int, int, float, int]:
+        """Where record i goes: its retiring frame, how (before the frame's timers, by them, by a reusing SYN,
+        at the end, flushed), its wake time, its first frame (the order of ids)."""
+        at = i * self.INTS
+        return (self.ints[at + 2], self.ints[at + 3], self.floats[i * self.FLOATS], self.ints[at + 1])
+
+    def tick(self, i: int) -> tuple[int, float, float]:
+        """The frame that retired record i: its number, time, and the packet time before it."""
+        return (self.ints[i * self.INTS + 2], self.floats[i * self.FLOATS + 2], self.floats[i * self.FLOATS + 1])
+
+    def census(self, i: int) -> array[int]:
+        return self.ints[i * self.INTS + 4:(i + 1) * self.INTS]
 
 
 @dataclass
@@ -102,20 +125,7 @@ class Part:
     """One file's own run."""
 
     counts: dict[str, Any]
-    records: list[Record] = field(default_factory=list)
-
-
-def parse(data: bytes) -> list[Record]:
-    """The records of an engine run written with OutputStyle.meta."""
-    records = []
-    for chunk in data.split(META)[1:]:
-        line_end = chunk.index(b"\n")
-        cells = chunk[:line_end].split(b" ")
-        records.append(Record(bytes.fromhex(cells[0].decode()), int(cells[2]), int(cells[3]), int(cells[4]),
-                              float.fromhex(cells[5].decode()), float.fromhex(cells[6].decode()),
-                              float.fromhex(cells[7].decode()), tuple(int(c) for c in cells[8:16]),
-                              chunk[line_end + 1:]))
-    return records
+    records: Records
 
 
 def count_part(path: str) -> int:
@@ -145,23 +155,33 @@ def run_part(task: tuple[str, int, Settings]) -> Part:
                              settings.where, base, True)
     finally:
         opened.close()
-    return Part(counts, parse(text.getvalue()))
+    return Part(counts, Records(text.getvalue()))
 
 
-def collect_part(task: tuple[str, int, float, list[tuple[bytes, int]], str | None]) -> list[tuple[Any, ...]]:
-    """The frames of the wanted keys (each from its first frame number on) in one file."""
-    path, base, now, wanted, bpf = task
+@dataclass
+class Carried:
+    """The keys carried across files (sorted), the file each is carried from and the first frame of the
+    connection carried there: what every file's collect_part needs (sent to each worker once)."""
+
+    keys: bytes
+    sinces: array[int]
+    firsts: array[int]
+
+
+def collect_part(task: tuple[str, int, float, int, str | None], shared: Carried) -> bytes:
+    """The frames of the carried keys in one file (from the carried connection's first frame on, in the file
+    it is carried from), packed (parts.c)."""
+    path, base, now, index, bpf = task
     engine._ready(bpf)
     opened = open_capture(path)
     try:
-        wanted = sorted(wanted)
-        found = _engine.collect_keys(opened.own_fd(), base, now, b"".join(k for k, _ in wanted),
-                                     [f for _, f in wanted], bpf)
+        found = _engine.collect_keys(opened.own_fd(), base, now, shared.keys, shared.sinces, shared.firsts, index,
+                                     bpf)
     finally:
         opened.close()
     if found["error"]:
         raise CaptureError(f"{path}: {found['error']}")
-    return list(found["frames"])
+    return bytes(found["frames"])
 
 
 def run_set(capture_set: CaptureSet, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | None = None,
@@ -172,7 +192,7 @@ def run_set(capture_set: CaptureSet, out: IO[str], fmt: str, timeouts: Timeouts,
     merged = analyze_set(capture_set, fmt, timeouts, capture, colour, bpf, where, mapper)
     if merged is None:
         return engine.run_set(capture_set, out, fmt, timeouts, capture, colour, None, bpf, where)
-    _write(out, merged.text)
+    _write(out, merged.pieces())
     return merged.counts
 
 
@@ -197,15 +217,17 @@ def analyze_set(capture_set: CaptureSet, fmt: str, timeouts: Timeouts, capture: 
     return merge(parts, paths, bases, settings, mapper)
 
 
-def _write(out: IO[str], data: bytes) -> None:
+def _write(out: IO[str], pieces: Iterable[bytes]) -> None:
     """The merged text onto `out`, after what it holds already (a table's header)."""
     out.flush()
     binary = getattr(out, "buffer", None)
-    if binary is None:
-        out.write(data.decode("utf-8"))
-        return
-    binary.write(data)
-    binary.flush()
+    for piece in pieces:
+        if binary is None:
+            out.write(piece.decode("utf-8"))
+        else:
+            binary.write(piece)
+    if binary is not None:
+        binary.flush()
 
 
 def _in_order(parts: list[Part]) -> bool:
@@ -222,8 +244,28 @@ def _in_order(parts: list[Part]) -> bool:
 
 @dataclass
 class Merged:
-    text: bytes
+    """The merged records (each with its text and its place in the one run) and the counts."""
+
+    records: list[tuple[Records, int]]  # in the one run's order
+    ids: dict[int, int]  # first frame -> id
+    settings: Settings
     counts: dict[str, Any]
+
+    def pieces(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The output text in pieces of about `size` bytes, made as they are written (the whole is never held)."""
+        piece: list[bytes] = []
+        held = 0
+        for records, i in self.records:
+            if not records.ints[(i + 1) * Records.INTS - 1]:  # not matched by --where: not written
+                continue
+            text = with_id(records.texts[i], self.ids[records.ints[i * Records.INTS + 1]], self.settings)
+            piece.append(text)
+            held += len(text)
+            if held >= size:
+                yield b"".join(piece)
+                piece, held = [], 0
+        if piece:
+            yield b"".join(piece)
 
 
 def carried_keys(parts: list[Part]) -> dict[bytes, tuple[int, int]]:
@@ -231,52 +273,58 @@ def carried_keys(parts: list[Part]) -> dict[bytes, tuple[int, int]]:
     connection open there (its records from then on are remade)."""
     carried: dict[bytes, tuple[int, int]] = {}
     for index, part in enumerate(parts[:-1]):
-        for record in part.records:
-            if record.how == FLUSH and record.key not in carried:
-                carried[record.key] = (index, record.first_frame)
+        records = part.records
+        first_frames = records.first_frames()
+        for i, how in enumerate(records.hows()):
+            if how == FLUSH and records.keys[i] not in carried:
+                carried[records.keys[i]] = (index, first_frames[i])
     return carried
 
 
 def merge(parts: list[Part], paths: list[str], bases: list[int], settings: Settings, mapper: Mapper) -> Merged:
     """The parts' records with those of the carried keys remade, in the one run's order, ids and counts."""
     carried = carried_keys(parts)
-    kept: list[Record] = []
-    dropped: list[Record] = []
+    kept: list[tuple[Records, int]] = []  # in the order of the parts' own output: the one run's order
+    dropped: list[tuple[Records, int]] = []
     for index, part in enumerate(parts):
-        for record in part.records:
-            since = carried.get(record.key)
-            remade = since is not None and (index > since[0] or record.first_frame >= since[1])
-            (dropped if remade else kept).append(record)
-    remade_records, census = replay_carried(parts, paths, bases, settings, mapper, carried, kept)
-    records = sorted(kept + remade_records, key=Record.order)
-    ids = {frame: n for n, frame in enumerate(sorted(r.first_frame for r in records))}
-    text = b"".join(with_id(r.text, ids[r.first_frame], settings) for r in records if r.census[7])
+        records = part.records
+        for i, (key, first) in enumerate(zip(records.keys, records.first_frames(), strict=True)):
+            since = carried.get(key)
+            remade = since is not None and (index > since[0] or first >= since[1])
+            (dropped if remade else kept).append((records, i))
+    remade, census = replay_carried(parts, paths, bases, settings, mapper, carried, kept)
+    every = list(heapq.merge(kept, [(remade, i) for i in range(len(remade))], key=lambda one: one[0].order(one[1])))
+    ids = {frame: n for n, frame in enumerate(sorted(r.ints[i * Records.INTS + 1] for r, i in every))}
     counts = merge_counts([p.counts for p in parts], dropped, census)
-    return Merged(text, counts)
+    return Merged(every, ids, settings, counts)
 
 
 def replay_carried(parts: list[Part], paths: list[str], bases: list[int], settings: Settings, mapper: Mapper,
-                   carried: dict[bytes, tuple[int, int]], kept: list[Record]) -> tuple[list[Record], dict[str, Any]]:
-    """The carried keys' records made again from their frames in every file from where they were carried."""
+                   carried: dict[bytes, tuple[int, int]],
+                   kept: list[tuple[Records, int]]) -> tuple[Records, dict[str, Any]]:
+    """The carried keys' records made again from their frames in every file from where they were carried,
+    with ticks at the frames that retired the kept records."""
     reached = [-math.inf]
     for part in parts[:-1]:
         reached.append(max(reached[-1], part.counts["now"]))
-    tasks = []
-    for index, path in enumerate(paths):
-        wanted = [(key, first if index == since else 0) for key, (since, first) in carried.items() if since <= index]
-        tasks.append((path, bases[index], reached[index], wanted, settings.bpf))
-    frames = [frame for found in mapper(collect_part, [t for t in tasks if t[3]]) for frame in found]
-    framed = {frame[0] for frame in frames}
-    ticks = {(r.retired_frame, r.ts, r.before) for r in kept if r.how != FLUSH and r.retired_frame not in framed}
-    items: list[tuple[Any, ...]] = sorted([*frames, *ticks], key=lambda item: item[0])
-    end = max([reached[-1], parts[-1].counts["now"]])
+    ordered = sorted(carried.items())
+    shared = Carried(b"".join(key for key, _ in ordered), array("q", [since for _, (since, _) in ordered]),
+                     array("q", [first for _, (_, first) in ordered]))
+    earliest = min(since for since, _ in carried.values()) if carried else len(paths)
+    tasks = [(path, bases[index], reached[index], index, settings.bpf)
+             for index, path in enumerate(paths) if index >= earliest]
+    packed = mapper(collect_part, tasks, shared) if tasks else []
+    ticks = sorted({r.tick(i) for r, i in kept if r.ints[i * Records.INTS + 3] != FLUSH})
+    numbers, times, befores = array("q", [t[0] for t in ticks]), array("d", [t[1] for t in ticks]), \
+        array("d", [t[2] for t in ticks])
+    end = max(reached[-1], parts[-1].counts["now"])
     text = io.BytesIO()
     limits = (settings.timeouts.msl, settings.timeouts.idle, settings.timeouts.handshake,
               settings.timeouts.close_linger)
-    census = _engine.replay(items, text.write, engine.FORMATS[settings.fmt], limits,
+    census = _engine.replay(packed, numbers, times, befores, text.write, engine.FORMATS[settings.fmt], limits,
                             engine._quoted(settings.capture, settings.fmt), settings.colour, end,
                             *(() if settings.where is None else (settings.where,)))
-    return parse(text.getvalue()), census
+    return Records(text.getvalue()), census
 
 
 def with_id(text: bytes, new_id: int, settings: Settings) -> bytes:
@@ -306,7 +354,8 @@ def _csv_id(text: bytes, new_id: int, capture_len: int) -> bytes:
 CENSUS_KEYS = ("open", "close", "closer", "final_client", "final_server")
 
 
-def merge_counts(counts: list[dict[str, Any]], dropped: Iterable[Record], remade: dict[str, Any]) -> dict[str, Any]:
+def merge_counts(counts: list[dict[str, Any]], dropped: Iterable[tuple[Records, int]],
+                 remade: dict[str, Any]) -> dict[str, Any]:
     """The one run's counts: the files' frame counts added, the connections' those of the kept records
     (each part's less the dropped ones') and the remade ones'."""
     names = (OPEN_LABELS, CLOSE_LABELS, ("client", "server", "both", "None"), [str(s) for s in STATES],
@@ -318,15 +367,15 @@ def merge_counts(counts: list[dict[str, Any]], dropped: Iterable[Record], remade
     for one in [*counts, remade]:
         for key in (*CENSUS_KEYS, "skipped", "malformed", "linktypes", "tunnels"):
             total[key].update(one.get(key, {}))
-    for record in dropped:
-        total["connections"] -= 1
-        if not record.census[7]:
-            continue
-        total["matched"] -= 1
-        for key, labels, index in zip(CENSUS_KEYS, names, record.census[:5], strict=True):
-            total[key][labels[index]] -= 1
-        total["half_close"] -= record.census[5]
-        total["anomalies"] -= record.census[6]
+    total["connections"] -= len(dropped)
+    counted = [records.census(i) for records, i in dropped]
+    counted = [census for census in counted if census[7]]  # matched by --where (all without one): in the census
+    total["matched"] -= len(counted)
+    for column, (key, labels) in enumerate(zip(CENSUS_KEYS, names, strict=True)):
+        for index, count in Counter(census[column] for census in counted).items():
+            total[key][labels[index]] -= count
+    total["half_close"] -= sum(census[5] for census in counted)
+    total["anomalies"] -= sum(census[6] for census in counted)
     for key in CENSUS_KEYS:
         total[key] = {k: v for k, v in total[key].items() if v}
     for key in ("problems", "damage"):

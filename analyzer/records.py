@@ -290,9 +290,10 @@ class EngineRun:
                                           on_workers)
         if merged is None:
             return False
-        view = memoryview(merged.text)
-        while view:
-            view = view[os.write(write_fd, view):]
+        for piece in merged.pieces():
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(write_fd, view):]
         self.outcome["counts"] = merged.counts
         return True
 

@@ -609,6 +609,7 @@ static PyMethodDef methods[] = {
     {"count", count_numbers, METH_VARARGS, "How many frame numbers a capture file takes (parts.c)."},
     {"collect_keys", collect_keys, METH_VARARGS, "The frames of some 4-tuples of one file of a set (parts.c)."},
     {"replay", replay, METH_VARARGS, "Track frames and ticks given by parallel.py; write the connections (parts.c)."},
+    {"split_meta", split_meta, METH_VARARGS, "A run's meta lines and texts as arrays (parts.c)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -55,58 +55,67 @@ static const Wanted *find(const Wanted *wanted, size_t n, const Key *key) {
     return bsearch(key, wanted, n, sizeof *wanted, by_key);  /* the key is a Wanted's first member */
 }
 
-static PyObject *frame_tuple(const Packet *p, const RawFrames *raw, size_t i, double before) {
+/* A frame as collect_keys packs it (then its caplen bytes, padded to 8), and replay reads it. */
+typedef struct {
+    int64_t number;
+    double ts, before;  /* before: the tracker's packet time before it */
+    uint32_t linktype, caplen, wire_len, pad;
+} Packed;
+
+static int pack(Buffer *out, const Packet *p, const RawFrames *raw, size_t i, double before) {
     const RawRef *ref = &raw->refs[i];
-    return Py_BuildValue("(LdIy#Id)", (long long)p->frame, p->ts, (unsigned int)ref->linktype,
-                         (const char *)raw->data + ref->offset, (Py_ssize_t)ref->caplen,
-                         (unsigned int)ref->wire_len, before);
+    size_t padded = ((size_t)ref->caplen + 7) & ~(size_t)7;
+    if (buf_reserve(out, sizeof(Packed) + padded)) return -1;
+    Packed head = {p->frame, p->ts, before, ref->linktype, ref->caplen, ref->wire_len, 0};
+    memcpy(out->data + out->len, &head, sizeof head);
+    memcpy(out->data + out->len + sizeof head, raw->data + ref->offset, ref->caplen);
+    memset(out->data + out->len + sizeof head + ref->caplen, 0, padded - ref->caplen);
+    out->len += sizeof head + padded;
+    return 0;
 }
 
-static int collect_batch(const Batch *batch, const Wanted *wanted, size_t n, double *now, PyObject *out) {
+static int collect_batch(const Batch *batch, const Wanted *wanted, size_t n, double *now, Buffer *out) {
     for (size_t i = 0; i < batch->count; i++) {
         const Packet *p = &batch->packets[i];
         double before = *now;
         if (p->ts > *now) *now = p->ts;  /* as tracker.c's expire moves its packet time */
         const Wanted *w = find(wanted, n, &p->key);
-        if (w == NULL || p->frame < w->from) continue;
-        PyObject *frame = frame_tuple(p, batch->raw, i, before);
-        if (frame == NULL || PyList_Append(out, frame)) {
-            Py_XDECREF(frame);
-            return -1;
-        }
-        Py_DECREF(frame);
+        if (w != NULL && p->frame >= w->from && pack(out, p, batch->raw, i, before)) return -1;
     }
     return 0;
 }
 
-/* collect_keys(fd, base, now, keys, froms[, filter]) -> {"frames": [(number, ts, linktype, data, wire_len,
- * before), ...], "error": str or None}: `keys` is the Keys (48 bytes each) one after another, sorted as bytes,
- * `froms` each one's first frame number wanted; `now` the packet time the files before reached. */
+/* collect_keys(fd, base, now, keys, sinces, firsts, index[, filter]) -> {"frames": the frames packed one after
+ * another (Packed, then the frame's bytes, padded to 8), "error": str or None}: `keys` the Keys (48 bytes each)
+ * one after another, sorted as bytes; `sinces` (int64s) the file each is carried from, `firsts` (int64s) the
+ * first frame of the connection carried there: in file `index`, a key's frames from `firsts` on in its own
+ * file, all of them in later files, none before. `now` the packet time the files before reached. */
 PyObject *collect_keys(PyObject *self, PyObject *args) {
     int fd;
     long long base;
     double now;
-    Py_buffer keys;
-    PyObject *froms;
+    Py_buffer keys, sinces, firsts;
+    long long index;
     const char *expression = NULL;
-    if (!PyArg_ParseTuple(args, "iLdy*O|z", &fd, &base, &now, &keys, &froms, &expression)) return NULL;
+    if (!PyArg_ParseTuple(args, "iLdy*y*y*L|z", &fd, &base, &now, &keys, &sinces, &firsts, &index, &expression))
+        return NULL;
     size_t n = (size_t)keys.len / sizeof(Key);
-    PyObject *out = NULL, *frames = PyList_New(0);
+    PyObject *out = NULL;
+    Buffer packed = {0};
     Wanted *wanted = calloc(n ? n : 1, sizeof *wanted);
     Feeder *feeder = calloc(1, sizeof *feeder);
     Filter filter;
     int filtered = 0, opened = -1;
-    if (frames == NULL || wanted == NULL || feeder == NULL) goto done;
-    if ((size_t)keys.len % sizeof(Key) || PySequence_Length(froms) != (Py_ssize_t)n) {
-        PyErr_SetString(PyExc_ValueError, "keys: 48 bytes each, sorted, one first frame each");
+    if (wanted == NULL || feeder == NULL) goto done;
+    if ((size_t)keys.len % sizeof(Key) || (size_t)sinces.len != n * sizeof(int64_t) ||
+        (size_t)firsts.len != n * sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "keys: 48 bytes each, sorted, with a file and a first frame each");
         goto done;
     }
     for (size_t i = 0; i < n; i++) {
         memcpy(&wanted[i].key, (const char *)keys.buf + i * sizeof(Key), sizeof(Key));
-        PyObject *item = PySequence_GetItem(froms, (Py_ssize_t)i);
-        wanted[i].from = item ? PyLong_AsLongLong(item) : -1;
-        Py_XDECREF(item);
-        if (PyErr_Occurred()) goto done;
+        int64_t since = ((const int64_t *)sinces.buf)[i];
+        wanted[i].from = since < index ? 0 : since == index ? ((const int64_t *)firsts.buf)[i] : INT64_MAX;
     }
     if (expression != NULL) {
         if (filter_init(&filter, expression)) goto done;
@@ -120,7 +129,9 @@ PyObject *collect_keys(PyObject *self, PyObject *args) {
             status = -1;
             break;
         }
-        status = collect_batch(batch, wanted, n, &now, frames);
+        Py_BEGIN_ALLOW_THREADS
+        status = collect_batch(batch, wanted, n, &now, &packed);
+        Py_END_ALLOW_THREADS
         ended = batch->last;
         feeder_done(feeder);
     }
@@ -135,15 +146,18 @@ PyObject *collect_keys(PyObject *self, PyObject *args) {
         }
     }
     if (status == 0)
-        out = Py_BuildValue("{s:O,s:z}", "frames", frames, "error", ended == READ_ERROR ? feeder->message : NULL);
+        out = Py_BuildValue("{s:y#,s:z}", "frames", packed.data ? packed.data : "", (Py_ssize_t)packed.len, "error",
+                            ended == READ_ERROR ? feeder->message : NULL);
 done:
     if (out == NULL && !PyErr_Occurred()) PyErr_NoMemory();
     if (opened != -1) feeder_close(feeder);
     if (filtered) filter_free(&filter);
     free(feeder);
     free(wanted);
-    Py_XDECREF(frames);
+    free(packed.data);
     PyBuffer_Release(&keys);
+    PyBuffer_Release(&sinces);
+    PyBuffer_Release(&firsts);
     return out;
 }
 
@@ -155,26 +169,56 @@ static int write_python(void *ctx, const char *data, size_t len) {
     return done == NULL ? -1 : 0;
 }
 
-/* One item: a frame (number, ts, linktype, data, wire_len, before) or a tick (number, ts, before). */
-static int replay_item(Tracker *t, PyObject *item, char *text) {
-    long long number;
-    double ts, before;
-    unsigned int linktype, wire_len;
-    const char *data;
-    Py_ssize_t len;
-    if (PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 3) {
-        if (!PyArg_ParseTuple(item, "Ldd", &number, &ts, &before)) return -1;
-        if (tracker_tick(t, before, number, before, ts, RETIRED_BEFORE)) return -2;
-        return tracker_tick(t, ts, number, before, ts, RETIRED_TIMER) ? -2 : 0;
-    }
-    if (!PyArg_ParseTuple(item, "LdIy#Id", &number, &ts, &linktype, &data, &len, &wire_len, &before)) return -1;
-    Frame frame = {number, ts, linktype, (const uint8_t *)data, (uint32_t)len, wire_len};
+/* A packed frame: the timers to the packet time before it, then the frame tracked. */
+static int replay_frame(Tracker *t, const Packed *head, const uint8_t *data, char *text) {
+    Frame frame = {head->number, head->ts, head->linktype, data, head->caplen, head->wire_len};
     Packet p;
     Skip skip;
     if (decode_frame(&frame, &p, &skip, text)) return 0;  /* never: collect_keys keeps decoded frames only */
     packet_key(&p);
-    if (tracker_tick(t, before, number, before, ts, RETIRED_BEFORE)) return -2;
-    return tracker_add(t, &p) ? -2 : 0;
+    if (tracker_tick(t, head->before, head->number, head->before, head->ts, RETIRED_BEFORE)) return -1;
+    return tracker_add(t, &p);
+}
+
+/* A tick: the timers as a frame left out ran them (to the packet time before it, then to its own). */
+static int replay_tick(Tracker *t, int64_t number, double ts, double before) {
+    if (tracker_tick(t, before, number, before, ts, RETIRED_BEFORE)) return -1;
+    return tracker_tick(t, ts, number, before, ts, RETIRED_TIMER);
+}
+
+typedef struct {
+    Py_buffer *files;     /* each file's packed frames */
+    size_t n_files, file, at;
+    const int64_t *numbers;  /* the ticks: numbers, times, packet times before (sorted by number) */
+    const double *times, *befores;
+    size_t n_ticks, tick;
+} Items;
+
+/* The next packed frame (NULL: none left); its bytes follow it. */
+static const Packed *next_frame(Items *items) {
+    while (items->file < items->n_files && items->at >= (size_t)items->files[items->file].len) {
+        items->file++;
+        items->at = 0;
+    }
+    if (items->file == items->n_files) return NULL;
+    return (const Packed *)((const char *)items->files[items->file].buf + items->at);
+}
+
+/* Every frame and tick in order of number (a tick at a frame's number is that frame's: left out). */
+static int replay_all(Tracker *t, Items *items, char *text) {
+    for (;;) {
+        const Packed *head = next_frame(items);
+        int64_t tick = items->tick < items->n_ticks ? items->numbers[items->tick] : INT64_MAX;
+        if (head == NULL && tick == INT64_MAX) return 0;
+        if (head != NULL && head->number <= tick) {
+            if (head->number == tick) items->tick++;
+            if (replay_frame(t, head, (const uint8_t *)(head + 1), text)) return -1;
+            items->at += sizeof *head + (((size_t)head->caplen + 7) & ~(size_t)7);
+        } else {
+            size_t k = items->tick++;
+            if (replay_tick(t, items->numbers[k], items->times[k], items->befores[k])) return -1;
+        }
+    }
 }
 
 static PyObject *named_counts(const int64_t *values, const char *const *names, int n) {
@@ -202,11 +246,13 @@ static PyObject *census_dict(const Census *census) {
                          "matched", (long long)census->matched);
 }
 
-/* replay(items, write, format, (msl, idle, handshake, close_linger), capture, colour, end, program) -> census:
- * the items in order of frame number; `end` the set's last packet time; `program` the --where terms or None.
- * The text (with OutputStyle.meta) goes to `write` in pieces. */
+/* replay(files, numbers, times, befores, write, format, (msl, idle, handshake, close_linger), capture, colour, end
+ * [, program]) -> census: `files` each file's packed frames (collect_keys), in the set's order; the ticks as
+ * three arrays (int64 numbers, sorted; double times; double packet times before); `end` the set's last packet
+ * time; `program` the --where terms or None. The text (with OutputStyle.meta) goes to `write` in pieces. */
 PyObject *replay(PyObject *self, PyObject *args) {
-    PyObject *items, *write;
+    PyObject *files, *write;
+    Py_buffer numbers, times, befores;
     Sink sink;
     memset(&sink, 0, sizeof sink);
     sink.fd = -1;
@@ -214,18 +260,37 @@ PyObject *replay(PyObject *self, PyObject *args) {
     const char *capture = NULL, *program = NULL;
     Py_ssize_t capture_len = 0, program_len = 0;
     double end;
-    if (!PyArg_ParseTuple(args, "OOi(dddd)z#pd|z#", &items, &write, &sink.style.format, &timeouts.msl,
-                          &timeouts.idle, &timeouts.handshake, &timeouts.close_linger, &capture, &capture_len,
-                          &sink.style.colour, &end, &program, &program_len))
+    if (!PyArg_ParseTuple(args, "Oy*y*y*Oi(dddd)z#pd|z#", &files, &numbers, &times, &befores, &write,
+                          &sink.style.format, &timeouts.msl, &timeouts.idle, &timeouts.handshake,
+                          &timeouts.close_linger, &capture, &capture_len, &sink.style.colour, &end, &program,
+                          &program_len))
         return NULL;
+    Items items = {0};
+    items.numbers = numbers.buf;
+    items.times = times.buf;
+    items.befores = befores.buf;
+    items.n_ticks = (size_t)numbers.len / sizeof(int64_t);
+    PyObject *out = NULL, *sequence = PySequence_Fast(files, "files: a sequence of bytes");
+    Py_ssize_t n_files = sequence ? PySequence_Fast_GET_SIZE(sequence) : 0;
+    items.files = PyMem_Calloc((size_t)n_files + 1, sizeof *items.files);
     Where where;
-    if (program != NULL) {
+    int have_where = 0, status = sequence != NULL && items.files != NULL ? 0 : -1;
+    if (status == 0 && ((size_t)times.len != items.n_ticks * sizeof(double) ||
+                        (size_t)befores.len != items.n_ticks * sizeof(double))) {
+        PyErr_SetString(PyExc_ValueError, "ticks: as many times and packet times as numbers");
+        status = -1;
+    }
+    for (Py_ssize_t i = 0; status == 0 && i < n_files; i++) {
+        status = PyObject_GetBuffer(PySequence_Fast_GET_ITEM(sequence, i), &items.files[i], PyBUF_SIMPLE);
+        if (status == 0) items.n_files++;
+    }
+    if (status == 0 && program != NULL) {
         const char *why;
         int parsed = where_parse(&where, (const uint8_t *)program, (size_t)program_len, &why);
-        if (parsed) {
-            where_free(&where);
-            return parsed == -2 ? PyErr_NoMemory() : PyErr_Format(PyExc_ValueError, "a malformed --where program: %s", why);
-        }
+        have_where = 1;
+        if (parsed == -2) PyErr_NoMemory();
+        else if (parsed) PyErr_Format(PyExc_ValueError, "a malformed --where program: %s", why);
+        status = parsed ? -1 : 0;
         sink.where = &where;
     }
     sink.style.capture = capture;
@@ -233,25 +298,84 @@ PyObject *replay(PyObject *self, PyObject *args) {
     sink.style.meta = 1;
     sink.write = write_python;
     sink.write_ctx = write;
-    PyObject *out = NULL, *iterator = PyObject_GetIter(items);
     char *text = malloc(TUNNEL_TEXT_MAX);
     Tracker tracker;
-    int ready = iterator != NULL && text != NULL && tracker_init(&tracker, &timeouts, sink_take, sink_new_conn, &sink) == 0;
-    int status = ready ? 0 : -2;
-    for (PyObject *item; status == 0 && (item = PyIter_Next(iterator)) != NULL;) {
-        status = replay_item(&tracker, item, text);
-        Py_DECREF(item);
-    }
-    if (status == 0 && PyErr_Occurred()) status = -1;
-    if (status == 0) status = tracker_tick(&tracker, end, INT64_MAX, end, end, RETIRED_END) ? -2 : 0;
-    if (status == 0) status = tracker_flush(&tracker) ? -2 : 0;
-    if (status == 0) status = sink_finish(&sink) ? -2 : 0;
+    int ready = status == 0 && text != NULL && tracker_init(&tracker, &timeouts, sink_take, sink_new_conn, &sink) == 0;
+    if (status == 0) status = ready ? replay_all(&tracker, &items, text) : -1;
+    if (status == 0) status = tracker_tick(&tracker, end, INT64_MAX, end, end, RETIRED_END);
+    if (status == 0) status = tracker_flush(&tracker);
+    if (status == 0) status = sink_finish(&sink);
     if (status == 0 && sink.error == 0) out = census_dict(&sink.census);
     else if (!PyErr_Occurred()) PyErr_NoMemory();
     if (ready) tracker_free(&tracker);
     sink_free(&sink);
     free(text);
-    Py_XDECREF(iterator);
-    if (program != NULL) where_free(&where);
+    for (size_t i = 0; i < items.n_files; i++) PyBuffer_Release(&items.files[i]);
+    PyMem_Free(items.files);
+    Py_XDECREF(sequence);
+    if (have_where) where_free(&where);
+    PyBuffer_Release(&numbers);
+    PyBuffer_Release(&times);
+    PyBuffer_Release(&befores);
+    return out;
+}
+
+/* ---- split_meta ------------------------------------------------------------------------------ */
+
+enum { META_INTS = 12, META_FLOATS = 3 };
+
+/* One meta line (sink.c write_meta, after its "\x1e"): the key into `key`, the numbers into ints and floats. */
+static int parse_meta(const char *at, const char *end, uint8_t *key, int64_t *ints, double *floats) {
+    for (size_t i = 0; i < sizeof(Key); i++) {
+        if (at + 2 > end) return -1;
+        int hi = at[0] <= '9' ? at[0] - '0' : at[0] - 'a' + 10, lo = at[1] <= '9' ? at[1] - '0' : at[1] - 'a' + 10;
+        key[i] = (uint8_t)(hi << 4 | lo);
+        at += 2;
+    }
+    char *next;
+    /* id, first frame, retired frame, how; when, before, ts; then the census's eight */
+    for (int k = 0; k < 4; k++, at = next) ints[k] = strtoll(at, &next, 10);
+    for (int k = 0; k < META_FLOATS; k++, at = next) floats[k] = strtod(at, &next);
+    for (int k = 4; k < META_INTS; k++, at = next) ints[k] = strtoll(at, &next, 10);
+    return at < end && *at == '\n' ? 0 : -1;
+}
+
+/* split_meta(data) -> (keys, ints, floats, texts): the records of a run with OutputStyle.meta, as a bytes of
+ * their keys (48 each), of int64s (12 each: id, first frame, retired frame, how, open, close, closer, final
+ * client and server states, half_close, anomalies, matched), of doubles (3 each: when, before, ts), and a
+ * list of each one's text. */
+PyObject *split_meta(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data)) return NULL;
+    const char *start = data.buf, *end = start + data.len;
+    size_t n = 0;
+    for (const char *at = start; (at = memchr(at, '\x1e', (size_t)(end - at))) != NULL; at++) n++;
+    PyObject *keys = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * sizeof(Key)));
+    PyObject *ints = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * META_INTS * sizeof(int64_t)));
+    PyObject *floats = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * META_FLOATS * sizeof(double)));
+    PyObject *texts = PyList_New((Py_ssize_t)n), *out = NULL;
+    const char *at = n ? memchr(start, '\x1e', (size_t)(end - start)) : NULL;
+    for (size_t i = 0; keys && ints && floats && texts && i < n; i++) {
+        const char *line_end = memchr(at, '\n', (size_t)(end - at));
+        const char *next = line_end ? memchr(line_end, '\x1e', (size_t)(end - line_end)) : NULL;
+        if (next == NULL) next = end;
+        if (line_end == NULL || parse_meta(at + 1, line_end + 1, (uint8_t *)PyBytes_AS_STRING(keys) + i * sizeof(Key),
+                                           (int64_t *)PyBytes_AS_STRING(ints) + i * META_INTS,
+                                           (double *)PyBytes_AS_STRING(floats) + i * META_FLOATS)) {
+            PyErr_SetString(PyExc_ValueError, "a malformed meta line");
+            goto done;
+        }
+        PyObject *text = PyBytes_FromStringAndSize(line_end + 1, next - line_end - 1);
+        if (text == NULL) goto done;
+        PyList_SET_ITEM(texts, (Py_ssize_t)i, text);
+        at = next;
+    }
+    if (keys && ints && floats && texts) out = PyTuple_Pack(4, keys, ints, floats, texts);
+done:
+    Py_XDECREF(keys);
+    Py_XDECREF(ints);
+    Py_XDECREF(floats);
+    Py_XDECREF(texts);
+    PyBuffer_Release(&data);
     return out;
 }

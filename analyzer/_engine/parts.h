@@ -8,5 +8,6 @@
 PyObject *count_numbers(PyObject *self, PyObject *args);
 PyObject *collect_keys(PyObject *self, PyObject *args);
 PyObject *replay(PyObject *self, PyObject *args);
+PyObject *split_meta(PyObject *self, PyObject *args);
 
 #endif
