@@ -268,31 +268,39 @@ class Merged:
             yield b"".join(piece)
 
 
-def carried_keys(parts: list[Part]) -> dict[bytes, tuple[int, int]]:
-    """Each key open at the end of a file but the last: the first such file and the first frame of the
-    connection open there (its records from then on are remade)."""
-    carried: dict[bytes, tuple[int, int]] = {}
-    for index, part in enumerate(parts[:-1]):
+def open_at_end(parts: list[Part]) -> list[dict[bytes, int]]:
+    """For each file but the last, the keys its own run ended with a connection open on (flushed), each
+    with that connection's first frame: the keys that may carry state into the next files."""
+    opens: list[dict[bytes, int]] = []
+    for part in parts[:-1]:
         records = part.records
         first_frames = records.first_frames()
-        for i, how in enumerate(records.hows()):
-            if how == FLUSH and records.keys[i] not in carried:
-                carried[records.keys[i]] = (index, first_frames[i])
+        opens.append({records.keys[i]: first_frames[i] for i, how in enumerate(records.hows()) if how == FLUSH})
+    return [*opens, {}]
+
+
+def carried_keys(parts: list[Part]) -> dict[bytes, tuple[int, int]]:
+    """Each key open at the end of a file but the last: the first such file and the first frame of the
+    connection open there."""
+    carried: dict[bytes, tuple[int, int]] = {}
+    for index, opens in enumerate(open_at_end(parts)):
+        for key, first in opens.items():
+            carried.setdefault(key, (index, first))
     return carried
 
 
 def merge(parts: list[Part], paths: list[str], bases: list[int], settings: Settings, mapper: Mapper) -> Merged:
     """The parts' records with those of the carried keys remade, in the one run's order, ids and counts."""
-    carried = carried_keys(parts)
+    opens = open_at_end(parts)
+    remade, census = replay_carried(parts, paths, bases, settings, mapper, opens)
     kept: list[tuple[Records, int]] = []  # in the order of the parts' own output: the one run's order
     dropped: list[tuple[Records, int]] = []
-    for index, part in enumerate(parts):
+    for part, open_here, dirty in zip(parts, opens, census["dirty"], strict=True):
         records = part.records
+        held = {dirty[k:k + KEY_BYTES] for k in range(0, len(dirty), KEY_BYTES)}
         for i, (key, first) in enumerate(zip(records.keys, records.first_frames(), strict=True)):
-            since = carried.get(key)
-            remade = since is not None and (index > since[0] or first >= since[1])
-            (dropped if remade else kept).append((records, i))
-    remade, census = replay_carried(parts, paths, bases, settings, mapper, carried, kept)
+            remade_here = key in held or first >= open_here.get(key, math.inf)
+            (dropped if remade_here else kept).append((records, i))
     every = list(heapq.merge(kept, [(remade, i) for i in range(len(remade))], key=lambda one: one[0].order(one[1])))
     ids = {frame: n for n, frame in enumerate(sorted(r.ints[i * Records.INTS + 1] for r, i in every))}
     counts = merge_counts([p.counts for p in parts], dropped, census)
@@ -300,10 +308,16 @@ def merge(parts: list[Part], paths: list[str], bases: list[int], settings: Setti
 
 
 def replay_carried(parts: list[Part], paths: list[str], bases: list[int], settings: Settings, mapper: Mapper,
-                   carried: dict[bytes, tuple[int, int]],
-                   kept: list[tuple[Records, int]]) -> tuple[Records, dict[str, Any]]:
-    """The carried keys' records made again from their frames in every file from where they were carried,
-    with ticks at the frames that retired the kept records."""
+                   opens: list[dict[bytes, int]]) -> tuple[Records, dict[str, Any]]:
+    """The records of the keys that carry state across files, made again. The frames that may be needed are
+    collected per file in parallel (every frame of a key carried from an earlier file, and from the open
+    connection's first frame in the file it is carried from); the replay tracks those whose key held a
+    connection when their file began (census["dirty"], per file), or from that first frame, with ticks at the
+    frames that retired the parts' records."""
+    carried: dict[bytes, tuple[int, int]] = {}
+    for index, open_here in enumerate(opens):
+        for key, first in open_here.items():
+            carried.setdefault(key, (index, first))
     reached = [-math.inf]
     for part in parts[:-1]:
         reached.append(max(reached[-1], part.counts["now"]))
@@ -313,17 +327,19 @@ def replay_carried(parts: list[Part], paths: list[str], bases: list[int], settin
     earliest = min(since for since, _ in carried.values()) if carried else len(paths)
     tasks = [(path, bases[index], reached[index], index, settings.bpf)
              for index, path in enumerate(paths) if index >= earliest]
-    packed = mapper(collect_part, tasks, shared) if tasks else []
-    ticks = sorted({r.tick(i) for r, i in kept if r.ints[i * Records.INTS + 3] != FLUSH})
+    packed = [b""] * (len(paths) - len(tasks)) + (mapper(collect_part, tasks, shared) if tasks else [])
+    ticks = sorted({part.records.tick(i) for part in parts for i, how in enumerate(part.records.hows())
+                    if how != FLUSH})
     numbers, times, befores = array("q", [t[0] for t in ticks]), array("d", [t[1] for t in ticks]), \
         array("d", [t[2] for t in ticks])
     end = max(reached[-1], parts[-1].counts["now"])
     text = io.BytesIO()
     limits = (settings.timeouts.msl, settings.timeouts.idle, settings.timeouts.handshake,
               settings.timeouts.close_linger)
-    census = _engine.replay(packed, numbers, times, befores, text.write, engine.FORMATS[settings.fmt], limits,
-                            engine._quoted(settings.capture, settings.fmt), settings.colour, end,
-                            *(() if settings.where is None else (settings.where,)))
+    sorted_opens = [(b"".join(sorted(o)), array("q", [o[k] for k in sorted(o)])) for o in opens]
+    census = _engine.replay(packed, array("q", bases), sorted_opens, numbers, times, befores, text.write,
+                            engine.FORMATS[settings.fmt], limits, engine._quoted(settings.capture, settings.fmt),
+                            settings.colour, end, *(() if settings.where is None else (settings.where,)))
     return Records(text.getvalue()), census
 
 

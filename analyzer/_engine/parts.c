@@ -20,6 +20,7 @@
 
 #include "engine.h"
 #include "feeder.h"
+#include "halfopen.h"
 #include "parts.h"
 #include "sink.h"
 #include "where.h"
@@ -169,17 +170,6 @@ static int write_python(void *ctx, const char *data, size_t len) {
     return done == NULL ? -1 : 0;
 }
 
-/* A packed frame: the timers to the packet time before it, then the frame tracked. */
-static int replay_frame(Tracker *t, const Packed *head, const uint8_t *data, char *text) {
-    Frame frame = {head->number, head->ts, head->linktype, data, head->caplen, head->wire_len};
-    Packet p;
-    Skip skip;
-    if (decode_frame(&frame, &p, &skip, text)) return 0;  /* never: collect_keys keeps decoded frames only */
-    packet_key(&p);
-    if (tracker_tick(t, head->before, head->number, head->before, head->ts, RETIRED_BEFORE)) return -1;
-    return tracker_add(t, &p);
-}
-
 /* A tick: the timers as a frame left out ran them (to the packet time before it, then to its own). */
 static int replay_tick(Tracker *t, int64_t number, double ts, double before) {
     if (tracker_tick(t, before, number, before, ts, RETIRED_BEFORE)) return -1;
@@ -187,12 +177,69 @@ static int replay_tick(Tracker *t, int64_t number, double ts, double before) {
 }
 
 typedef struct {
-    Py_buffer *files;     /* each file's packed frames */
+    Key *keys;
+    size_t n;
+} KeySet;  /* sorted as bytes */
+
+static int in_set(const KeySet *set, const Key *key) {
+    return set->n && bsearch(key, set->keys, set->n, sizeof *set->keys, by_key) != NULL;
+}
+
+typedef struct {
+    Py_buffer *files;        /* each file's packed frames */
     size_t n_files, file, at;
+    const int64_t *bases;    /* file j's frames are numbered after bases[j] */
+    Py_buffer *open_keys, *open_firsts;  /* each file's keys open at its own run's end, their connections' first frames */
+    KeySet *dirty;           /* each file's keys held by a connection here when it begins (filled as it comes) */
+    size_t current;          /* the file whose items are replayed now (+ 1; 0: none yet) */
     const int64_t *numbers;  /* the ticks: numbers, times, packet times before (sorted by number) */
     const double *times, *befores;
     size_t n_ticks, tick;
 } Items;
+
+/* The keys that hold a connection in the table now. */
+static int snapshot(const Tracker *t, KeySet *out) {
+    out->keys = malloc((t->open_count ? t->open_count : 1) * sizeof *out->keys);
+    if (out->keys == NULL) return -1;
+    out->n = 0;
+    for (size_t i = 0; i < t->table_size; i++)
+        if (t->table[i].ref != 0) out->keys[out->n++] = *key_of(t->table[i].ref);
+    qsort(out->keys, out->n, sizeof *out->keys, by_key);
+    return 0;
+}
+
+/* Before the item numbered `number`: the files it is past begin (their dirty keys noted). */
+static int enter(const Tracker *t, Items *items, int64_t number) {
+    while (items->current < items->n_files && number > items->bases[items->current]) {
+        if (snapshot(t, &items->dirty[items->current])) return -1;
+        items->current++;
+    }
+    return 0;
+}
+
+/* Whether a frame of the current file is replayed: its key held a connection when the file began (the
+ * file's own run started it afresh: wrong), or it was open at the file's own end, from the first frame of
+ * the connection open there (its own run was right until then, and only then tells it). */
+static int wanted_here(const Items *items, const Packet *p) {
+    size_t file = items->current - 1;
+    if (in_set(&items->dirty[file], &p->key)) return 1;
+    const Py_buffer *keys = &items->open_keys[file];
+    size_t n = (size_t)keys->len / sizeof(Key);
+    const Key *found = n ? bsearch(&p->key, keys->buf, n, sizeof(Key), by_key) : NULL;
+    return found != NULL && p->frame >= ((const int64_t *)items->open_firsts[file].buf)[found - (const Key *)keys->buf];
+}
+
+/* A packed frame: tracked if wanted here (the timers to the packet time before it first), else a tick. */
+static int replay_frame(Tracker *t, const Items *items, const Packed *head, const uint8_t *data, char *text) {
+    Frame frame = {head->number, head->ts, head->linktype, data, head->caplen, head->wire_len};
+    Packet p;
+    Skip skip;
+    if (decode_frame(&frame, &p, &skip, text)) return 0;  /* never: collect_keys keeps decoded frames only */
+    packet_key(&p);
+    if (!wanted_here(items, &p)) return replay_tick(t, head->number, head->ts, head->before);
+    if (tracker_tick(t, head->before, head->number, head->before, head->ts, RETIRED_BEFORE)) return -1;
+    return tracker_add(t, &p);
+}
 
 /* The next packed frame (NULL: none left); its bytes follow it. */
 static const Packed *next_frame(Items *items) {
@@ -209,10 +256,12 @@ static int replay_all(Tracker *t, Items *items, char *text) {
     for (;;) {
         const Packed *head = next_frame(items);
         int64_t tick = items->tick < items->n_ticks ? items->numbers[items->tick] : INT64_MAX;
-        if (head == NULL && tick == INT64_MAX) return 0;
+        if (head == NULL && tick == INT64_MAX) return enter(t, items, INT64_MAX);
+        int64_t number = head != NULL && head->number <= tick ? head->number : tick;
+        if (enter(t, items, number)) return -1;
         if (head != NULL && head->number <= tick) {
             if (head->number == tick) items->tick++;
-            if (replay_frame(t, head, (const uint8_t *)(head + 1), text)) return -1;
+            if (replay_frame(t, items, head, (const uint8_t *)(head + 1), text)) return -1;
             items->at += sizeof *head + (((size_t)head->caplen + 7) & ~(size_t)7);
         } else {
             size_t k = items->tick++;
@@ -246,13 +295,31 @@ static PyObject *census_dict(const Census *census) {
                          "matched", (long long)census->matched);
 }
 
-/* replay(files, numbers, times, befores, write, format, (msl, idle, handshake, close_linger), capture, colour, end
- * [, program]) -> census: `files` each file's packed frames (collect_keys), in the set's order; the ticks as
+/* census["dirty"]: each file's keys that held a connection here when it began (sorted, 48 bytes each). */
+static PyObject *with_dirty(PyObject *census, const Items *items) {
+    PyObject *list = census ? PyList_New((Py_ssize_t)items->n_files) : NULL;
+    for (size_t i = 0; list && i < items->n_files; i++) {
+        const KeySet *set = &items->dirty[i];
+        PyObject *keys = PyBytes_FromStringAndSize(set->n ? (const char *)set->keys : "", (Py_ssize_t)(set->n * sizeof(Key)));
+        if (keys == NULL) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, (Py_ssize_t)i, keys);
+    }
+    if (list == NULL || PyDict_SetItemString(census, "dirty", list)) Py_CLEAR(census);
+    Py_XDECREF(list);
+    return census;
+}
+
+/* replay(files, bases, opens, numbers, times, befores, write, format, (msl, idle, handshake, close_linger), capture,
+ * colour, end[, program]) -> census, with "dirty": `files` each file's packed frames (collect_keys: those of
+ * every key that may carry state into it), in the set's order; `bases` (int64s) the number each file's frames
+ * come after; `opens` for each file (keys, firsts): the keys its own run ended with open (sorted; int64 first
+ * frames of those connections). A frame is tracked if its key held a connection here when its file began,
+ * or from the open connection's first frame on; any other is a tick. The ticks as
  * three arrays (int64 numbers, sorted; double times; double packet times before); `end` the set's last packet
  * time; `program` the --where terms or None. The text (with OutputStyle.meta) goes to `write` in pieces. */
 PyObject *replay(PyObject *self, PyObject *args) {
-    PyObject *files, *write;
-    Py_buffer numbers, times, befores;
+    PyObject *files, *write, *opens;
+    Py_buffer numbers, times, befores, bases;
     Sink sink;
     memset(&sink, 0, sizeof sink);
     sink.fd = -1;
@@ -260,7 +327,7 @@ PyObject *replay(PyObject *self, PyObject *args) {
     const char *capture = NULL, *program = NULL;
     Py_ssize_t capture_len = 0, program_len = 0;
     double end;
-    if (!PyArg_ParseTuple(args, "Oy*y*y*Oi(dddd)z#pd|z#", &files, &numbers, &times, &befores, &write,
+    if (!PyArg_ParseTuple(args, "Oy*Oy*y*y*Oi(dddd)z#pd|z#", &files, &bases, &opens, &numbers, &times, &befores, &write,
                           &sink.style.format, &timeouts.msl, &timeouts.idle, &timeouts.handshake,
                           &timeouts.close_linger, &capture, &capture_len, &sink.style.colour, &end, &program,
                           &program_len))
@@ -273,8 +340,28 @@ PyObject *replay(PyObject *self, PyObject *args) {
     PyObject *out = NULL, *sequence = PySequence_Fast(files, "files: a sequence of bytes");
     Py_ssize_t n_files = sequence ? PySequence_Fast_GET_SIZE(sequence) : 0;
     items.files = PyMem_Calloc((size_t)n_files + 1, sizeof *items.files);
+    items.open_keys = PyMem_Calloc((size_t)n_files + 1, sizeof *items.open_keys);
+    items.open_firsts = PyMem_Calloc((size_t)n_files + 1, sizeof *items.open_firsts);
+    items.dirty = PyMem_Calloc((size_t)n_files + 1, sizeof *items.dirty);
+    items.bases = bases.buf;
+    size_t n_opens = 0;
     Where where;
-    int have_where = 0, status = sequence != NULL && items.files != NULL ? 0 : -1;
+    int have_where = 0, status = sequence != NULL && items.files && items.open_keys && items.open_firsts && items.dirty
+                                 ? 0 : -1;
+    if (status == 0 && ((size_t)bases.len != (size_t)n_files * sizeof(int64_t) || PySequence_Length(opens) != n_files)) {
+        PyErr_SetString(PyExc_ValueError, "bases and opens: one for each file");
+        status = -1;
+    }
+    for (Py_ssize_t i = 0; status == 0 && i < n_files; i++) {
+        PyObject *pair = PySequence_GetItem(opens, i);
+        status = pair == NULL ? -1 : PyArg_ParseTuple(pair, "y*y*", &items.open_keys[i], &items.open_firsts[i]) ? 0 : -1;
+        Py_XDECREF(pair);
+        if (status == 0) n_opens++;
+        if (status == 0 && items.open_firsts[i].len / (Py_ssize_t)sizeof(int64_t) != items.open_keys[i].len / (Py_ssize_t)sizeof(Key)) {
+            PyErr_SetString(PyExc_ValueError, "opens: a first frame for each key");
+            status = -1;
+        }
+    }
     if (status == 0 && ((size_t)times.len != items.n_ticks * sizeof(double) ||
                         (size_t)befores.len != items.n_ticks * sizeof(double))) {
         PyErr_SetString(PyExc_ValueError, "ticks: as many times and packet times as numbers");
@@ -305,8 +392,17 @@ PyObject *replay(PyObject *self, PyObject *args) {
     if (status == 0) status = tracker_tick(&tracker, end, INT64_MAX, end, end, RETIRED_END);
     if (status == 0) status = tracker_flush(&tracker);
     if (status == 0) status = sink_finish(&sink);
-    if (status == 0 && sink.error == 0) out = census_dict(&sink.census);
+    if (status == 0 && sink.error == 0) out = with_dirty(census_dict(&sink.census), &items);
     else if (!PyErr_Occurred()) PyErr_NoMemory();
+    for (size_t i = 0; items.dirty != NULL && i < items.n_files; i++) free(items.dirty[i].keys);
+    for (size_t i = 0; i < n_opens; i++) {
+        PyBuffer_Release(&items.open_keys[i]);
+        PyBuffer_Release(&items.open_firsts[i]);
+    }
+    PyMem_Free(items.open_keys);
+    PyMem_Free(items.open_firsts);
+    PyMem_Free(items.dirty);
+    PyBuffer_Release(&bases);
     if (ready) tracker_free(&tracker);
     sink_free(&sink);
     free(text);
