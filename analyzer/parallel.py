@@ -250,6 +250,7 @@ class Merged:
     ids: dict[int, int]  # first frame -> id
     settings: Settings
     counts: dict[str, Any]
+    remade: int = 0  # records made again by the replay
 
     def pieces(self, size: int = 1 << 20) -> Iterator[bytes]:
         """The output text in pieces of about `size` bytes, made as they are written (the whole is never held)."""
@@ -304,7 +305,7 @@ def merge(parts: list[Part], paths: list[str], bases: list[int], settings: Setti
     every = list(heapq.merge(kept, [(remade, i) for i in range(len(remade))], key=lambda one: one[0].order(one[1])))
     ids = {frame: n for n, frame in enumerate(sorted(r.ints[i * Records.INTS + 1] for r, i in every))}
     counts = merge_counts([p.counts for p in parts], dropped, census)
-    return Merged(every, ids, settings, counts)
+    return Merged(every, ids, settings, counts, len(remade))
 
 
 def replay_carried(parts: list[Part], paths: list[str], bases: list[int], settings: Settings, mapper: Mapper,
