@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -36,6 +37,8 @@ from tests.test_rotated import SAMPLES, tool
 pytestmark = pytest.mark.skipif(shutil.which("editcap") is None or not engine.available(),
                                 reason="needs editcap and the compiled engine")
 FORMATS = ("table", "json", "csv")
+#: Dask's processes would inherit make sanitize's preloaded runtimes: its run keeps to the plain executor
+on_dask = pytest.mark.skipif(bool(os.environ.get("SYNFIN_SANITIZED")), reason="Dask processes under ASan")
 SHORT_TIMERS = ["--msl", "0.05", "--handshake-timeout", "0.2", "--idle-timeout", "0.5"]
 
 
@@ -198,6 +201,7 @@ def test_overlapping_or_damaged_files_are_read_in_sequence(monkeypatch: pytest.M
 
 
 @pytest.mark.slow
+@on_dask
 def test_local_dask_cluster(busy_set: Path, reuse_set: Path) -> None:
     """--workers 2 with dask installed: a LocalCluster of two processes."""
     pytest.importorskip("distributed")
@@ -247,6 +251,7 @@ def wait_for_workers(address: str, count: int) -> None:
 
 
 @pytest.mark.slow
+@on_dask
 def test_dask_scheduler_and_worker(scheduler: str, busy_set: Path, reuse_set: Path) -> None:
     """--scheduler ADDRESS: the parts run on a scheduler's workers (other processes, reading the same paths)."""
     assert_parallel_same(busy_set, ["--scheduler", scheduler], "busy.pcap", [])
@@ -255,6 +260,7 @@ def test_dask_scheduler_and_worker(scheduler: str, busy_set: Path, reuse_set: Pa
 
 
 @pytest.mark.slow
+@on_dask
 def test_no_scheduler_there(busy_set: Path) -> None:
     pytest.importorskip("distributed")
     status, out, err = cli(["--scheduler", f"tcp://127.0.0.1:{free_port()}", str(busy_set)])
