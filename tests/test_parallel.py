@@ -266,3 +266,31 @@ def test_no_scheduler_there(busy_set: Path) -> None:
     status, out, err = cli(["--scheduler", f"tcp://127.0.0.1:{free_port()}", str(busy_set)])
     assert status == 2 and out == b""
     assert err.startswith("synfin: ") and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_kept_and_remade_connections_retired_in_one_pass(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One frame runs out two timers: a connection of its own file (kept from the part) and one carried from
+    the file before (remade by the replay). They must come out in order of wake time, not of id.
+
+    Kernel-made samples, re-timed with editcap -t (only their times change): file 1 is port_reuse.pcap's
+    first connection (CLOSED at 05:21:02.327, lingering 5 s: its wake 05:21:07.327); file 2 is
+    fourway_server_close.pcap moved to start at 05:21:02.5 (the server's TIME_WAIT, --msl 0.05, runs out at
+    05:21:02.9), then busy.pcap moved to 05:21:20, whose first frame runs out both, then refused.pcap moved
+    20 s later, whose first frame runs out busy's connections (kept records after the remade one: the tick
+    at busy's first frame puts it before them)."""
+    without_dask(monkeypatch)
+    into = tmp_path / "set"
+    into.mkdir()
+    tool(["editcap", "-F", "pcap", "-r", str(SAMPLES / "port_reuse.pcap"), str(into / "a.pcap"), "1-11"])
+    tool(["editcap", "-F", "pcap", "-t", "43.388152", str(SAMPLES / "fourway_server_close.pcap"),
+          str(tmp_path / "f.pcap")])
+    tool(["editcap", "-F", "pcap", "-t", "10.653261", str(SAMPLES / "busy.pcap"), str(tmp_path / "b.pcap")])
+    tool(["editcap", "-F", "pcap", "-t", "79.0", str(SAMPLES / "refused.pcap"), str(tmp_path / "r.pcap")])
+    tool(["mergecap", "-F", "pcap", "-a", "-w", str(into / "b.pcap"), str(tmp_path / "f.pcap"),
+          str(tmp_path / "b.pcap"), str(tmp_path / "r.pcap")])
+    options = ["--msl", "0.05", "-f", "json"]
+    sequential = cli([*options, str(into)])[1].splitlines()
+    assert [json.loads(line)["id"] for line in sequential[:2]] == [1, 0]  # wake order: id 1 before id 0
+    for fmt in FORMATS:
+        spread = cli(["--msl", "0.05", "-f", fmt, "--workers", "2", str(into)])
+        assert spread[:2] == cli(["--msl", "0.05", "-f", fmt, str(into)])[:2]
