@@ -11,7 +11,10 @@ only when the engine was built with libpcap, see filters_available()); with
 --where, a test of each finished connection (where.py, where.c). Each
 C file names the Python module it follows. `collect()` finds a few
 connections' frames for the ladder and stops reading once they have finished
-(collect.c, ladder_source.py).
+(collect.c, ladder_source.py). For a rotated set analyzed file by file in
+parallel (parallel.py), run() takes a frame base and writes each connection's
+facts before its text (OutputStyle.meta), and parts.c counts a file's frame
+numbers, collects the frames of chosen 4-tuples and replays them with ticks.
 
 One set of TCP rules
 ====================
