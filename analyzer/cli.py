@@ -171,8 +171,8 @@ def add_parallel_options(parser: argparse.ArgumentParser) -> None:
                         help="analyze a rotated set's files in parallel, each by the compiled engine, on a local "
                              "Dask cluster of N worker processes (pip install 'synfin[dask]'; without it, the "
                              "files are run one after another here), and merge them: the output is exactly the "
-                             "one of reading the set in sequence (the default, fastest for a set one core reads "
-                             "in seconds)")
+                             "one of reading the set in sequence (the default, and on one machine the faster: "
+                             "the merge runs here, in Python per connection; see the README)")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="as --workers, on a running `dask scheduler` (e.g. tcp://10.0.0.5:8786) and its "
                              "workers, which must have synfin installed and read the set's files at the same paths")
