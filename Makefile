@@ -16,7 +16,7 @@ FUZZ_OUT     ?= build/fuzz-out
 TEST_FUZZ_SECONDS ?= 90
 SAN_TESTS    := tests/test_engine.py tests/test_bad_input.py tests/test_hardening.py tests/test_flood.py tests/test_pipes.py \
                 tests/test_filter.py tests/test_where.py tests/test_fuzz.py tests/test_ladder_engine.py tests/test_api.py \
-                tests/test_tunnels.py tests/test_rotated.py tests/test_report_columns.py
+                tests/test_tunnels.py tests/test_rotated.py tests/test_report_columns.py tests/test_parallel.py
 SAN_ENV = PYTHONPATH=$(CURDIR)/$(SAN_DIR):$(CURDIR) PYTHONSAFEPATH=1 SYNFIN_SANITIZED=1 \
   LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so)" \
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \

@@ -13,13 +13,15 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from analyzer import __version__, engine
+from analyzer import __version__, engine, parallel
 from analyzer.bpf import FilterError, looks_like_filter
 from analyzer.bpf import check as check_filter
 from analyzer.capture import STDIN, CaptureError, capture_name, capture_path, is_stdin
 from analyzer.connection import Timeouts
+from analyzer.dask_exec import DaskMissing, dask_available, mapper
 from analyzer.labels import CLOSE_LABELS, OPEN_LABELS
 from analyzer.ladder_cli import add_ladder
+from analyzer.parallel import Mapper
 from analyzer.pipeline import Stats, analyze
 from analyzer.report import Census, csv_header, table_header, write_csv, write_json, write_summary, write_table
 from analyzer.report_cli import add_report
@@ -151,6 +153,7 @@ def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
                              "names), frame numbers going on from file to file, connections continued across "
                              "files; the summary names the largest gap and every overlap between files. Put "
                              "--set after any CAPTURE (it takes every file that follows)")
+    add_parallel_options(parser)
     add_filter_option(parser)
     add_where_option(parser, "; the summary counts the connections it matched (and says how many of all)")
     parser.add_argument("-f", "--format", choices=("table", "json", "csv"), default="table",
@@ -161,6 +164,29 @@ def add_analyze(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     add_engine_option(parser, ", the one live capture uses")
     add_timing_options(parser)
     parser.set_defaults(run=run_analyze, usage_error=parser.error)
+
+
+def add_parallel_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=positive_int, metavar="N",
+                        help="analyze a rotated set's files in parallel, each by the compiled engine, on a local "
+                             "Dask cluster of N worker processes (pip install 'synfin[dask]'; without it, the "
+                             "files are run one after another here), and merge them: the output is exactly the "
+                             "one of reading the set in sequence (the default, and on one machine the faster: "
+                             "the merge runs here, in Python per connection; see the README)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="as --workers, on a running `dask scheduler` (e.g. tcp://10.0.0.5:8786) and its "
+                             "workers, which must have synfin installed and read the set's files at the same paths")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +249,11 @@ def run_analyze(args: argparse.Namespace) -> int:
         table_console = (console_for(out, width=None if is_tty(out) else 180)
                          if args.format == "table" else None)  # JSON and CSV need no rich
         summary = Styled(out, table_console) if table_console is not None else err
+        try:
+            args.mapper = _mapper(args, stack, err)
+        except (DaskMissing, OSError, TimeoutError) as problem:  # no dask; no scheduler at that address
+            err.line((f"synfin: {problem}", "red"))
+            return EXIT_BAD_INPUT
         for index, path in enumerate(args.captures):
             try:
                 _analyze_one(args, path, out, table_console, summary, err, index)
@@ -230,6 +261,19 @@ def run_analyze(args: argparse.Namespace) -> int:
                 err.line((f"synfin: {problem}", "red"))
                 status = EXIT_BAD_INPUT
     return status
+
+
+def _mapper(args: argparse.Namespace, stack: ExitStack, err: Styled) -> Mapper | None:
+    """With --workers or --scheduler, and a set to analyze with the compiled engine: where its files run
+    (dask_exec.py), the cluster started for the whole command; otherwise None (sets are read in sequence)."""
+    if not (args.workers or args.scheduler) or not args.compiled:
+        return None
+    if not any(isinstance(path, CaptureSet) for path in args.captures):
+        return None
+    if args.scheduler is None and not dask_available():
+        err.line(("synfin: note: dask is not installed (pip install 'synfin[dask]'): the set's files are run "
+                  "one after another here", "yellow"))
+    return stack.enter_context(mapper(args.workers, args.scheduler))
 
 
 def with_sets(captures: list[str | Path], set_files: list[Path] | None) -> list[str | Path | CaptureSet]:
@@ -261,9 +305,13 @@ def _analyze_one(args: argparse.Namespace, path: str | Path | CaptureSet, out: I
             elif args.format == "csv" and index == 0:
                 out.write(csv_header())
             timeouts = Timeouts(msl=args.msl, idle=args.idle_timeout, handshake=args.handshake_timeout)
-            run = engine.run_set if isinstance(path, CaptureSet) else engine.run
-            counts = run(path, out, args.format, timeouts, capture, colour, progress, args.bpf,  # type: ignore[arg-type]
-                         args.where_filter)
+            if isinstance(path, CaptureSet) and args.mapper is not None:
+                counts = parallel.run_set(path, out, args.format, timeouts, capture, colour, args.bpf,
+                                          args.where_filter, args.mapper)
+            else:
+                run = engine.run_set if isinstance(path, CaptureSet) else engine.run
+                counts = run(path, out, args.format, timeouts, capture, colour, progress, args.bpf,  # type: ignore[arg-type]
+                             args.where_filter)
             engine.stats_from(counts, stats)
             engine.census_from(counts, census)
             if isinstance(path, CaptureSet):

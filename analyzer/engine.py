@@ -13,7 +13,10 @@ C file names the Python module it follows. `collect()` finds a few
 connections' frames for the ladder and stops reading once they have finished
 (collect.c, ladder_source.py). `_engine.live()` reads a live interface through
 libpcap's ring and prints events.py's events from C (live.c, events.c; driven
-by live_engine.py for `synfin live`).
+by live_engine.py for `synfin live`). For a rotated set analyzed file by file in
+parallel (parallel.py), run() takes a frame base and writes each connection's
+facts before its text (OutputStyle.meta), and parts.c counts a file's frame
+numbers, collects the frames of chosen 4-tuples and replays them with ticks.
 
 One set of TCP rules
 ====================

@@ -44,10 +44,11 @@ from operator import methodcaller
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from analyzer import engine
+from analyzer import engine, parallel
 from analyzer.bpf import check as check_filter
 from analyzer.capture import OpenCapture, Progress, check_head, is_stdin, open_capture
 from analyzer.connection import Connection, Timeouts
+from analyzer.dask_exec import mapper
 from analyzer.engine import chainable
 from analyzer.fsm import State
 from analyzer.pipeline import Stats
@@ -236,9 +237,11 @@ class EngineRun:
     """
 
     def __init__(self, path: str | Path, timeouts: Timeouts, stats: Stats | None,
-                 progress: Progress | None, bpf: str | None, where: Where | None = None) -> None:
+                 progress: Progress | None, bpf: str | None, where: Where | None = None,
+                 spread: tuple[int | None, str | None] | None = None) -> None:
         self.path, self.timeouts, self.stats, self.progress, self.bpf = path, timeouts, stats, progress, bpf
         self.where = where
+        self.spread = spread  # (workers, scheduler): a set's files run in parallel (parallel.py)
         self.thread: threading.Thread | None = None
         self.read_fd = -1
         self.outcome: dict[str, Any] = {}
@@ -262,6 +265,9 @@ class EngineRun:
 
     def _run(self, opened: list[OpenCapture], write_fd: int, fmt: str, capture: str | None) -> None:
         try:
+            if isinstance(self.path, CaptureSet) and self.spread is not None and self._run_parallel(write_fd, fmt,
+                                                                                                     capture):
+                return
             if isinstance(self.path, CaptureSet):
                 self.outcome["counts"] = engine.run_set_opened(self.path, opened, _no_write, write_fd, fmt,
                                                                self.timeouts, capture, self.progress, self.bpf,
@@ -275,6 +281,21 @@ class EngineRun:
             os.close(write_fd)
             for one in opened:
                 one.close()
+
+    def _run_parallel(self, write_fd: int, fmt: str, capture: str | None) -> bool:
+        """The set's files in parallel, merged (parallel.py); False if it is better read in sequence."""
+        assert isinstance(self.path, CaptureSet) and self.spread is not None
+        with mapper(*self.spread) as on_workers:
+            merged = parallel.analyze_set(self.path, fmt, self.timeouts, capture, False, self.bpf, self.where,
+                                          on_workers)
+        if merged is None:
+            return False
+        for piece in merged.pieces():
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(write_fd, view):]
+        self.outcome["counts"] = merged.counts
+        return True
 
     def _stop(self) -> None:
         if self.read_fd >= 0:
@@ -420,7 +441,8 @@ def analyze(path: str | Path | CaptureSet | list[str | Path], *, msl: float = 30
             handshake_timeout: float = 40.0, keep_segments: bool = False,
             stats: Stats | None = None, progress: Progress | None = None,
             bpf: str | None = None, where: str | Iterable[str] | Where | None = None,
-            engine: str = "auto") -> Iterator[Record] | Iterator[Connection]:
+            engine: str = "auto", workers: int | None = None,
+            scheduler: str | None = None) -> Iterator[Record] | Iterator[Connection]:
     """Analyze one capture; yield its connections as they finish, in the order of `synfin analyze -f json`.
 
     On the compiled engine (engine="auto" when it is built, or "compiled") each is a `Record`; on the
@@ -434,7 +456,9 @@ def analyze(path: str | Path | CaptureSet | list[str | Path], *, msl: float = 30
     counts them all); a bad term raises `WhereError` at once.
 
     A directory, a list of files or a rotated.CaptureSet is a rotated set, read as one capture (rotated.py;
-    a set holding a gzip file on the reference pipeline, which the engine cannot chain).
+    a set holding a gzip file on the reference pipeline, which the engine cannot chain). With `workers` (a
+    local Dask cluster of that many processes) or `scheduler` (a running `dask scheduler`'s address), the
+    set's files are analyzed in parallel and merged (parallel.py, dask_exec.py): the same records.
     """
     if bpf is not None:
         check_filter(bpf)
@@ -446,7 +470,8 @@ def analyze(path: str | Path | CaptureSet | list[str | Path], *, msl: float = 30
                                  keep_segments=keep_segments, stats=stats, progress=progress, bpf=bpf,
                                  where=where)
     timeouts = Timeouts(msl=msl, idle=idle_timeout, handshake=handshake_timeout)
-    return RecordStream(EngineRun(path, timeouts, stats, progress, bpf, matcher))
+    spread = (workers, scheduler) if workers or scheduler else None
+    return RecordStream(EngineRun(path, timeouts, stats, progress, bpf, matcher, spread))
 
 
 def as_set(path: str | Path | CaptureSet | list[str | Path]) -> str | Path | CaptureSet:

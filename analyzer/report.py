@@ -279,14 +279,20 @@ class Census:
 
     def _endpoint(self, conn: Connection, labels: dict[str, Any]) -> None:
         row = self.endpoints.setdefault(endpoint_name(conn.server), [0] * len(ENDPOINT_COUNTS))
-        row[0] += 1
-        row[1] += labels["open"] == "handshake"
-        row[2] += labels["close"] in ("four-way", "three-way", "simultaneous")
-        row[3] += labels["close"] == "reset"
-        row[4] += labels["open"] == "refused"
-        for index, side in enumerate((conn.client, conn.server)):
-            if str(side.state) in ENDPOINT_FINALS:
-                row[5 + index * len(ENDPOINT_FINALS) + ENDPOINT_FINALS.index(str(side.state))] += 1
+        one = endpoint_row(str(labels["open"]), str(labels["close"]), str(conn.client.state), str(conn.server.state))
+        for k, n in enumerate(one):
+            row[k] += n
+
+
+def endpoint_row(open_label: str, close_label: str, final_client: str, final_server: str) -> list[int]:
+    """One connection's counts in its server endpoint's row of the summary (ENDPOINT_COUNTS; sink.c
+    count_endpoint in the engine; parallel.py takes the dropped records' rows off again)."""
+    row = [1, open_label == "handshake", close_label in ("four-way", "three-way", "simultaneous"),
+           close_label == "reset", open_label == "refused"] + [0] * (2 * len(ENDPOINT_FINALS))
+    for index, state in enumerate((final_client, final_server)):
+        if state in ENDPOINT_FINALS:
+            row[5 + index * len(ENDPOINT_FINALS) + ENDPOINT_FINALS.index(state)] = 1
+    return [int(n) for n in row]
 
 
 NAMED_COUNTS = 10  # the summary names this many link types, and skip reasons; the rest it counts

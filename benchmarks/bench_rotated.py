@@ -1,20 +1,28 @@
-"""What reading a rotated set as one capture costs (issue 16): the whole file against the same frames in parts.
+"""What reading a rotated set as one capture costs (issue 16): the whole file against the same frames in parts,
+read in sequence and analyzed in parallel on Dask (analyzer/parallel.py).
 
-    python benchmarks/bench_rotated.py [CAPTURE] [--parts 12] [--runs 5] [--json FILE]
+    python benchmarks/bench_rotated.py [CAPTURE] [--parts 12] [--runs 5] [--json FILE] [--growth 3,6,12]
 
 CAPTURE defaults to /tmp/flood/bench250/bench.pcap. It is cut with `editcap -F pcap -c N` into PARTS files
 of equal frame counts (in a temporary directory, named so that name order is not time order), once,
 before timing. Then, round by round, each of these runs in a child process, standard output to /dev/null:
 
-    synfin analyze --engine compiled -f json CAPTURE        (the whole file)
-    synfin analyze --engine compiled -f json PARTS_DIR/     (the set, read as one capture)
+    synfin analyze --engine compiled -f json CAPTURE                  (the whole file)
+    synfin analyze --engine compiled -f json PARTS_DIR/               (the set, read as one capture)
+    synfin analyze --engine compiled -f json --workers 1 PARTS_DIR/   (the set on a local Dask cluster of 1 worker)
+    synfin analyze --engine compiled -f json --workers 2 PARTS_DIR/   (... of 2 workers)
 
-Wall time is measured around fork/exec/wait and peak RSS is the child's ``ru_maxrss`` (os.wait4); the
-median, min and max of the runs are printed. Both runs' JSON records are compared once (untimed): they
-must be the same bytes. Also printed: what choosing the order costs (each file's first frame read:
-rotated.in_time_order), timed in this process.
+Wall time is measured around fork/exec/wait and peak RSS is the child's ``ru_maxrss`` (os.wait4: the
+command's own process); for the Dask cases, one more run under a wrapper gives the largest of all the
+processes it started (RUSAGE_CHILDREN: workers, nannies, scheduler); the median, min and max are printed.
+Every case's JSON records are compared once (untimed): they must be the same bytes.
 
-Not measured here: parallel analysis on Dask (the issue's part 2), which is not built yet.
+The merge step's own cost: in a child, the set's parts run one after another (parallel.run_in_sequence), then
+parallel.merge is timed alone (collecting the carried keys' frames, the replay, the ordering; not writing),
+with how many keys were carried across boundaries and how many records were made again; once more with
+--msl 0.05 and a 0.05 s close linger (few connections open at the boundaries). With --growth, the same
+for the capture cut into other numbers of files (once each): how the merge grows with the boundaries.
+Also printed: what choosing the order costs (each file's first frame read: rotated.in_time_order).
 """
 
 from __future__ import annotations
@@ -62,6 +70,49 @@ def run(args: list[str], output: int | None = None) -> tuple[float, int]:
     return wall, usage.ru_maxrss
 
 
+def workers_peak(args: list[str]) -> int:
+    """Peak RSS (KiB) of the largest child of `synfin ARGS` (the Dask workers, nanny, scheduler are its
+    descendants): measured by running it under a wrapper whose RUSAGE_CHILDREN covers them."""
+    wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+               "stderr=subprocess.DEVNULL, check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "analyzer", *args],
+                          capture_output=True, text=True, check=True, cwd=ROOT)
+    return int(done.stdout.split()[-1])
+
+
+def merge_phases(parts_dir: Path, *timers: float) -> dict[str, float]:
+    """parallel.merge's own cost on the set, in a child (this script's --phases mode; `timers`: msl, linger)."""
+    done = subprocess.run([sys.executable, __file__, "--phases", str(parts_dir), *map(str, timers)],
+                          capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def phases(parts_dir: Path, msl: float = 30.0, linger: float = 5.0) -> None:
+    """--phases: the parts run here one after another, then the merge timed alone; JSON on stdout. With a
+    short `msl` and `linger` (Timeouts.close_linger) few connections are open at the boundaries."""
+    sys.path.insert(0, str(ROOT))
+    from analyzer import parallel
+    from analyzer.connection import Timeouts
+    from analyzer.rotated import from_directory
+
+    paths = [str(p) for p in from_directory(parts_dir).files]
+    start = time.perf_counter()
+    numbers = [parallel.count_part(p) for p in paths]
+    bases = [sum(numbers[:k]) for k in range(len(paths))]
+    settings = parallel.Settings("json", Timeouts(msl=msl, close_linger=linger), None, False, None, None)
+    counted = time.perf_counter()
+    parts = [parallel.run_part((p, b, settings)) for p, b in zip(paths, bases, strict=True)]
+    ran = time.perf_counter()
+    carried = parallel.carried_keys(parts)
+    merged = parallel.merge(parts, paths, bases, settings, parallel.run_in_sequence)
+    merged_at = time.perf_counter()
+    written = sum(len(piece) for piece in merged.pieces())
+    done = time.perf_counter()
+    print(json.dumps({"files": len(paths), "count_s": counted - start, "parts_s": ran - counted,
+                      "merge_s": merged_at - ran, "write_s": done - merged_at, "carried_keys": len(carried),
+                      "remade": merged.remade, "connections": merged.counts["connections"], "bytes": written}))
+
+
 def digest(args: list[str]) -> str:
     with tempfile.TemporaryFile() as out:
         run(args, out.fileno())
@@ -70,41 +121,74 @@ def digest(args: list[str]) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) >= 3 and sys.argv[1] == "--phases":
+        phases(Path(sys.argv[2]), *map(float, sys.argv[3:5]))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("capture", nargs="?", type=Path, default=DEFAULT_CAPTURE)
     parser.add_argument("--parts", type=int, default=12)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--growth", default="", help="also the merge's cost for these numbers of files (3,6,12)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from analyzer.rotated import in_time_order
 
     with tempfile.TemporaryDirectory(prefix="synfin-rotated-") as tmp:
-        parts_dir = Path(tmp)
+        parts_dir = Path(tmp) / "set"
+        parts_dir.mkdir()
         files = cut(args.capture, args.parts, parts_dir)
-        cases = {"whole file": [str(args.capture)], f"set of {len(files)} files": [f"{parts_dir}/"]}
+        cases = {"whole file": [str(args.capture)], f"set of {len(files)} files": [f"{parts_dir}/"],
+                 "set, Dask, 1 worker": ["--workers", "1", f"{parts_dir}/"],
+                 "set, Dask, 2 workers": ["--workers", "2", f"{parts_dir}/"]}
         base = ["analyze", "--engine", "compiled", "-f", "json"]
-        same = len({digest(base + paths) for paths in cases.values()}) == 1
+        digests = {name: digest(base + paths) for name, paths in cases.items()}
+        same = len(set(digests.values())) == 1
         start = time.perf_counter()
         in_time_order(files)
         ordering = time.perf_counter() - start
         figures: dict[str, list[tuple[float, int]]] = {name: [] for name in cases}
+        merges, quiet = [], []  # quiet: --msl 0.05 and a 0.05 s linger: few connections open at boundaries
         for _ in range(args.runs):  # alternately: this machine's speed drifts
             for name, paths in cases.items():
                 figures[name].append(run(base + paths))
+            merges.append(merge_phases(parts_dir))
+            quiet.append(merge_phases(parts_dir, 0.05, 0.05))
+        worker_peaks = {name: workers_peak(base + paths) for name, paths in cases.items() if "Dask" in name}
+        growth = []
+        for count in [int(n) for n in args.growth.split(",") if n]:
+            other = Path(tmp) / f"set{count}"
+            other.mkdir()
+            cut(args.capture, count, other)
+            growth.append(merge_phases(other))
     print(f"{args.capture}: {args.runs} runs each; records identical: {same}")
-    summary = {}
+    summary: dict[str, object] = {}
     for name, runs in figures.items():
         walls = [wall for wall, _ in runs]
         rss = max(peak for _, peak in runs)
         summary[name] = {"median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
                          "peak_rss_mib": rss / 1024}
-        print(f"  {name:>16}: median {statistics.median(walls):.3f} s (min {min(walls):.3f}, "
-              f"max {max(walls):.3f}), peak RSS {rss / 1024:.1f} MiB")
+        extra = (f", largest process of the run (workers too) {worker_peaks[name] / 1024:.1f} MiB"
+                 if name in worker_peaks else "")
+        print(f"  {name:>22}: median {statistics.median(walls):.3f} s (min {min(walls):.3f}, "
+              f"max {max(walls):.3f}), peak RSS {rss / 1024:.1f} MiB{extra}")
+    merge = {key: statistics.median(m[key] for m in merges) for key in merges[0]}
+    print(f"  merge step alone (median): {merge['merge_s']:.3f} s ({merge['carried_keys']:.0f} keys carried of "
+          f"{merge['connections']:.0f} connections), writing {merge['write_s']:.3f} s; the {merge['files']:.0f} parts "
+          f"one after another {merge['parts_s']:.3f} s, counting frames {merge['count_s']:.3f} s")
+    short = {key: statistics.median(m[key] for m in quiet) for key in quiet[0]}
+    print(f"  merge step, msl and linger 0.05 s (median): {short['merge_s']:.3f} s ({short['carried_keys']:.0f} keys "
+          f"carried, {short['remade']:.0f} records remade); parts one after another {short['parts_s']:.3f} s")
+    print(f"  (default timers: {merge['remade']:.0f} records remade)")
+    for one in growth:
+        print(f"  {one['files']:>3} files: merge {one['merge_s']:.3f} s, {one['carried_keys']} keys carried; "
+              f"parts {one['parts_s']:.3f} s")
     print(f"  ordering the set by first frame times: {ordering * 1000:.1f} ms")
     if args.json:
         args.json.write_text(json.dumps({"capture": str(args.capture), "identical": same, "runs": summary,
-                                         "ordering_s": ordering}, indent=2))
+                                         "ordering_s": ordering, "merge": merge, "merge_short_timers": short,
+                                         "growth": growth,
+                                         "worker_peaks_kib": worker_peaks}, indent=2))
 
 
 if __name__ == "__main__":

@@ -249,7 +249,18 @@ typedef struct Conn {
     uint8_t told_open, told_close, told_half_close, told_reset, told_reset_state;  /* told_reset: 1 + role */
     uint32_t told_states[2];
     const char *told_labels[3];  /* open, close, active_closer (Labels) */
+    /* where the tracker retired it (parallel.py's merge puts records from several runs in the order one run
+     * writes them): the frame being tracked then, how (RETIRED_*), the heap entry's wake time (the reusing
+     * SYN's time), and the tracker's packet time before that frame and the frame's own time */
+    int64_t retired_frame;
+    double retired_when, retired_before, retired_ts;
+    uint8_t retired_how;
 } Conn;
+
+/* How a connection was retired, in the order a run does it at one frame: a tick to the packet time before
+ * the frame (replay only: the timers of frames left out), the frame's own timers, a SYN reusing its
+ * 4-tuple; after every frame, the timers run to the set's end (replay only), then the flush. */
+enum { RETIRED_BEFORE, RETIRED_TIMER, RETIRED_REUSE, RETIRED_END, RETIRED_FLUSH };
 
 typedef struct {  /* the labels of a finished connection (labels.py) */
     const char *open, *close, *active_closer;  /* active_closer NULL: none */
@@ -316,6 +327,11 @@ typedef struct {
     HalfOpenPool pool;
     size_t in_handshake;  /* open connections waiting on the handshake timeout (records too) */
     Conn *spare;    /* a Conn made a record again, for the next replay (sink memory) */
+    /* the frame being tracked, for the connections it retires (Conn.retired_*) */
+    int64_t at_frame;
+    double at_before, at_ts;
+    uint8_t at_how;
+    double first_ts;  /* the first packet's time (NAN: none yet) */
     FinishedFn finished;
     NewConnFn new_conn;
     void *ctx;
@@ -327,6 +343,8 @@ void tracker_prefetch(const Tracker *t, const Packet *p, int conn_too);
 int tracker_add(Tracker *t, const Packet *p);
 int tracker_flush(Tracker *t);
 int tracker_tick(Tracker *t, double now);  /* no packet until `now` (live.c): finish what timed out by then */
+/* Run the timers to packet time `now` as frame `frame` would (parts.c), retiring as `how`. */
+int tracker_tick_as(Tracker *t, double now, int64_t frame, double before, double ts, uint8_t how);
 void tracker_free(Tracker *t);
 
 /* ---- output ------------------------------------------------------------- */
@@ -357,6 +375,7 @@ typedef struct {
     int format, colour;
     const char *capture;       /* already quoted for the format, or NULL */
     size_t capture_len;
+    int meta;                  /* each connection's line of facts for parallel.py first (sink.c write_meta) */
 } OutputStyle;
 
 int write_record(Buffer *b, const Conn *c, const Labels *labels, const OutputStyle *style);

@@ -326,7 +326,7 @@ static int give_raw(Feeder *f, Batch *batches, size_t n) {
 }
 
 static int open_feeder(Feeder *f, int fd, const int *more, size_t n_more, FillFn fill, void *fill_ctx,
-                       Filter *filter, int keep_raw) {
+                       Filter *filter, int keep_raw, int64_t base) {
     memset(f, 0, sizeof *f);
     f->filter = filter;
     f->keep_raw = keep_raw;
@@ -335,6 +335,8 @@ static int open_feeder(Feeder *f, int fd, const int *more, size_t n_more, FillFn
     int status = fd >= 0 ? reader_open(&f->reader, read_fd, f) : reader_open(&f->reader, fill, fill_ctx);
     if (status == READ_ERROR) memcpy(f->message, f->reader.message, sizeof f->message);
     if (status != READ_FRAME) return status;
+    f->reader.number = base < 0 ? 0 : base;
+    if (base >= 0 && reader_chain(&f->reader, NULL, 0)) return READ_FAILED;  /* a part: its last frame time */
     if (n_more && (fd < 0 || reader_chain(&f->reader, more, n_more))) return READ_FAILED;
     if (fd < 0) {
         f->inline_batch = calloc(1, sizeof *f->inline_batch);
@@ -351,17 +353,40 @@ static int open_feeder(Feeder *f, int fd, const int *more, size_t n_more, FillFn
 }
 
 int feeder_open(Feeder *f, int fd, FillFn fill, void *fill_ctx, Filter *filter) {
-    return open_feeder(f, fd, NULL, 0, fill, fill_ctx, filter, 0);
+    return open_feeder(f, fd, NULL, 0, fill, fill_ctx, filter, 0, -1);
 }
 
 /* A rotated set: `fd`, then the `n_more` files on `more` (kept by the caller until feeder_close), as one. */
 int feeder_open_set(Feeder *f, int fd, const int *more, size_t n_more, Filter *filter) {
-    return open_feeder(f, fd, more, n_more, NULL, NULL, filter, 0);
+    return open_feeder(f, fd, more, n_more, NULL, NULL, filter, 0, -1);
 }
 
 int feeder_open_raw(Feeder *f, int fd, const int *more, size_t n_more, FillFn fill, void *fill_ctx,
                     Filter *filter) {
-    return open_feeder(f, fd, more, n_more, fill, fill_ctx, filter, 1);
+    return open_feeder(f, fd, more, n_more, fill, fill_ctx, filter, 1, -1);
+}
+
+/* One file of a rotated set read on its own (parts.c, parallel.py): its frames numbered after `base`. */
+int feeder_open_part(Feeder *f, int fd, Filter *filter, int keep_raw, int64_t base) {
+    return open_feeder(f, fd, NULL, 0, NULL, NULL, filter, keep_raw, base);
+}
+
+/* How many numbers the file's frames and damaged spots take (reader.c numbers both), read without decoding;
+ * READ_END, or READ_ERROR with `message`, or READ_FAILED (errno in *fd_errno). */
+int feeder_count(int fd, int64_t *number, char *message, size_t size, int *fd_errno) {
+    Feeder *f = calloc(1, sizeof *f);
+    if (f == NULL) return READ_FAILED;
+    f->reader.fd = fd;
+    int status = reader_open(&f->reader, read_fd, f);
+    Frame frame;
+    while (status == READ_FRAME || (status == READ_DAMAGE && !f->reader.done)) status = reader_next(&f->reader, &frame);
+    if (status == READ_DAMAGE) status = READ_END;
+    if (status == READ_ERROR) snprintf(message, size, "%s", f->reader.message);
+    *number = f->reader.number;
+    *fd_errno = f->reader.fd_errno;
+    reader_close(&f->reader);
+    free(f);
+    return status;
 }
 
 Batch *feeder_next(Feeder *f) {

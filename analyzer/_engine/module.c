@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "collect.h"
+#include "parts.h"
 #include "engine.h"
 #include "feeder.h"
 #include "filter.h"
@@ -142,6 +143,7 @@ typedef struct {
     Feeder feeder;
     Filter filter;
     int filtered;
+    int64_t base;    /* >= 0: one file of a set read on its own, its frames numbered after this (parallel.py) */
 } Run;
 
 long python_fill(void *ctx, uint8_t *dst, size_t n) {
@@ -311,7 +313,7 @@ static PyObject *tunnel_counts(const FrameStats *stats) {
 }
 
 /* Per server endpoint, its counts (sink.h EndpointCount): {"ip:port": (n, ...)}. */
-static PyObject *endpoint_counts(const EndpointTable *t) {
+PyObject *endpoint_counts(const EndpointTable *t) {
     PyObject *dict = PyDict_New();
     for (size_t i = 0; dict && i < t->cap; i++) {
         const EndpointCount *e = &t->slots[i];
@@ -432,6 +434,25 @@ static PyObject *with_set_counts(PyObject *out, const Reader *r, size_t n_files)
     return out;
 }
 
+/* A part's own counts (parallel.py): the reader's last number, the tracker's packet time at the end
+ * ("now", -inf: no packet), its first packet's ("first_ts", None: none), the file's last frame time. */
+static PyObject *with_part_counts(PyObject *out, const Reader *r, const Tracker *t) {
+    if (out == NULL) return NULL;
+    double now = t != NULL ? t->now : -INFINITY, first = t != NULL ? t->first_ts : NAN;
+    double last = r->last_ts != NULL ? r->last_ts[0] : NAN;
+    PyObject *values[4] = {PyLong_FromLongLong((long long)r->number), PyFloat_FromDouble(now),
+                           isnan(first) ? Py_NewRef(Py_None) : PyFloat_FromDouble(first),
+                           isnan(last) ? Py_NewRef(Py_None) : PyFloat_FromDouble(last)};
+    static const char *const names[4] = {"number", "now", "first_ts", "last_ts"};
+    int failed = 0;
+    for (int i = 0; i < 4; i++) {
+        failed = failed || values[i] == NULL || PyDict_SetItemString(out, names[i], values[i]);
+        Py_XDECREF(values[i]);
+    }
+    if (failed) Py_CLEAR(out);
+    return out;
+}
+
 static PyObject *run_capture(PyObject *self, PyObject *args) {
     Run run = {0};
     Timeouts timeouts;
@@ -444,11 +465,17 @@ static PyObject *run_capture(PyObject *self, PyObject *args) {
     size_t n_more = 0;
     PyObject *fds;
     run.sink.fd = -1;
-    if (!PyArg_ParseTuple(args, "OOOOii(dddd)z#p|zz#", &run.readinto, &fds, &run.progress, &run.write,
+    long long base = -1;
+    if (!PyArg_ParseTuple(args, "OOOOii(dddd)z#p|zz#Lp", &run.readinto, &fds, &run.progress, &run.write,
                           &run.sink.fd, &run.sink.style.format, &timeouts.msl, &timeouts.idle, &timeouts.handshake,
                           &timeouts.close_linger, &capture, &capture_len, &run.sink.style.colour, &expression,
-                          &program, &program_len))
+                          &program, &program_len, &base, &run.sink.style.meta))
         return NULL;
+    run.base = base;
+    if (base >= 0 && PyTuple_Check(fds)) {
+        PyErr_SetString(PyExc_ValueError, "a part (base >= 0) is one file");
+        return NULL;
+    }
     if (!can_run(expression)) return NULL;
     if (input_fds(fds, &fd_in, &more, &n_more)) return NULL;
     PyObject *out = run_inputs(&run, fd_in, more ? more + 1 : NULL, n_more, PyTuple_Check(fds), &timeouts, capture, capture_len,
@@ -488,8 +515,10 @@ static PyObject *run_inputs(Run *run_, int fd_in, const int *more, size_t n_more
     Tracker tracker;
     PyObject *out = NULL;
     int tracker_ready = 0, ended = 0;
-    int status = is_set ? feeder_open_set(&run.feeder, fd_in, more, n_more, run.filtered ? &run.filter : NULL)
-                        : feeder_open(&run.feeder, fd_in, fill, run.readinto, run.filtered ? &run.filter : NULL);
+    Filter *filter = run.filtered ? &run.filter : NULL;
+    int status = run.base >= 0 ? feeder_open_part(&run.feeder, fd_in, filter, 0, run.base)
+                 : is_set ? feeder_open_set(&run.feeder, fd_in, more, n_more, filter)
+                          : feeder_open(&run.feeder, fd_in, fill, run.readinto, filter);
     if (status == READ_ERROR) {
         status = 0;
         ended = READ_ERROR;
@@ -507,6 +536,7 @@ static PyObject *run_inputs(Run *run_, int fd_in, const int *more, size_t n_more
     if (status == 0 && run.sink.error == 0) {
         out = result(&run, ended == READ_ERROR ? run.feeder.message : NULL);
         if (is_set) out = with_set_counts(out, &run.feeder.reader, n_more + 1);
+        if (run.base >= 0) out = with_part_counts(out, &run.feeder.reader, tracker_ready ? &tracker : NULL);
     } else if (!PyErr_Occurred()) {
         if (run.sink.error > 0) {
             errno = run.sink.error;
@@ -769,6 +799,10 @@ static PyMethodDef methods[] = {
     {"run", run_capture, METH_VARARGS, "Analyze one capture; write its connections; return the counts."},
     {"collect", collect, METH_VARARGS, "The frames of some connections of a capture, for the ladder (collect.c)."},
     {"live", live_capture, METH_VARARGS, "Analyze a live interface (live.c) until told to stop; return the counts."},
+    {"count", count_numbers, METH_VARARGS, "How many frame numbers a capture file takes (parts.c)."},
+    {"collect_keys", collect_keys, METH_VARARGS, "The frames of some 4-tuples of one file of a set (parts.c)."},
+    {"replay", replay, METH_VARARGS, "Track frames and ticks given by parallel.py; write the connections (parts.c)."},
+    {"split_meta", split_meta, METH_VARARGS, "A run's meta lines and texts as arrays (parts.c)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,6 +16,7 @@
  * only on its turn (`next_write`), so the output keeps its order.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -42,6 +43,8 @@ static inline void push_conn(Conn **list, Conn *c) {
 }
 
 /* ---- the work on one connection (either thread) ---------------------------------- */
+
+static void census_indices(const Labels *labels, int *open, int *close, int *closer);
 
 static uint64_t name_hash(const char *name, size_t len) {  /* FNV-1a */
     uint64_t h = 1469598103934665603u;
@@ -104,14 +107,12 @@ static int count_endpoint(Share *share, const Conn *c, int open, int close) {
 
 static int count(Share *share, const Conn *c, const Labels *labels) {
     Census *census = &share->census;
-    int open = 0, close = 0;
-    while (OPEN_LABELS[open] != labels->open) open++;
-    while (CLOSE_LABELS[close] != labels->close) close++;
+    int open, close, closer;
+    census_indices(labels, &open, &close, &closer);
     census->open[open]++;
     census->close[close]++;
+    census->closer[closer]++;
     for (int i = 0; i < 3; i++) census->retransmits[i] += c->retransmits[i];
-    const char *closer = labels->active_closer;
-    census->closer[closer == NULL ? 3 : closer[0] == 'c' ? 0 : closer[0] == 's' ? 1 : 2]++;
     census->final[0][c->ep[ROLE_CLIENT].state]++;
     census->final[1][c->ep[ROLE_SERVER].state]++;
     census->half_close += c->half_close;
@@ -141,6 +142,45 @@ static int flush(Sink *sink, Buffer *out) {
     return status ? -1 : 0;
 }
 
+/* The census indices of a connection's labels (Census.open, .close, .closer). */
+static void census_indices(const Labels *labels, int *open, int *close, int *closer) {
+    *open = *close = 0;
+    while (OPEN_LABELS[*open] != labels->open) (*open)++;
+    while (CLOSE_LABELS[*close] != labels->close) (*close)++;
+    const char *who = labels->active_closer;
+    *closer = who == NULL ? 3 : who[0] == 'c' ? 0 : who[0] == 's' ? 1 : 2;
+}
+
+/* OutputStyle.meta: a line of facts before a connection's text, for parallel.py's merge (even when --where
+ * leaves the text out): "\x1e" key (hex), id, first frame, retired_frame, retired_how, retired_when,
+ * retired_before, retired_ts (floats as C's %a: exact), its census indices (open, close, closer, final client
+ * and server states), half_close, anomalies, matched, the SYN/SYN-ACK/FIN retransmissions, and last the server
+ * endpoint ("ip:port": the summary's row it counts in). */
+static int write_meta(Buffer *b, const Conn *c, const Labels *labels, int matched) {
+    static const char hex[] = "0123456789abcdef";
+    int open, close, closer;
+    census_indices(labels, &open, &close, &closer);
+    if (buf_reserve(b, 512)) return -1;
+    char *out = b->data + b->len;
+    *out++ = '\x1e';
+    const uint8_t *key = (const uint8_t *)&c->key;
+    for (size_t i = 0; i < sizeof c->key; i++) {
+        *out++ = hex[key[i] >> 4];
+        *out++ = hex[key[i] & 15];
+    }
+    int len = snprintf(out, 400, " %lld %lld %lld %d %a %a %a %d %d %d %d %d %d %lld %d %lld %lld %lld ", (long long)c->id,
+                       (long long)c->first_frame, (long long)c->retired_frame, c->retired_how, c->retired_when,
+                       c->retired_before, c->retired_ts, open, close, closer, c->ep[ROLE_CLIENT].state,
+                       c->ep[ROLE_SERVER].state, c->half_close, (long long)c->anomalies_total, matched,
+                       (long long)c->retransmits[0], (long long)c->retransmits[1], (long long)c->retransmits[2]);
+    if (len < 0 || len >= 400) return -1;
+    b->len = (size_t)(out - b->data) + (size_t)len;
+    server_name(b, c);
+    if (b->data == NULL || buf_reserve(b, 1)) return -1;
+    b->data[b->len++] = '\n';
+    return 0;
+}
+
 /* Finish and label one connection; if it passes --where (where.c), count and format it into
  * `share`; release what it holds (not the Conn itself). Nonzero: an errno, or -1. */
 static int settle(const Sink *sink, Share *share, Conn *c) {
@@ -149,7 +189,9 @@ static int settle(const Sink *sink, Share *share, Conn *c) {
         Labels labels;
         conn_labels(c, &labels);
         share->census.connections++;
-        if (sink->where == NULL || where_matches(sink->where, c, &labels)) {
+        int matched = sink->where == NULL || where_matches(sink->where, c, &labels);
+        if (sink->style.meta) status = write_meta(&share->out, c, &labels, matched);
+        if (matched && status == 0) {
             status = count(share, c, &labels);
             if (status == 0) status = write_record(&share->out, c, &labels, &sink->style);
         }

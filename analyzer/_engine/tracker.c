@@ -336,6 +336,10 @@ static int retire(Tracker *t, Conn *c, double at) {
     slot_free(t, c->slot);
     c->scheduled = NAN;
     c->finished_at = at;
+    c->retired_frame = t->at_frame;
+    c->retired_how = t->at_how;
+    c->retired_before = t->at_before;
+    c->retired_ts = t->at_ts;
     return t->finished(t->ctx, c);  /* it is theirs now: finished, written and freed there */
 }
 
@@ -351,6 +355,7 @@ static int expire(Tracker *t, double now) {
         conn_advance(c, now);
         double wake = conn_wake_time(c);
         if (wake <= now) {
+            c->retired_when = entry.when;
             if (retire(t, c, wake)) return -1;
         } else {
             if (c->in_handshake) census(t, c);
@@ -372,6 +377,7 @@ int tracker_init(Tracker *t, const Timeouts *timeouts, FinishedFn finished, NewC
     t->ctx = ctx;
     t->now = -INFINITY;
     t->last_ts = -INFINITY;
+    t->first_ts = NAN;
     t->prefetched_id = -1;
     return table_resize(t, 1024);
 }
@@ -446,6 +452,11 @@ static Conn *add_conn(Tracker *t, size_t i, const Packet *p) {
 }
 
 int tracker_add(Tracker *t, const Packet *p) {
+    t->at_frame = p->frame;
+    t->at_before = t->now;
+    t->at_ts = p->ts;
+    t->at_how = RETIRED_TIMER;
+    if (isnan(t->first_ts)) t->first_ts = p->ts;
     if (expire(t, p->ts)) return -1;
     if (p->ts > t->last_ts) t->last_ts = p->ts;
     t->last_conn = NULL;
@@ -464,6 +475,8 @@ int tracker_add(Tracker *t, const Packet *p) {
         was = NULL;
         c->reused_frame = p->frame;  /* conn_finish: an end in TIME_WAIT leaves it at this SYN */
         c->reused_ts = p->ts;
+        c->retired_when = p->ts;
+        t->at_how = RETIRED_REUSE;
         if (retire(t, c, p->ts)) return -1;
         c = NULL;
         i = table_find(t, &p->key, p->hash);
@@ -514,6 +527,9 @@ static int flush_one(Tracker *t, Ref r) {
     }
     c->scheduled = NAN;
     c->finished_at = t->last_ts;  /* the capture's end: its last segment's time (tracker.py's last_segment_ts) */
+    c->retired_frame = INT64_MAX;
+    c->retired_how = RETIRED_FLUSH;
+    c->retired_when = c->retired_before = c->retired_ts = t->last_ts;
     return t->finished(t->ctx, c);
 }
 
@@ -562,6 +578,14 @@ int tracker_flush(Tracker *t) {
 /* Packet time `now` has come without a packet (a live capture's clock): what timed out by then finishes, as
  * tracker.py's expire(now) from Pipeline.tick. */
 int tracker_tick(Tracker *t, double now) { return expire(t, now); }
+
+int tracker_tick_as(Tracker *t, double now, int64_t frame, double before, double ts, uint8_t how) {
+    t->at_frame = frame;
+    t->at_before = before;
+    t->at_ts = ts;
+    t->at_how = how;
+    return expire(t, now);
+}
 
 void tracker_free(Tracker *t) {
     for (size_t i = 0; i < t->n_slots; i++) {  /* the Conn itself is the sink's (slabs) */

@@ -1,0 +1,16 @@
+/* parts.c: the engine's side of a rotated set analyzed file by file, in parallel (analyzer/parallel.py). */
+#ifndef SYNFIN_PARTS_H
+#define SYNFIN_PARTS_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "sink.h"
+
+PyObject *count_numbers(PyObject *self, PyObject *args);
+PyObject *collect_keys(PyObject *self, PyObject *args);
+PyObject *replay(PyObject *self, PyObject *args);
+PyObject *split_meta(PyObject *self, PyObject *args);
+PyObject *endpoint_counts(const EndpointTable *t);  /* module.c: the summary's rows per server endpoint, as a dict */
+
+#endif
