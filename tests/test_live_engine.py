@@ -34,8 +34,7 @@ from analyzer.capture import read_frames
 from analyzer.live import DEFAULT_FILTERS
 from analyzer.pipeline import Stats
 from analyzer.pipeline import analyze as analyze_frames
-from tests.netns import NetnsError, namespaces_unavailable
-from tests.replay import ReplayLink, analyze, reference_events
+from tests.replay import ReplayLink, analyze, link_for_test, reference_events
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -43,20 +42,9 @@ SAMPLES = ROOT / "samples"
 
 @pytest.fixture()
 def link() -> Iterator[ReplayLink]:
-    reason = namespaces_unavailable("tcpreplay", "ethtool", "mergecap")
-    if reason:
-        pytest.skip(f"replay tests: {reason}")
     if not engine.filters_available():
         pytest.skip("the compiled engine was built without libpcap: no live capture in it")
-    made = ReplayLink()
-    try:
-        made.__enter__()
-    except NetnsError as err:
-        pytest.skip(f"cannot create the replay namespace here: {err}")
-    try:
-        yield made
-    finally:
-        made.close()
+    yield from link_for_test("mergecap")
 
 
 def ethernet_samples() -> list[Path]:

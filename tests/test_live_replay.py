@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from analyzer.engine import filters_available
-from tests.netns import NetnsError, namespaces_unavailable
-from tests.replay import ReplayLink, analyze, differing, labels
+from tests.replay import ReplayLink, analyze, differing, labels, link_for_test
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "busy.pcap"
@@ -30,18 +29,7 @@ SAMPLE_FRAMES = 3280  # capinfos -c samples/busy.pcap
 
 @pytest.fixture()
 def link() -> Iterator[ReplayLink]:
-    reason = namespaces_unavailable("tcpreplay", "ethtool")
-    if reason:
-        pytest.skip(f"replay tests: {reason}")
-    made = ReplayLink()
-    try:
-        made.__enter__()
-    except NetnsError as err:
-        pytest.skip(f"cannot create the replay namespace here: {err}")
-    try:
-        yield made
-    finally:
-        made.close()
+    yield from link_for_test()
 
 
 @pytest.fixture(params=["compiled", "reference"])

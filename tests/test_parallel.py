@@ -304,6 +304,7 @@ def test_summary_rows_of_remade_connections(monkeypatch: pytest.MonkeyPatch, tmp
     into = tmp_path / "parts"
     cut_after("server_states.pcap", list(range(40, 847, 40)), into)
     status, out, err = cli(["--workers", "2", str(into)])
+    assert status == 0, err
     summary = out.decode() + err  # the table and its summary (on a terminal, or not, the summary is in one of them)
     assert "retransmitted: SYN 2, SYN-ACK 0, FIN 0" in summary
     assert "10.77.0.2:9102: 60 connections, 60 handshake, 60 closed, 0 reset; at the end server TIME_WAIT 60" in summary

@@ -246,21 +246,6 @@ int live_open(Live *l, const LiveOptions *o) {
     return LIVE_NO_PCAP;
 }
 int live_start(Live *l, const Timeouts *timeouts) { return -1; }
-/* The ring's socket reports an error (poll): if it is that the interface went down or is gone (live.py's
- * INTERFACE_GONE), read what the ring still holds, then mark the capture lost. libpcap notices only a deleted
- * interface by itself, not one set down, when it reads without blocking. */
-static int interface_gone(Live *l, short revents) {
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(l->fd, SOL_SOCKET, SO_ERROR, &err, &len)) err = errno;
-    if (!(revents & (POLLHUP | POLLNVAL)) && err != ENETDOWN && err != ENODEV && err != ENXIO) return 0;
-    while (!l->failed && !(l->count && l->frames >= l->count) && pcap_dispatch(l->pcap, DISPATCH_MAX, on_frame,
-                                                                             (u_char *)l) > 0) {}
-    l->lost = 1;
-    snprintf(l->error, sizeof l->error, "%s", strerror(err ? err : ENODEV));
-    return 1;
-}
-
 int live_pump(Live *l, double seconds, size_t enough, int drain) { return -1; }
 int live_finish(Live *l) { return -1; }
 void live_census(const Live *l, int64_t census[2][N_STATES]) { memset(census, 0, 2 * N_STATES * sizeof census[0][0]); }

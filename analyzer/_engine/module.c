@@ -250,7 +250,7 @@ static int pump(Run *run, Tracker *tracker, int *ended) {
     return status;
 }
 
-static PyObject *counts(const int64_t *values, const char *const *names, int n) {
+PyObject *named_counts(const int64_t *values, const char *const *names, int n) {
     PyObject *dict = PyDict_New();
     for (int i = 0; dict && i < n; i++) {
         if (!values[i]) continue;
@@ -346,9 +346,9 @@ static PyObject *result(Run *run, const char *error) {
         reasons(stats, 1), "problems", problems(stats->problems, stats->n_problems), "damage",
         problems(stats->damage, stats->n_damage), "damaged", (long long)stats->damaged,
         "linktypes", linktypes(stats),
-        "open", counts(census->open, OPEN_LABELS, 6), "close", counts(census->close, CLOSE_LABELS, 7),
-        "closer", counts(census->closer, closers, 4), "final_client", counts(census->final[0], states, N_STATES),
-        "final_server", counts(census->final[1], states, N_STATES), "half_close", (long long)census->half_close,
+        "open", named_counts(census->open, OPEN_LABELS, 6), "close", named_counts(census->close, CLOSE_LABELS, 7),
+        "closer", named_counts(census->closer, closers, 4), "final_client", named_counts(census->final[0], states, N_STATES),
+        "final_server", named_counts(census->final[1], states, N_STATES), "half_close", (long long)census->half_close,
         "anomalies", (long long)census->anomalies, "error", error,
         "formatted_by_tracker", (long long)run->sink.helped, "unmatched", (long long)stats->unmatched,
         "filter_failed", filter_failed(run), "matched", (long long)census->matched, "tunnelled", (long long)stats->tunnelled,

@@ -270,17 +270,6 @@ static int replay_all(Tracker *t, Items *items, char *text) {
     }
 }
 
-static PyObject *named_counts(const int64_t *values, const char *const *names, int n) {
-    PyObject *dict = PyDict_New();
-    for (int i = 0; dict && i < n; i++) {
-        if (!values[i]) continue;
-        PyObject *value = PyLong_FromLongLong(values[i]);
-        if (value == NULL || PyDict_SetItemString(dict, names[i], value)) Py_CLEAR(dict);
-        Py_XDECREF(value);
-    }
-    return dict;
-}
-
 static PyObject *census_dict(const Census *census, const EndpointTable *endpoints) {
     static const char *const closers[] = {"client", "server", "both", "None"};
     const char *states[N_STATES];

@@ -11,6 +11,8 @@ PyObject *count_numbers(PyObject *self, PyObject *args);
 PyObject *collect_keys(PyObject *self, PyObject *args);
 PyObject *replay(PyObject *self, PyObject *args);
 PyObject *split_meta(PyObject *self, PyObject *args);
-PyObject *endpoint_counts(const EndpointTable *t);  /* module.c: the summary's rows per server endpoint, as a dict */
+/* module.c: the census's counts as a dict of the nonzero ones by name; the summary's rows per server endpoint */
+PyObject *named_counts(const int64_t *values, const char *const *names, int n);
+PyObject *endpoint_counts(const EndpointTable *t);
 
 #endif
