@@ -10,6 +10,7 @@
  * copied into its batch too (feeder_open_raw).
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
