@@ -2,7 +2,7 @@
 
     python benchmarks/bench_api.py [CAPTURE] [--runs 5]
 
-CAPTURE defaults to /tmp/flood/bench250/bench.pcap, as made by make_capture.py. Each named command of
+CAPTURE defaults to /tmp/synfin-bench/bench.pcap, as made by make_capture.py. Each named command of
 COMMANDS runs in a subprocess of its own, round by round (so the machine's drift falls on all alike), and
 its wall time and peak RSS (ru_maxrss of that child, from wait4) are taken. Printed: median, min and max
 wall time, the median peak RSS, and each command's ratio to the first (the CLI) in wall time and RSS.
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CAPTURE = Path("/tmp/flood/bench250/bench.pcap")
+DEFAULT_CAPTURE = Path("/tmp/synfin-bench/bench.pcap")
 
 ITERATE = """
 import sys, analyzer

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ladder.py [CAPTURE] [--runs 5] [--conn N ...]
 
-CAPTURE defaults to /tmp/flood/bench250/bench.pcap. Without --conn, three connections are picked from the
+CAPTURE defaults to /tmp/synfin-bench/bench.pcap. Without --conn, three connections are picked from the
 analysis: an early one (6083, if the capture has it: it ends near frame 64,000 of the benchmark capture), the
 one whose last frame is nearest the middle of the file, and the one nearest 95 % of it. Each round runs, on
 the same file, each in a fresh interpreter:
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from synfin_peak import run
 
-DEFAULT_CAPTURE = Path("/tmp/flood/bench250/bench.pcap")
+DEFAULT_CAPTURE = Path("/tmp/synfin-bench/bench.pcap")
 EARLY = 6083
 def pick(capture: Path) -> list[int]:
     """An early, a middle and a late connection (by last frame)."""

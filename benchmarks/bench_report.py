@@ -2,7 +2,7 @@
 
     python benchmarks/bench_report.py [CAPTURE] [--runs 5]
 
-CAPTURE defaults to /tmp/flood/bench250/bench.pcap. Each round runs, each in a fresh interpreter, on the
+CAPTURE defaults to /tmp/synfin-bench/bench.pcap. Each round runs, each in a fresh interpreter, on the
 same file (read once first, for the page cache):
 
     synfin analyze -f json FILE > /dev/null
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from synfin_peak import run
 
-DEFAULT_CAPTURE = Path("/tmp/flood/bench250/bench.pcap")
+DEFAULT_CAPTURE = Path("/tmp/synfin-bench/bench.pcap")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("capture", nargs="?", type=Path, default=DEFAULT_CAPTURE)

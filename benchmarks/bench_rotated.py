@@ -3,7 +3,7 @@ read in sequence and analyzed in parallel on Dask (analyzer/parallel.py).
 
     python benchmarks/bench_rotated.py [CAPTURE] [--parts 12] [--runs 5] [--json FILE] [--growth 3,6,12]
 
-CAPTURE defaults to /tmp/flood/bench250/bench.pcap. It is cut with `editcap -F pcap -c N` into PARTS files
+CAPTURE defaults to /tmp/synfin-bench/bench.pcap. It is cut with `editcap -F pcap -c N` into PARTS files
 of equal frame counts (in a temporary directory, named so that name order is not time order), once,
 before timing. Then, round by round, each of these runs in a child process, standard output to /dev/null:
 
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CAPTURE = Path("/tmp/flood/bench250/bench.pcap")
+DEFAULT_CAPTURE = Path("/tmp/synfin-bench/bench.pcap")
 
 
 def frame_count(capture: Path) -> int:

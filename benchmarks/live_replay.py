@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from tests.netns import NetnsError  # noqa: E402
 from tests.replay import RSS_EVERY, ReplayLink, analyze, differing, labels  # noqa: E402
 
-DEFAULT_CAPTURE = Path("/tmp/flood/bench250/bench.pcap")
+DEFAULT_CAPTURE = Path("/tmp/synfin-bench/bench.pcap")
 
 
 def main() -> int:
