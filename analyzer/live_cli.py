@@ -127,50 +127,47 @@ def run_live(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if why_not is None:
         args.buffer_size = args.buffer_size or ENGINE_BUFFER_MIB
-        return _run_engine(args, err)
+        return _ended(_run_engine, args, err)
     args.buffer_size = args.buffer_size or REFERENCE_BUFFER_MIB
     if args.engine == "auto":
         err.print(f"[yellow]synfin: note: {why_not}; using the reference pipeline, which drops frames "
                   "above about 10,000 a second[/]", soft_wrap=True)
-    return _run_reference(args, err)
+    return _ended(_run_reference, args, err)
 
 
-def _run_engine(args: argparse.Namespace, err: Console) -> int:
-    """The compiled path (live_engine.py)."""
+def _run_engine(args: argparse.Namespace, err: Console) -> str | None:
+    """The compiled path (live_engine.py); the reason it stopped if the interface was lost."""
+    with contextlib.ExitStack() as stack:
+        report = stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else None
+        session = EngineSession(args, err)
+        session.run(report or sys.stdout)
+    return session.lost
+
+
+def _run_reference(args: argparse.Namespace, err: Console) -> str | None:
+    """The Python path: live.py's packet socket into the reference pipeline; the reason it stopped if the
+    interface was lost."""
+    with contextlib.ExitStack() as stack:
+        capture = stack.enter_context(LiveCapture(
+            args.interface, " ".join(args.filter) or None, args.snaplen,
+            args.buffer_size << 20, not args.no_promiscuous_mode))
+        writer = PcapWriter(args.write, capture.linktype, args.snaplen) if args.write else None
+        if writer is not None:
+            stack.callback(writer.close)
+        report = stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else None
+        err.print(f"synfin: listening on {capture.iface}, filter {capture.filter!r}"
+                  + (f", writing {args.write}" if args.write else ""), soft_wrap=True)
+        session = Session(args, capture, writer)
+        session.run()
+        session.report(report or sys.stdout, err)
+    return capture.lost
+
+
+def _ended(run: Callable[[argparse.Namespace, Console], str | None], args: argparse.Namespace,
+           err: Console) -> int:
+    """Run either path; its errors as one line each and the exit status (a lost interface after the report)."""
     try:
-        with contextlib.ExitStack() as stack:
-            report = stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else None
-            session = EngineSession(args, err)
-            session.run(report or sys.stdout)
-    except LiveError as problem:
-        err.print(f"[red]synfin live: {problem}[/]", soft_wrap=True)
-        return EXIT_BAD_INPUT
-    except OSError as problem:  # the -o file, mostly
-        err.print(f"[red]synfin live: {problem.strerror or problem}"
-                  f"{f': {problem.filename}' if problem.filename else ''}[/]", soft_wrap=True)
-        return EXIT_BAD_INPUT
-    if session.lost:
-        err.print(f"[red]synfin live: stopped: {session.lost}[/]", soft_wrap=True)
-        return EXIT_INTERFACE_LOST
-    return 0
-
-
-def _run_reference(args: argparse.Namespace, err: Console) -> int:
-    """The Python path: live.py's packet socket into the reference pipeline."""
-    try:
-        with contextlib.ExitStack() as stack:
-            capture = stack.enter_context(LiveCapture(
-                args.interface, " ".join(args.filter) or None, args.snaplen,
-                args.buffer_size << 20, not args.no_promiscuous_mode))
-            writer = PcapWriter(args.write, capture.linktype, args.snaplen) if args.write else None
-            if writer is not None:
-                stack.callback(writer.close)
-            report = stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else None
-            err.print(f"synfin: listening on {capture.iface}, filter {capture.filter!r}"
-                      + (f", writing {args.write}" if args.write else ""), soft_wrap=True)
-            session = Session(args, capture, writer)
-            session.run()
-            session.report(report or sys.stdout, err)
+        lost = run(args, err)
     except LiveError as problem:
         err.print(f"[red]synfin live: {problem}[/]", soft_wrap=True)
         return EXIT_BAD_INPUT
@@ -178,8 +175,8 @@ def _run_reference(args: argparse.Namespace, err: Console) -> int:
         err.print(f"[red]synfin live: {problem.strerror or problem}"
                   f"{f': {problem.filename}' if problem.filename else ''}[/]", soft_wrap=True)
         return EXIT_BAD_INPUT
-    if capture.lost:
-        err.print(f"[red]synfin live: stopped: {capture.lost}[/]", soft_wrap=True)
+    if lost:
+        err.print(f"[red]synfin live: stopped: {lost}[/]", soft_wrap=True)
         return EXIT_INTERFACE_LOST
     return 0
 
