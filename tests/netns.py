@@ -14,8 +14,9 @@ import itertools
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
+from typing import Protocol, TypeVar
 
 CLIENT_ADDR, SERVER_ADDR = "10.88.0.1", "10.88.0.2"
 _counter = itertools.count(1)
@@ -38,6 +39,33 @@ def namespaces_unavailable(*tools: str) -> str | None:
         return f"network namespaces are not allowed here: {made.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
+
+
+class _SetUp(Protocol):
+    def __enter__(self) -> object: ...
+    def close(self) -> None: ...
+
+
+SetUp = TypeVar("SetUp", bound=_SetUp)
+
+
+def set_up_for_test(make: Callable[[], SetUp], tests: str, what: str, *tools: str) -> Iterator[SetUp]:
+    """A fixture's body: `make()` entered for the test and closed after it; the `tests` skipped, saying why,
+    where namespaces (or `tools`) are missing or `what` cannot be created (NetnsError)."""
+    import pytest  # only the tests need it, not the benchmarks that use this module
+
+    reason = namespaces_unavailable(*tools)
+    if reason:
+        pytest.skip(f"{tests}: {reason}")
+    made = make()
+    try:
+        made.__enter__()
+    except NetnsError as err:
+        pytest.skip(f"cannot create {what} here: {err}")
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 def run_command(cmd: Sequence[str]) -> None:

@@ -34,7 +34,7 @@ from analyzer.capture import read_frames
 from analyzer.connection import Timeouts
 from analyzer.events import EventWatcher, event_json, format_event
 from analyzer.pipeline import Options, Pipeline, Stats
-from tests.netns import NetnsError, namespaces_unavailable, run_command
+from tests.netns import NetnsError, run_command, set_up_for_test
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEL_KEYS = ("open", "close", "active_closer", "reset_by")
@@ -190,20 +190,7 @@ class ReplayLink:
 def link_for_test(*tools: str) -> Iterator[ReplayLink]:
     """A fixture's body: a ReplayLink for one test, closed after it; the test skipped, saying why, where
     namespaces, tcpreplay, ethtool or `tools` are missing."""
-    import pytest  # only the tests need it, not the benchmark
-
-    reason = namespaces_unavailable("tcpreplay", "ethtool", *tools)
-    if reason:
-        pytest.skip(f"replay tests: {reason}")
-    made = ReplayLink()
-    try:
-        made.__enter__()
-    except NetnsError as err:
-        pytest.skip(f"cannot create the replay namespace here: {err}")
-    try:
-        yield made
-    finally:
-        made.close()
+    yield from set_up_for_test(ReplayLink, "replay tests", "the replay namespace", "tcpreplay", "ethtool", *tools)
 
 
 def _read_output(path: Path, keep_events: bool) -> tuple[list[Record], list[Record], str, str]:

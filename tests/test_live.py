@@ -29,7 +29,7 @@ import pytest
 
 from analyzer.cli import main
 from analyzer.engine import filters_available
-from tests.netns import SERVER_ADDR, NetnsError, NetnsPair, namespaces_unavailable
+from tests.netns import SERVER_ADDR, NetnsPair, set_up_for_test
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAFFIC = str(Path(__file__).with_name("livetraffic.py"))
@@ -56,18 +56,7 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[NetnsPair]:
-    reason = namespaces_unavailable()
-    if reason:
-        pytest.skip(f"live capture tests: {reason}")
-    pair = NetnsPair()
-    try:
-        pair.__enter__()
-    except NetnsError as err:
-        pytest.skip(f"cannot create network namespaces here: {err}")
-    try:
-        yield pair
-    finally:
-        pair.close()
+    yield from set_up_for_test(NetnsPair, "live capture tests", "network namespaces")
 
 
 @pytest.fixture(scope="module")
