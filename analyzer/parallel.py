@@ -415,9 +415,13 @@ def merge_counts(counts: list[dict[str, Any]], dropped: Iterable[tuple[Records, 
             total[key].update(one.get(key, {}))
     total["connections"] -= len(dropped)
     # the dropped records the parts counted: those --where matched (all without one)
-    matched = [(records.census(i), records.servers[i]) for records, i in dropped if records.census(i)[MATCHED]]
-    counted = [census for census, _ in matched]
-    servers = [server for _, server in matched]
+    counted: list[array[int]] = []
+    servers: list[str] = []
+    for records, i in dropped:
+        census = records.census(i)
+        if census[MATCHED]:
+            counted.append(census)
+            servers.append(records.servers[i])
     total["matched"] -= len(counted)
     for column, (key, labels) in enumerate(zip(CENSUS_KEYS, names, strict=True)):
         for index, count in Counter(census[column] for census in counted).items():
