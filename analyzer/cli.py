@@ -21,7 +21,7 @@ from analyzer.connection import Timeouts
 from analyzer.dask_exec import DaskMissing, dask_available, mapper
 from analyzer.labels import CLOSE_LABELS, OPEN_LABELS
 from analyzer.ladder_cli import add_ladder
-from analyzer.parallel import Mapper
+from analyzer.parallel import Executor
 from analyzer.pipeline import Stats, analyze
 from analyzer.report import Census, csv_header, table_header, write_csv, write_json, write_summary, write_table
 from analyzer.report_cli import add_report
@@ -263,7 +263,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     return status
 
 
-def _mapper(args: argparse.Namespace, stack: ExitStack, err: Styled) -> Mapper | None:
+def _mapper(args: argparse.Namespace, stack: ExitStack, err: Styled) -> Executor | None:
     """With --workers or --scheduler, and a set to analyze with the compiled engine: where its files run
     (dask_exec.py), the cluster started for the whole command; otherwise None (sets are read in sequence)."""
     if not (args.workers or args.scheduler) or not args.compiled:

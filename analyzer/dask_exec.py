@@ -9,11 +9,11 @@ runs the same functions in turn here (parallel.run_in_sequence): the same result
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from analyzer.parallel import Mapper, run_in_sequence
+from analyzer.parallel import Executor, Pending, run_in_sequence
 
 
 class DaskMissing(RuntimeError):
@@ -30,8 +30,8 @@ def dask_available() -> bool:
 
 
 @contextmanager
-def mapper(workers: int | None = None, scheduler: str | None = None) -> Iterator[Mapper]:
-    """A Mapper for parallel.run_set: on the scheduler at `scheduler`, on a local cluster of `workers`
+def mapper(workers: int | None = None, scheduler: str | None = None) -> Iterator[Executor]:
+    """An Executor for parallel.run_set: on the scheduler at `scheduler`, on a local cluster of `workers`
     processes, or (without the dask extra, and no scheduler) in sequence here."""
     if scheduler is None and not dask_available():
         yield run_in_sequence
@@ -42,21 +42,24 @@ def mapper(workers: int | None = None, scheduler: str | None = None) -> Iterator
 
     if scheduler is not None:
         with Client(scheduler, timeout="10s") as client:
-            yield _client_map(client)
+            yield OnCluster(client)
         return
     with (LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, dashboard_address=None,
                        silence_logs=40) as cluster,
           Client(cluster) as client):
-        yield _client_map(client)
+        yield OnCluster(client)
 
 
-def _client_map(client: Any) -> Mapper:
-    def map_on_cluster(function: Callable[..., Any], items: Sequence[Any], shared: Any = None) -> list[Any]:
-        if not items:
-            return []
-        if shared is None:
-            return list(client.gather(client.map(function, list(items), pure=False)))
-        sent = client.scatter(shared, broadcast=True)  # once to each worker, not in every task
-        return list(client.gather(client.map(function, list(items), shared=sent, pure=False)))
+class OnCluster:
+    """parallel.Executor on a Dask client: each call a task (not pure: a file may change between runs); the
+    merge takes two parts per worker ahead of it, so that every worker has the next file to run while the
+    client merges, and no more (a part waits in a worker's memory until it is merged)."""
 
-    return map_on_cluster
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        workers = len(client.scheduler_info().get("workers", {})) or 1
+        self.window = 2 * workers
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Pending:
+        return self.client.submit(function, *args, pure=False)  # type: ignore[no-any-return]
+

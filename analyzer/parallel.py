@@ -8,39 +8,44 @@ numbers, order and summary.
 Why a file's own run is right for most connections. The engine's connections are independent of one
 another but for time: each 4-tuple (the tracker's key: addresses, ports, VLAN ids, VNI) has its own
 machines, and timers run on packet time, the highest packet time seen so far (tracker.c, expire). A file
-run on its own, its frames numbered where the set numbers them (`count` gives each file's count first),
+run on its own, its frames numbered where the set numbers them (a first `scan` of every file counts them),
 sees every frame of its own in order, so a key that holds no connection when the file begins is tracked
 there exactly as in the one run, as long as the packet time at the file's first packet is what the one run
-has there: the file's first packet is not older than any packet before it (`_in_order`; a set whose files
-overlap in time is read by `engine.run_set` instead). A key holds no connection at a file's start if it
-held none at the end of any earlier file's own run (by induction over the files).
+has there: the file's first packet is not older than any packet before it (`in_order`; a set whose files
+overlap in time is read by `engine.run_set` instead).
 
-The keys that do (a connection still open, in TIME_WAIT, or a half-open SYN at the end of some file but
-the last: the keys of the records that file's run flushed) may carry state on: their records are dropped
-from the parts (from the connection open at that end on) and made again by `_engine.replay` from all their
-frames in the later files, collected per file in parallel (`_engine.collect_keys`), with the packet time
-before each frame, so that their timers run as in the one run. Ticks at the frames where the parts
-retired their connections put the remade records in their places among those.
+The connections open at a file's end. A file's own run does not finish them: it hands them over, packed as
+they stand (handover.c). The merge goes through the files in order with a tracker of its own (parts.c's
+Merger), which holds only connections carried across a boundary. For each file: the keys it holds when the
+file begins are the merge's in that file (the file's own run began them afresh, wrongly: its records of
+them are dropped); their frames in the file are read (`scan`, on a worker) and tracked, with ticks at the
+frames where the file's own run retired connections, so that the timers run where the one run's run; then
+the connections the file's own run ended with open are adopted, as they stand. A connection quiet in the
+next files costs the merge its timer alone.
 
 The order. The one run writes a connection when the tracker retires it: at a frame, first those whose
 timers ran out (in order of wake time, then id), then one whose 4-tuple a SYN reuses; at the end, the
 rest in order of id. The engine notes each connection's frame, how and wake time (Conn.retired_*, written
-by OutputStyle.meta before its text), and ids are in order of first frame: so the merge sorts the records
-by (frame, how, wake time, first frame), gives them ids in order of first frame, and writes each one's text
-with its id put in. The summary's counts add up: frames, link types, skips and damage from each file,
-connections and labels from the kept records and the remade ones.
+by OutputStyle.meta before its text), and ids are in order of first frame (the Merger's ids are first
+frames): so each file's records (its kept ones and those the merge retired in it) are sorted by (frame, how,
+wake time, first frame) and written with their ids put in: the number of connections the one run began
+before them, counted file by file. The summary's counts add up: frames, link types, skips and damage from
+each file, connections and labels from the kept records and the merge's.
+
+Memory: the client holds one file's records at a time and the connections open across a boundary, and a
+cluster's workers hold at most `Executor.window` parts that the client has yet to merge.
 """
 
 from __future__ import annotations
 
-import heapq
 import io
 import math
-from array import array
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import IO, Any
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+import numpy as np
 
 from analyzer import engine
 from analyzer.capture import CaptureError, check_head, open_capture
@@ -57,20 +62,48 @@ try:
 except ImportError:
     _engine = None
 
-FLUSH = 4  # Conn.retired_how: RETIRED_FLUSH (engine.h)
 KEY_BYTES = 48  # engine.h's Key
 TABLE_ID_WIDTH = 5  # report._COLUMNS: the id column
 
-#: map(function, items, shared) -> [function(item, shared=shared) ...] in order (without `shared` if it is None):
-#: run_in_sequence, or on a Dask cluster (dask_exec.py: `shared` sent to each worker once)
-Mapper = Callable[..., list[Any]]
+
+class Pending(Protocol):
+    def result(self) -> Any: ...
 
 
-def run_in_sequence(function: Callable[..., Any], items: Sequence[Any], shared: Any = None) -> list[Any]:
-    """The plain executor: each item in turn, here."""
-    if shared is None:
-        return [function(item) for item in items]
-    return [function(item, shared=shared) for item in items]
+class Executor(Protocol):
+    """Where the files' work runs: `submit(function, *args)` starts it (or promises to), `.result()` waits.
+    `window`: how many parts may be run ahead of the merge (each held until merged)."""
+
+    window: int
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Pending: ...
+
+
+class _Deferred:
+    """A call made when its result is asked for (once)."""
+
+    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.call: tuple[Callable[..., Any], tuple[Any, ...]] | None = (function, args)
+        self.value: Any = None
+
+    def result(self) -> Any:
+        if self.call is not None:
+            function, args = self.call
+            self.call = None
+            self.value = function(*args)
+        return self.value
+
+
+class InSequence:
+    """The plain executor: each call here, when its result is asked for (so one part is held at a time)."""
+
+    window = 1
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Pending:
+        return _Deferred(function, args)
+
+
+run_in_sequence = InSequence()
 
 
 @dataclass
@@ -84,6 +117,10 @@ class Settings:
     bpf: str | None
     where: bytes | None  # Where.for_engine()
 
+    def limits(self) -> tuple[float, float, float, float]:
+        t = self.timeouts
+        return (t.msl, t.idle, t.handshake, t.close_linger)
+
 
 class Records:
     """The connections of one engine run written with OutputStyle.meta: each one's facts (sink.c, write_meta)
@@ -94,103 +131,62 @@ class Records:
     FLOATS = 3  # when, before, ts
 
     def __init__(self, data: bytes) -> None:
-        keys, ints, floats, self.texts, self.servers = _engine.split_meta(data)
-        self.keys = [keys[i:i + KEY_BYTES] for i in range(0, len(keys), KEY_BYTES)]
-        self.ints, self.floats = array("q", ints), array("d", floats)
+        self.keys, ints, floats, self.texts, self.servers = _engine.split_meta(data)
+        self.ints = np.frombuffer(ints, dtype=np.int64).reshape(-1, self.INTS)
+        self.floats = np.frombuffer(floats, dtype=np.float64).reshape(-1, self.FLOATS)
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def first_frames(self) -> array[int]:
-        return self.ints[1::self.INTS]
+    def key(self, i: int) -> bytes:
+        return self.keys[i * KEY_BYTES:(i + 1) * KEY_BYTES]
 
-    def hows(self) -> array[int]:
-        return self.ints[3::self.INTS]
+    def first_frames(self) -> np.ndarray:
+        return self.ints[:, 1]
 
-    def order(self, i: int) -> tuple[int, int, float, int]:
-        """Where record i goes: its retiring frame, how (before the frame's timers, by them, by a reusing SYN,
-        at the end, flushed), its wake time, its first frame (the order of ids)."""
-        at = i * self.INTS
-        return (self.ints[at + 2], self.ints[at + 3], self.floats[i * self.FLOATS], self.ints[at + 1])
+    def census(self, i: int) -> np.ndarray:
+        return self.ints[i, 4:]
 
-    def tick(self, i: int) -> tuple[int, float, float]:
-        """The frame that retired record i: its number, time, and the packet time before it."""
-        return (self.ints[i * self.INTS + 2], self.floats[i * self.FLOATS + 2], self.floats[i * self.FLOATS + 1])
-
-    def census(self, i: int) -> array[int]:
-        return self.ints[i * self.INTS + 4:(i + 1) * self.INTS]
+    def ticks(self) -> tuple[bytes, bytes, bytes]:
+        """The frames that retired these records, once each in order: numbers, times, packet times before."""
+        numbers, first = np.unique(self.ints[:, 2], return_index=True)
+        return (numbers.astype(np.int64).tobytes(), self.floats[first, 2].tobytes(), self.floats[first, 1].tobytes())
 
 
-@dataclass
-class Part:
-    """One file's own run."""
-
-    counts: dict[str, Any]
-    records: Records
-
-
-def count_part(path: str) -> int:
-    """How many frame numbers the file takes (its frames and damaged spots)."""
+def scan(path: str, base: int, now: float, keys: bytes, bpf: str | None) -> dict[str, Any]:
+    """One file read (not tracked): the numbers it takes, its first and last packet times, the frames of
+    `keys` (sorted, 48 bytes each) with the packet time before each (the files before reached `now`)."""
+    engine._ready(bpf)
     opened = open_capture(path)
     try:
-        found = _engine.count(opened.own_fd())
+        found = _engine.scan(opened.own_fd(), base, now, keys, bpf)
     finally:
         opened.close()
-    if found["error"]:
-        raise CaptureError(f"{path}: {found['error']}")
-    return int(found["number"])
+    return found
 
 
-def run_part(task: tuple[str, int, Settings]) -> Part:
-    """One file run on its own, its frames numbered after `base`: its counts and records."""
-    path, base, settings = task
+def run_part(path: str, base: int, settings: Settings) -> tuple[dict[str, Any], bytes]:
+    """One file run on its own, its frames numbered after `base`: its counts (with "handover": the
+    connections open at its end, packed) and its records' text (OutputStyle.meta)."""
     engine._ready(settings.bpf)
     opened = open_capture(path)
     text = io.BytesIO()
     try:
         check_head(opened)
-        limits = (settings.timeouts.msl, settings.timeouts.idle, settings.timeouts.handshake,
-                  settings.timeouts.close_linger)
-        counts = _engine.run(None, opened.own_fd(), None, text.write, -1, engine.FORMATS[settings.fmt], limits,
-                             engine._quoted(settings.capture, settings.fmt), settings.colour, settings.bpf,
-                             settings.where, base, True)
+        counts = _engine.run(None, opened.own_fd(), None, text.write, -1, engine.FORMATS[settings.fmt],
+                             settings.limits(), engine._quoted(settings.capture, settings.fmt), settings.colour,
+                             settings.bpf, settings.where, base, True)
     finally:
         opened.close()
-    return Part(counts, Records(text.getvalue()))
-
-
-@dataclass
-class Carried:
-    """The keys carried across files (sorted), the file each is carried from and the first frame of the
-    connection carried there: what every file's collect_part needs (sent to each worker once)."""
-
-    keys: bytes
-    sinces: array[int]
-    firsts: array[int]
-
-
-def collect_part(task: tuple[str, int, float, int, str | None], shared: Carried) -> bytes:
-    """The frames of the carried keys in one file (from the carried connection's first frame on, in the file
-    it is carried from), packed (parts.c)."""
-    path, base, now, index, bpf = task
-    engine._ready(bpf)
-    opened = open_capture(path)
-    try:
-        found = _engine.collect_keys(opened.own_fd(), base, now, shared.keys, shared.sinces, shared.firsts, index,
-                                     bpf)
-    finally:
-        opened.close()
-    if found["error"]:
-        raise CaptureError(f"{path}: {found['error']}")
-    return bytes(found["frames"])
+    return counts, text.getvalue()
 
 
 def run_set(capture_set: CaptureSet, out: IO[str], fmt: str, timeouts: Timeouts, capture: str | None = None,
             colour: bool = False, bpf: str | None = None, where: Where | None = None,
-            mapper: Mapper = run_in_sequence) -> dict[str, Any]:
-    """engine.run_set's output and counts, the files run in parallel through `mapper` and merged (or read
+            executor: Executor = run_in_sequence) -> dict[str, Any]:
+    """engine.run_set's output and counts, the files run in parallel through `executor` and merged (or read
     by engine.run_set when they cannot be: see analyze_set)."""
-    merged = analyze_set(capture_set, fmt, timeouts, capture, colour, bpf, where, mapper)
+    merged = analyze_set(capture_set, fmt, timeouts, capture, colour, bpf, where, executor)
     if merged is None:
         return engine.run_set(capture_set, out, fmt, timeouts, capture, colour, None, bpf, where)
     _write(out, merged.pieces())
@@ -199,23 +195,34 @@ def run_set(capture_set: CaptureSet, out: IO[str], fmt: str, timeouts: Timeouts,
 
 def analyze_set(capture_set: CaptureSet, fmt: str, timeouts: Timeouts, capture: str | None = None,
                 colour: bool = False, bpf: str | None = None, where: Where | None = None,
-                mapper: Mapper = run_in_sequence) -> Merged | None:
-    """The set's output text and counts, as engine.run_set writes and returns them; None when the set is
-    better read by engine.run_set: one file, files that overlap in time (`_in_order`), or a file the engine
-    stops in with an error (run_set reports it, after the records before it)."""
+                executor: Executor = run_in_sequence) -> Merged | None:
+    """The set's merge, ready to write (Merged.pieces(), then Merged.counts), as engine.run_set writes and
+    returns them; None when the set is better read by engine.run_set: one file, files that overlap in time
+    (`in_order`), or a file the engine stops in with an error (run_set reports it, after the records before it)."""
     engine._ready(bpf, check=True)
     for opened in engine.open_set(capture_set):  # heads checked as run_set checks them (CaptureError)
         opened.close()
     paths = [str(p) for p in capture_set.files]
     if len(paths) == 1:
         return None
-    numbers = mapper(count_part, paths)
-    bases = [sum(numbers[:k]) for k in range(len(paths))]
-    settings = Settings(fmt, timeouts, capture, colour, bpf, None if where is None else where.for_engine())
-    parts = mapper(run_part, [(p, b, settings) for p, b in zip(paths, bases, strict=True)])
-    if not _in_order(parts) or any(part.counts["error"] for part in parts):
+    scans = [p.result() for p in [executor.submit(scan, path, 0, -math.inf, b"", bpf) for path in paths]]
+    if any(found["error"] for found in scans) or not in_order(scans):
         return None
-    return merge(parts, paths, bases, settings, mapper)
+    bases = [sum(found["number"] for found in scans[:k]) for k in range(len(paths))]
+    settings = Settings(fmt, timeouts, capture, colour, bpf, None if where is None else where.for_engine())
+    return Merged(paths, bases, scans, settings, executor)
+
+
+def in_order(scans: list[dict[str, Any]]) -> bool:
+    """Whether each file's first packet is no older than every packet before it (the packet time a file's own
+    run starts with is then the one run's)."""
+    reached = -math.inf
+    for found in scans:
+        first = found["first_ts"]
+        if first is not None and first < reached:
+            return False
+        reached = max(reached, found["now"])
+    return True
 
 
 def _write(out: IO[str], pieces: Iterable[bytes]) -> None:
@@ -231,118 +238,140 @@ def _write(out: IO[str], pieces: Iterable[bytes]) -> None:
         binary.flush()
 
 
-def _in_order(parts: list[Part]) -> bool:
-    """Whether each file's first packet is no older than every packet before it (the packet time a file's own
-    run starts with is then the one run's)."""
-    reached = -math.inf
-    for part in parts:
-        first = part.counts["first_ts"]
-        if first is not None and first < reached:
-            return False
-        reached = max(reached, part.counts["now"])
-    return True
-
-
 @dataclass
+class Tally:
+    """The census of the records the parts wrote and the merge dropped (their keys were the merge's)."""
+
+    rows: list[np.ndarray] = field(default_factory=list)
+    servers: list[str] = field(default_factory=list)
+    connections: int = 0
+
+    def drop(self, records: Records, i: int) -> None:
+        self.connections += 1
+        census = records.census(i)
+        if census[MATCHED]:
+            self.rows.append(census.copy())
+            self.servers.append(records.servers[i])
+
+
 class Merged:
-    """The merged records (each with its text and its place in the one run) and the counts."""
+    """A set's merge, made as it is written: `pieces()` yields the output text file by file; `counts` holds
+    the one run's counts once it is done; `remade` the records the merge's tracker wrote."""
 
-    records: list[tuple[Records, int]]  # in the one run's order
-    ids: dict[int, int]  # first frame -> id
-    settings: Settings
-    counts: dict[str, Any]
-    remade: int = 0  # records made again by the replay
+    def __init__(self, paths: list[str], bases: list[int], scans: list[dict[str, Any]], settings: Settings,
+                 executor: Executor) -> None:
+        self.paths, self.bases, self.scans, self.settings, self.executor = paths, bases, scans, settings, executor
+        self.counts: dict[str, Any] = {}
+        self.remade = 0
+        self.adopted = 0  # connections the files' runs handed over and the merge carried on
+        self.dropped = Tally()
+        self._out: list[bytes] = []
+        self._merger = _engine.merger(self._out.append, engine.FORMATS[settings.fmt], settings.limits(),
+                                      engine._quoted(settings.capture, settings.fmt), settings.colour,
+                                      *(() if settings.where is None else (settings.where,)))
+        self._ids: dict[int, int] = {}  # first frame -> id, of the merge's connections
+        self._began = 0  # connections the one run began before the current file
 
-    def pieces(self, size: int = 1 << 20) -> Iterator[bytes]:
-        """The output text in pieces of about `size` bytes, made as they are written (the whole is never held)."""
+    def pieces(self) -> Iterator[bytes]:
+        """The output text, a piece per file (never the whole set's at once)."""
+        parts = self._parts()
+        part_counts = []
+        for index in range(len(self.paths)):
+            counts, text = next(parts)
+            part_counts.append(counts)
+            yield from self._file(index, counts, Records(text))
+        census = _engine.merger_finish(self._merger, max(found["now"] for found in self.scans))
+        remade = self._take()
+        self.remade += len(remade)
+        yield b"".join(self._remade_text(remade, i) for i in range(len(remade)))
+        self.counts = merge_counts(part_counts, self.dropped, census, self.scans)
+
+    def _parts(self) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """The files' own runs in order, at most `window` of them ahead of the merge."""
+        ahead: deque[tuple[str, Pending]] = deque()
+        waiting = iter(zip(self.paths, self.bases, strict=True))
+
+        def submit_next() -> None:
+            for path, base in waiting:
+                ahead.append((path, self.executor.submit(run_part, path, base, self.settings)))
+                return
+
+        for _ in range(max(1, self.executor.window)):
+            submit_next()
+        while ahead:
+            path, pending = ahead.popleft()
+            submit_next()
+            counts, text = pending.result()
+            if counts["error"]:  # scan read it whole: the file changed since
+                raise CaptureError(f"{path}: {counts['error']}")
+            yield counts, text
+
+    def _take(self) -> Records:
+        records = Records(b"".join(self._out))
+        self._out.clear()
+        return records
+
+    def _file(self, index: int, counts: dict[str, Any], own: Records) -> Iterator[bytes]:
+        """File `index`: the merge's keys' frames tracked, its open connections adopted, and its records (its own
+        run's kept ones and those the merge retired in it) numbered and written in order."""
+        base = self.bases[index]
+        dirty = _engine.merger_enter(self._merger)
+        frames = b""
+        if dirty:
+            reached = max([-math.inf, *(found["now"] for found in self.scans[:index])])
+            frames = self.executor.submit(scan, self.paths[index], base, reached, dirty, self.settings.bpf).result()
+            if frames["error"]:
+                raise CaptureError(f"{self.paths[index]}: {frames['error']}")
+            frames = frames["frames"]
+        _engine.merger_feed(self._merger, frames, *own.ticks())
+        remade = self._take()
+        self.remade += len(remade)
+        self.adopted += _engine.merger_adopt(self._merger, counts["handover"])
+        held = set(dirty[k:k + KEY_BYTES] for k in range(0, len(dirty), KEY_BYTES))
+        kept = []
+        for i in range(len(own)):
+            if held and own.key(i) in held:
+                self.dropped.drop(own, i)
+            else:
+                kept.append(i)
+        self._number(base, own.first_frames()[kept], remade)
+        yield from self._in_order(own, kept, remade)
+
+    def _number(self, base: int, kept_firsts: np.ndarray, remade: Records) -> None:
+        """The ids of the connections the one run began in this file (after frame `base`): its own run's kept
+        records, and the merge's that began here (retired, or still held)."""
+        remade_firsts = remade.first_frames()
+        held = np.frombuffer(_engine.merger_held(self._merger, base + 1), dtype=np.int64)
+        began = np.sort(np.concatenate([kept_firsts, remade_firsts[remade_firsts > base], held]))
+        self._kept_ids = self._began + np.searchsorted(began, kept_firsts)
+        for first in [*remade_firsts[remade_firsts > base].tolist(), *held.tolist()]:
+            self._ids[first] = self._began + int(np.searchsorted(began, first))
+        self._began += len(began)
+
+    def _in_order(self, own: Records, kept: list[int], remade: Records) -> Iterator[bytes]:
+        """The file's kept records and the merge's, in the one run's order: (retiring frame, how, wake time,
+        first frame)."""
+        ints = np.concatenate([own.ints[kept], remade.ints])
+        floats = np.concatenate([own.floats[kept], remade.floats])
+        order = np.lexsort((ints[:, 1], floats[:, 0], ints[:, 3], ints[:, 2]))
         piece: list[bytes] = []
-        held = 0
-        for records, i in self.records:
-            if not records.census(i)[MATCHED]:  # not matched by --where: not written
-                continue
-            text = with_id(records.texts[i], self.ids[records.ints[i * Records.INTS + 1]], self.settings)
-            piece.append(text)
-            held += len(text)
-            if held >= size:
-                yield b"".join(piece)
-                piece, held = [], 0
+        for at in order.tolist():
+            if at < len(kept):
+                i = kept[at]
+                if own.ints[i, 4 + MATCHED]:
+                    piece.append(with_id(own.texts[i], int(self._kept_ids[at]), self.settings))
+            else:
+                text = self._remade_text(remade, at - len(kept))
+                if text:
+                    piece.append(text)
         if piece:
             yield b"".join(piece)
 
-
-def open_at_end(parts: list[Part]) -> list[dict[bytes, int]]:
-    """For each file but the last, the keys its own run ended with a connection open on (flushed), each
-    with that connection's first frame: the keys that may carry state into the next files."""
-    opens: list[dict[bytes, int]] = []
-    for part in parts[:-1]:
-        records = part.records
-        first_frames = records.first_frames()
-        opens.append({records.keys[i]: first_frames[i] for i, how in enumerate(records.hows()) if how == FLUSH})
-    return [*opens, {}]
-
-
-def carried_keys(parts: list[Part]) -> dict[bytes, tuple[int, int]]:
-    """Each key open at the end of a file but the last: the first such file and the first frame of the
-    connection open there."""
-    carried: dict[bytes, tuple[int, int]] = {}
-    for index, opens in enumerate(open_at_end(parts)):
-        for key, first in opens.items():
-            carried.setdefault(key, (index, first))
-    return carried
-
-
-def merge(parts: list[Part], paths: list[str], bases: list[int], settings: Settings, mapper: Mapper) -> Merged:
-    """The parts' records with those of the carried keys remade, in the one run's order, ids and counts."""
-    opens = open_at_end(parts)
-    remade, census = replay_carried(parts, paths, bases, settings, mapper, opens)
-    kept: list[tuple[Records, int]] = []  # in the order of the parts' own output: the one run's order
-    dropped: list[tuple[Records, int]] = []
-    for part, open_here, dirty in zip(parts, opens, census["dirty"], strict=True):
-        records = part.records
-        held = {dirty[k:k + KEY_BYTES] for k in range(0, len(dirty), KEY_BYTES)}
-        for i, (key, first) in enumerate(zip(records.keys, records.first_frames(), strict=True)):
-            remade_here = key in held or first >= open_here.get(key, math.inf)
-            (dropped if remade_here else kept).append((records, i))
-    every = list(heapq.merge(kept, [(remade, i) for i in range(len(remade))], key=lambda one: one[0].order(one[1])))
-    ids = {frame: n for n, frame in enumerate(sorted(r.ints[i * Records.INTS + 1] for r, i in every))}
-    counts = merge_counts([p.counts for p in parts], dropped, census)
-    return Merged(every, ids, settings, counts, len(remade))
-
-
-def replay_carried(parts: list[Part], paths: list[str], bases: list[int], settings: Settings, mapper: Mapper,
-                   opens: list[dict[bytes, int]]) -> tuple[Records, dict[str, Any]]:
-    """The records of the keys that carry state across files, made again. The frames that may be needed are
-    collected per file in parallel (every frame of a key carried from an earlier file, and from the open
-    connection's first frame in the file it is carried from); the replay tracks those whose key held a
-    connection when their file began (census["dirty"], per file), or from that first frame, with ticks at the
-    frames that retired the parts' records."""
-    carried: dict[bytes, tuple[int, int]] = {}
-    for index, open_here in enumerate(opens):
-        for key, first in open_here.items():
-            carried.setdefault(key, (index, first))
-    reached = [-math.inf]
-    for part in parts[:-1]:
-        reached.append(max(reached[-1], part.counts["now"]))
-    ordered = sorted(carried.items())
-    shared = Carried(b"".join(key for key, _ in ordered), array("q", [since for _, (since, _) in ordered]),
-                     array("q", [first for _, (_, first) in ordered]))
-    earliest = min(since for since, _ in carried.values()) if carried else len(paths)
-    tasks = [(path, bases[index], reached[index], index, settings.bpf)
-             for index, path in enumerate(paths) if index >= earliest]
-    packed = [b""] * (len(paths) - len(tasks)) + (mapper(collect_part, tasks, shared) if tasks else [])
-    ticks = sorted({part.records.tick(i) for part in parts for i, how in enumerate(part.records.hows())
-                    if how != FLUSH})
-    numbers, times, befores = array("q", [t[0] for t in ticks]), array("d", [t[1] for t in ticks]), \
-        array("d", [t[2] for t in ticks])
-    end = max(reached[-1], parts[-1].counts["now"])
-    text = io.BytesIO()
-    limits = (settings.timeouts.msl, settings.timeouts.idle, settings.timeouts.handshake,
-              settings.timeouts.close_linger)
-    sorted_opens = [(b"".join(sorted(o)), array("q", [o[k] for k in sorted(o)])) for o in opens]
-    census = _engine.replay(packed, array("q", bases), sorted_opens, numbers, times, befores, text.write,
-                            engine.FORMATS[settings.fmt], limits, engine._quoted(settings.capture, settings.fmt),
-                            settings.colour, end, *(() if settings.where is None else (settings.where,)))
-    return Records(text.getvalue()), census
+    def _remade_text(self, records: Records, i: int) -> bytes:
+        """One of the merge's records' text with its id put in (b"": not matched by --where); its id is
+        forgotten: each is written once."""
+        new_id = self._ids.pop(int(records.ints[i, 1]))
+        return with_id(records.texts[i], new_id, self.settings) if records.ints[i, 4 + MATCHED] else b""
 
 
 def with_id(text: bytes, new_id: int, settings: Settings) -> bytes:
@@ -375,17 +404,16 @@ CENSUS_KEYS = ("open", "close", "closer", "final_client", "final_server")
 MATCHED = 7  # in Records.census: matched by --where (all without one)
 
 
-def _retransmits(counts: list[dict[str, Any]], dropped: Iterable[array[int]]) -> tuple[int, int, int]:
+def _retransmits(counts: list[dict[str, Any]], dropped: list[np.ndarray]) -> tuple[int, int, int]:
     """The SYN, SYN-ACK and FIN retransmissions of the kept and remade records."""
     total = [sum(c["retransmits"][k] for c in counts) for k in range(3)]
     for census in dropped:
         for k in range(3):
-            total[k] -= census[8 + k]
+            total[k] -= int(census[8 + k])
     return total[0], total[1], total[2]
 
 
-def _endpoints(counts: list[dict[str, Any]], dropped: Iterable[array[int]], servers: Iterable[str],
-               names: tuple[Any, ...]) -> dict[str, tuple[int, ...]]:
+def _endpoints(counts: list[dict[str, Any]], dropped: Tally, names: tuple[Any, ...]) -> dict[str, tuple[int, ...]]:
     """The summary's rows per server endpoint (report.endpoint_row) of the kept and remade records."""
     rows: dict[str, list[int]] = {}
     for one in counts:
@@ -393,17 +421,17 @@ def _endpoints(counts: list[dict[str, Any]], dropped: Iterable[array[int]], serv
             into = rows.setdefault(name, [0] * len(row))
             for k, n in enumerate(row):
                 into[k] += n
-    for census, server in zip(dropped, servers, strict=True):
-        labels = [names[column][census[column]] for column in range(5)]
+    for census, server in zip(dropped.rows, dropped.servers, strict=True):
+        labels = [names[column][int(census[column])] for column in range(5)]
         for k, n in enumerate(endpoint_row(labels[0], labels[1], labels[3], labels[4])):
             rows[server][k] -= n
     return {name: tuple(row) for name, row in rows.items() if row[0]}
 
 
-def merge_counts(counts: list[dict[str, Any]], dropped: Iterable[tuple[Records, int]],
-                 remade: dict[str, Any]) -> dict[str, Any]:
+def merge_counts(counts: list[dict[str, Any]], dropped: Tally, remade: dict[str, Any],
+                 scans: list[dict[str, Any]]) -> dict[str, Any]:
     """The one run's counts: the files' frame counts added, the connections' those of the kept records
-    (each part's less the dropped ones') and the remade ones'."""
+    (each part's less the dropped ones') and the merge's."""
     names = (OPEN_LABELS, CLOSE_LABELS, ("client", "server", "both", "None"), [str(s) for s in STATES],
              [str(s) for s in STATES])
     total: dict[str, Any] = {key: Counter() for key in (*CENSUS_KEYS, "skipped", "malformed", "linktypes", "tunnels")}
@@ -413,23 +441,15 @@ def merge_counts(counts: list[dict[str, Any]], dropped: Iterable[tuple[Records, 
     for one in [*counts, remade]:
         for key in (*CENSUS_KEYS, "skipped", "malformed", "linktypes", "tunnels"):
             total[key].update(one.get(key, {}))
-    total["connections"] -= len(dropped)
-    # the dropped records the parts counted: those --where matched (all without one)
-    counted: list[array[int]] = []
-    servers: list[str] = []
-    for records, i in dropped:
-        census = records.census(i)
-        if census[MATCHED]:
-            counted.append(census)
-            servers.append(records.servers[i])
-    total["matched"] -= len(counted)
+    total["connections"] -= dropped.connections
+    total["matched"] -= len(dropped.rows)
     for column, (key, labels) in enumerate(zip(CENSUS_KEYS, names, strict=True)):
-        for index, count in Counter(census[column] for census in counted).items():
+        for index, count in Counter(int(census[column]) for census in dropped.rows).items():
             total[key][labels[index]] -= count
-    total["half_close"] -= sum(census[5] for census in counted)
-    total["anomalies"] -= sum(census[6] for census in counted)
-    total["retransmits"] = _retransmits([*counts, remade], counted)
-    total["endpoints"] = _endpoints([*counts, remade], counted, servers, names)
+    total["half_close"] -= sum(int(census[5]) for census in dropped.rows)
+    total["anomalies"] -= sum(int(census[6]) for census in dropped.rows)
+    total["retransmits"] = _retransmits([*counts, remade], dropped.rows)
+    total["endpoints"] = _endpoints([*counts, remade], dropped, names)
     for key in CENSUS_KEYS:
         total[key] = {k: v for k, v in total[key].items() if v}
     for key in ("problems", "damage"):

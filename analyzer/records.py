@@ -288,12 +288,12 @@ class EngineRun:
         with mapper(*self.spread) as on_workers:
             merged = parallel.analyze_set(self.path, fmt, self.timeouts, capture, False, self.bpf, self.where,
                                           on_workers)
-        if merged is None:
-            return False
-        for piece in merged.pieces():
-            view = memoryview(piece)
-            while view:
-                view = view[os.write(write_fd, view):]
+            if merged is None:
+                return False
+            for piece in merged.pieces():  # made on the workers as they are written
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(write_fd, view):]
         self.outcome["counts"] = merged.counts
         return True
 

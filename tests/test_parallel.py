@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -82,6 +83,18 @@ def cut_after(sample: str, frames: list[int], into: Path) -> list[Path]:
     return parts
 
 
+def pcap_records(path: Path) -> tuple[bytes, list[bytes]]:
+    """A pcap file's header and its records (each with its own header), as bytes: cut anywhere, exactly."""
+    data = path.read_bytes()
+    order = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    records, at = [], 24
+    while at < len(data):
+        caplen = struct.unpack(order + "I", data[at + 8:at + 12])[0]
+        records.append(data[at:at + 16 + caplen])
+        at += 16 + caplen
+    return data[:24], records
+
+
 def whole_frame_numbers(sample: str) -> list[int]:
     out = tool(["tshark", "-r", str(SAMPLES / sample), "-T", "fields", "-e", "frame.number"], capture_output=True)
     return [int(n) for n in out.stdout.split()]
@@ -121,14 +134,37 @@ def test_cuts_fall_where_named() -> None:
     assert frames_of(first, "server", "TIME_WAIT")[0] < first["last_frame"] == 11 < second["first_frame"] == 12  # type: ignore[operator]
 
 
-def test_the_merge_remakes_connections_carried_across_files(busy_set: Path) -> None:
-    """The cuts leave connections open at boundaries: the merge has keys to carry (it is not trivial)."""
-    paths = [str(p) for p in from_directory(busy_set).files]
-    numbers = [parallel.count_part(p) for p in paths]
-    settings = parallel.Settings("json", Timeouts(), None, False, None, None)
-    parts = [parallel.run_part((p, sum(numbers[:k]), settings)) for k, p in enumerate(paths)]
-    assert sum(numbers) == 3280
-    assert len(parallel.carried_keys(parts)) >= 20
+def test_the_merge_carries_connections_across_files(busy_set: Path) -> None:
+    """The cuts leave connections open at boundaries: files' runs hand them over, and the merge's tracker
+    carries them on and writes them (it is not trivial)."""
+    merged = parallel.analyze_set(from_directory(busy_set), "json", Timeouts())
+    assert merged is not None
+    text = b"".join(merged.pieces())
+    assert sum(found["number"] for found in merged.scans) == 3280
+    assert merged.adopted >= 20 and merged.remade >= 20
+    assert merged.counts["connections"] == text.count(b"\n") == len(whole_records("busy.pcap"))
+
+
+@pytest.mark.parametrize("sample", ["vxlan.pcap", "rst_injected.pcap", "vlan_reuse.pcap", "midstream.pcap",
+                                    "half_close.pcap", "keepalive.pcap"])
+def test_a_handover_at_every_frame(tmp_path: Path, sample: str) -> None:
+    """The sample cut in two after each of its frames in turn: each time the connections open there are handed
+    over by the first file's run and carried on by the merge, and what a handover packs (tunnel texts, VLAN
+    and VNI keys, anomalies, histories, unreceived segments, timers) must come back as it was."""
+    whole = cli(["-f", "json", str(SAMPLES / sample)])[1]
+    head, records = pcap_records(SAMPLES / sample)
+    frames = len(records)
+    adopted = 0
+    for cut in range(1, frames):
+        into = tmp_path / f"cut{cut}"
+        into.mkdir()
+        (into / "b.pcap").write_bytes(head + b"".join(records[:cut]))  # named against their order in time
+        (into / "a.pcap").write_bytes(head + b"".join(records[cut:]))
+        merged = parallel.analyze_set(from_directory(into), "json", Timeouts())
+        assert merged is not None, f"cut after {cut}: read in sequence"
+        assert b"".join(merged.pieces()) == whole, f"cut after frame {cut}"
+        adopted += merged.adopted
+    assert adopted >= frames // 2
 
 
 def cli(args: list[str]) -> tuple[int | str, bytes, str]:

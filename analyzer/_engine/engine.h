@@ -332,6 +332,7 @@ typedef struct {
     double at_before, at_ts;
     uint8_t at_how;
     double first_ts;  /* the first packet's time (NAN: none yet) */
+    int frame_ids;    /* a connection's id is its first frame's number (parts.c's Merger), not a count */
     FinishedFn finished;
     NewConnFn new_conn;
     void *ctx;
@@ -342,6 +343,15 @@ void packet_key(Packet *p);
 void tracker_prefetch(const Tracker *t, const Packet *p, int conn_too);
 int tracker_add(Tracker *t, const Packet *p);
 int tracker_flush(Tracker *t);
+/* Hand over every open connection to `take` instead of finishing it (a part's end: handover.c), in order of
+ * id; `take` owns the Conn's contents, the tracker its memory. */
+typedef int (*TakeFn)(void *ctx, Conn *c);
+int tracker_hand_over(Tracker *t, TakeFn take, void *ctx);
+/* A connection another run handed over (handover.c), into the table with its timer; its id is its first
+ * frame (frame_ids). 1: its key is held already (c untouched), -1: out of memory. */
+int tracker_adopt(Tracker *t, Conn *c);
+/* Whether a connection on `key` is open. */
+int tracker_holds(const Tracker *t, const Key *key);
 int tracker_tick(Tracker *t, double now);  /* no packet until `now` (live.c): finish what timed out by then */
 /* Run the timers to packet time `now` as frame `frame` would (parts.c), retiring as `how`. */
 int tracker_tick_as(Tracker *t, double now, int64_t frame, double before, double ts, uint8_t how);

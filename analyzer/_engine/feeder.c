@@ -372,24 +372,6 @@ int feeder_open_part(Feeder *f, int fd, Filter *filter, int keep_raw, int64_t ba
     return open_feeder(f, fd, NULL, 0, NULL, NULL, filter, keep_raw, base);
 }
 
-/* How many numbers the file's frames and damaged spots take (reader.c numbers both), read without decoding;
- * READ_END, or READ_ERROR with `message`, or READ_FAILED (errno in *fd_errno). */
-int feeder_count(int fd, int64_t *number, char *message, size_t size, int *fd_errno) {
-    Feeder *f = calloc(1, sizeof *f);
-    if (f == NULL) return READ_FAILED;
-    f->reader.fd = fd;
-    int status = reader_open(&f->reader, read_fd, f);
-    Frame frame;
-    while (status == READ_FRAME || (status == READ_DAMAGE && !f->reader.done)) status = reader_next(&f->reader, &frame);
-    if (status == READ_DAMAGE) status = READ_END;
-    if (status == READ_ERROR) snprintf(message, size, "%s", f->reader.message);
-    *number = f->reader.number;
-    *fd_errno = f->reader.fd_errno;
-    reader_close(&f->reader);
-    free(f);
-    return status;
-}
-
 Batch *feeder_next(Feeder *f) {
     if (!f->threaded) {
         fill_batch(f, f->inline_batch);

@@ -109,7 +109,6 @@ int feeder_open_raw(Feeder *f, int fd, const int *more, size_t n_more, FillFn fi
                     Filter *filter);
 int feeder_frame(Feeder *f, const Frame *frame, Packet *p);  /* live.c: one frame, counted and decoded */
 int feeder_open_part(Feeder *f, int fd, Filter *filter, int keep_raw, int64_t base);
-int feeder_count(int fd, int64_t *number, char *message, size_t size, int *fd_errno);
 Batch *feeder_next(Feeder *f);   /* the next batch (NULL: out of memory) */
 void feeder_done(Feeder *f);     /* the caller is through with the batch feeder_next gave */
 void feeder_stop(Feeder *f);     /* stop the thread (its counts stay) */

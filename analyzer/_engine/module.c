@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "collect.h"
+#include "handover.h"
 #include "parts.h"
 #include "engine.h"
 #include "feeder.h"
@@ -144,7 +145,15 @@ typedef struct {
     Filter filter;
     int filtered;
     int64_t base;    /* >= 0: one file of a set read on its own, its frames numbered after this (parallel.py) */
+    Buffer handed;   /* a part's connections still open at its end, packed (handover.c) */
 } Run;
+
+/* A part's open connection at its end: packed for the merge, not finished. */
+static int take_packed(void *ctx, Conn *c) {
+    int status = conn_pack(c, ctx);
+    conn_free(c);
+    return status;
+}
 
 long python_fill(void *ctx, uint8_t *dst, size_t n) {
     PyObject *readinto = ctx;
@@ -245,6 +254,7 @@ static int pump(Run *run, Tracker *tracker, int *ended) {
     }
     Py_BEGIN_ALLOW_THREADS
     if (*ended == READ_ERROR) status = sink_finish(&run->sink);  /* what finished stays written, as in Python */
+    else if (run->base >= 0) status = tracker_hand_over(tracker, take_packed, &run->handed) ? -1 : sink_finish(&run->sink);
     else status = tracker_flush(tracker) ? -1 : sink_finish(&run->sink);
     Py_END_ALLOW_THREADS
     return status;
@@ -435,8 +445,13 @@ static PyObject *with_set_counts(PyObject *out, const Reader *r, size_t n_files)
 }
 
 /* A part's own counts (parallel.py): the reader's last number, the tracker's packet time at the end
- * ("now", -inf: no packet), its first packet's ("first_ts", None: none), the file's last frame time. */
-static PyObject *with_part_counts(PyObject *out, const Reader *r, const Tracker *t) {
+ * ("now", -inf: no packet), its first packet's ("first_ts", None: none), the file's last frame time, and
+ * the connections open at its end, packed ("handover": handover.c). */
+static PyObject *with_part_counts(PyObject *out, const Reader *r, const Tracker *t, const Buffer *handed) {
+    if (out == NULL) return NULL;
+    PyObject *packed = PyBytes_FromStringAndSize(handed->data ? handed->data : "", (Py_ssize_t)handed->len);
+    if (packed == NULL || PyDict_SetItemString(out, "handover", packed)) Py_CLEAR(out);
+    Py_XDECREF(packed);
     if (out == NULL) return NULL;
     double now = t != NULL ? t->now : -INFINITY, first = t != NULL ? t->first_ts : NAN;
     double last = r->last_ts != NULL ? r->last_ts[0] : NAN;
@@ -536,7 +551,7 @@ static PyObject *run_inputs(Run *run_, int fd_in, const int *more, size_t n_more
     if (status == 0 && run.sink.error == 0) {
         out = result(&run, ended == READ_ERROR ? run.feeder.message : NULL);
         if (is_set) out = with_set_counts(out, &run.feeder.reader, n_more + 1);
-        if (run.base >= 0) out = with_part_counts(out, &run.feeder.reader, tracker_ready ? &tracker : NULL);
+        if (run.base >= 0) out = with_part_counts(out, &run.feeder.reader, tracker_ready ? &tracker : NULL, &run.handed);
     } else if (!PyErr_Occurred()) {
         if (run.sink.error > 0) {
             errno = run.sink.error;
@@ -550,6 +565,7 @@ static PyObject *run_inputs(Run *run_, int fd_in, const int *more, size_t n_more
     sink_free(&run.sink);
     Py_END_ALLOW_THREADS
     feeder_close(&run.feeder);
+    free(run.handed.data);
     if (run.filtered) filter_free(&run.filter);
     if (program != NULL) where_free(&where);
     running--;
@@ -799,9 +815,13 @@ static PyMethodDef methods[] = {
     {"run", run_capture, METH_VARARGS, "Analyze one capture; write its connections; return the counts."},
     {"collect", collect, METH_VARARGS, "The frames of some connections of a capture, for the ladder (collect.c)."},
     {"live", live_capture, METH_VARARGS, "Analyze a live interface (live.c) until told to stop; return the counts."},
-    {"count", count_numbers, METH_VARARGS, "How many frame numbers a capture file takes (parts.c)."},
-    {"collect_keys", collect_keys, METH_VARARGS, "The frames of some 4-tuples of one file of a set (parts.c)."},
-    {"replay", replay, METH_VARARGS, "Track frames and ticks given by parallel.py; write the connections (parts.c)."},
+    {"scan", scan_part, METH_VARARGS, "One file of a set read: its numbers, times, some 4-tuples' frames (parts.c)."},
+    {"merger", merger_new, METH_VARARGS, "The merge's tracker of connections carried across files (parts.c)."},
+    {"merger_enter", merger_enter, METH_O, "A file begins: the keys the merge holds (parts.c)."},
+    {"merger_feed", merger_feed, METH_VARARGS, "A file's frames of the merge's keys, and its ticks (parts.c)."},
+    {"merger_adopt", merger_adopt, METH_VARARGS, "The connections a file's own run ended with open (parts.c)."},
+    {"merger_held", merger_held, METH_VARARGS, "The first frames of the connections the merge holds (parts.c)."},
+    {"merger_finish", merger_finish, METH_VARARGS, "The set's end: the merge's connections finished (parts.c)."},
     {"split_meta", split_meta, METH_VARARGS, "A run's meta lines and texts as arrays (parts.c)."},
     {NULL, NULL, 0, NULL},
 };

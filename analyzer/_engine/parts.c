@@ -1,18 +1,21 @@
 /* The engine's side of a rotated set analyzed file by file, in parallel (analyzer/parallel.py).
  *
  * Each file is first run on its own (module.c's run with a frame base and OutputStyle.meta: each
- * connection's facts before its text). Connections on a 4-tuple that was open at the end of some file
- * may carry state across files; parallel.py drops their records and has them made again here:
- *   count()        how many frame numbers a file takes (its frames and damaged spots, as reader.c numbers
- *                  them), read without decoding: the next file's base;
- *   collect_keys() the frames of chosen keys in one file, each with the tracker's packet time before it
- *                  (the files before it included), as collect.c keeps them for the ladder;
- *   replay()       those frames, from every file in order, tracked as one run would track them: before each
- *                  frame the timers run to the packet time before it (what the frames left out did), and at
- *                  the frames where the other connections were retired the timers run as they did there
- *                  (ticks), so each connection is retired at the frame and in the place one run retires it
- *                  (Conn.retired_*); at the end the timers run to the set's last packet time, and the rest
- *                  is flushed. Written with OutputStyle.meta, as the parts are.
+ * connection's facts before its text), and ends with the connections still open packed, not finished
+ * (handover.c). The merge then goes through the files in order with one tracker of its own, the Merger,
+ * holding only connections carried across a boundary:
+ *   scan()          a file read without tracking: how many frame numbers it takes, its first packet's time and
+ *                   the packet time at its end; and the frames of chosen keys, each with the packet time
+ *                   before it (the keys the Merger holds when the file begins);
+ *   merger_enter()  a file begins: the keys held now are the merge's in it (the file's own run began them
+ *                   afresh: its records of them are dropped);
+ *   merger_feed()   the file's frames of those keys, tracked as one run would track them: before each frame the
+ *                   timers run to the packet time before it (what the frames left out did), and at the frames
+ *                   where the file's own run retired connections the timers run as they did there (ticks), so
+ *                   each connection is retired at the frame and in the place one run retires it (Conn.retired_*);
+ *   merger_adopt()  the connections the file's own run ended with open, carried on as they stand;
+ *   merger_finish() at the set's end the timers run to its last packet time, and the rest is flushed.
+ * Written with OutputStyle.meta, as the parts are; the Merger's ids are first frames (parallel.py numbers).
  */
 #include <errno.h>
 #include <math.h>
@@ -21,42 +24,25 @@
 #include "engine.h"
 #include "feeder.h"
 #include "halfopen.h"
+#include "handover.h"
 #include "parts.h"
 #include "sink.h"
 #include "where.h"
 
-/* count(fd) -> {"number": the last number taken, "error": why the file cannot be read, or None} */
-PyObject *count_numbers(PyObject *self, PyObject *args) {
-    int fd;
-    if (!PyArg_ParseTuple(args, "i", &fd)) return NULL;
-    int64_t number = 0;
-    char message[160] = "";
-    int fd_errno = 0, status;
-    Py_BEGIN_ALLOW_THREADS
-    status = feeder_count(fd, &number, message, sizeof message, &fd_errno);
-    Py_END_ALLOW_THREADS
-    if (status == READ_FAILED) {
-        if (fd_errno == 0) return PyErr_NoMemory();
-        errno = fd_errno;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return Py_BuildValue("{s:L,s:z}", "number", (long long)number, "error", status == READ_ERROR ? message : NULL);
-}
-
-/* ---- collect_keys -------------------------------------------------------------------- */
+/* ---- scan -------------------------------------------------------------------------------- */
 
 typedef struct {
     Key key;
-    int64_t from;  /* its frames from this number on */
 } Wanted;
 
 static int by_key(const void *x, const void *y) { return memcmp(x, y, sizeof(Key)); }
 
-static const Wanted *find(const Wanted *wanted, size_t n, const Key *key) {
-    return bsearch(key, wanted, n, sizeof *wanted, by_key);  /* the key is a Wanted's first member */
+static int by_frame(const void *x, const void *y) {
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a > b) - (a < b);
 }
 
-/* A frame as collect_keys packs it (then its caplen bytes, padded to 8), and replay reads it. */
+/* A frame as scan packs it (then its caplen bytes, padded to 8), and Merger.feed reads it. */
 typedef struct {
     int64_t number;
     double ts, before;  /* before: the tracker's packet time before it */
@@ -75,94 +61,98 @@ static int pack(Buffer *out, const Packet *p, const RawFrames *raw, size_t i, do
     return 0;
 }
 
-static int collect_batch(const Batch *batch, const Wanted *wanted, size_t n, double *now, Buffer *out) {
+typedef struct {
+    const Key *keys;  /* sorted as bytes */
+    size_t n;
+    double now, first_ts;  /* the packet time, as tracker.c's expire moves it; the first packet's (NAN: none) */
+    Buffer packed;
+} Scan;
+
+static int scan_batch(const Batch *batch, Scan *scan) {
     for (size_t i = 0; i < batch->count; i++) {
         const Packet *p = &batch->packets[i];
-        double before = *now;
-        if (p->ts > *now) *now = p->ts;  /* as tracker.c's expire moves its packet time */
-        const Wanted *w = find(wanted, n, &p->key);
-        if (w != NULL && p->frame >= w->from && pack(out, p, batch->raw, i, before)) return -1;
+        double before = scan->now;
+        if (isnan(scan->first_ts)) scan->first_ts = p->ts;
+        if (p->ts > scan->now) scan->now = p->ts;
+        if (scan->n && bsearch(&p->key, scan->keys, scan->n, sizeof(Key), by_key) != NULL &&
+            pack(&scan->packed, p, batch->raw, i, before))
+            return -1;
     }
     return 0;
 }
 
-/* collect_keys(fd, base, now, keys, sinces, firsts, index[, filter]) -> {"frames": the frames packed one after
- * another (Packed, then the frame's bytes, padded to 8), "error": str or None}: `keys` the Keys (48 bytes each)
- * one after another, sorted as bytes; `sinces` (int64s) the file each is carried from, `firsts` (int64s) the
- * first frame of the connection carried there: in file `index`, a key's frames from `firsts` on in its own
- * file, all of them in later files, none before. `now` the packet time the files before reached. */
-PyObject *collect_keys(PyObject *self, PyObject *args) {
-    int fd;
-    long long base;
-    double now;
-    Py_buffer keys, sinces, firsts;
-    long long index;
-    const char *expression = NULL;
-    if (!PyArg_ParseTuple(args, "iLdy*y*y*L|z", &fd, &base, &now, &keys, &sinces, &firsts, &index, &expression))
-        return NULL;
-    size_t n = (size_t)keys.len / sizeof(Key);
-    PyObject *out = NULL;
-    Buffer packed = {0};
-    Wanted *wanted = calloc(n ? n : 1, sizeof *wanted);
-    Feeder *feeder = calloc(1, sizeof *feeder);
-    Filter filter;
-    int filtered = 0, opened = -1;
-    if (wanted == NULL || feeder == NULL) goto done;
-    if ((size_t)keys.len % sizeof(Key) || (size_t)sinces.len != n * sizeof(int64_t) ||
-        (size_t)firsts.len != n * sizeof(int64_t)) {
-        PyErr_SetString(PyExc_ValueError, "keys: 48 bytes each, sorted, with a file and a first frame each");
-        goto done;
-    }
-    for (size_t i = 0; i < n; i++) {
-        memcpy(&wanted[i].key, (const char *)keys.buf + i * sizeof(Key), sizeof(Key));
-        int64_t since = ((const int64_t *)sinces.buf)[i];
-        wanted[i].from = since < index ? 0 : since == index ? ((const int64_t *)firsts.buf)[i] : INT64_MAX;
-    }
-    if (expression != NULL) {
-        if (filter_init(&filter, expression)) goto done;
-        filtered = 1;
-    }
-    opened = feeder_open_part(feeder, fd, filtered ? &filter : NULL, 1, base);
-    int ended = opened == READ_FRAME ? 0 : opened, status = opened == READ_FAILED ? -1 : 0;
-    while (!ended && status == 0) {
+/* Every batch of an opened feeder through scan_batch; 0, or -1 (an exception set, or none: out of memory). */
+static int scan_all(Feeder *feeder, Scan *scan, int *ended) {
+    int status = 0;
+    while (!*ended && status == 0) {
         Batch *batch = feeder_next(feeder);
-        if (batch == NULL) {
-            status = -1;
-            break;
-        }
+        if (batch == NULL) return -1;
         Py_BEGIN_ALLOW_THREADS
-        status = collect_batch(batch, wanted, n, &now, &packed);
+        status = scan_batch(batch, scan);
         Py_END_ALLOW_THREADS
-        ended = batch->last;
+        *ended = batch->last;
         feeder_done(feeder);
     }
     Py_BEGIN_ALLOW_THREADS
     feeder_stop(feeder);
     Py_END_ALLOW_THREADS
-    if (status == 0 && ended == READ_FAILED) {
+    if (status == 0 && *ended == READ_FAILED) {
         status = -1;
         if (feeder->reader.fd_errno) {
             errno = feeder->reader.fd_errno;
             PyErr_SetFromErrno(PyExc_OSError);
         }
     }
-    if (status == 0)
-        out = Py_BuildValue("{s:y#,s:z}", "frames", packed.data ? packed.data : "", (Py_ssize_t)packed.len, "error",
-                            ended == READ_ERROR ? feeder->message : NULL);
+    return status;
+}
+
+/* scan(fd, base, now, keys[, filter]) -> {"frames", "number", "first_ts", "now", "error"}: one file of a set
+ * read (decoded, through the BPF filter as a run reads it; its frames numbered after `base`): the frames of
+ * the `keys` (48 bytes each, sorted as bytes) packed one after another (Packed, then the frame's bytes, padded
+ * to 8), each with the packet time before it, the files before having reached `now`; the last number the
+ * file takes; its first packet's time (None: none) and the packet time at its end; why it stopped (None: it
+ * did not). */
+PyObject *scan_part(PyObject *self, PyObject *args) {
+    int fd;
+    long long base;
+    Py_buffer keys;
+    const char *expression = NULL;
+    Scan scan = {0};
+    scan.first_ts = NAN;
+    if (!PyArg_ParseTuple(args, "iLdy*|z", &fd, &base, &scan.now, &keys, &expression)) return NULL;
+    scan.keys = keys.buf;
+    scan.n = (size_t)keys.len / sizeof(Key);
+    PyObject *out = NULL;
+    Feeder *feeder = calloc(1, sizeof *feeder);
+    Filter filter;
+    int filtered = 0, opened = -1;
+    if (feeder == NULL) goto done;
+    if ((size_t)keys.len % sizeof(Key)) {
+        PyErr_SetString(PyExc_ValueError, "keys: 48 bytes each, sorted");
+        goto done;
+    }
+    if (expression != NULL) {
+        if (filter_init(&filter, expression)) goto done;
+        filtered = 1;
+    }
+    opened = feeder_open_part(feeder, fd, filtered ? &filter : NULL, 1, base);
+    int ended = opened == READ_FRAME ? 0 : opened;
+    if (opened != READ_FAILED && scan_all(feeder, &scan, &ended) == 0)
+        out = Py_BuildValue("{s:y#,s:L,s:N,s:d,s:z}", "frames", scan.packed.data ? scan.packed.data : "",
+                            (Py_ssize_t)scan.packed.len, "number", (long long)feeder->reader.number, "first_ts",
+                            isnan(scan.first_ts) ? Py_NewRef(Py_None) : PyFloat_FromDouble(scan.first_ts), "now",
+                            scan.now, "error", ended == READ_ERROR ? feeder->message : NULL);
 done:
     if (out == NULL && !PyErr_Occurred()) PyErr_NoMemory();
     if (opened != -1) feeder_close(feeder);
     if (filtered) filter_free(&filter);
     free(feeder);
-    free(wanted);
-    free(packed.data);
+    free(scan.packed.data);
     PyBuffer_Release(&keys);
-    PyBuffer_Release(&sinces);
-    PyBuffer_Release(&firsts);
     return out;
 }
 
-/* ---- replay ---------------------------------------------------------------------------- */
+/* ---- the merge's tracker ------------------------------------------------------------------ */
 
 static int write_python(void *ctx, const char *data, size_t len) {
     PyObject *done = PyObject_CallFunction(ctx, "y#", data, (Py_ssize_t)len);
@@ -170,104 +160,242 @@ static int write_python(void *ctx, const char *data, size_t len) {
     return done == NULL ? -1 : 0;
 }
 
+/* The merge's state between files: a tracker of the connections carried across boundaries (ids: their
+ * first frames), the sink that writes them (OutputStyle.meta), the keys it held when the current file began. */
+typedef struct {
+    Tracker tracker;
+    Sink sink;
+    Where where;
+    int have_where, tracker_ready;
+    Key *dirty;
+    size_t n_dirty;
+    char *text;
+    PyObject *write, *capture;
+} Merger;
+
+static const char MERGER[] = "synfin.Merger";
+
+static void merger_free(PyObject *capsule) {
+    Merger *m = PyCapsule_GetPointer(capsule, MERGER);
+    if (m == NULL) return;
+    if (m->tracker_ready) tracker_free(&m->tracker);
+    sink_free(&m->sink);
+    if (m->have_where) where_free(&m->where);
+    free(m->dirty);
+    free(m->text);
+    Py_XDECREF(m->write);
+    Py_XDECREF(m->capture);
+    PyMem_Free(m);
+}
+
+static Merger *merger_of(PyObject *capsule) { return PyCapsule_GetPointer(capsule, MERGER); }
+
+/* merger(write, format, (msl, idle, handshake, close_linger), capture, colour[, program]) -> a Merger: its
+ * records (OutputStyle.meta) go to `write` in pieces; `program` the --where terms or None. */
+PyObject *merger_new(PyObject *self, PyObject *args) {
+    PyObject *write, *capture;
+    int format, colour;
+    Timeouts timeouts;
+    const char *program = NULL;
+    Py_ssize_t program_len = 0;
+    if (!PyArg_ParseTuple(args, "Oi(dddd)Op|z#", &write, &format, &timeouts.msl, &timeouts.idle, &timeouts.handshake,
+                          &timeouts.close_linger, &capture, &colour, &program, &program_len))
+        return NULL;
+    if (capture != Py_None && !PyBytes_Check(capture)) return PyErr_Format(PyExc_TypeError, "capture: bytes or None");
+    Merger *m = PyMem_Calloc(1, sizeof *m);
+    if (m == NULL) return PyErr_NoMemory();
+    m->sink.fd = -1;
+    m->sink.style.format = format;
+    m->sink.style.colour = colour;
+    m->sink.style.meta = 1;
+    m->sink.write = write_python;
+    m->sink.write_ctx = m->write = Py_NewRef(write);
+    m->capture = Py_NewRef(capture);
+    if (capture != Py_None) {
+        m->sink.style.capture = PyBytes_AS_STRING(capture);
+        m->sink.style.capture_len = (size_t)PyBytes_GET_SIZE(capture);
+    }
+    PyObject *capsule = PyCapsule_New(m, MERGER, merger_free);
+    if (capsule == NULL) {
+        Py_DECREF(m->write);
+        Py_DECREF(m->capture);
+        PyMem_Free(m);
+        return NULL;
+    }
+    if (program != NULL) {
+        const char *why;
+        int parsed = where_parse(&m->where, (const uint8_t *)program, (size_t)program_len, &why);
+        m->have_where = 1;
+        if (parsed == -2) PyErr_NoMemory();
+        else if (parsed) PyErr_Format(PyExc_ValueError, "a malformed --where program: %s", why);
+        if (parsed) {
+            Py_DECREF(capsule);
+            return NULL;
+        }
+        m->sink.where = &m->where;
+    }
+    m->text = malloc(TUNNEL_TEXT_MAX);
+    if (m->text == NULL || tracker_init(&m->tracker, &timeouts, sink_take, sink_new_conn, &m->sink)) {
+        Py_DECREF(capsule);
+        return PyErr_NoMemory();
+    }
+    m->tracker_ready = 1;
+    m->tracker.frame_ids = 1;
+    return capsule;
+}
+
+/* merger_enter(merger) -> the keys it holds now (48 bytes each, sorted): a file begins, and these keys'
+ * frames in it are the merge's to track (its own run started them afresh: wrong). */
+PyObject *merger_enter(PyObject *self, PyObject *capsule) {
+    Merger *m = merger_of(capsule);
+    if (m == NULL) return NULL;
+    const Tracker *t = &m->tracker;
+    free(m->dirty);
+    m->n_dirty = 0;
+    m->dirty = malloc((t->open_count ? t->open_count : 1) * sizeof *m->dirty);
+    if (m->dirty == NULL) return PyErr_NoMemory();
+    for (size_t i = 0; i < t->table_size; i++)
+        if (t->table[i].ref != 0) m->dirty[m->n_dirty++] = *key_of(t->table[i].ref);
+    qsort(m->dirty, m->n_dirty, sizeof *m->dirty, by_key);
+    return PyBytes_FromStringAndSize(m->n_dirty ? (const char *)m->dirty : "", (Py_ssize_t)(m->n_dirty * sizeof(Key)));
+}
+
+static int is_dirty(const Merger *m, const Key *key) {
+    return m->n_dirty && bsearch(key, m->dirty, m->n_dirty, sizeof *m->dirty, by_key) != NULL;
+}
+
 /* A tick: the timers as a frame left out ran them (to the packet time before it, then to its own). */
-static int replay_tick(Tracker *t, int64_t number, double ts, double before) {
+static int tick(Tracker *t, int64_t number, double ts, double before) {
     if (tracker_tick_as(t, before, number, before, ts, RETIRED_BEFORE)) return -1;
     return tracker_tick_as(t, ts, number, before, ts, RETIRED_TIMER);
 }
 
-typedef struct {
-    Key *keys;
-    size_t n;
-} KeySet;  /* sorted as bytes */
-
-static int in_set(const KeySet *set, const Key *key) {
-    return set->n && bsearch(key, set->keys, set->n, sizeof *set->keys, by_key) != NULL;
-}
-
-typedef struct {
-    Py_buffer *files;        /* each file's packed frames */
-    size_t n_files, file, at;
-    const int64_t *bases;    /* file j's frames are numbered after bases[j] */
-    Py_buffer *open_keys, *open_firsts;  /* each file's keys open at its own run's end, their connections' first frames */
-    KeySet *dirty;           /* each file's keys held by a connection here when it begins (filled as it comes) */
-    size_t current;          /* the file whose items are replayed now (+ 1; 0: none yet) */
-    const int64_t *numbers;  /* the ticks: numbers, times, packet times before (sorted by number) */
-    const double *times, *befores;
-    size_t n_ticks, tick;
-} Items;
-
-/* The keys that hold a connection in the table now. */
-static int snapshot(const Tracker *t, KeySet *out) {
-    out->keys = malloc((t->open_count ? t->open_count : 1) * sizeof *out->keys);
-    if (out->keys == NULL) return -1;
-    out->n = 0;
-    for (size_t i = 0; i < t->table_size; i++)
-        if (t->table[i].ref != 0) out->keys[out->n++] = *key_of(t->table[i].ref);
-    qsort(out->keys, out->n, sizeof *out->keys, by_key);
-    return 0;
-}
-
-/* Before the item numbered `number`: the files it is past begin (their dirty keys noted). */
-static int enter(const Tracker *t, Items *items, int64_t number) {
-    while (items->current < items->n_files && number > items->bases[items->current]) {
-        if (snapshot(t, &items->dirty[items->current])) return -1;
-        items->current++;
-    }
-    return 0;
-}
-
-/* Whether a frame of the current file is replayed: its key held a connection when the file began (the
- * file's own run started it afresh: wrong), or it was open at the file's own end, from the first frame of
- * the connection open there (its own run was right until then, and only then tells it). */
-static int wanted_here(const Items *items, const Packet *p) {
-    size_t file = items->current - 1;
-    if (in_set(&items->dirty[file], &p->key)) return 1;
-    const Py_buffer *keys = &items->open_keys[file];
-    size_t n = (size_t)keys->len / sizeof(Key);
-    const Key *found = n ? bsearch(&p->key, keys->buf, n, sizeof(Key), by_key) : NULL;
-    return found != NULL && p->frame >= ((const int64_t *)items->open_firsts[file].buf)[found - (const Key *)keys->buf];
-}
-
-/* A packed frame: tracked if wanted here (the timers to the packet time before it first), else a tick. */
-static int replay_frame(Tracker *t, const Items *items, const Packed *head, const uint8_t *data, char *text) {
-    Frame frame = {head->number, head->ts, head->linktype, data, head->caplen, head->wire_len};
+/* A packed frame: tracked if its key is the merge's in this file (the timers to the packet time before it
+ * first), else a tick. */
+static int feed_frame(Merger *m, const Packed *head) {
+    Frame frame = {head->number, head->ts, head->linktype, (const uint8_t *)(head + 1), head->caplen, head->wire_len};
     Packet p;
     Skip skip;
-    if (decode_frame(&frame, &p, &skip, text)) return 0;  /* never: collect_keys keeps decoded frames only */
+    if (decode_frame(&frame, &p, &skip, m->text)) return 0;  /* never: scan keeps decoded frames only */
     packet_key(&p);
-    if (!wanted_here(items, &p)) return replay_tick(t, head->number, head->ts, head->before);
+    Tracker *t = &m->tracker;
+    if (!is_dirty(m, &p.key)) return tick(t, head->number, head->ts, head->before);
     if (tracker_tick_as(t, head->before, head->number, head->before, head->ts, RETIRED_BEFORE)) return -1;
     return tracker_add(t, &p);
 }
 
-/* The next packed frame (NULL: none left); its bytes follow it. */
-static const Packed *next_frame(Items *items) {
-    while (items->file < items->n_files && items->at >= (size_t)items->files[items->file].len) {
-        items->file++;
-        items->at = 0;
-    }
-    if (items->file == items->n_files) return NULL;
-    return (const Packed *)((const char *)items->files[items->file].buf + items->at);
-}
-
-/* Every frame and tick in order of number (a tick at a frame's number is that frame's: left out). */
-static int replay_all(Tracker *t, Items *items, char *text) {
-    for (;;) {
-        const Packed *head = next_frame(items);
-        int64_t tick = items->tick < items->n_ticks ? items->numbers[items->tick] : INT64_MAX;
-        if (head == NULL && tick == INT64_MAX) return enter(t, items, INT64_MAX);
-        int64_t number = head != NULL && head->number <= tick ? head->number : tick;
-        if (enter(t, items, number)) return -1;
-        if (head != NULL && head->number <= tick) {
-            if (head->number == tick) items->tick++;
-            if (replay_frame(t, items, head, (const uint8_t *)(head + 1), text)) return -1;
-            items->at += sizeof *head + (((size_t)head->caplen + 7) & ~(size_t)7);
+/* Every packed frame and tick in order of number (a tick at a frame's number is that frame's: left out). */
+static int feed_all(Merger *m, const Py_buffer *frames, const int64_t *numbers, const double *times,
+                    const double *befores, size_t n_ticks) {
+    size_t at = 0, k = 0, len = (size_t)frames->len;
+    while (at < len || k < n_ticks) {
+        const Packed *head = at + sizeof(Packed) <= len ? (const Packed *)((const char *)frames->buf + at) : NULL;
+        if (at < len && (head == NULL || at + sizeof *head + head->caplen > len)) return -2;
+        int64_t next_tick = k < n_ticks ? numbers[k] : INT64_MAX;
+        if (head != NULL && head->number <= next_tick) {
+            if (head->number == next_tick) k++;
+            if (feed_frame(m, head)) return -1;
+            at += sizeof *head + (((size_t)head->caplen + 7) & ~(size_t)7);
         } else {
-            size_t k = items->tick++;
-            if (replay_tick(t, items->numbers[k], items->times[k], items->befores[k])) return -1;
+            if (tick(&m->tracker, numbers[k], times[k], befores[k])) return -1;
+            k++;
         }
     }
+    return 0;
+}
+
+static int merger_failed(Merger *m, int status) {
+    if (status == -2) PyErr_SetString(PyExc_ValueError, "frames: not as scan packs them");
+    else if (!PyErr_Occurred()) {
+        if (m->sink.error > 0) {
+            errno = m->sink.error;
+            PyErr_SetFromErrno(PyExc_OSError);
+        } else {
+            PyErr_NoMemory();
+        }
+    }
+    return -1;
+}
+
+/* merger_feed(merger, frames, numbers, times, befores): one file's frames of the keys carried into it (scan;
+ * their packet times before them), and its ticks (int64 numbers, sorted; double times; double packet times
+ * before): the frames where the file's own run retired connections, so that the timers run where they ran.
+ * The records retired meanwhile are written before it returns. */
+PyObject *merger_feed(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    Py_buffer frames, numbers, times, befores;
+    if (!PyArg_ParseTuple(args, "Oy*y*y*y*", &capsule, &frames, &numbers, &times, &befores)) return NULL;
+    Merger *m = merger_of(capsule);
+    size_t n = (size_t)numbers.len / sizeof(int64_t);
+    int status = m == NULL ? -1 : 0;
+    if (status == 0 && ((size_t)times.len != n * sizeof(double) || (size_t)befores.len != n * sizeof(double))) {
+        PyErr_SetString(PyExc_ValueError, "ticks: as many times and packet times as numbers");
+        status = -1;
+    }
+    if (status == 0) status = feed_all(m, &frames, numbers.buf, times.buf, befores.buf, n);
+    if (status == 0) status = sink_drain(&m->sink);
+    if (status != 0 && m != NULL) merger_failed(m, status);
+    PyBuffer_Release(&frames);
+    PyBuffer_Release(&numbers);
+    PyBuffer_Release(&times);
+    PyBuffer_Release(&befores);
+    return status ? NULL : Py_NewRef(Py_None);
+}
+
+/* merger_adopt(merger, handover) -> how many it took: the connections a file's own run ended with open
+ * (handover.c), carried on; those on a key the merge held when the file began are left (their run was wrong:
+ * the merge has them right). */
+PyObject *merger_adopt(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    Py_buffer packed;
+    if (!PyArg_ParseTuple(args, "Oy*", &capsule, &packed)) return NULL;
+    Merger *m = merger_of(capsule);
+    long long adopted = 0;
+    int status = m == NULL ? -1 : 0;
+    const uint8_t *at = packed.buf;
+    size_t left = (size_t)packed.len;
+    while (status == 0 && left) {
+        Conn *c = sink_new_conn(&m->sink);
+        size_t used = 0;
+        int unpacked = c == NULL ? HANDOVER_NO_MEMORY : conn_unpack(at, left, c, &m->tracker.timeouts, &used);
+        if (unpacked) {
+            if (c != NULL) sink_recycle(&m->sink, c);
+            if (unpacked == HANDOVER_NO_MEMORY) PyErr_NoMemory();
+            else PyErr_SetString(PyExc_ValueError, unpacked == HANDOVER_OTHER_BUILD
+                                 ? "a part was run by another build of synfin (every worker must run this one)"
+                                 : "a malformed handover");
+            status = -1;
+            break;
+        }
+        at += used;
+        left -= used;
+        int taken = is_dirty(m, &c->key) ? 1 : tracker_adopt(&m->tracker, c);
+        if (taken != 0) sink_recycle(&m->sink, c);  /* its contents freed, its memory reused */
+        if (taken < 0) status = merger_failed(m, -1);
+        else if (taken == 0) adopted++;
+    }
+    PyBuffer_Release(&packed);
+    return status ? NULL : PyLong_FromLongLong(adopted);
+}
+
+/* merger_held(merger, since) -> the first frames (int64s, sorted) of the connections it holds that began at
+ * frame `since` or later. */
+PyObject *merger_held(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    long long since;
+    if (!PyArg_ParseTuple(args, "OL", &capsule, &since)) return NULL;
+    Merger *m = merger_of(capsule);
+    if (m == NULL) return NULL;
+    const Tracker *t = &m->tracker;
+    int64_t *firsts = malloc((t->open_count ? t->open_count : 1) * sizeof *firsts);
+    if (firsts == NULL) return PyErr_NoMemory();
+    size_t n = 0;
+    for (size_t i = 0; i < t->table_size; i++)
+        if (t->table[i].ref != 0 && id_of(t->table[i].ref) >= since) firsts[n++] = id_of(t->table[i].ref);
+    qsort(firsts, n, sizeof *firsts, by_frame);
+    PyObject *out = PyBytes_FromStringAndSize(n ? (const char *)firsts : "", (Py_ssize_t)(n * sizeof *firsts));
+    free(firsts);
+    return out;
 }
 
 static PyObject *census_dict(const Census *census, const EndpointTable *endpoints) {
@@ -286,126 +414,27 @@ static PyObject *census_dict(const Census *census, const EndpointTable *endpoint
                          "endpoints", endpoint_counts(endpoints));
 }
 
-/* census["dirty"]: each file's keys that held a connection here when it began (sorted, 48 bytes each). */
-static PyObject *with_dirty(PyObject *census, const Items *items) {
-    PyObject *list = census ? PyList_New((Py_ssize_t)items->n_files) : NULL;
-    for (size_t i = 0; list && i < items->n_files; i++) {
-        const KeySet *set = &items->dirty[i];
-        PyObject *keys = PyBytes_FromStringAndSize(set->n ? (const char *)set->keys : "", (Py_ssize_t)(set->n * sizeof(Key)));
-        if (keys == NULL) Py_CLEAR(list);
-        else PyList_SET_ITEM(list, (Py_ssize_t)i, keys);
-    }
-    if (list == NULL || PyDict_SetItemString(census, "dirty", list)) Py_CLEAR(census);
-    Py_XDECREF(list);
-    return census;
-}
-
-/* replay(files, bases, opens, numbers, times, befores, write, format, (msl, idle, handshake, close_linger), capture,
- * colour, end[, program]) -> census, with "dirty": `files` each file's packed frames (collect_keys: those of
- * every key that may carry state into it), in the set's order; `bases` (int64s) the number each file's frames
- * come after; `opens` for each file (keys, firsts): the keys its own run ended with open (sorted; int64 first
- * frames of those connections). A frame is tracked if its key held a connection here when its file began,
- * or from the open connection's first frame on; any other is a tick. The ticks as
- * three arrays (int64 numbers, sorted; double times; double packet times before); `end` the set's last packet
- * time; `program` the --where terms or None. The text (with OutputStyle.meta) goes to `write` in pieces. */
-PyObject *replay(PyObject *self, PyObject *args) {
-    PyObject *files, *write, *opens;
-    Py_buffer numbers, times, befores, bases;
-    Sink sink;
-    memset(&sink, 0, sizeof sink);
-    sink.fd = -1;
-    Timeouts timeouts;
-    const char *capture = NULL, *program = NULL;
-    Py_ssize_t capture_len = 0, program_len = 0;
+/* merger_finish(merger, end) -> its census: the set is over (its last packet time `end`): the timers run to
+ * it, the rest is flushed, and everything is written. */
+PyObject *merger_finish(PyObject *self, PyObject *args) {
+    PyObject *capsule;
     double end;
-    if (!PyArg_ParseTuple(args, "Oy*Oy*y*y*Oi(dddd)z#pd|z#", &files, &bases, &opens, &numbers, &times, &befores, &write,
-                          &sink.style.format, &timeouts.msl, &timeouts.idle, &timeouts.handshake,
-                          &timeouts.close_linger, &capture, &capture_len, &sink.style.colour, &end, &program,
-                          &program_len))
+    if (!PyArg_ParseTuple(args, "Od", &capsule, &end)) return NULL;
+    Merger *m = merger_of(capsule);
+    if (m == NULL) return NULL;
+    Tracker *t = &m->tracker;
+    free(m->dirty);
+    m->dirty = NULL;
+    m->n_dirty = 0;
+    int status = tracker_tick_as(t, end, INT64_MAX, end, end, RETIRED_END);
+    if (status == 0 && t->last_ts < end) t->last_ts = end;  /* the set's last frame, which the merge may not hold */
+    if (status == 0) status = tracker_flush(t);
+    if (status == 0) status = sink_finish(&m->sink);
+    if (status != 0 || m->sink.error != 0) {
+        merger_failed(m, status);
         return NULL;
-    Items items = {0};
-    items.numbers = numbers.buf;
-    items.times = times.buf;
-    items.befores = befores.buf;
-    items.n_ticks = (size_t)numbers.len / sizeof(int64_t);
-    PyObject *out = NULL, *sequence = PySequence_Fast(files, "files: a sequence of bytes");
-    Py_ssize_t n_files = sequence ? PySequence_Fast_GET_SIZE(sequence) : 0;
-    items.files = PyMem_Calloc((size_t)n_files + 1, sizeof *items.files);
-    items.open_keys = PyMem_Calloc((size_t)n_files + 1, sizeof *items.open_keys);
-    items.open_firsts = PyMem_Calloc((size_t)n_files + 1, sizeof *items.open_firsts);
-    items.dirty = PyMem_Calloc((size_t)n_files + 1, sizeof *items.dirty);
-    items.bases = bases.buf;
-    size_t n_opens = 0;
-    Where where;
-    int have_where = 0, status = sequence != NULL && items.files && items.open_keys && items.open_firsts && items.dirty
-                                 ? 0 : -1;
-    if (status == 0 && ((size_t)bases.len != (size_t)n_files * sizeof(int64_t) || PySequence_Length(opens) != n_files)) {
-        PyErr_SetString(PyExc_ValueError, "bases and opens: one for each file");
-        status = -1;
     }
-    for (Py_ssize_t i = 0; status == 0 && i < n_files; i++) {
-        PyObject *pair = PySequence_GetItem(opens, i);
-        status = pair == NULL ? -1 : PyArg_ParseTuple(pair, "y*y*", &items.open_keys[i], &items.open_firsts[i]) ? 0 : -1;
-        Py_XDECREF(pair);
-        if (status == 0) n_opens++;
-        if (status == 0 && items.open_firsts[i].len / (Py_ssize_t)sizeof(int64_t) != items.open_keys[i].len / (Py_ssize_t)sizeof(Key)) {
-            PyErr_SetString(PyExc_ValueError, "opens: a first frame for each key");
-            status = -1;
-        }
-    }
-    if (status == 0 && ((size_t)times.len != items.n_ticks * sizeof(double) ||
-                        (size_t)befores.len != items.n_ticks * sizeof(double))) {
-        PyErr_SetString(PyExc_ValueError, "ticks: as many times and packet times as numbers");
-        status = -1;
-    }
-    for (Py_ssize_t i = 0; status == 0 && i < n_files; i++) {
-        status = PyObject_GetBuffer(PySequence_Fast_GET_ITEM(sequence, i), &items.files[i], PyBUF_SIMPLE);
-        if (status == 0) items.n_files++;
-    }
-    if (status == 0 && program != NULL) {
-        const char *why;
-        int parsed = where_parse(&where, (const uint8_t *)program, (size_t)program_len, &why);
-        have_where = 1;
-        if (parsed == -2) PyErr_NoMemory();
-        else if (parsed) PyErr_Format(PyExc_ValueError, "a malformed --where program: %s", why);
-        status = parsed ? -1 : 0;
-        sink.where = &where;
-    }
-    sink.style.capture = capture;
-    sink.style.capture_len = (size_t)capture_len;
-    sink.style.meta = 1;
-    sink.write = write_python;
-    sink.write_ctx = write;
-    char *text = malloc(TUNNEL_TEXT_MAX);
-    Tracker tracker;
-    int ready = status == 0 && text != NULL && tracker_init(&tracker, &timeouts, sink_take, sink_new_conn, &sink) == 0;
-    if (status == 0) status = ready ? replay_all(&tracker, &items, text) : -1;
-    if (status == 0) status = tracker_tick_as(&tracker, end, INT64_MAX, end, end, RETIRED_END);
-    if (status == 0 && tracker.last_ts < end) tracker.last_ts = end;  /* the set's last frame, which the replay may not hold */
-    if (status == 0) status = tracker_flush(&tracker);
-    if (status == 0) status = sink_finish(&sink);
-    if (status == 0 && sink.error == 0) out = with_dirty(census_dict(&sink.census, &sink.endpoints), &items);
-    else if (!PyErr_Occurred()) PyErr_NoMemory();
-    for (size_t i = 0; items.dirty != NULL && i < items.n_files; i++) free(items.dirty[i].keys);
-    for (size_t i = 0; i < n_opens; i++) {
-        PyBuffer_Release(&items.open_keys[i]);
-        PyBuffer_Release(&items.open_firsts[i]);
-    }
-    PyMem_Free(items.open_keys);
-    PyMem_Free(items.open_firsts);
-    PyMem_Free(items.dirty);
-    PyBuffer_Release(&bases);
-    if (ready) tracker_free(&tracker);
-    sink_free(&sink);
-    free(text);
-    for (size_t i = 0; i < items.n_files; i++) PyBuffer_Release(&items.files[i]);
-    PyMem_Free(items.files);
-    Py_XDECREF(sequence);
-    if (have_where) where_free(&where);
-    PyBuffer_Release(&numbers);
-    PyBuffer_Release(&times);
-    PyBuffer_Release(&befores);
-    return out;
+    return census_dict(&m->sink.census, &m->sink.endpoints);
 }
 
 /* ---- split_meta ------------------------------------------------------------------------------ */

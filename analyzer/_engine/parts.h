@@ -7,9 +7,13 @@
 
 #include "sink.h"
 
-PyObject *count_numbers(PyObject *self, PyObject *args);
-PyObject *collect_keys(PyObject *self, PyObject *args);
-PyObject *replay(PyObject *self, PyObject *args);
+PyObject *scan_part(PyObject *self, PyObject *args);
+PyObject *merger_new(PyObject *self, PyObject *args);
+PyObject *merger_enter(PyObject *self, PyObject *capsule);
+PyObject *merger_feed(PyObject *self, PyObject *args);
+PyObject *merger_adopt(PyObject *self, PyObject *args);
+PyObject *merger_held(PyObject *self, PyObject *args);
+PyObject *merger_finish(PyObject *self, PyObject *args);
 PyObject *split_meta(PyObject *self, PyObject *args);
 /* module.c: the census's counts as a dict of the nonzero ones by name; the summary's rows per server endpoint */
 PyObject *named_counts(const int64_t *values, const char *const *names, int n);

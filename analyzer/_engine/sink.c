@@ -356,6 +356,11 @@ int sink_take(void *ctx, Conn *c) {
     return sink->pending_len == BATCH ? hand_over(sink) : 0;
 }
 
+int sink_drain(Sink *sink) {
+    if (sink->threaded) return 0;
+    return sink->error ? sink->error : flush(sink, &sink->own.out);
+}
+
 int sink_finish(Sink *sink) {
     if (!sink->threaded) {
         sink->census = sink->own.census;

@@ -79,6 +79,7 @@ Conn *sink_new_conn(void *sink);      /* a NewConnFn: a reused connection, or a 
 void sink_recycle(Sink *sink, Conn *c);  /* an unstarted sink (collect.c): c's memory, to reuse, unwritten */
 /* sink_free frees every connection's memory: the tracker must be freed first */
 int sink_finish(Sink *sink);          /* drain and stop; 0, an errno, or -1 */
+int sink_drain(Sink *sink);           /* inline only: write out what is formatted so far; 0, an errno, or -1 */
 void sink_free(Sink *sink);
 
 #endif

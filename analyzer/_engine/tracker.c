@@ -420,7 +420,7 @@ void packet_key(Packet *p) {
 static int add_half_open(Tracker *t, size_t i, const Packet *p) {
     HalfOpen *h = half_new(&t->pool);
     if (h == NULL) return -1;
-    half_fill(h, t->next_id++, p);
+    half_fill(h, t->frame_ids ? p->frame : t->next_id++, p);
     if (slot_take(t, half_ref(h), &h->slot)) {
         half_release(&t->pool, h);
         return -1;
@@ -440,7 +440,7 @@ static int add_half_open(Tracker *t, size_t i, const Packet *p) {
 static Conn *add_conn(Tracker *t, size_t i, const Packet *p) {
     Conn *c = t->new_conn(t->ctx);
     if (c == NULL) return NULL;
-    if (conn_init(c, t->next_id++, p, &t->timeouts) || slot_take(t, (Ref)c, &c->slot)) {
+    if (conn_init(c, t->frame_ids ? p->frame : t->next_id++, p, &t->timeouts) || slot_take(t, (Ref)c, &c->slot)) {
         conn_free(c);  /* its memory is the sink's (slabs) */
         return NULL;
     }
@@ -517,13 +517,20 @@ static int by_id(const void *x, const void *y) {
 }
 
 /* Hand over `r` at the flush: a HalfOpen is replayed into a Conn first, one at
- * a time, so a flood's records never all become Conns at once. */
-static int flush_one(Tracker *t, Ref r) {
+ * a time, so a flood's records never all become Conns at once. To `take`, if
+ * given (a part's end: its contents taken, its memory left to the next replay),
+ * else finished. */
+static int flush_one(Tracker *t, Ref r, TakeFn take, void *ctx) {
     Conn *c = conn_of(r);
     if (is_half(r)) {
         c = replay(t, half_of(r));
         half_release(&t->pool, half_of(r));
         if (c == NULL) return -1;
+    }
+    if (take != NULL) {
+        int status = take(ctx, c);
+        t->spare = c;
+        return status;
     }
     c->scheduled = NAN;
     c->finished_at = t->last_ts;  /* the capture's end: its last segment's time (tracker.py's last_segment_ts) */
@@ -537,7 +544,7 @@ static int flush_one(Tracker *t, Ref r) {
  * reference's flush does, and empty the table wholesale. Ids are dense, so a
  * connection's place is mostly its id less the smallest (no sort); when the
  * open ids are spread thin, they are sorted instead. */
-int tracker_flush(Tracker *t) {
+static int flush_all(Tracker *t, TakeFn take, void *ctx) {
     size_t n = t->open_count;
     int64_t low = INT64_MAX, high = -1;
     for (size_t i = 0; i < t->table_size; i++) {
@@ -566,13 +573,37 @@ int tracker_flush(Tracker *t) {
     size_t count = dense ? span : n, i = 0;
     int status = 0;
     for (; i < count && status == 0; i++)
-        if (in_order[i] != 0) status = flush_one(t, in_order[i]);
+        if (in_order[i] != 0) status = flush_one(t, in_order[i], take, ctx);
     for (; i < count; i++) {  /* after an error: never handed over, so still ours to release */
         if (in_order[i] != 0 && is_half(in_order[i])) half_release(&t->pool, half_of(in_order[i]));
         else if (in_order[i] != 0) conn_free(conn_of(in_order[i]));
     }
     free(in_order);
     return status;
+}
+
+int tracker_flush(Tracker *t) { return flush_all(t, NULL, NULL); }
+
+int tracker_hand_over(Tracker *t, TakeFn take, void *ctx) { return flush_all(t, take, ctx); }
+
+int tracker_holds(const Tracker *t, const Key *key) {
+    return t->table[table_find(t, key, hash_key(key))].ref != 0;
+}
+
+int tracker_adopt(Tracker *t, Conn *c) {
+    c->hash = hash_key(&c->key);
+    if (2 * (t->open_count + 1) > t->table_size && table_resize(t, t->table_size * 2)) return -1;
+    size_t i = table_find(t, &c->key, c->hash);
+    if (t->table[i].ref != 0) return 1;
+    c->id = c->first_frame;
+    if (slot_take(t, (Ref)c, &c->slot)) return -1;
+    t->table[i] = (Entry){c->hash, (Ref)c};
+    t->open_count++;
+    census(t, c);
+    c->scheduled = conn_wake_time(c);
+    if (c->scheduled < INFINITY && heap_push(t, c->scheduled, c->id, c->slot)) return -1;
+    drop_superseded(t);
+    return 0;
 }
 
 /* Packet time `now` has come without a packet (a live capture's clock): what timed out by then finishes, as

@@ -1,0 +1,15 @@
+/* handover.c: an open connection packed at the end of a part's run and unpacked by the merge (parallel.py). */
+#ifndef SYNFIN_HANDOVER_H
+#define SYNFIN_HANDOVER_H
+
+#include "engine.h"
+
+enum { HANDOVER_MALFORMED = 1, HANDOVER_OTHER_BUILD = 2, HANDOVER_NO_MEMORY = 3 };
+
+/* c appended to `out` as bytes; -1: out of memory. */
+int conn_pack(const Conn *c, Buffer *out);
+/* The connection packed at `data` (`len` bytes left) into c, which then owns what its pointers hold;
+ * `used` the bytes it took. 0, or HANDOVER_*: c then holds nothing to free (conn_free does nothing). */
+int conn_unpack(const uint8_t *data, size_t len, Conn *c, const Timeouts *timeouts, size_t *used);
+
+#endif
