@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 import numpy as np
@@ -63,7 +64,9 @@ except ImportError:
     _engine = None
 
 KEY_BYTES = 48  # engine.h's Key
-TABLE_ID_WIDTH = 5  # report._COLUMNS: the id column
+#: where each format writes a record's id, for _engine.renumber: the table's first column, JSON's first
+#: member, CSV's first cell after the capture's, the records format's CSV head and JSON line
+ID_PLACES = {"table": 0, "json": 1, "csv": 2, "records": 3}
 
 
 class Pending(Protocol):
@@ -238,22 +241,6 @@ def _write(out: IO[str], pieces: Iterable[bytes]) -> None:
         binary.flush()
 
 
-@dataclass
-class Tally:
-    """The census of the records the parts wrote and the merge dropped (their keys were the merge's)."""
-
-    rows: list[np.ndarray] = field(default_factory=list)
-    servers: list[str] = field(default_factory=list)
-    connections: int = 0
-
-    def drop(self, records: Records, i: int) -> None:
-        self.connections += 1
-        census = records.census(i)
-        if census[MATCHED]:
-            self.rows.append(census.copy())
-            self.servers.append(records.servers[i])
-
-
 class Merged:
     """A set's merge, made as it is written: `pieces()` yields the output text file by file; `counts` holds
     the one run's counts once it is done; `remade` the records the merge's tracker wrote."""
@@ -264,27 +251,37 @@ class Merged:
         self.counts: dict[str, Any] = {}
         self.remade = 0
         self.adopted = 0  # connections the files' runs handed over and the merge carried on
-        self.dropped = Tally()
+        self.totals = Totals()
         self._out: list[bytes] = []
         self._merger = _engine.merger(self._out.append, engine.FORMATS[settings.fmt], settings.limits(),
                                       engine._quoted(settings.capture, settings.fmt), settings.colour,
                                       *(() if settings.where is None else (settings.where,)))
         self._ids: dict[int, int] = {}  # first frame -> id, of the merge's connections
+        #: where the client's time went (benchmarks/bench_rotated.py): waiting for the files' runs ("parts"),
+        #: for the scans of the merge's keys ("scan"), the merge's tracker ("track"), numbering and ordering
+        #: the records and putting their ids in ("write")
+        self.seconds: Counter[str] = Counter()
         self._began = 0  # connections the one run began before the current file
 
     def pieces(self) -> Iterator[bytes]:
         """The output text, a piece per file (never the whole set's at once)."""
         parts = self._parts()
-        part_counts = []
         for index in range(len(self.paths)):
+            started = time.perf_counter()
             counts, text = next(parts)
-            part_counts.append(counts)
-            yield from self._file(index, counts, Records(text))
+            self.seconds["parts"] += time.perf_counter() - started
+            self.totals.add(counts)
+            yield from self._file(index, counts.pop("handover"), Records(text))
+        started = time.perf_counter()
         census = _engine.merger_finish(self._merger, max(found["now"] for found in self.scans))
         remade = self._take()
         self.remade += len(remade)
-        yield b"".join(self._remade_text(remade, i) for i in range(len(remade)))
-        self.counts = merge_counts(part_counts, self.dropped, census, self.scans)
+        ids = np.array([self._ids.pop(first) for first in remade.first_frames().tolist()], dtype=np.int64)
+        last = self._texts(remade.texts, ids, remade.ints[:, 4 + MATCHED])
+        self.seconds["track"] += time.perf_counter() - started
+        yield last
+        self.totals.add(census)
+        self.counts = self.totals.counts()
 
     def _parts(self) -> Iterator[tuple[dict[str, Any], bytes]]:
         """The files' own runs in order, at most `window` of them ahead of the merge."""
@@ -311,91 +308,74 @@ class Merged:
         self._out.clear()
         return records
 
-    def _file(self, index: int, counts: dict[str, Any], own: Records) -> Iterator[bytes]:
+    def _file(self, index: int, handover: bytes, own: Records) -> Iterator[bytes]:
         """File `index`: the merge's keys' frames tracked, its open connections adopted, and its records (its own
         run's kept ones and those the merge retired in it) numbered and written in order."""
         base = self.bases[index]
         dirty = _engine.merger_enter(self._merger)
-        frames = b""
-        if dirty:
-            reached = max([-math.inf, *(found["now"] for found in self.scans[:index])])
-            frames = self.executor.submit(scan, self.paths[index], base, reached, dirty, self.settings.bpf).result()
-            if frames["error"]:
-                raise CaptureError(f"{self.paths[index]}: {frames['error']}")
-            frames = frames["frames"]
+        frames = self._frames_of(index, dirty)
+        started = time.perf_counter()
         _engine.merger_feed(self._merger, frames, *own.ticks())
         remade = self._take()
         self.remade += len(remade)
-        self.adopted += _engine.merger_adopt(self._merger, counts["handover"])
+        self.adopted += _engine.merger_adopt(self._merger, handover)
+        tracked = time.perf_counter()
+        self.seconds["track"] += tracked - started
         held = set(dirty[k:k + KEY_BYTES] for k in range(0, len(dirty), KEY_BYTES))
         kept = []
         for i in range(len(own)):
             if held and own.key(i) in held:
-                self.dropped.drop(own, i)
+                self.totals.drop(own, i)
             else:
                 kept.append(i)
-        self._number(base, own.first_frames()[kept], remade)
-        yield from self._in_order(own, kept, remade)
+        kept_ids, remade_ids = self._number(base, own.first_frames()[kept], remade)
+        text = self._in_order(own, kept, remade, np.concatenate([kept_ids, remade_ids]))
+        self.seconds["write"] += time.perf_counter() - tracked
+        yield text
 
-    def _number(self, base: int, kept_firsts: np.ndarray, remade: Records) -> None:
-        """The ids of the connections the one run began in this file (after frame `base`): its own run's kept
-        records, and the merge's that began here (retired, or still held)."""
+    def _frames_of(self, index: int, keys: bytes) -> bytes:
+        """File `index`'s frames of `keys` (sorted), each with the packet time before it (scan, on a worker)."""
+        if not keys:
+            return b""
+        started = time.perf_counter()
+        reached = max([-math.inf, *(found["now"] for found in self.scans[:index])])
+        found = self.executor.submit(scan, self.paths[index], self.bases[index], reached, keys,
+                                     self.settings.bpf).result()
+        self.seconds["scan"] += time.perf_counter() - started
+        if found["error"]:
+            raise CaptureError(f"{self.paths[index]}: {found['error']}")
+        return found["frames"]  # type: ignore[no-any-return]
+
+    def _number(self, base: int, kept_firsts: np.ndarray, remade: Records) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of the file's kept records and of the merge's records retired in it. The connections the
+        one run began in this file (after frame `base`): its own run's kept records, and the merge's that
+        began here (retired, or still held: their ids kept until they are written)."""
         remade_firsts = remade.first_frames()
+        fresh = remade_firsts > base
         held = np.frombuffer(_engine.merger_held(self._merger, base + 1), dtype=np.int64)
-        began = np.sort(np.concatenate([kept_firsts, remade_firsts[remade_firsts > base], held]))
-        self._kept_ids = self._began + np.searchsorted(began, kept_firsts)
-        for first in [*remade_firsts[remade_firsts > base].tolist(), *held.tolist()]:
-            self._ids[first] = self._began + int(np.searchsorted(began, first))
+        began = np.sort(np.concatenate([kept_firsts, remade_firsts[fresh], held]))
+        kept_ids = self._began + np.searchsorted(began, kept_firsts)
+        remade_ids = np.empty(len(remade), dtype=np.int64)
+        remade_ids[fresh] = self._began + np.searchsorted(began, remade_firsts[fresh])
+        remade_ids[~fresh] = [self._ids.pop(first) for first in remade_firsts[~fresh].tolist()]
+        self._ids.update(zip(held.tolist(), (self._began + np.searchsorted(began, held)).tolist(), strict=True))
         self._began += len(began)
+        return kept_ids, remade_ids
 
-    def _in_order(self, own: Records, kept: list[int], remade: Records) -> Iterator[bytes]:
-        """The file's kept records and the merge's, in the one run's order: (retiring frame, how, wake time,
-        first frame)."""
+    def _in_order(self, own: Records, kept: list[int], remade: Records, ids: np.ndarray) -> bytes:
+        """The file's kept records and the merge's (`ids`: theirs, in that order), in the one run's order:
+        (retiring frame, how, wake time, first frame); those --where does not match left out."""
         ints = np.concatenate([own.ints[kept], remade.ints])
         floats = np.concatenate([own.floats[kept], remade.floats])
         order = np.lexsort((ints[:, 1], floats[:, 0], ints[:, 3], ints[:, 2]))
-        piece: list[bytes] = []
-        for at in order.tolist():
-            if at < len(kept):
-                i = kept[at]
-                if own.ints[i, 4 + MATCHED]:
-                    piece.append(with_id(own.texts[i], int(self._kept_ids[at]), self.settings))
-            else:
-                text = self._remade_text(remade, at - len(kept))
-                if text:
-                    piece.append(text)
-        if piece:
-            yield b"".join(piece)
+        texts = [own.texts[i] for i in kept] + remade.texts
+        return self._texts([texts[at] for at in order.tolist()], ids[order], ints[order, 4 + MATCHED])
 
-    def _remade_text(self, records: Records, i: int) -> bytes:
-        """One of the merge's records' text with its id put in (b"": not matched by --where); its id is
-        forgotten: each is written once."""
-        new_id = self._ids.pop(int(records.ints[i, 1]))
-        return with_id(records.texts[i], new_id, self.settings) if records.ints[i, 4 + MATCHED] else b""
-
-
-def with_id(text: bytes, new_id: int, settings: Settings) -> bytes:
-    """A record's text with its id put in (the id each format writes first, after CSV's capture cell)."""
-    if settings.fmt == "table":
-        row = text.lstrip(b" ")
-        cut = row.index(b" ") if b" " in row else len(row.rstrip(b"\n"))
-        return str(new_id).rjust(TABLE_ID_WIDTH).encode() + row[cut:]
-    if settings.fmt == "json":
-        return _json_id(text, new_id)
-    if settings.fmt == "csv":
-        return _csv_id(text, new_id, len(engine._quoted(settings.capture, "csv") or b""))
-    head, json_line = text.split(b"\n", 1)  # records: the CSV row's head, then the JSON line
-    return _csv_id(head + b"\n", new_id, 0) + _json_id(json_line, new_id)
-
-
-def _json_id(text: bytes, new_id: int) -> bytes:
-    start = len(b'{"id": ')
-    return text[:start] + str(new_id).encode() + text[text.index(b",", start):]
-
-
-def _csv_id(text: bytes, new_id: int, capture_len: int) -> bytes:
-    start = capture_len + 1
-    return text[:start] + str(new_id).encode() + text[text.index(b",", start):]
+    def _texts(self, texts: list[bytes], ids: np.ndarray, matched: np.ndarray) -> bytes:
+        """The texts one after another, each with its id put in (the engine's renumber), unmatched ones left out."""
+        ids = np.where(matched != 0, ids, -1).astype(np.int64)
+        skip = len(engine._quoted(self.settings.capture, "csv") or b"") if self.settings.fmt == "csv" else 0
+        return _engine.renumber(texts, ids.tobytes(), ID_PLACES[self.settings.fmt], skip)  # type: ignore[no-any-return]
 
 
 CENSUS_KEYS = ("open", "close", "closer", "final_client", "final_server")
@@ -404,60 +384,80 @@ CENSUS_KEYS = ("open", "close", "closer", "final_client", "final_server")
 MATCHED = 7  # in Records.census: matched by --where (all without one)
 
 
-def _retransmits(counts: list[dict[str, Any]], dropped: list[np.ndarray]) -> tuple[int, int, int]:
-    """The SYN, SYN-ACK and FIN retransmissions of the kept and remade records."""
-    total = [sum(c["retransmits"][k] for c in counts) for k in range(3)]
-    for census in dropped:
+NAMES = (OPEN_LABELS, CLOSE_LABELS, ("client", "server", "both", "None"), [str(s) for s in STATES],
+         [str(s) for s in STATES])  # the census columns' values, by index (Records.census)
+SUMMED = ("frames", "segments", "connections", "damaged", "half_close", "anomalies", "unmatched", "tunnelled",
+          "matched")
+COUNTED = (*CENSUS_KEYS, "skipped", "malformed", "linktypes", "tunnels")
+
+
+class Totals:
+    """The one run's counts, added up as the files come (none of them held): each file's own run's counts, less
+    those of its records the merge dropped (their keys were the merge's there), and at the end the merge's."""
+
+    def __init__(self) -> None:
+        self.sums: Counter[str] = Counter()
+        self.counted: dict[str, Counter[str]] = {key: Counter() for key in COUNTED}
+        self.retransmits = [0, 0, 0]
+        self.endpoints: dict[str, list[int]] = {}
+        self.problems: dict[str, list[Any]] = {"problems": [], "damage": []}
+        self.last_ts: list[Any] = []
+        self.last_frame = 0
+        self.files = 0
+        self.filter_failed: Any = None
+
+    def add(self, counts: dict[str, Any], sign: int = 1) -> None:
+        """A file's own run's counts (or, at the end, the merge's census)."""
+        for key in SUMMED:
+            self.sums[key] += counts.get(key, 0)
+        for key in COUNTED:
+            self.counted[key].update(counts.get(key, {}))
         for k in range(3):
-            total[k] -= int(census[8 + k])
-    return total[0], total[1], total[2]
-
-
-def _endpoints(counts: list[dict[str, Any]], dropped: Tally, names: tuple[Any, ...]) -> dict[str, tuple[int, ...]]:
-    """The summary's rows per server endpoint (report.endpoint_row) of the kept and remade records."""
-    rows: dict[str, list[int]] = {}
-    for one in counts:
-        for name, row in one["endpoints"].items():
-            into = rows.setdefault(name, [0] * len(row))
+            self.retransmits[k] += counts["retransmits"][k]
+        for name, row in counts["endpoints"].items():
+            into = self.endpoints.setdefault(name, [0] * len(row))
             for k, n in enumerate(row):
                 into[k] += n
-    for census, server in zip(dropped.rows, dropped.servers, strict=True):
-        labels = [names[column][int(census[column])] for column in range(5)]
+        if "last_ts" not in counts:  # the merge's census
+            return
+        for key in ("problems", "damage"):
+            self.problems[key] = (self.problems[key] + counts[key])[:NAMED_PROBLEMS]
+        self.filter_failed = self.filter_failed or counts["filter_failed"]
+        self.last_frame = max(self.last_frame, counts["last_frame"])
+        self.last_ts.append(counts["last_ts"])
+        self.files += 1
+
+    def drop(self, records: Records, i: int) -> None:
+        """A record a file's own run wrote and the merge dropped: its census taken off (if --where matched it)."""
+        self.sums["connections"] -= 1
+        census = records.census(i)
+        if not census[MATCHED]:
+            return
+        self.sums["matched"] -= 1
+        labels = [NAMES[column][int(census[column])] for column in range(5)]
+        for column, key in enumerate(CENSUS_KEYS):
+            self.counted[key][labels[column]] -= 1
+        self.sums["half_close"] -= int(census[5])
+        self.sums["anomalies"] -= int(census[6])
+        for k in range(3):
+            self.retransmits[k] -= int(census[8 + k])
+        row = self.endpoints[records.servers[i]]
         for k, n in enumerate(endpoint_row(labels[0], labels[1], labels[3], labels[4])):
-            rows[server][k] -= n
-    return {name: tuple(row) for name, row in rows.items() if row[0]}
+            row[k] -= n
 
-
-def merge_counts(counts: list[dict[str, Any]], dropped: Tally, remade: dict[str, Any],
-                 scans: list[dict[str, Any]]) -> dict[str, Any]:
-    """The one run's counts: the files' frame counts added, the connections' those of the kept records
-    (each part's less the dropped ones') and the merge's."""
-    names = (OPEN_LABELS, CLOSE_LABELS, ("client", "server", "both", "None"), [str(s) for s in STATES],
-             [str(s) for s in STATES])
-    total: dict[str, Any] = {key: Counter() for key in (*CENSUS_KEYS, "skipped", "malformed", "linktypes", "tunnels")}
-    for key in ("frames", "segments", "connections", "damaged", "half_close", "anomalies", "unmatched", "tunnelled",
-                "matched"):
-        total[key] = sum(c[key] for c in counts) + remade.get(key, 0)
-    for one in [*counts, remade]:
-        for key in (*CENSUS_KEYS, "skipped", "malformed", "linktypes", "tunnels"):
-            total[key].update(one.get(key, {}))
-    total["connections"] -= dropped.connections
-    total["matched"] -= len(dropped.rows)
-    for column, (key, labels) in enumerate(zip(CENSUS_KEYS, names, strict=True)):
-        for index, count in Counter(int(census[column]) for census in dropped.rows).items():
-            total[key][labels[index]] -= count
-    total["half_close"] -= sum(int(census[5]) for census in dropped.rows)
-    total["anomalies"] -= sum(int(census[6]) for census in dropped.rows)
-    total["retransmits"] = _retransmits([*counts, remade], dropped.rows)
-    total["endpoints"] = _endpoints([*counts, remade], dropped, names)
-    for key in CENSUS_KEYS:
-        total[key] = {k: v for k, v in total[key].items() if v}
-    for key in ("problems", "damage"):
-        total[key] = [item for c in counts for item in c[key]][:NAMED_PROBLEMS]
-    total["filter_failed"] = next((c["filter_failed"] for c in counts if c["filter_failed"]), None)
-    total["last_frame"] = max(c["last_frame"] for c in counts)
-    total["last_ts"] = [c["last_ts"] for c in counts]
-    total["error"] = None
-    total["file"] = len(counts) - 1
-    total["formatted_by_tracker"] = 0
-    return total
+    def counts(self) -> dict[str, Any]:
+        """As engine.run_set returns them."""
+        total: dict[str, Any] = {key: self.sums[key] for key in SUMMED}
+        for key in COUNTED:
+            total[key] = {k: v for k, v in self.counted[key].items() if v} if key in CENSUS_KEYS \
+                else Counter(self.counted[key])
+        total["retransmits"] = tuple(self.retransmits)
+        total["endpoints"] = {name: tuple(row) for name, row in self.endpoints.items() if row[0]}
+        total.update(self.problems)
+        total["filter_failed"] = self.filter_failed
+        total["last_frame"] = self.last_frame
+        total["last_ts"] = self.last_ts
+        total["error"] = None
+        total["file"] = self.files - 1
+        total["formatted_by_tracker"] = 0
+        return total

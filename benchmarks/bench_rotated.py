@@ -31,6 +31,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -95,22 +96,20 @@ def phases(parts_dir: Path, msl: float = 30.0, linger: float = 5.0) -> None:
     from analyzer.connection import Timeouts
     from analyzer.rotated import from_directory
 
-    paths = [str(p) for p in from_directory(parts_dir).files]
+    capture_set = from_directory(parts_dir)
     start = time.perf_counter()
-    numbers = [parallel.count_part(p) for p in paths]
-    bases = [sum(numbers[:k]) for k in range(len(paths))]
-    settings = parallel.Settings("json", Timeouts(msl=msl, close_linger=linger), None, False, None, None)
-    counted = time.perf_counter()
-    parts = [parallel.run_part((p, b, settings)) for p, b in zip(paths, bases, strict=True)]
-    ran = time.perf_counter()
-    carried = parallel.carried_keys(parts)
-    merged = parallel.merge(parts, paths, bases, settings, parallel.run_in_sequence)
-    merged_at = time.perf_counter()
+    merged = parallel.analyze_set(capture_set, "json", Timeouts(msl=msl, close_linger=linger))
+    scanned = time.perf_counter()
+    assert merged is not None, "the set is read in sequence"
     written = sum(len(piece) for piece in merged.pieces())
     done = time.perf_counter()
-    print(json.dumps({"files": len(paths), "count_s": counted - start, "parts_s": ran - counted,
-                      "merge_s": merged_at - ran, "write_s": done - merged_at, "carried_keys": len(carried),
-                      "remade": merged.remade, "connections": merged.counts["connections"], "bytes": written}))
+    seconds = merged.seconds
+    print(json.dumps({"files": len(capture_set.files), "count_s": scanned - start, "parts_s": seconds["parts"],
+                      "merge_s": seconds["scan"] + seconds["track"], "scan_s": seconds["scan"],
+                      "track_s": seconds["track"], "write_s": seconds["write"], "total_s": done - start,
+                      "carried_keys": merged.adopted, "remade": merged.remade,
+                      "connections": merged.counts["connections"], "bytes": written,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def digest(args: list[str]) -> str:

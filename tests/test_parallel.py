@@ -40,6 +40,7 @@ pytestmark = pytest.mark.skipif(shutil.which("editcap") is None or not engine.av
 FORMATS = ("table", "json", "csv")
 #: Dask's processes would inherit make sanitize's preloaded runtimes: its run keeps to the plain executor
 on_dask = pytest.mark.skipif(bool(os.environ.get("SYNFIN_SANITIZED")), reason="Dask processes under ASan")
+ROOT = Path(__file__).resolve().parent.parent
 SHORT_TIMERS = ["--msl", "0.05", "--handshake-timeout", "0.2", "--idle-timeout", "0.5"]
 
 
@@ -345,3 +346,43 @@ def test_summary_rows_of_remade_connections(monkeypatch: pytest.MonkeyPatch, tmp
     assert "retransmitted: SYN 2, SYN-ACK 0, FIN 0" in summary
     assert "10.77.0.2:9102: 60 connections, 60 handshake, 60 closed, 0 reset; at the end server TIME_WAIT 60" in summary
     assert_parallel_same(into, ["--workers", "2"], "server_states.pcap", [])
+
+
+MERGE_PEAK = """
+import sys
+from pathlib import Path
+from analyzer import parallel
+from analyzer.connection import Timeouts
+from analyzer.rotated import from_directory
+merged = parallel.analyze_set(from_directory(Path(sys.argv[1])), "json", Timeouts())
+written = sum(len(piece) for piece in merged.pieces())
+with open("/proc/self/status") as status_file:  # VmHWM, not ru_maxrss: a child's starts at its parent's
+    print(merged.counts["connections"], written, next(line.split()[1] for line in status_file
+                                                       if line.startswith("VmHWM:")))
+"""
+
+
+def merge_peak(directory: Path) -> tuple[int, int, int]:
+    """(connections, bytes written, peak RSS in KiB) of merging the set in a child."""
+    done = subprocess.run([sys.executable, "-c", MERGE_PEAK, str(directory)], capture_output=True, text=True,
+                          check=True, cwd=ROOT)
+    connections, written, kib = done.stdout.split()
+    return int(connections), int(written), int(kib)
+
+
+@pytest.mark.skipif(bool(os.environ.get("SYNFIN_SANITIZED")), reason="memory under ASan means nothing")
+def test_the_merge_holds_one_file_not_the_set(tmp_path: Path) -> None:
+    """busy.pcap (340 connections, 0.5 MB of JSON) copied 4 and 32 times, each copy a file 100 s after the
+    one before (their TIME_WAITs end in the next file): the merge of 32 files peaks within 12 MiB of the merge
+    of 4 (44 MiB for both here; the merge that held every record until the end peaked at 33 and 92 MiB)."""
+    sets = {}
+    for copies in (4, 32):
+        into = tmp_path / f"x{copies}"
+        into.mkdir()
+        for k in range(copies):
+            tool(["editcap", "-F", "pcap", "-t", str(100.0 * k), str(SAMPLES / "busy.pcap"),
+                  str(into / f"copy{copies - k:03d}.pcap")])
+        sets[copies] = merge_peak(into)
+    (few, few_bytes, few_kib), (many, many_bytes, many_kib) = sets[4], sets[32]
+    assert (few, many) == (4 * 340, 32 * 340) and many_bytes > 7 * few_bytes
+    assert many_kib - few_kib < 12 * 1024, (few_kib, many_kib)

@@ -823,6 +823,7 @@ static PyMethodDef methods[] = {
     {"merger_held", merger_held, METH_VARARGS, "The first frames of the connections the merge holds (parts.c)."},
     {"merger_finish", merger_finish, METH_VARARGS, "The set's end: the merge's connections finished (parts.c)."},
     {"split_meta", split_meta, METH_VARARGS, "A run's meta lines and texts as arrays (parts.c)."},
+    {"renumber", renumber, METH_VARARGS, "Records' texts joined, each with its id put in (parts.c)."},
     {NULL, NULL, 0, NULL},
 };
 

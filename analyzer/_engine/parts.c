@@ -505,3 +505,86 @@ done:
     PyBuffer_Release(&data);
     return out;
 }
+
+/* ---- renumber ------------------------------------------------------------------------------ */
+
+enum { IDS_TABLE, IDS_JSON, IDS_CSV, IDS_RECORDS };
+#define TABLE_ID_WIDTH 5  /* report._COLUMNS: the id column */
+
+/* `text` with the id it starts with (after CSV's capture cell, `skip` bytes) replaced by `id`, written at
+ * *at (room for len + 24 bytes); 0, or -2: no id there. */
+static int put_id(char **at, const char *text, size_t len, int64_t id, int mode, size_t skip) {
+    char digits[24];
+    int n = snprintf(digits, sizeof digits, "%lld", (long long)id);
+    char *out = *at;
+    const char *rest;
+    if (mode == IDS_TABLE) {
+        size_t start = 0;
+        while (start < len && text[start] == ' ') start++;
+        const char *space = memchr(text + start, ' ', len - start);
+        if (space == NULL) {  /* the id alone: up to the newline */
+            space = text + len;
+            while (space > text + start && space[-1] == '\n') space--;
+        }
+        for (int pad = n; pad < TABLE_ID_WIDTH; pad++) *out++ = ' ';
+        memcpy(out, digits, (size_t)n);
+        out += n;
+        rest = space;
+    } else {
+        size_t start = mode == IDS_JSON ? sizeof "{\"id\": " - 1 : skip + 1;
+        const char *comma = start <= len ? memchr(text + start, ',', len - start) : NULL;
+        if (comma == NULL) return -2;
+        memcpy(out, text, start);
+        out += start;
+        memcpy(out, digits, (size_t)n);
+        out += n;
+        rest = comma;
+    }
+    memcpy(out, rest, (size_t)(text + len - rest));
+    *at = out + (text + len - rest);
+    return 0;
+}
+
+/* renumber(texts, ids, mode, skip) -> bytes: the texts (a list of bytes: records as the engine writes them)
+ * one after another, each with its id replaced by ids[i] (int64s; < 0: left out), the id where `mode` writes
+ * it (0 table, 1 JSON, 2 CSV after `skip` bytes of capture cell, 3 the records format: a CSV row's head
+ * then a JSON line). */
+PyObject *renumber(PyObject *self, PyObject *args) {
+    PyObject *texts;
+    Py_buffer ids;
+    int mode;
+    Py_ssize_t skip;
+    if (!PyArg_ParseTuple(args, "O!y*in", &PyList_Type, &texts, &ids, &mode, &skip)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(texts);
+    const int64_t *new_ids = ids.buf;
+    int status = (size_t)ids.len == (size_t)n * sizeof(int64_t) && skip >= 0 ? 0 : -2;
+    Py_ssize_t room = 0;
+    for (Py_ssize_t i = 0; status == 0 && i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(texts, i);
+        if (!PyBytes_Check(item)) status = -2;
+        else if (new_ids[i] >= 0) room += PyBytes_GET_SIZE(item) + 48;  /* two ids of up to 24 characters */
+    }
+    PyObject *out = status == 0 ? PyBytes_FromStringAndSize(NULL, room) : NULL;
+    char *at = out != NULL ? PyBytes_AS_STRING(out) : NULL;
+    for (Py_ssize_t i = 0; out != NULL && status == 0 && i < n; i++) {
+        if (new_ids[i] < 0) continue;
+        PyObject *item = PyList_GET_ITEM(texts, i);
+        const char *text = PyBytes_AS_STRING(item);
+        size_t len = (size_t)PyBytes_GET_SIZE(item);
+        if (mode != IDS_RECORDS) {
+            status = put_id(&at, text, len, new_ids[i], mode, (size_t)skip);
+            continue;
+        }
+        const char *newline = memchr(text, '\n', len);
+        size_t head = newline != NULL ? (size_t)(newline - text) + 1 : len;
+        status = put_id(&at, text, head, new_ids[i], IDS_CSV, 0);
+        if (status == 0) status = put_id(&at, text + head, len - head, new_ids[i], IDS_JSON, 0);
+    }
+    if (status == -2) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_ValueError, "renumber: texts and ids do not match, or a text has no id");
+    }
+    if (out != NULL) _PyBytes_Resize(&out, at - PyBytes_AS_STRING(out));
+    PyBuffer_Release(&ids);
+    return out;
+}

@@ -15,6 +15,7 @@ PyObject *merger_adopt(PyObject *self, PyObject *args);
 PyObject *merger_held(PyObject *self, PyObject *args);
 PyObject *merger_finish(PyObject *self, PyObject *args);
 PyObject *split_meta(PyObject *self, PyObject *args);
+PyObject *renumber(PyObject *self, PyObject *args);
 /* module.c: the census's counts as a dict of the nonzero ones by name; the summary's rows per server endpoint */
 PyObject *named_counts(const int64_t *values, const char *const *names, int n);
 PyObject *endpoint_counts(const EndpointTable *t);
