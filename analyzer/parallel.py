@@ -266,12 +266,18 @@ class Merged:
     def pieces(self) -> Iterator[bytes]:
         """The output text, a piece per file (never the whole set's at once)."""
         parts = self._parts()
+        frames: Pending | None = None  # the scan of the current file's frames of the merge's keys
         for index in range(len(self.paths)):
             started = time.perf_counter()
             counts, text = next(parts)
             self.seconds["parts"] += time.perf_counter() - started
             self.totals.add(counts)
-            yield from self._file(index, counts.pop("handover"), Records(text))
+            handover = counts.pop("handover")
+            dirty = _engine.merger_enter(self._merger)
+            here = self._frames(index, frames) if dirty else b""
+            # the keys the merge may hold when the next file begins: those it holds now, or is handed now
+            frames = self._scan(index + 1, dirty + _engine.handover_keys(handover))
+            yield from self._file(index, dirty, here, handover, Records(text))
         started = time.perf_counter()
         census = _engine.merger_finish(self._merger, max(found["now"] for found in self.scans))
         remade = self._take()
@@ -308,12 +314,11 @@ class Merged:
         self._out.clear()
         return records
 
-    def _file(self, index: int, handover: bytes, own: Records) -> Iterator[bytes]:
-        """File `index`: the merge's keys' frames tracked, its open connections adopted, and its records (its own
-        run's kept ones and those the merge retired in it) numbered and written in order."""
+    def _file(self, index: int, dirty: bytes, frames: bytes, handover: bytes, own: Records) -> Iterator[bytes]:
+        """File `index`: the frames of the merge's keys in it (`dirty`: those it held when the file began)
+        tracked, the connections its own run handed over adopted, and its records (its own run's kept ones
+        and those the merge retired in it) numbered and written in order."""
         base = self.bases[index]
-        dirty = _engine.merger_enter(self._merger)
-        frames = self._frames_of(index, dirty)
         started = time.perf_counter()
         _engine.merger_feed(self._merger, frames, *own.ticks())
         remade = self._take()
@@ -333,14 +338,20 @@ class Merged:
         self.seconds["write"] += time.perf_counter() - tracked
         yield text
 
-    def _frames_of(self, index: int, keys: bytes) -> bytes:
-        """File `index`'s frames of `keys` (sorted), each with the packet time before it (scan, on a worker)."""
-        if not keys:
+    def _scan(self, index: int, keys: bytes) -> Pending | None:
+        """File `index`'s frames of `keys`, each with the packet time before it (scan, on a worker), started
+        while the merge goes on with the file before; None: no such file, or no keys."""
+        if index >= len(self.paths) or not keys:
+            return None
+        reached = max([-math.inf, *(found["now"] for found in self.scans[:index])])
+        return self.executor.submit(scan, self.paths[index], self.bases[index], reached, keys, self.settings.bpf)
+
+    def _frames(self, index: int, pending: Pending | None) -> bytes:
+        """The frames the scan of file `index` found (b"": none was needed)."""
+        if pending is None:
             return b""
         started = time.perf_counter()
-        reached = max([-math.inf, *(found["now"] for found in self.scans[:index])])
-        found = self.executor.submit(scan, self.paths[index], self.bases[index], reached, keys,
-                                     self.settings.bpf).result()
+        found = pending.result()
         self.seconds["scan"] += time.perf_counter() - started
         if found["error"]:
             raise CaptureError(f"{self.paths[index]}: {found['error']}")

@@ -12,6 +12,7 @@
  * connection begins with a header naming sizeof(Conn) and a version, checked on unpacking. Pointers are
  * rebuilt on unpacking; what only the live path uses (events.c's told_* fields) starts afresh.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -145,4 +146,15 @@ failed:
     conn_free(c);
     clear_pointers(c);
     return HANDOVER_NO_MEMORY;
+}
+
+int conn_packed_key(const uint8_t *data, size_t len, Key *key, size_t *used) {
+    PackedHead head;
+    if (len < sizeof head) return HANDOVER_MALFORMED;
+    memcpy(&head, data, sizeof head);
+    if (head.conn_size != sizeof(Conn) || head.version != HANDOVER_VERSION) return HANDOVER_OTHER_BUILD;
+    if (head.total > len || head.total % 8 || head.total < sizeof head + sizeof(Conn)) return HANDOVER_MALFORMED;
+    memcpy(key, data + sizeof head + offsetof(Conn, key), sizeof *key);
+    *used = head.total;
+    return 0;
 }

@@ -11,5 +11,7 @@ int conn_pack(const Conn *c, Buffer *out);
 /* The connection packed at `data` (`len` bytes left) into c, which then owns what its pointers hold;
  * `used` the bytes it took. 0, or HANDOVER_*: c then holds nothing to free (conn_free does nothing). */
 int conn_unpack(const uint8_t *data, size_t len, Conn *c, const Timeouts *timeouts, size_t *used);
+/* The key of the connection packed at `data`, and the bytes it takes; 0 or HANDOVER_*. */
+int conn_packed_key(const uint8_t *data, size_t len, Key *key, size_t *used);
 
 #endif

@@ -816,6 +816,7 @@ static PyMethodDef methods[] = {
     {"collect", collect, METH_VARARGS, "The frames of some connections of a capture, for the ladder (collect.c)."},
     {"live", live_capture, METH_VARARGS, "Analyze a live interface (live.c) until told to stop; return the counts."},
     {"scan", scan_part, METH_VARARGS, "One file of a set read: its numbers, times, some 4-tuples' frames (parts.c)."},
+    {"handover_keys", handover_keys, METH_VARARGS, "The keys of the connections a part handed over (parts.c)."},
     {"merger", merger_new, METH_VARARGS, "The merge's tracker of connections carried across files (parts.c)."},
     {"merger_enter", merger_enter, METH_O, "A file begins: the keys the merge holds (parts.c)."},
     {"merger_feed", merger_feed, METH_VARARGS, "A file's frames of the merge's keys, and its ticks (parts.c)."},

@@ -42,6 +42,16 @@ static int by_frame(const void *x, const void *y) {
     return (a > b) - (a < b);
 }
 
+/* The keys sorted as bytes, each once; how many are left. */
+static size_t unique_keys(Key *keys, size_t n) {
+    if (n == 0) return 0;
+    qsort(keys, n, sizeof *keys, by_key);
+    size_t kept = 1;
+    for (size_t i = 1; i < n; i++)
+        if (memcmp(&keys[i], &keys[kept - 1], sizeof *keys) != 0) keys[kept++] = keys[i];
+    return kept;
+}
+
 /* A frame as scan packs it (then its caplen bytes, padded to 8), and Merger.feed reads it. */
 typedef struct {
     int64_t number;
@@ -108,7 +118,7 @@ static int scan_all(Feeder *feeder, Scan *scan, int *ended) {
 
 /* scan(fd, base, now, keys[, filter]) -> {"frames", "number", "first_ts", "now", "error"}: one file of a set
  * read (decoded, through the BPF filter as a run reads it; its frames numbered after `base`): the frames of
- * the `keys` (48 bytes each, sorted as bytes) packed one after another (Packed, then the frame's bytes, padded
+ * the `keys` (48 bytes each, in any order, repeats allowed) packed one after another (Packed, then the frame's bytes, padded
  * to 8), each with the packet time before it, the files before having reached `now`; the last number the
  * file takes; its first packet's time (None: none) and the packet time at its end; why it stopped (None: it
  * did not). */
@@ -120,17 +130,19 @@ PyObject *scan_part(PyObject *self, PyObject *args) {
     Scan scan = {0};
     scan.first_ts = NAN;
     if (!PyArg_ParseTuple(args, "iLdy*|z", &fd, &base, &scan.now, &keys, &expression)) return NULL;
-    scan.keys = keys.buf;
-    scan.n = (size_t)keys.len / sizeof(Key);
     PyObject *out = NULL;
     Feeder *feeder = calloc(1, sizeof *feeder);
+    Key *wanted = malloc(keys.len ? (size_t)keys.len : 1);
     Filter filter;
     int filtered = 0, opened = -1;
-    if (feeder == NULL) goto done;
+    if (feeder == NULL || wanted == NULL) goto done;
     if ((size_t)keys.len % sizeof(Key)) {
-        PyErr_SetString(PyExc_ValueError, "keys: 48 bytes each, sorted");
+        PyErr_SetString(PyExc_ValueError, "keys: 48 bytes each");
         goto done;
     }
+    memcpy(wanted, keys.buf, (size_t)keys.len);
+    scan.keys = wanted;
+    scan.n = unique_keys(wanted, (size_t)keys.len / sizeof(Key));
     if (expression != NULL) {
         if (filter_init(&filter, expression)) goto done;
         filtered = 1;
@@ -147,8 +159,36 @@ done:
     if (opened != -1) feeder_close(feeder);
     if (filtered) filter_free(&filter);
     free(feeder);
+    free(wanted);
     free(scan.packed.data);
     PyBuffer_Release(&keys);
+    return out;
+}
+
+/* handover_keys(handover) -> the keys (48 bytes each, in their order) of the connections packed there. */
+PyObject *handover_keys(PyObject *self, PyObject *args) {
+    Py_buffer packed;
+    if (!PyArg_ParseTuple(args, "y*", &packed)) return NULL;
+    Buffer keys = {0};
+    const uint8_t *at = packed.buf;
+    size_t left = (size_t)packed.len, used = 0;
+    int status = 0;
+    while (status == 0 && left) {
+        Key key;
+        status = conn_packed_key(at, left, &key, &used);
+        if (status == 0 && buf_reserve(&keys, sizeof key)) status = HANDOVER_NO_MEMORY;
+        if (status) break;
+        memcpy(keys.data + keys.len, &key, sizeof key);
+        keys.len += sizeof key;
+        at += used;
+        left -= used;
+    }
+    PyObject *out = NULL;
+    if (status == HANDOVER_NO_MEMORY) PyErr_NoMemory();
+    else if (status) PyErr_SetString(PyExc_ValueError, "a malformed handover, or one from another build of synfin");
+    else out = PyBytes_FromStringAndSize(keys.data ? keys.data : "", (Py_ssize_t)keys.len);
+    free(keys.data);
+    PyBuffer_Release(&packed);
     return out;
 }
 

@@ -8,6 +8,7 @@
 #include "sink.h"
 
 PyObject *scan_part(PyObject *self, PyObject *args);
+PyObject *handover_keys(PyObject *self, PyObject *args);
 PyObject *merger_new(PyObject *self, PyObject *args);
 PyObject *merger_enter(PyObject *self, PyObject *capsule);
 PyObject *merger_feed(PyObject *self, PyObject *args);
