@@ -17,11 +17,13 @@ command's own process); for the Dask cases, one more run under a wrapper gives t
 processes it started (RUSAGE_CHILDREN: workers, nannies, scheduler); the median, min and max are printed.
 Every case's JSON records are compared once (untimed): they must be the same bytes.
 
-The merge step's own cost: in a child, the set's parts run one after another (parallel.run_in_sequence), then
-parallel.merge is timed alone (collecting the carried keys' frames, the replay, the ordering; not writing),
-with how many keys were carried across boundaries and how many records were made again; once more with
---msl 0.05 and a 0.05 s close linger (few connections open at the boundaries). With --growth, the same
-for the capture cut into other numbers of files (once each): how the merge grows with the boundaries.
+The merge step's own cost: in a child, the set is merged with the files run one after another here
+(parallel.run_in_sequence), and the client's time is split (parallel.Merged.seconds): the files' own runs,
+the scans of the merge's keys, the merge's tracker (carried connections tracked, adopted, retired and
+formatted), numbering and writing; with how many connections were handed over at boundaries and how many
+records the merge's tracker wrote, and the child's peak RSS; once more with --msl 0.05 and a 0.05 s close
+linger (few connections open at the boundaries). With --growth, the same for the capture cut into other
+numbers of files (once each): how the merge grows with the boundaries.
 Also printed: what choosing the order costs (each file's first frame read: rotated.in_time_order).
 """
 
@@ -107,7 +109,7 @@ def phases(parts_dir: Path, msl: float = 30.0, linger: float = 5.0) -> None:
     print(json.dumps({"files": len(capture_set.files), "count_s": scanned - start, "parts_s": seconds["parts"],
                       "merge_s": seconds["scan"] + seconds["track"], "scan_s": seconds["scan"],
                       "track_s": seconds["track"], "write_s": seconds["write"], "total_s": done - start,
-                      "carried_keys": merged.adopted, "remade": merged.remade,
+                      "handed_over": merged.adopted, "remade": merged.remade,
                       "connections": merged.counts["connections"], "bytes": written,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -172,16 +174,18 @@ def main() -> None:
         print(f"  {name:>22}: median {statistics.median(walls):.3f} s (min {min(walls):.3f}, "
               f"max {max(walls):.3f}), peak RSS {rss / 1024:.1f} MiB{extra}")
     merge = {key: statistics.median(m[key] for m in merges) for key in merges[0]}
-    print(f"  merge step alone (median): {merge['merge_s']:.3f} s ({merge['carried_keys']:.0f} keys carried of "
-          f"{merge['connections']:.0f} connections), writing {merge['write_s']:.3f} s; the {merge['files']:.0f} parts "
-          f"one after another {merge['parts_s']:.3f} s, counting frames {merge['count_s']:.3f} s")
+    print(f"  merge step alone (median): {merge['merge_s']:.3f} s (scans {merge['scan_s']:.3f}, tracker "
+          f"{merge['track_s']:.3f}; {merge['handed_over']:.0f} connections handed over, {merge['remade']:.0f} of "
+          f"{merge['connections']:.0f} records written by the merge), numbering and writing {merge['write_s']:.3f} s; "
+          f"the {merge['files']:.0f} parts one after another {merge['parts_s']:.3f} s, the first scans "
+          f"{merge['count_s']:.3f} s; peak RSS {merge['peak_rss_mib']:.0f} MiB")
     short = {key: statistics.median(m[key] for m in quiet) for key in quiet[0]}
-    print(f"  merge step, msl and linger 0.05 s (median): {short['merge_s']:.3f} s ({short['carried_keys']:.0f} keys "
-          f"carried, {short['remade']:.0f} records remade); parts one after another {short['parts_s']:.3f} s")
-    print(f"  (default timers: {merge['remade']:.0f} records remade)")
+    print(f"  merge step, msl and linger 0.05 s (median): {short['merge_s']:.3f} s ({short['handed_over']:.0f} "
+          f"handed over, {short['remade']:.0f} records by the merge), numbering and writing {short['write_s']:.3f} s; "
+          f"parts one after another {short['parts_s']:.3f} s")
     for one in growth:
-        print(f"  {one['files']:>3} files: merge {one['merge_s']:.3f} s, {one['carried_keys']} keys carried; "
-              f"parts {one['parts_s']:.3f} s")
+        print(f"  {one['files']:>3} files: merge {one['merge_s']:.3f} s, {one['handed_over']} handed over, "
+              f"{one['remade']} records by the merge, writing {one['write_s']:.3f} s; parts {one['parts_s']:.3f} s")
     print(f"  ordering the set by first frame times: {ordering * 1000:.1f} ms")
     if args.json:
         args.json.write_text(json.dumps({"capture": str(args.capture), "identical": same, "runs": summary,
