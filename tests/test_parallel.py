@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -386,3 +387,32 @@ def test_the_merge_holds_one_file_not_the_set(tmp_path: Path) -> None:
     (few, few_bytes, few_kib), (many, many_bytes, many_kib) = sets[4], sets[32]
     assert (few, many) == (4 * 340, 32 * 340) and many_bytes > 7 * few_bytes
     assert many_kib - few_kib < 12 * 1024, (few_kib, many_kib)
+
+
+def test_a_damaged_or_foreign_handover_is_refused(tmp_path: Path) -> None:
+    """The bytes a file's run hands over are checked before the merge takes them: cut short, they are
+    malformed; from a build whose connections have another layout (a worker running another synfin), they
+    are refused by name. Neither crashes, and the merge takes nothing of them."""
+    cut_after("half_close.pcap", [6], tmp_path / "parts")
+    first = sorted((tmp_path / "parts").iterdir())[-1]  # named backwards: the last name is the first file
+    counts, _ = parallel.run_part(str(first), 0, parallel.Settings("json", Timeouts(), None, False, None, None))
+    handover = counts["handover"]
+    assert len(_engine_module().handover_keys(handover)) == 48  # one connection open after frame 6
+    foreign = bytearray(handover)
+    foreign[0] ^= 0x40  # the header's sizeof(Conn)
+    for damaged, why in [(handover[:-8], "malformed"), (handover[:40], "malformed"),
+                         (bytes(foreign), "another build")]:
+        merger = _engine_module().merger(lambda _: None, engine.FORMATS["json"], (30.0, 900.0, 40.0, 5.0), None,
+                                         False)
+        _engine_module().merger_enter(merger)
+        with pytest.raises(ValueError, match=why):
+            _engine_module().merger_adopt(merger, damaged)
+        assert _engine_module().merger_held(merger, 0) == b""
+    merger = _engine_module().merger(lambda _: None, engine.FORMATS["json"], (30.0, 900.0, 40.0, 5.0), None, False)
+    assert _engine_module().merger_adopt(merger, handover) == 1
+
+
+def _engine_module() -> Any:
+    from analyzer import _engine
+
+    return _engine
