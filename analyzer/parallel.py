@@ -141,9 +141,6 @@ class Records:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def key(self, i: int) -> bytes:
-        return self.keys[i * KEY_BYTES:(i + 1) * KEY_BYTES]
-
     def first_frames(self) -> np.ndarray:
         return self.ints[:, 1]
 
@@ -326,13 +323,12 @@ class Merged:
         self.adopted += _engine.merger_adopt(self._merger, handover)
         tracked = time.perf_counter()
         self.seconds["track"] += tracked - started
-        held = set(dirty[k:k + KEY_BYTES] for k in range(0, len(dirty), KEY_BYTES))
-        kept = []
-        for i in range(len(own)):
-            if held and own.key(i) in held:
-                self.totals.drop(own, i)
-            else:
-                kept.append(i)
+        # the file's own records of the merge's keys: dropped (48-byte strings: none ends in a NUL that matters,
+        # as every key is 48 bytes long)
+        merges = np.isin(np.frombuffer(own.keys, dtype=f"S{KEY_BYTES}"), np.frombuffer(dirty, dtype=f"S{KEY_BYTES}"))
+        for i in np.flatnonzero(merges).tolist():
+            self.totals.drop(own, i)
+        kept = np.flatnonzero(~merges).tolist()
         kept_ids, remade_ids = self._number(base, own.first_frames()[kept], remade)
         text = self._in_order(own, kept, remade, np.concatenate([kept_ids, remade_ids]))
         self.seconds["write"] += time.perf_counter() - tracked
