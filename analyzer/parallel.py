@@ -64,6 +64,7 @@ except ImportError:
     _engine = None
 
 KEY_BYTES = 48  # engine.h's Key
+FLUSH_PIECE = 5_000  # connections the merge's end flushes and writes at a time
 #: where each format writes a record's id, for _engine.renumber: the table's first column, JSON's first
 #: member, CSV's first cell after the capture's, the records format's CSV head and JSON line
 ID_PLACES = {"table": 0, "json": 1, "csv": 2, "records": 3}
@@ -275,14 +276,17 @@ class Merged:
             # the keys the merge may hold when the next file begins: those it holds now, or is handed now
             frames = self._scan(index + 1, dirty + _engine.handover_keys(handover))
             yield from self._file(index, dirty, here, handover, Records(text))
-        started = time.perf_counter()
-        census = _engine.merger_finish(self._merger, max(found["now"] for found in self.scans))
-        remade = self._take()
-        self.remade += len(remade)
-        ids = np.array([self._ids.pop(first) for first in remade.first_frames().tolist()], dtype=np.int64)
-        last = self._texts(remade.texts, ids, remade.ints[:, 4 + MATCHED])
-        self.seconds["track"] += time.perf_counter() - started
-        yield last
+        end = max(found["now"] for found in self.scans)
+        census = None
+        while census is None:  # the connections still open at the end, a piece at a time
+            started = time.perf_counter()
+            census = _engine.merger_finish(self._merger, end, FLUSH_PIECE)
+            remade = self._take()
+            self.remade += len(remade)
+            ids = np.array([self._ids.pop(first) for first in remade.first_frames().tolist()], dtype=np.int64)
+            last = self._texts(remade.texts, ids, remade.ints[:, 4 + MATCHED])
+            self.seconds["track"] += time.perf_counter() - started
+            yield last
         self.totals.add(census)
         self.counts = self.totals.counts()
 

@@ -343,15 +343,28 @@ void packet_key(Packet *p);
 void tracker_prefetch(const Tracker *t, const Packet *p, int conn_too);
 int tracker_add(Tracker *t, const Packet *p);
 int tracker_flush(Tracker *t);
+/* The same flush a few connections at a time (parts.c: the merge's end, written as it goes): begin empties
+ * the table into `f` in order of id; each call of some hands over up to n (f->next == f->count: all);
+ * end releases what was not handed over (after an error). */
+typedef struct {
+    Ref *in_order;  /* in order of id; 0: none there */
+    size_t count, next;
+} Flushing;
+int tracker_flush_begin(Tracker *t, Flushing *f);
+int tracker_flush_some(Tracker *t, Flushing *f, size_t n);
+void tracker_flush_end(Tracker *t, Flushing *f);
 /* Hand over every open connection to `take` instead of finishing it (a part's end: handover.c), in order of
- * id; `take` owns the Conn's contents, the tracker its memory. */
-typedef int (*TakeFn)(void *ctx, Conn *c);
+ * id, as it is: a Conn or a half-open record (halfopen.h); the tracker releases it after. */
+typedef int (*TakeFn)(void *ctx, Ref r);
 int tracker_hand_over(Tracker *t, TakeFn take, void *ctx);
 /* A connection another run handed over (handover.c), into the table with its timer; its id is its first
  * frame (frame_ids). 1: its key is held already (c untouched), -1: out of memory. */
 int tracker_adopt(Tracker *t, Conn *c);
 /* Whether a connection on `key` is open. */
 int tracker_holds(const Tracker *t, const Key *key);
+/* A half-open connection's record another run handed over, as tracker_adopt: 0, its later packets the
+ * tracker's now; 1 or -1, still the caller's. */
+int tracker_adopt_half(Tracker *t, const HalfOpen *record);
 int tracker_tick(Tracker *t, double now);  /* no packet until `now` (live.c): finish what timed out by then */
 /* Run the timers to packet time `now` as frame `frame` would (parts.c), retiring as `how`. */
 int tracker_tick_as(Tracker *t, double now, int64_t frame, double before, double ts, uint8_t how);

@@ -17,16 +17,19 @@
 #include <string.h>
 
 #include "engine.h"
+#include "halfopen.h"
 #include "handover.h"
 
-#define HANDOVER_VERSION 1u
+#define HANDOVER_VERSION 2u
 
 typedef struct {
-    uint32_t conn_size, version;
-    uint32_t history[2], unreceived[2];  /* counts of each endpoint's items that follow */
+    uint32_t conn_size, version;         /* sizeof(Conn) or sizeof(HalfOpen), as `half` says */
+    uint32_t half;                       /* 1: a half-open record (halfopen.h) follows, 0: a Conn */
+    uint32_t history[2], unreceived[2];  /* counts of each endpoint's items that follow; a record's later packets */
     uint32_t anomalies, kinds;
     uint32_t tunnel;                     /* the tunnel text's length + 1 (0: none) */
     uint32_t total;                      /* all bytes of this connection, header included, a multiple of 8 */
+    uint32_t pad;
 } PackedHead;
 
 static size_t padded(size_t n) { return (n + 7) & ~(size_t)7; }
@@ -37,8 +40,8 @@ static void put(char **at, const void *data, size_t n) {
 }
 
 int conn_pack(const Conn *c, Buffer *out) {
-    PackedHead head = {sizeof(Conn), HANDOVER_VERSION, {0}, {0}, c->n_anomalies, c->n_kinds,
-                       c->tunnel != NULL ? (uint32_t)strlen(c->tunnel) + 1 : 0, 0};
+    PackedHead head = {sizeof(Conn), HANDOVER_VERSION, 0, {0}, {0}, c->n_anomalies, c->n_kinds,
+                       c->tunnel != NULL ? (uint32_t)strlen(c->tunnel) + 1 : 0, 0, 0};
     size_t body = sizeof(Conn) + (size_t)c->n_anomalies * sizeof(Anomaly) + (size_t)c->n_kinds * sizeof(AnomalyKind);
     for (int role = 0; role < 2; role++) {
         head.history[role] = c->ep[role].history.count;
@@ -93,13 +96,29 @@ static void clear_pointers(Conn *c) {
     c->n_anomalies = c->cap_anomalies = c->n_kinds = c->cap_kinds = 0;
 }
 
+/* The header at `data`, checked: 0, or HANDOVER_*. */
+static int read_head(const uint8_t *data, size_t len, PackedHead *head) {
+    if (len < sizeof *head) return HANDOVER_MALFORMED;
+    memcpy(head, data, sizeof *head);
+    size_t size = head->half == 1 ? sizeof(HalfOpen) : sizeof(Conn);
+    if (head->conn_size != size || head->version != HANDOVER_VERSION || head->half > 1) return HANDOVER_OTHER_BUILD;
+    if (head->total > len || head->total % 8 || head->total < sizeof *head + size) return HANDOVER_MALFORMED;
+    return 0;
+}
+
+int packed_kind(const uint8_t *data, size_t len, int *half) {
+    PackedHead head;
+    int status = read_head(data, len, &head);
+    if (status == 0) *half = (int)head.half;
+    return status;
+}
+
 int conn_unpack(const uint8_t *data, size_t len, Conn *c, const Timeouts *timeouts, size_t *used) {
     PackedHead head;
     clear_pointers(c);  /* whatever happens, c holds nothing to free */
-    if (len < sizeof head) return HANDOVER_MALFORMED;
-    memcpy(&head, data, sizeof head);
-    if (head.conn_size != sizeof(Conn) || head.version != HANDOVER_VERSION) return HANDOVER_OTHER_BUILD;
-    if (head.total > len || head.total % 8 || head.total < sizeof head + sizeof(Conn)) return HANDOVER_MALFORMED;
+    int status = read_head(data, len, &head);
+    if (status) return status;
+    if (head.half) return HANDOVER_MALFORMED;
     size_t need = sizeof head + sizeof(Conn) + (size_t)head.anomalies * sizeof(Anomaly) +
                   (size_t)head.kinds * sizeof(AnomalyKind) + (head.tunnel ? head.tunnel - 1 : 0);
     for (int role = 0; role < 2; role++)
@@ -150,11 +169,51 @@ failed:
 
 int conn_packed_key(const uint8_t *data, size_t len, Key *key, size_t *used) {
     PackedHead head;
-    if (len < sizeof head) return HANDOVER_MALFORMED;
-    memcpy(&head, data, sizeof head);
-    if (head.conn_size != sizeof(Conn) || head.version != HANDOVER_VERSION) return HANDOVER_OTHER_BUILD;
-    if (head.total > len || head.total % 8 || head.total < sizeof head + sizeof(Conn)) return HANDOVER_MALFORMED;
-    memcpy(key, data + sizeof head + offsetof(Conn, key), sizeof *key);
+    int status = read_head(data, len, &head);
+    if (status) return status;
+    memcpy(key, data + sizeof head + offsetof(Conn, key), sizeof *key);  /* a HalfOpen's too (halfopen.h) */
+    *used = head.total;
+    return 0;
+}
+
+int half_pack(const HalfOpen *h, Buffer *out) {
+    uint32_t later = h->later != NULL ? h->later->count : 0;
+    PackedHead head = {sizeof(HalfOpen), HANDOVER_VERSION, 1, {later, 0}, {0}, 0, 0, 0, 0, 0};
+    size_t total = padded(sizeof head + sizeof *h + sizeof(double) + (size_t)later * sizeof(Facts));
+    if (buf_reserve(out, total)) return -1;
+    head.total = (uint32_t)total;
+    char *at = out->data + out->len;
+    memset(at, 0, total);
+    put(&at, &head, sizeof head);
+    put(&at, h, sizeof *h);
+    double scheduled = later ? h->later->scheduled : 0.0;
+    put(&at, &scheduled, sizeof scheduled);
+    if (later) put(&at, h->later->items, (size_t)later * sizeof(Facts));
+    out->len += total;
+    return 0;
+}
+
+int half_unpack(const uint8_t *data, size_t len, HalfOpen *h, size_t *used) {
+    PackedHead head;
+    h->later = NULL;
+    int status = read_head(data, len, &head);
+    if (status) return status;
+    if (!head.half) return HANDOVER_MALFORMED;
+    uint32_t later = head.history[0];
+    if (later > LATER_MAX || sizeof head + sizeof *h + sizeof(double) + (size_t)later * sizeof(Facts) > head.total)
+        return HANDOVER_MALFORMED;
+    const char *at = (const char *)data + sizeof head;
+    memcpy(h, at, sizeof *h);
+    at += sizeof *h;
+    h->later = NULL;
+    if (later) {
+        Later *kept = malloc(sizeof *kept + (size_t)later * sizeof(Facts));
+        if (kept == NULL) return HANDOVER_NO_MEMORY;
+        memcpy(&kept->scheduled, at, sizeof kept->scheduled);
+        memcpy(kept->items, at + sizeof(double), (size_t)later * sizeof(Facts));
+        kept->count = kept->capacity = later;
+        h->later = kept;
+    }
     *used = head.total;
     return 0;
 }

@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "collect.h"
+#include "halfopen.h"
 #include "handover.h"
 #include "parts.h"
 #include "engine.h"
@@ -149,10 +150,8 @@ typedef struct {
 } Run;
 
 /* A part's open connection at its end: packed for the merge, not finished. */
-static int take_packed(void *ctx, Conn *c) {
-    int status = conn_pack(c, ctx);
-    conn_free(c);
-    return status;
+static int take_packed(void *ctx, Ref r) {
+    return is_half(r) ? half_pack(half_of(r), ctx) : conn_pack(conn_of(r), ctx);
 }
 
 long python_fill(void *ctx, uint8_t *dst, size_t n) {

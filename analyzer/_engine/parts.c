@@ -207,6 +207,8 @@ typedef struct {
     Sink sink;
     Where where;
     int have_where, tracker_ready;
+    int ending;           /* merger_finish has begun: the timers ran to the set's end, the flush is under way */
+    Flushing flushing;
     Key *dirty;
     size_t n_dirty;
     char *text;
@@ -218,6 +220,7 @@ static const char MERGER[] = "synfin.Merger";
 static void merger_free(PyObject *capsule) {
     Merger *m = PyCapsule_GetPointer(capsule, MERGER);
     if (m == NULL) return;
+    if (m->tracker_ready) tracker_flush_end(&m->tracker, &m->flushing);
     if (m->tracker_ready) tracker_free(&m->tracker);
     sink_free(&m->sink);
     if (m->have_where) where_free(&m->where);
@@ -395,11 +398,22 @@ PyObject *merger_adopt(PyObject *self, PyObject *args) {
     const uint8_t *at = packed.buf;
     size_t left = (size_t)packed.len;
     while (status == 0 && left) {
-        Conn *c = sink_new_conn(&m->sink);
         size_t used = 0;
-        int unpacked = c == NULL ? HANDOVER_NO_MEMORY : conn_unpack(at, left, c, &m->tracker.timeouts, &used);
+        int half = 0, taken = 0, unpacked = packed_kind(at, left, &half);
+        if (unpacked == 0 && half) {
+            HalfOpen record;
+            unpacked = half_unpack(at, left, &record, &used);
+            if (unpacked == 0) {
+                taken = is_dirty(m, &record.key) ? 1 : tracker_adopt_half(&m->tracker, &record);
+                if (taken != 0) free(record.later);
+            }
+        } else if (unpacked == 0) {
+            Conn *c = sink_new_conn(&m->sink);
+            unpacked = c == NULL ? HANDOVER_NO_MEMORY : conn_unpack(at, left, c, &m->tracker.timeouts, &used);
+            if (unpacked == 0) taken = is_dirty(m, &c->key) ? 1 : tracker_adopt(&m->tracker, c);
+            if (c != NULL && (unpacked != 0 || taken != 0)) sink_recycle(&m->sink, c);  /* contents freed, memory reused */
+        }
         if (unpacked) {
-            if (c != NULL) sink_recycle(&m->sink, c);
             if (unpacked == HANDOVER_NO_MEMORY) PyErr_NoMemory();
             else PyErr_SetString(PyExc_ValueError, unpacked == HANDOVER_OTHER_BUILD
                                  ? "a part was run by another build of synfin (every worker must run this one)"
@@ -409,8 +423,6 @@ PyObject *merger_adopt(PyObject *self, PyObject *args) {
         }
         at += used;
         left -= used;
-        int taken = is_dirty(m, &c->key) ? 1 : tracker_adopt(&m->tracker, c);
-        if (taken != 0) sink_recycle(&m->sink, c);  /* its contents freed, its memory reused */
         if (taken < 0) status = merger_failed(m, -1);
         else if (taken == 0) adopted++;
     }
@@ -454,26 +466,37 @@ static PyObject *census_dict(const Census *census, const EndpointTable *endpoint
                          "endpoints", endpoint_counts(endpoints));
 }
 
-/* merger_finish(merger, end) -> its census: the set is over (its last packet time `end`): the timers run to
- * it, the rest is flushed, and everything is written. */
+/* merger_finish(merger, end, n) -> its census, or None while it is not done: the set is over (its last packet
+ * time `end`): the first call runs the timers to it, then each flushes up to `n` of the connections left, in
+ * order of id, and writes them (so that the end is written a piece at a time); the last writes everything. */
 PyObject *merger_finish(PyObject *self, PyObject *args) {
     PyObject *capsule;
     double end;
-    if (!PyArg_ParseTuple(args, "Od", &capsule, &end)) return NULL;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "Odn", &capsule, &end, &n)) return NULL;
     Merger *m = merger_of(capsule);
     if (m == NULL) return NULL;
     Tracker *t = &m->tracker;
-    free(m->dirty);
-    m->dirty = NULL;
-    m->n_dirty = 0;
-    int status = tracker_tick_as(t, end, INT64_MAX, end, end, RETIRED_END);
-    if (status == 0 && t->last_ts < end) t->last_ts = end;  /* the set's last frame, which the merge may not hold */
-    if (status == 0) status = tracker_flush(t);
-    if (status == 0) status = sink_finish(&m->sink);
+    int status = 0;
+    if (!m->ending) {
+        free(m->dirty);
+        m->dirty = NULL;
+        m->n_dirty = 0;
+        m->ending = 1;
+        status = tracker_tick_as(t, end, INT64_MAX, end, end, RETIRED_END);
+        if (status == 0 && t->last_ts < end) t->last_ts = end;  /* the set's last frame, which the merge may not hold */
+        if (status == 0) status = tracker_flush_begin(t, &m->flushing);
+    } else {
+        status = tracker_flush_some(t, &m->flushing, n > 0 ? (size_t)n : 1);
+    }
+    int done = status == 0 && m->flushing.next == m->flushing.count;
+    if (status == 0) status = done ? sink_finish(&m->sink) : sink_drain(&m->sink);
     if (status != 0 || m->sink.error != 0) {
         merger_failed(m, status);
         return NULL;
     }
+    if (!done) return Py_NewRef(Py_None);
+    tracker_flush_end(t, &m->flushing);
     return census_dict(&m->sink.census, &m->sink.endpoints);
 }
 

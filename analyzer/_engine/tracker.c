@@ -517,20 +517,24 @@ static int by_id(const void *x, const void *y) {
 }
 
 /* Hand over `r` at the flush: a HalfOpen is replayed into a Conn first, one at
- * a time, so a flood's records never all become Conns at once. To `take`, if
- * given (a part's end: its contents taken, its memory left to the next replay),
- * else finished. */
+ * a time, so a flood's records never all become Conns at once. Or given to
+ * `take` as it is (a part's end: packed), then released. */
 static int flush_one(Tracker *t, Ref r, TakeFn take, void *ctx) {
+    if (take != NULL) {
+        int status = take(ctx, r);
+        if (is_half(r)) {
+            half_release(&t->pool, half_of(r));
+        } else {
+            conn_free(conn_of(r));
+            t->spare = conn_of(r);  /* its memory is the sink's: the next replay's */
+        }
+        return status;
+    }
     Conn *c = conn_of(r);
     if (is_half(r)) {
         c = replay(t, half_of(r));
         half_release(&t->pool, half_of(r));
         if (c == NULL) return -1;
-    }
-    if (take != NULL) {
-        int status = take(ctx, c);
-        t->spare = c;
-        return status;
     }
     c->scheduled = NAN;
     c->finished_at = t->last_ts;  /* the capture's end: its last segment's time (tracker.py's last_segment_ts) */
@@ -540,13 +544,10 @@ static int flush_one(Tracker *t, Ref r, TakeFn take, void *ctx) {
     return t->finished(t->ctx, c);
 }
 
-/* Hand over every open connection, in order of first packet (id), as the
- * reference's flush does, and empty the table wholesale. Ids are dense, so a
- * connection's place is mostly its id less the smallest (no sort); when the
- * open ids are spread thin, they are sorted instead. */
-static int flush_all(Tracker *t, TakeFn take, void *ctx) {
+int tracker_flush_begin(Tracker *t, Flushing *f) {
     size_t n = t->open_count;
     int64_t low = INT64_MAX, high = -1;
+    *f = (Flushing){0};
     for (size_t i = 0; i < t->table_size; i++) {
         Ref r = t->table[i].ref;
         if (r == 0) continue;
@@ -557,28 +558,52 @@ static int flush_all(Tracker *t, TakeFn take, void *ctx) {
     if (high < 0) return 0;
     size_t span = (size_t)(high - low + 1);
     int dense = span <= 4 * n + 1024;
-    Ref *in_order = calloc(dense ? span : n, sizeof *in_order);
-    if (in_order == NULL) return -1;
+    f->in_order = calloc(dense ? span : n, sizeof *f->in_order);
+    if (f->in_order == NULL) return -1;
     size_t k = 0;
     for (size_t i = 0; i < t->table_size; i++) {
         Ref r = t->table[i].ref;
         if (r == 0) continue;
-        in_order[dense ? (size_t)(id_of(r) - low) : k++] = r;
+        f->in_order[dense ? (size_t)(id_of(r) - low) : k++] = r;
         t->table[i].ref = 0;
         slot_free(t, slot_of(r));
     }
     t->open_count = 0;
     t->in_handshake = 0;
-    if (!dense) qsort(in_order, n, sizeof *in_order, by_id);
-    size_t count = dense ? span : n, i = 0;
+    if (!dense) qsort(f->in_order, n, sizeof *f->in_order, by_id);
+    f->count = dense ? span : n;
+    return 0;
+}
+
+static int flush_some(Tracker *t, Flushing *f, size_t n, TakeFn take, void *ctx) {
     int status = 0;
-    for (; i < count && status == 0; i++)
-        if (in_order[i] != 0) status = flush_one(t, in_order[i], take, ctx);
-    for (; i < count; i++) {  /* after an error: never handed over, so still ours to release */
-        if (in_order[i] != 0 && is_half(in_order[i])) half_release(&t->pool, half_of(in_order[i]));
-        else if (in_order[i] != 0) conn_free(conn_of(in_order[i]));
+    for (size_t done = 0; f->next < f->count && done < n && status == 0; f->next++) {
+        Ref r = f->in_order[f->next];
+        if (r == 0) continue;
+        f->in_order[f->next] = 0;  /* handed over: no longer ours to release */
+        status = flush_one(t, r, take, ctx);
+        done++;
     }
-    free(in_order);
+    return status;
+}
+
+int tracker_flush_some(Tracker *t, Flushing *f, size_t n) { return flush_some(t, f, n, NULL, NULL); }
+
+void tracker_flush_end(Tracker *t, Flushing *f) {
+    for (size_t i = f->next; i < f->count; i++) {  /* after an error: never handed over, so still ours to release */
+        Ref r = f->in_order[i];
+        if (r != 0 && is_half(r)) half_release(&t->pool, half_of(r));
+        else if (r != 0) conn_free(conn_of(r));
+    }
+    free(f->in_order);
+    *f = (Flushing){0};
+}
+
+static int flush_all(Tracker *t, TakeFn take, void *ctx) {
+    Flushing f;
+    int status = tracker_flush_begin(t, &f);
+    if (status == 0) status = flush_some(t, &f, SIZE_MAX, take, ctx);
+    tracker_flush_end(t, &f);
     return status;
 }
 
@@ -603,6 +628,35 @@ int tracker_adopt(Tracker *t, Conn *c) {
     c->scheduled = conn_wake_time(c);
     if (c->scheduled < INFINITY && heap_push(t, c->scheduled, c->id, c->slot)) return -1;
     drop_superseded(t);
+    return 0;
+}
+
+int tracker_adopt_half(Tracker *t, const HalfOpen *record) {
+    uint32_t hash = hash_key(&record->key);
+    if (2 * (t->open_count + 1) > t->table_size && table_resize(t, t->table_size * 2)) return -1;
+    size_t i = table_find(t, &record->key, hash);
+    if (t->table[i].ref != 0) return 1;
+    HalfOpen *h = half_new(&t->pool);
+    if (h == NULL) return -1;
+    *h = *record;  /* its later packets too, once it is in */
+    h->hash = hash;
+    h->id = h->first.frame;
+    double wake = half_scheduled(t, h);
+    if (slot_take(t, half_ref(h), &h->slot)) {
+        h->later = NULL;  /* still the caller's */
+        half_release(&t->pool, h);
+        return -1;
+    }
+    if (wake < INFINITY && heap_push(t, wake, h->id, h->slot)) {
+        slot_free(t, h->slot);
+        h->later = NULL;
+        half_release(&t->pool, h);
+        return -1;
+    }
+    t->table[i] = (Entry){hash, half_ref(h)};
+    t->open_count++;
+    t->in_handshake++;  /* as add_half_open counts it */
+    if (wake < INFINITY) drop_superseded(t);
     return 0;
 }
 
