@@ -15,7 +15,8 @@ has there: the file's first packet is not older than any packet before it (`in_o
 overlap in time is read by `engine.run_set` instead).
 
 The connections open at a file's end. A file's own run does not finish them: it hands them over, packed as
-they stand (handover.c). The merge goes through the files in order with a tracker of its own (parts.c's
+they stand (handover.c; a half-open connection as the compact record the tracker keeps of it, so that a SYN
+flood across a boundary costs what it costs in one run). The merge goes through the files in order with a tracker of its own (parts.c's
 Merger), which holds only connections carried across a boundary. For each file: the keys it holds when the
 file begins are the merge's in that file (the file's own run began them afresh, wrongly: its records of
 them are dropped); their frames in the file are read (`scan`, on a worker) and tracked, with ticks at the
@@ -32,8 +33,9 @@ wake time, first frame) and written with their ids put in: the number of connect
 before them, counted file by file. The summary's counts add up: frames, link types, skips and damage from
 each file, connections and labels from the kept records and the merge's.
 
-Memory: the client holds one file's records at a time and the connections open across a boundary, and a
-cluster's workers hold at most `Executor.window` parts that the client has yet to merge.
+Memory: the client holds one file's records at a time and the connections open across a boundary (those
+still open at the set's end are written FLUSH_PIECE at a time), and a cluster's workers hold at most
+`Executor.window` parts that the client has yet to merge.
 """
 
 from __future__ import annotations
