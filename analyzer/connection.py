@@ -193,6 +193,10 @@ class Timeouts:
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number of seconds, 0 or more, not {value!r}")
 
+    def limits(self) -> tuple[float, float, float, float]:
+        """The four, in the order the compiled engine takes them (module.c's run: msl, idle, handshake, linger)."""
+        return (self.msl, self.idle, self.handshake, self.close_linger)
+
 
 class Connection:
     """Everything known about one connection; fed one segment at a time."""

@@ -211,7 +211,7 @@ def run_set_opened(capture_set: CaptureSet, opened: list[OpenCapture], write: Ca
                    where: Where | None = None) -> dict[str, Any]:
     """run_set() on files open_set() opened (as run_opened() for one file); the caller closes them."""
     _ready(bpf)
-    limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+    limits = timeouts.limits()
     fds = tuple(one.own_fd() for one in opened)
     try:
         counts = _engine.run(None, fds, progress, write, fd_out, FORMATS[fmt], limits, _quoted(capture, fmt),
@@ -232,7 +232,7 @@ def run_opened(opened: OpenCapture, write: Callable[[bytes], object], fd_out: in
     formatting thread, or, if it is -1, through `write`. The caller closes `opened`. The engine runs without
     the GIL, so this may run on a thread of its own while the caller reads fd_out (analyzer/records.py)."""
     _ready(bpf)
-    limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+    limits = timeouts.limits()
     try:
         counts = _engine.run(_reader(opened, progress), opened.own_fd(), progress, write, fd_out,
                              FORMATS[fmt], limits, _quoted(capture, fmt), colour, *_optional(bpf, where))
@@ -263,7 +263,7 @@ def collect(path: str | Path | CaptureSet, ids: list[int], timeouts: Timeouts, s
     try:
         if not is_set:
             check_head(opened[0])
-        limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+        limits = timeouts.limits()
         fds: int | tuple[int, ...] = tuple(one.own_fd() for one in opened) if is_set else opened[0].own_fd()
         try:
             found = _engine.collect(opened[0].stream.readinto, fds, limits, sorted(set(ids)), stop_early,
@@ -299,7 +299,7 @@ def live(iface: str, bpf: str, snaplen: int, buffer_bytes: int, promiscuous: boo
     _ready(None)
     if not filters_available():
         raise RuntimeError("the compiled engine was built without libpcap: no live capture")
-    limits = (timeouts.msl, timeouts.idle, timeouts.handshake, timeouts.close_linger)
+    limits = timeouts.limits()
     return _engine.live(iface, bpf, snaplen, buffer_bytes, promiscuous, loopback, None if dump is None else str(dump),
                         LIVE_EVENTS[events], fd_out, FORMATS[fmt], colour, limits, count, census, handler)
 

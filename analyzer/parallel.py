@@ -16,13 +16,13 @@ overlap in time is read by `engine.run_set` instead).
 
 The connections open at a file's end. A file's own run does not finish them: it hands them over, packed as
 they stand (handover.c; a half-open connection as the compact record the tracker keeps of it, so that a SYN
-flood across a boundary costs what it costs in one run). The merge goes through the files in order with a tracker of its own (parts.c's
-Merger), which holds only connections carried across a boundary. For each file: the keys it holds when the
-file begins are the merge's in that file (the file's own run began them afresh, wrongly: its records of
-them are dropped); their frames in the file are read (`scan`, on a worker) and tracked, with ticks at the
-frames where the file's own run retired connections, so that the timers run where the one run's run; then
-the connections the file's own run ended with open are adopted, as they stand. A connection quiet in the
-next files costs the merge its timer alone.
+flood across a boundary costs what it costs in one run). The merge goes through the files in order with a
+tracker of its own (parts.c's Merger), which holds only connections carried across a boundary. For each
+file: the keys it holds when the file begins are the merge's in that file (the file's own run began them
+afresh, wrongly: its records of them are dropped); their frames in the file are read (`scan`, on a worker,
+while the file before is merged) and tracked, with ticks at the frames where the file's own run retired
+connections, so that the timers run where the one run's run; then the connections the file's own run ended
+with open are adopted, as they stand. A connection quiet in the next files costs the merge its timer alone.
 
 The order. The one run writes a connection when the tracker retires it: at a frame, first those whose
 timers ran out (in order of wake time, then id), then one whose 4-tuple a SYN reuses; at the end, the
@@ -123,10 +123,6 @@ class Settings:
     bpf: str | None
     where: bytes | None  # Where.for_engine()
 
-    def limits(self) -> tuple[float, float, float, float]:
-        t = self.timeouts
-        return (t.msl, t.idle, t.handshake, t.close_linger)
-
 
 class Records:
     """The connections of one engine run written with OutputStyle.meta: each one's facts (sink.c, write_meta)
@@ -177,8 +173,8 @@ def run_part(path: str, base: int, settings: Settings) -> tuple[dict[str, Any], 
     try:
         check_head(opened)
         counts = _engine.run(None, opened.own_fd(), None, text.write, -1, engine.FORMATS[settings.fmt],
-                             settings.limits(), engine._quoted(settings.capture, settings.fmt), settings.colour,
-                             settings.bpf, settings.where, base, True)
+                             settings.timeouts.limits(), engine._quoted(settings.capture, settings.fmt),
+                             settings.colour, settings.bpf, settings.where, base, True)
     finally:
         opened.close()
     return counts, text.getvalue()
@@ -253,7 +249,7 @@ class Merged:
         self.adopted = 0  # connections the files' runs handed over and the merge carried on
         self.totals = Totals()
         self._out: list[bytes] = []
-        self._merger = _engine.merger(self._out.append, engine.FORMATS[settings.fmt], settings.limits(),
+        self._merger = _engine.merger(self._out.append, engine.FORMATS[settings.fmt], settings.timeouts.limits(),
                                       engine._quoted(settings.capture, settings.fmt), settings.colour,
                                       *(() if settings.where is None else (settings.where,)))
         self._ids: dict[int, int] = {}  # first frame -> id, of the merge's connections
