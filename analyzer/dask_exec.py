@@ -9,6 +9,7 @@ runs the same functions in turn here (parallel.run_in_sequence): the same result
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,6 +42,7 @@ def mapper(workers: int | None = None, scheduler: str | None = None) -> Iterator
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
+        _answers(scheduler)
         with Client(scheduler, timeout="10s") as client:
             yield OnCluster(client)
         return
@@ -48,6 +50,22 @@ def mapper(workers: int | None = None, scheduler: str | None = None) -> Iterator
                        silence_logs=40) as cluster,
           Client(cluster) as client):
         yield OnCluster(client)
+
+
+def _answers(address: str) -> None:
+    """Raise OSError at once if nothing listens at a tcp:// scheduler address (the client would retry for its
+    whole timeout before saying so); other addresses are left to the client."""
+    if not address.startswith("tcp://"):
+        return
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), number), timeout=10).close()
+    except OSError as problem:
+        raise OSError(f"no dask scheduler answers at {address}: {problem.strerror or problem}") from problem
 
 
 class OnCluster:
