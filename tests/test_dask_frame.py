@@ -101,12 +101,22 @@ def test_where_and_bpf_pass_through(busy_set: Path) -> None:
     assert_same(one_port, expected)
 
 
+def test_stats_and_capture_pass_through(busy_set: Path) -> None:
+    stats = analyzer.Stats()
+    ddf = analyzer.to_dask_dataframe(busy_set, stats=stats, capture="week", rows_per_partition=100)
+    assert stats.connections == 340 and stats.boundaries  # filled when the analysis is done, before compute()
+    expected = analyzer.to_dataframe(analyzer.analyze(BUSY), capture="week").sort_index()
+    assert set(expected["capture"]) == {"week"}
+    assert_same(ddf, expected)
+
+
 @pytest.mark.parametrize("engine_name", ["compiled", "reference"])
 def test_no_connections_still_has_the_columns_and_dtypes(busy_set: Path, engine_name: str) -> None:
     ddf = analyzer.to_dask_dataframe(busy_set, where="open=refused close=four-way", engine=engine_name)
     assert ddf.npartitions == 1 and not ddf.known_divisions
     expected = whole(where="open=refused close=four-way")
     assert len(expected) == 0 and expected["open"].cat.categories[0] == "handshake"
+    assert str(expected["start"].dtype) == "datetime64[ns, UTC]"  # pandas alone makes an empty column's us
     assert_same(ddf, expected)
 
 
