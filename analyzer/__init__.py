@@ -6,6 +6,7 @@ The public API::
     for conn in analyzer.analyze("capture.pcap"):  # Records, from the compiled engine (records.py)
         print(conn.id, conn.labels["open"], conn.labels["close"], conn.server.state)
     df = analyzer.to_dataframe(analyzer.analyze("capture.pcap"))
+    ddf = analyzer.to_dask_dataframe("/var/capture/week/")  # a set too big for one pandas frame: parquet chunks
     web = analyzer.analyze("capture.pcap", bpf="tcp port 443")  # frames as tcpdump -r selects them
     resets = analyzer.analyze("capture.pcap", where="close=reset")  # connections as --where selects them
 
@@ -17,6 +18,7 @@ line (a pathlib.Path is always a file: Path("-") is a file named -).
 from analyzer.bpf import FilterError
 from analyzer.capture import CaptureError
 from analyzer.connection import Anomaly, Connection, Timeouts
+from analyzer.dask_frame import to_dask_dataframe  # imports dask, pandas and pyarrow only when called
 from analyzer.fsm import Event, State
 from analyzer.pipeline import Stats
 from analyzer.records import EndpointView, Record, RecordStream, analyze, record
@@ -48,5 +50,6 @@ __all__ = [
     "__version__",
     "analyze",
     "record",
+    "to_dask_dataframe",
     "to_dataframe",
 ]

@@ -16,7 +16,7 @@ named in one of the dtype lists below: the one place to change.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from analyzer import engine
@@ -35,6 +35,7 @@ INTS = ["id", "ip_version", "first_frame", "last_frame", "retransmits_syn", "ret
 BOOLS = ["half_close", "roles_inferred", "syn_data"]
 FLOATS = ["duration", *TIMING_FIELDS]  # seconds; <NA> where the record has null
 TIMES = ["start", "end"]  # epoch seconds in the CSV, UTC datetimes in the frame
+TIME_DTYPE = "datetime64[ns, UTC]"
 _STATES = [str(state) for state in State]
 CATEGORIES = {"open": OPEN_LABELS, "close": CLOSE_LABELS, "active_closer": ("client", "server", "both"),
               "reset_by": ("client", "server"), "reset_state": _STATES, "final_client": _STATES,
@@ -54,14 +55,43 @@ def dtypes() -> dict[str, Any]:
     return types
 
 
+def frame_dtypes() -> dict[str, Any]:
+    """The dtype of each column of to_dataframe's frame (the index, `id`, is Int64)."""
+    types = dtypes()
+    del types["id"]
+    types.update({name: TIME_DTYPE for name in TIMES})
+    return types
+
+
 def read_csv(source: IO[bytes] | IO[str]) -> pandas.DataFrame:
     """The CLI's CSV rows (no header) as a DataFrame indexed by `id`; start and end as UTC datetimes."""
     import pandas as pd
 
-    frame = pd.read_csv(source, header=None, names=CSV_FIELDS, dtype=dtypes(), keep_default_na=False,
-                        na_values=[""], engine="c")
-    for column in TIMES:
-        frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+    return _indexed(pd.read_csv(source, **_csv_options()))
+
+
+def read_csv_chunks(source: IO[bytes] | IO[str], rows: int) -> Iterator[pandas.DataFrame]:
+    """The same rows as read_csv, `rows` at a time (the last chunk shorter; one empty chunk for no rows), each
+    with read_csv's columns and dtypes: for output bigger than memory (dask_frame.py)."""
+    import pandas as pd
+
+    with pd.read_csv(source, chunksize=rows, **_csv_options()) as reader:
+        for chunk in reader:
+            yield _indexed(chunk)
+
+
+def _csv_options() -> dict[str, Any]:
+    """pandas.read_csv's arguments for the CLI's CSV: the C reader, our dtypes, only an empty cell is null."""
+    return {"header": None, "names": CSV_FIELDS, "dtype": dtypes(), "keep_default_na": False, "na_values": [""],
+            "engine": "c"}
+
+
+def _indexed(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """A frame as read from the CSV, with start and end as UTC datetimes, indexed by `id`."""
+    import pandas as pd
+
+    for column in TIMES:  # pandas makes microseconds of an empty column, nanoseconds of any other: always ns
+        frame[column] = pd.to_datetime(frame[column], unit="s", utc=True).astype(TIME_DTYPE)
     return frame.set_index("id")
 
 
