@@ -13,7 +13,7 @@ SAN_ENGINE   ?= analyzer/_engine
 FUZZ_SECONDS ?= 120
 FUZZ_SEED    ?= 1
 FUZZ_OUT     ?= build/fuzz-out
-TEST_FUZZ_SECONDS ?= 90
+TEST_FUZZ_SECONDS ?= 60
 SAN_TESTS    := tests/test_engine.py tests/test_bad_input.py tests/test_hardening.py tests/test_flood.py tests/test_pipes.py \
                 tests/test_filter.py tests/test_where.py tests/test_fuzz.py tests/test_ladder_engine.py tests/test_api.py \
                 tests/test_tunnels.py tests/test_rotated.py tests/test_report_columns.py tests/test_parallel.py
@@ -55,7 +55,7 @@ apt-deps:
 	  else echo "note: not root, cannot apt-get install $(APT_PKGS); the tests that need them will be skipped"; fi; \
 	fi
 
-## make test: install everything the tests need and run the whole suite, then the sanitizer run (90 s of fuzzing)
+## make test: install everything the tests need and run the whole suite, then the sanitizer run (60 s of fuzzing)
 test: $(PY) apt-deps
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m ruff check analyzer tests samples docs notebooks benchmarks

@@ -250,6 +250,7 @@ def test_memory_is_bounded_by_open_connections(tmp_path: Path, many: Path) -> No
 
 
 @needs_engine
+@pytest.mark.plain_only  # the engine's side is its CSV output, which test_engine.py runs on every sample
 @pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: p.name)
 def test_dataframe_from_the_engine_is_the_reference_one(capture: Path) -> None:
     pd = pytest.importorskip("pandas")

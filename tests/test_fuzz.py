@@ -259,6 +259,7 @@ pytestmark_engine = pytest.mark.skipif(not engine.available(), reason="the compi
 
 
 @pytestmark_engine
+@pytest.mark.plain_only  # make sanitize runs this same fuzzer right after its tests, for far more executions
 def test_short_run_finds_no_difference(tmp_path: Path) -> None:
     """From fixed seeds, a few hundred executions: the engines agree on every input and nothing raises."""
     fuzzer = Fuzzer(tmp_path, rng_seed=2026, findings_dir=tmp_path / "findings")

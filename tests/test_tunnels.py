@@ -68,6 +68,7 @@ def test_both_engines_write_the_same_bytes(tmp_path: Path, case: Case) -> None:
 
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+@pytest.mark.plain_only  # its engine run is test_both_engines_write_the_same_bytes's; the rest is tshark's C
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_tshark_sees_the_same_inner_segments(tmp_path: Path, case: Case) -> None:
     """tshark's dissectors (not ours) find the seven segments between the same inner endpoints."""
