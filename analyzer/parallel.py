@@ -46,6 +46,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import IO, Any, Protocol
 
 import numpy as np
@@ -154,7 +155,7 @@ class Records:
 
 def scan(path: str, base: int, now: float, keys: bytes, bpf: str | None) -> dict[str, Any]:
     """One file read (not tracked): the numbers it takes, its first and last packet times, the frames of
-    `keys` (sorted, 48 bytes each) with the packet time before each (the files before reached `now`)."""
+    `keys` (48 bytes each, in any order) with the packet time before each (the files before reached `now`)."""
     engine._ready(bpf)
     opened = open_capture(path)
     try:
@@ -212,16 +213,16 @@ def analyze_set(capture_set: CaptureSet, fmt: str, timeouts: Timeouts, capture: 
     return Merged(paths, bases, scans, settings, executor)
 
 
+def reached_before(scans: list[dict[str, Any]]) -> list[float]:
+    """The packet time the one run has reached when each file begins (the highest of the files' before it)."""
+    return list(accumulate((found["now"] for found in scans[:-1]), max, initial=-math.inf))
+
+
 def in_order(scans: list[dict[str, Any]]) -> bool:
     """Whether each file's first packet is no older than every packet before it (the packet time a file's own
     run starts with is then the one run's)."""
-    reached = -math.inf
-    for found in scans:
-        first = found["first_ts"]
-        if first is not None and first < reached:
-            return False
-        reached = max(reached, found["now"])
-    return True
+    return all(found["first_ts"] is None or found["first_ts"] >= reached
+               for found, reached in zip(scans, reached_before(scans), strict=True))
 
 
 def _write(out: IO[str], pieces: Iterable[bytes]) -> None:
@@ -258,6 +259,8 @@ class Merged:
         #: the records and putting their ids in ("write")
         self.seconds: Counter[str] = Counter()
         self._began = 0  # connections the one run began before the current file
+        #: the packet time the one run has reached when each file begins
+        self._reached = reached_before(scans)
 
     def pieces(self) -> Iterator[bytes]:
         """The output text, a piece per file (never the whole set's at once)."""
@@ -273,7 +276,7 @@ class Merged:
             here = self._frames(index, frames) if dirty else b""
             # the keys the merge may hold when the next file begins: those it holds now, or is handed now
             frames = self._scan(index + 1, dirty + _engine.handover_keys(handover))
-            yield from self._file(index, dirty, here, handover, Records(text))
+            yield self._file(index, dirty, here, handover, Records(text))
         end = max(found["now"] for found in self.scans)
         census = None
         while census is None:  # the connections still open at the end, a piece at a time
@@ -313,7 +316,7 @@ class Merged:
         self._out.clear()
         return records
 
-    def _file(self, index: int, dirty: bytes, frames: bytes, handover: bytes, own: Records) -> Iterator[bytes]:
+    def _file(self, index: int, dirty: bytes, frames: bytes, handover: bytes, own: Records) -> bytes:
         """File `index`: the frames of the merge's keys in it (`dirty`: those it held when the file began)
         tracked, the connections its own run handed over adopted, and its records (its own run's kept ones
         and those the merge retired in it) numbered and written in order."""
@@ -334,15 +337,15 @@ class Merged:
         kept_ids, remade_ids = self._number(base, own.first_frames()[kept], remade)
         text = self._in_order(own, kept, remade, np.concatenate([kept_ids, remade_ids]))
         self.seconds["write"] += time.perf_counter() - tracked
-        yield text
+        return text
 
     def _scan(self, index: int, keys: bytes) -> Pending | None:
         """File `index`'s frames of `keys`, each with the packet time before it (scan, on a worker), started
         while the merge goes on with the file before; None: no such file, or no keys."""
         if index >= len(self.paths) or not keys:
             return None
-        reached = max([-math.inf, *(found["now"] for found in self.scans[:index])])
-        return self.executor.submit(scan, self.paths[index], self.bases[index], reached, keys, self.settings.bpf)
+        return self.executor.submit(scan, self.paths[index], self.bases[index], self._reached[index], keys,
+                                    self.settings.bpf)
 
     def _frames(self, index: int, pending: Pending | None) -> bytes:
         """The frames the scan of file `index` found (b"": none was needed)."""
@@ -415,7 +418,7 @@ class Totals:
         self.files = 0
         self.filter_failed: Any = None
 
-    def add(self, counts: dict[str, Any], sign: int = 1) -> None:
+    def add(self, counts: dict[str, Any]) -> None:
         """A file's own run's counts (or, at the end, the merge's census)."""
         for key in SUMMED:
             self.sums[key] += counts.get(key, 0)

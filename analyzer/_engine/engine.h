@@ -360,8 +360,6 @@ int tracker_hand_over(Tracker *t, TakeFn take, void *ctx);
 /* A connection another run handed over (handover.c), into the table with its timer; its id is its first
  * frame (frame_ids). 1: its key is held already (c untouched), -1: out of memory. */
 int tracker_adopt(Tracker *t, Conn *c);
-/* Whether a connection on `key` is open. */
-int tracker_holds(const Tracker *t, const Key *key);
 /* A half-open connection's record another run handed over, as tracker_adopt: 0, its later packets the
  * tracker's now; 1 or -1, still the caller's. */
 int tracker_adopt_half(Tracker *t, const HalfOpen *record);

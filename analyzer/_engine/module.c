@@ -443,27 +443,19 @@ static PyObject *with_set_counts(PyObject *out, const Reader *r, size_t n_files)
     return out;
 }
 
-/* A part's own counts (parallel.py): the reader's last number, the tracker's packet time at the end
- * ("now", -inf: no packet), its first packet's ("first_ts", None: none), the file's last frame time, and
- * the connections open at its end, packed ("handover": handover.c). */
-static PyObject *with_part_counts(PyObject *out, const Reader *r, const Tracker *t, const Buffer *handed) {
+/* A part's own counts (parallel.py): the file's last frame time ("last_ts", None: no frame; the set's gaps
+ * and overlaps), and the connections open at its end, packed ("handover": handover.c). What the merge needs
+ * of the file's numbers and packet times its scan gave first (parts.c). */
+static PyObject *with_part_counts(PyObject *out, const Reader *r, const Buffer *handed) {
     if (out == NULL) return NULL;
-    PyObject *packed = PyBytes_FromStringAndSize(handed->data ? handed->data : "", (Py_ssize_t)handed->len);
-    if (packed == NULL || PyDict_SetItemString(out, "handover", packed)) Py_CLEAR(out);
-    Py_XDECREF(packed);
-    if (out == NULL) return NULL;
-    double now = t != NULL ? t->now : -INFINITY, first = t != NULL ? t->first_ts : NAN;
     double last = r->last_ts != NULL ? r->last_ts[0] : NAN;
-    PyObject *values[4] = {PyLong_FromLongLong((long long)r->number), PyFloat_FromDouble(now),
-                           isnan(first) ? Py_NewRef(Py_None) : PyFloat_FromDouble(first),
-                           isnan(last) ? Py_NewRef(Py_None) : PyFloat_FromDouble(last)};
-    static const char *const names[4] = {"number", "now", "first_ts", "last_ts"};
-    int failed = 0;
-    for (int i = 0; i < 4; i++) {
-        failed = failed || values[i] == NULL || PyDict_SetItemString(out, names[i], values[i]);
-        Py_XDECREF(values[i]);
-    }
-    if (failed) Py_CLEAR(out);
+    PyObject *packed = PyBytes_FromStringAndSize(handed->data ? handed->data : "", (Py_ssize_t)handed->len);
+    PyObject *last_ts = isnan(last) ? Py_NewRef(Py_None) : PyFloat_FromDouble(last);
+    if (packed == NULL || last_ts == NULL || PyDict_SetItemString(out, "handover", packed) ||
+        PyDict_SetItemString(out, "last_ts", last_ts))
+        Py_CLEAR(out);
+    Py_XDECREF(packed);
+    Py_XDECREF(last_ts);
     return out;
 }
 
@@ -550,7 +542,7 @@ static PyObject *run_inputs(Run *run_, int fd_in, const int *more, size_t n_more
     if (status == 0 && run.sink.error == 0) {
         out = result(&run, ended == READ_ERROR ? run.feeder.message : NULL);
         if (is_set) out = with_set_counts(out, &run.feeder.reader, n_more + 1);
-        if (run.base >= 0) out = with_part_counts(out, &run.feeder.reader, tracker_ready ? &tracker : NULL, &run.handed);
+        if (run.base >= 0) out = with_part_counts(out, &run.feeder.reader, &run.handed);
     } else if (!PyErr_Occurred()) {
         if (run.sink.error > 0) {
             errno = run.sink.error;

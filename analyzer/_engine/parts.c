@@ -31,10 +31,6 @@
 
 /* ---- scan -------------------------------------------------------------------------------- */
 
-typedef struct {
-    Key key;
-} Wanted;
-
 static int by_key(const void *x, const void *y) { return memcmp(x, y, sizeof(Key)); }
 
 static int by_frame(const void *x, const void *y) {

@@ -611,10 +611,6 @@ int tracker_flush(Tracker *t) { return flush_all(t, NULL, NULL); }
 
 int tracker_hand_over(Tracker *t, TakeFn take, void *ctx) { return flush_all(t, take, ctx); }
 
-int tracker_holds(const Tracker *t, const Key *key) {
-    return t->table[table_find(t, key, hash_key(key))].ref != 0;
-}
-
 int tracker_adopt(Tracker *t, Conn *c) {
     c->hash = hash_key(&c->key);
     if (2 * (t->open_count + 1) > t->table_size && table_resize(t, t->table_size * 2)) return -1;
